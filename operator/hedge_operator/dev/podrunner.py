@@ -1,0 +1,533 @@
+"""The local cluster's pod runner: a tiny kubelet for pods labelled ``hedge.dev/component``.
+
+kwok gives such pods a loopback IP and the Running phase but leaves them not Ready. This
+process then runs them for real:
+
+* engine pods (``hedge.dev/component=engine``): an in-process vLLM engine simulator bound to
+  the pod IP and the container's ``http`` port, configured from the container's vLLM args
+  and the pod's ``sim.hedge.dev/*`` annotations;
+* Hedge's own pods (any other component whose container runs ``hedge ...``): the real
+  ``hedge`` process with the pod's args and env, authenticated as the pod's ServiceAccount
+  through a TokenRequest token, so RBAC is exercised rather than bypassed.
+
+Readiness follows the pod's readinessProbe (HTTP GET against the pod IP, probed every
+``PROBE_INTERVAL`` instead of the probe's own period, to keep tests fast), and is written to
+the pod's status the way a kubelet does. Deleting the pod stops what runs for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiohttp
+
+from hedge_operator.dev.kubeclient import KubeConfig, write_kubeconfig
+
+log = logging.getLogger("hedge.podrunner")
+
+RUNNER_LABEL = "hedge.dev/component"
+SIM_ANNOTATION_PREFIX = "sim.hedge.dev/"
+# Tests and demos can make an engine pod look broken the way a kubelet would report it.
+CONTAINER_STATE_ANNOTATION = "sim.hedge.dev/container-state"
+WAITING_REASONS = {
+    "CrashLoopBackOff",
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "CreateContainerConfigError",
+}
+PROBE_INTERVAL = 0.5
+RESTART_BACKOFF = (1.0, 2.0, 4.0, 8.0, 10.0)
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Workload(Protocol):
+    async def stop(self) -> None: ...
+
+    def alive(self) -> bool: ...
+
+
+@dataclass
+class PodRun:
+    namespace: str
+    name: str
+    uid: str
+    ip: str
+    container: str
+    workload: Workload | None = None
+    ready: bool | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    restarts: int = 0
+
+
+class SimulatorWorkload:
+    """An engine simulator running inside this process."""
+
+    def __init__(self, running: Any) -> None:
+        self._running = running
+
+    async def stop(self) -> None:
+        await self._running.stop()
+
+    def alive(self) -> bool:
+        return True
+
+
+class ProcessWorkload:
+    """A real child process (the hedge operator or gateway of a chart pod)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 10)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.kill()
+                await self.proc.wait()
+
+    def alive(self) -> bool:
+        return self.proc.returncode is None
+
+
+class PodRunner:
+    def __init__(self, kube: KubeConfig, work_dir: Path) -> None:
+        self.kube = kube
+        self.work_dir = work_dir
+        self.runs: dict[str, PodRun] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._probe_session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None
+        return self._session
+
+    async def run(self, ready_file: Path | None, stop: asyncio.Event) -> None:
+        self._session = aiohttp.ClientSession(
+            base_url=self.kube.server,
+            headers=self.kube.headers(),
+            connector=aiohttp.TCPConnector(ssl=self.kube.ssl_context(), limit=50),
+        )
+        self._probe_session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=2), connector=aiohttp.TCPConnector(limit=0)
+        )
+        watcher = asyncio.create_task(self._watch_forever(ready_file))
+        try:
+            await stop.wait()
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            await asyncio.gather(*(self._stop_run(key) for key in list(self.runs)))
+            await self._session.close()
+            await self._probe_session.close()
+
+    # ----------------------------------------------------------------- watch loop
+    async def _watch_forever(self, ready_file: Path | None) -> None:
+        params = {"labelSelector": RUNNER_LABEL}
+        backoff = 0.2
+        while True:
+            try:
+                async with self.session.get("/api/v1/pods", params=params) as resp:
+                    resp.raise_for_status()
+                    listing = await resp.json()
+                seen = set()
+                for pod in listing["items"]:
+                    seen.add(self._key(pod))
+                    await self._on_pod(pod, deleted=False)
+                for key in set(self.runs) - seen:
+                    await self._stop_run(key)
+                if ready_file is not None and not ready_file.exists():
+                    ready_file.write_text(str(os.getpid()))
+                rv = listing["metadata"]["resourceVersion"]
+                backoff = 0.2
+                while True:
+                    rv = await self._watch_once(params, rv)
+            except asyncio.CancelledError:
+                raise
+            except _Gone:
+                continue  # re-list
+            except Exception as exc:
+                log.warning("pod watch failed (%s: %s); retrying", type(exc).__name__, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _watch_once(self, params: dict[str, str], rv: str) -> str:
+        watch_params = {
+            **params,
+            "watch": "true",
+            "resourceVersion": rv,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": "300",
+        }
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=330)
+        async with self.session.get("/api/v1/pods", params=watch_params, timeout=timeout) as resp:
+            if resp.status == 410:
+                raise _Gone
+            resp.raise_for_status()
+            async for line in resp.content:
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                obj = event["object"]
+                if event["type"] == "ERROR":
+                    if obj.get("code") == 410:
+                        raise _Gone
+                    raise RuntimeError(f"watch error: {obj.get('message')}")
+                rv = obj["metadata"]["resourceVersion"]
+                if event["type"] == "BOOKMARK":
+                    continue
+                await self._on_pod(obj, deleted=event["type"] == "DELETED")
+        return rv
+
+    @staticmethod
+    def _key(pod: dict[str, Any]) -> str:
+        meta = pod["metadata"]
+        return f"{meta['namespace']}/{meta['name']}/{meta['uid']}"
+
+    async def _on_pod(self, pod: dict[str, Any], deleted: bool) -> None:
+        key = self._key(pod)
+        status = pod.get("status", {})
+        if deleted or pod["metadata"].get("deletionTimestamp"):
+            await self._stop_run(key)
+            return
+        if key in self.runs or status.get("phase") != "Running" or not status.get("podIP"):
+            return
+        try:
+            await self._start_run(key, pod)
+        except Exception as exc:
+            log.exception("could not start %s", key)
+            await self._set_waiting(pod, "CreateContainerError", str(exc))
+
+    # ----------------------------------------------------------------- starting
+    async def _start_run(self, key: str, pod: dict[str, Any]) -> None:
+        meta, spec = pod["metadata"], pod["spec"]
+        container = spec["containers"][0]
+        annotations = meta.get("annotations") or {}
+        run = PodRun(
+            meta["namespace"], meta["name"], meta["uid"], pod["status"]["podIP"], container["name"]
+        )
+        self.runs[key] = run
+        forced = annotations.get(CONTAINER_STATE_ANNOTATION)
+        if forced:
+            if forced not in WAITING_REASONS:
+                raise ValueError(
+                    f"annotation {CONTAINER_STATE_ANNOTATION}={forced!r} is not one "
+                    f"of {', '.join(sorted(WAITING_REASONS))}"
+                )
+            await self._set_waiting(
+                pod,
+                forced,
+                f"simulated {forced} (pod annotation)",
+                restarts=3 if forced == "CrashLoopBackOff" else 0,
+            )
+            return
+        if meta.get("labels", {}).get(RUNNER_LABEL) == "engine":
+            run.workload = await self._start_simulator(run, container, annotations)
+        else:
+            run.workload = await self._start_process(run, pod, container)
+        run.tasks.append(asyncio.create_task(self._probe_loop(run, container)))
+        log.info("started %s on %s", key, run.ip)
+
+    async def _start_simulator(
+        self, run: PodRun, container: dict[str, Any], annotations: dict[str, str]
+    ) -> Workload:
+        from hedge_serving.simulator.server import SimulatorConfig, start_simulator
+
+        argv = [*(container.get("command") or []), *(container.get("args") or [])]
+        sim_annotations = {
+            k: v for k, v in annotations.items() if k.startswith(SIM_ANNOTATION_PREFIX)
+        }
+        config = SimulatorConfig.from_vllm_args(argv, sim_annotations)
+        running = await start_simulator(config, run.ip, _container_port(container))
+        return SimulatorWorkload(running)
+
+    async def _start_process(
+        self, run: PodRun, pod: dict[str, Any], container: dict[str, Any]
+    ) -> Workload:
+        argv = [*(container.get("command") or ["hedge"]), *(container.get("args") or [])]
+        if not argv or Path(argv[0]).name != "hedge":
+            raise ValueError(f"the pod runner only runs `hedge` containers, not {argv[:1]}")
+        argv = [
+            sys.executable,
+            "-m",
+            "hedge_operator.cli",
+            *[run.ip if a == "0.0.0.0" else a for a in argv[1:]],
+        ]
+        pod_dir = self.work_dir / f"{run.namespace}_{run.name}"
+        pod_dir.mkdir(parents=True, exist_ok=True)
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k in ("PATH", "HOME", "LANG", "PYTHONPATH", "VIRTUAL_ENV", "HEDGE_CACHE_DIR")
+        }
+        env.update(await self._container_env(pod, container))
+        env["KUBECONFIG"] = str(await self._service_account_kubeconfig(pod, pod_dir))
+        env["POD_IP"] = run.ip
+        log_path = pod_dir / f"{container['name']}.log"
+        log_file = open(log_path, "ab")  # noqa: SIM115 - handed to the child
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdout=log_file,
+                stderr=asyncio.subprocess.STDOUT,
+                stdin=asyncio.subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
+        finally:
+            log_file.close()
+        return ProcessWorkload(proc)
+
+    async def _container_env(
+        self, pod: dict[str, Any], container: dict[str, Any]
+    ) -> dict[str, str]:
+        env: dict[str, str] = {}
+        meta = pod["metadata"]
+        for item in container.get("env") or []:
+            if "value" in item:
+                env[item["name"]] = item["value"]
+                continue
+            source = item.get("valueFrom") or {}
+            if "fieldRef" in source:
+                path = source["fieldRef"]["fieldPath"]
+                values = {
+                    "metadata.name": meta["name"],
+                    "metadata.namespace": meta["namespace"],
+                    "status.podIP": pod["status"]["podIP"],
+                    "spec.serviceAccountName": pod["spec"].get("serviceAccountName", ""),
+                }
+                env[item["name"]] = values.get(path, "")
+            elif "secretKeyRef" in source:
+                ref = source["secretKeyRef"]
+                secret = await self._get(
+                    f"/api/v1/namespaces/{meta['namespace']}/secrets/{ref['name']}"
+                )
+                import base64
+
+                env[item["name"]] = base64.b64decode(secret["data"][ref["key"]]).decode()
+        return env
+
+    async def _service_account_kubeconfig(self, pod: dict[str, Any], pod_dir: Path) -> Path:
+        meta = pod["metadata"]
+        sa = pod["spec"].get("serviceAccountName") or "default"
+        body = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {
+                "expirationSeconds": 86400,
+                "boundObjectRef": {
+                    "kind": "Pod",
+                    "apiVersion": "v1",
+                    "name": meta["name"],
+                    "uid": meta["uid"],
+                },
+            },
+        }
+        async with self.session.post(
+            f"/api/v1/namespaces/{meta['namespace']}/serviceaccounts/{sa}/token", json=body
+        ) as resp:
+            resp.raise_for_status()
+            token = (await resp.json())["status"]["token"]
+        path = pod_dir / "kubeconfig"
+        assert self.kube.ca_file is not None
+        write_kubeconfig(
+            path,
+            "in-cluster",
+            self.kube.server,
+            self.kube.ca_file,
+            token=token,
+            namespace=meta["namespace"],
+        )
+        return path
+
+    # ----------------------------------------------------------------- readiness
+    async def _probe_loop(self, run: PodRun, container: dict[str, Any]) -> None:
+        probe = container.get("readinessProbe") or {}
+        http_get = probe.get("httpGet")
+        url = None
+        if http_get:
+            port = http_get.get("port", _container_port(container))
+            if isinstance(port, str):
+                port = _named_port(container, port)
+            url = f"http://{run.ip}:{port}{http_get.get('path', '/')}"
+        assert self._probe_session is not None
+        while True:
+            ready = False
+            workload = run.workload
+            if workload is not None and not workload.alive():
+                await self._on_process_exit(run, container)
+                continue
+            if url is None:
+                ready = workload is not None
+            else:
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError):
+                    async with self._probe_session.get(url) as resp:
+                        ready = 200 <= resp.status < 400
+            if ready != run.ready:
+                try:
+                    await self._set_ready(run, ready)
+                    run.ready = ready
+                except Exception as exc:
+                    log.warning("could not update readiness of %s: %s", run.name, exc)
+            await asyncio.sleep(PROBE_INTERVAL)
+
+    async def _on_process_exit(self, run: PodRun, container: dict[str, Any]) -> None:
+        """Restart a crashed hedge process with the kubelet's growing back-off."""
+        delay = RESTART_BACKOFF[min(run.restarts, len(RESTART_BACKOFF) - 1)]
+        run.restarts += 1
+        run.ready = False
+        pod = await self._get(f"/api/v1/namespaces/{run.namespace}/pods/{run.name}")
+        await self._set_waiting(
+            pod,
+            "CrashLoopBackOff",
+            f"back-off {delay:.0f}s restarting failed container",
+            restarts=run.restarts,
+        )
+        await asyncio.sleep(delay)
+        run.workload = await self._start_process(run, pod, container)
+
+    async def _set_ready(self, run: PodRun, ready: bool) -> None:
+        now = _now()
+        value = "True" if ready else "False"
+        patch = {
+            "status": {
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": value,
+                        "lastTransitionTime": now,
+                        "reason": None if ready else "ContainersNotReady",
+                    },
+                    {
+                        "type": "ContainersReady",
+                        "status": value,
+                        "lastTransitionTime": now,
+                        "reason": None if ready else "ContainersNotReady",
+                    },
+                ],
+                "containerStatuses": [
+                    {
+                        "name": run.container,
+                        "ready": ready,
+                        "restartCount": run.restarts,
+                        "state": {"running": {"startedAt": now}},
+                    }
+                ],
+            }
+        }
+        await self._patch_status(run.namespace, run.name, patch)
+
+    async def _set_waiting(
+        self, pod: dict[str, Any], reason: str, message: str, restarts: int = 0
+    ) -> None:
+        meta = pod["metadata"]
+        container = pod["spec"]["containers"][0]
+        patch = {
+            "status": {
+                "containerStatuses": [
+                    {
+                        "name": container["name"],
+                        "image": container.get("image", ""),
+                        "ready": False,
+                        "restartCount": restarts,
+                        "state": {
+                            "running": None,
+                            "waiting": {"reason": reason, "message": message},
+                        },
+                    }
+                ]
+            }
+        }
+        await self._patch_status(meta["namespace"], meta["name"], patch)
+
+    async def _patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        async with self.session.patch(
+            f"/api/v1/namespaces/{namespace}/pods/{name}/status",
+            data=json.dumps(patch),
+            headers={"Content-Type": "application/strategic-merge-patch+json"},
+        ) as resp:
+            if resp.status == 404:
+                return
+            resp.raise_for_status()
+
+    async def _get(self, path: str) -> Any:
+        async with self.session.get(path) as resp:
+            resp.raise_for_status()
+            return await resp.json()
+
+    async def _stop_run(self, key: str) -> None:
+        run = self.runs.pop(key, None)
+        if run is None:
+            return
+        for task in run.tasks:
+            task.cancel()
+        for task in run.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if run.workload is not None:
+            await run.workload.stop()
+        log.info("stopped %s", key)
+
+
+class _Gone(Exception):
+    """The watch's resourceVersion expired (410 Gone): list again."""
+
+
+def _container_port(container: dict[str, Any]) -> int:
+    ports = container.get("ports") or []
+    for port in ports:
+        if port.get("name") == "http":
+            return int(port["containerPort"])
+    if ports:
+        return int(ports[0]["containerPort"])
+    args = container.get("args") or []
+    if "--port" in args:
+        return int(args[args.index("--port") + 1])
+    return 8000
+
+
+def _named_port(container: dict[str, Any], name: str) -> int:
+    for port in container.get("ports") or []:
+        if port.get("name") == name:
+            return int(port["containerPort"])
+    raise ValueError(f"container {container['name']!r} has no port named {name!r}")
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kubeconfig", type=Path, required=True)
+    parser.add_argument("--ready-file", type=Path)
+    parser.add_argument("--work-dir", type=Path, required=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        runner = PodRunner(KubeConfig.load(args.kubeconfig), args.work_dir)
+        await runner.run(args.ready_file, stop)
+
+    asyncio.run(main())
+    return 0
