@@ -1,0 +1,230 @@
+{{/*
+RBAC rules, one named template per scope so cluster-wide and per-namespace installs share
+them. No wildcards: every rule names its verbs and resources.
+*/}}
+
+{{/* Operator: what it does inside the namespaces it watches. */}}
+{{- define "hedge.operator.namespacedRules" -}}
+# The ModelDeployments it reconciles (kopf patches annotations and finalizers on the object).
+- apiGroups: ["hedge.dev"]
+  resources: ["modeldeployments"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["hedge.dev"]
+  resources: ["modeldeployments/status", "modeldeployments/scale"]
+  verbs: ["get", "patch"]
+# The children it applies with server-side apply (field manager hedge-operator).
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["services", "persistentvolumeclaims"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# Engine pods, read for readiness and failure reasons in the status.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch"]
+# Events about what it did and why a spec cannot work.
+- apiGroups: ["", "events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- if and .Values.operator.peering.enabled (not (include "hedge.clusterWide" .)) }}
+# kopf peering between replicas, one KopfPeering per watched namespace.
+- apiGroups: ["kopf.dev"]
+  resources: ["kopfpeerings"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["kopf.dev"]
+  resources: ["kopfpeerings"]
+  resourceNames: [{{ .Values.operator.peering.name | quote }}]
+  verbs: ["patch"]
+{{- end }}
+{{- end }}
+
+{{/* Operator: cluster-scoped reads kopf needs in every mode. */}}
+{{- define "hedge.operator.clusterRules" -}}
+# kopf discovers the resources it serves and notices CRDs that appear or go (read only).
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["get", "list", "watch"]
+{{- if include "hedge.clusterWide" . }}
+{{- if .Values.operator.peering.enabled }}
+# kopf peering between replicas: one cluster-wide ClusterKopfPeering.
+- apiGroups: ["kopf.dev"]
+  resources: ["clusterkopfpeerings"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["kopf.dev"]
+  resources: ["clusterkopfpeerings"]
+  resourceNames: [{{ .Values.operator.peering.name | quote }}]
+  verbs: ["patch"]
+{{- end }}
+{{- else }}
+# kopf notices when a watched namespace is created or deleted (read only).
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["get", "list", "watch"]
+{{- end }}
+{{- end }}
+
+{{/* Gateway: routing reads inside the namespaces it serves. */}}
+{{- define "hedge.gateway.namespacedRules" -}}
+# The ModelDeployments it routes to (model names, fallback providers, canary weights).
+- apiGroups: ["hedge.dev"]
+  resources: ["modeldeployments"]
+  verbs: ["get", "list", "watch"]
+# The ready engine pods behind each ModelDeployment's Service.
+- apiGroups: ["discovery.k8s.io"]
+  resources: ["endpointslices"]
+  verbs: ["get", "list", "watch"]
+{{- end }}
+
+{{/* Both: fallback provider API keys, referenced by ModelDeployments in their namespace. */}}
+{{- define "hedge.secretRules" -}}
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "list", "watch"]
+{{- end }}
+
+{{/*
+Roles (or one ClusterRole) with one component's rules plus their bindings.
+Usage: include "hedge.rbacFor" (dict "root" . "component" "operator" "rules" "hedge.operator.namespacedRules")
+*/}}
+{{- define "hedge.rbacFor" -}}
+{{- $root := .root }}
+{{- $component := .component }}
+{{- $name := include "hedge.componentName" (list $root $component) }}
+{{- $secretsName := include "hedge.componentName" (list $root (printf "%s-secrets" $component)) }}
+{{- $sa := include "hedge.serviceAccountName" (list $root $component) }}
+{{- $clusterWide := include "hedge.clusterWide" $root }}
+{{- $secretNamespaces := include "hedge.secretNamespaces" $root | fromJsonArray }}
+{{- if $clusterWide }}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: {{ $name }}
+  labels:
+    {{- include "hedge.componentLabels" (list $root $component) | nindent 4 }}
+rules:
+  {{- include .rules $root | nindent 2 }}
+  {{- if .clusterRules }}
+  {{- include .clusterRules $root | nindent 2 }}
+  {{- end }}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: {{ $name }}
+  labels:
+    {{- include "hedge.componentLabels" (list $root $component) | nindent 4 }}
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: {{ $name }}
+subjects:
+  - kind: ServiceAccount
+    name: {{ $sa }}
+    namespace: {{ $root.Release.Namespace }}
+{{- else }}
+{{- if .clusterRules }}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: {{ $name }}
+  labels:
+    {{- include "hedge.componentLabels" (list $root $component) | nindent 4 }}
+rules:
+  {{- include .clusterRules $root | nindent 2 }}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: {{ $name }}
+  labels:
+    {{- include "hedge.componentLabels" (list $root $component) | nindent 4 }}
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: {{ $name }}
+subjects:
+  - kind: ServiceAccount
+    name: {{ $sa }}
+    namespace: {{ $root.Release.Namespace }}
+{{- end }}
+{{- range $root.Values.watchNamespaces }}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata:
+  name: {{ $name }}
+  namespace: {{ . }}
+  labels:
+    {{- include "hedge.componentLabels" (list $root $component) | nindent 4 }}
+rules:
+  {{- include $.rules $root | nindent 2 }}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: {{ $name }}
+  namespace: {{ . }}
+  labels:
+    {{- include "hedge.componentLabels" (list $root $component) | nindent 4 }}
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: Role
+  name: {{ $name }}
+subjects:
+  - kind: ServiceAccount
+    name: {{ $sa }}
+    namespace: {{ $root.Release.Namespace }}
+{{- end }}
+{{- end }}
+{{- /*
+Secret reads sit in their own "-secrets" role so they are easy to find, narrow or audit:
+a ClusterRole when provider keys may live in any namespace, else a Role per listed namespace.
+*/}}
+{{- $secretScopes := $secretNamespaces }}
+{{- if not $secretNamespaces }}{{ $secretScopes = list "" }}{{ end }}
+{{- range $secretScopes }}
+---
+# Read access to Secrets where fallback provider keys live (rbac.secretNamespaces).
+apiVersion: rbac.authorization.k8s.io/v1
+kind: {{ if . }}Role{{ else }}ClusterRole{{ end }}
+metadata:
+  name: {{ $secretsName }}
+  {{- with . }}
+  namespace: {{ . }}
+  {{- end }}
+  labels:
+    {{- include "hedge.componentLabels" (list $root $component) | nindent 4 }}
+rules:
+  {{- include "hedge.secretRules" $root | nindent 2 }}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: {{ if . }}RoleBinding{{ else }}ClusterRoleBinding{{ end }}
+metadata:
+  name: {{ $secretsName }}
+  {{- with . }}
+  namespace: {{ . }}
+  {{- end }}
+  labels:
+    {{- include "hedge.componentLabels" (list $root $component) | nindent 4 }}
+  annotations:
+    checkov.io/skip1: >-
+      CKV2_K8S_5=Fallback providers' API keys are Secrets next to the ModelDeployments that
+      name them; {{ $component }} reads them {{ if . }}in this namespace only{{ else }}in every
+      namespace because the release watches every namespace (narrow with
+      rbac.secretNamespaces){{ end }}.
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: {{ if . }}Role{{ else }}ClusterRole{{ end }}
+  name: {{ $secretsName }}
+subjects:
+  - kind: ServiceAccount
+    name: {{ $sa }}
+    namespace: {{ $root.Release.Namespace }}
+{{- end }}
+{{- end }}
