@@ -1,0 +1,384 @@
+"""The gateway's HTTP servers: the OpenAI API port and the admin port.
+
+The API port runs aiohttp's low-level server with one dispatch function (no router, no
+middleware: the hot path is a dict lookup, auth, body read, one `json.loads`, the proxy).
+Every answer it makes itself, including the HTTP parser's own rejections (oversized
+headers, garbage request lines), is in the OpenAI error shape. The admin port serves
+`/metrics`, `/healthz` and `/readyz`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import RequestHandler
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from hedge_serving.gateway import errors
+from hedge_serving.gateway.auth import ClientAuth
+from hedge_serving.gateway.balancer import Balancer
+from hedge_serving.gateway.breaker import CircuitBreaker
+from hedge_serving.gateway.engine_metrics import EngineMetricsScraper
+from hedge_serving.gateway.keys import KeyStore, LocalKeyStore
+from hedge_serving.gateway.metrics import SERVED_BY_GATEWAY, UNKNOWN_MODEL, GatewayMetrics
+from hedge_serving.gateway.providers import Endpoint
+from hedge_serving.gateway.proxy import Proxy, ProxySettings, RequestState
+from hedge_serving.gateway.routing import RoutingTable
+
+log = logging.getLogger("hedge.gateway")
+
+_ENDPOINTS = {
+    "/v1/chat/completions": Endpoint.CHAT,
+    "/v1/completions": Endpoint.COMPLETIONS,
+    "/v1/embeddings": Endpoint.EMBEDDINGS,
+}
+_JSON = "application/json"
+_CLIENT_GONE = 499
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    admin_host: str | None = None  # defaults to `host`
+    admin_port: int | None = 9090  # None: no admin server
+    max_body_bytes: int = 4 * 1024 * 1024
+    body_timeout_s: float = 30.0
+    drain_timeout_s: float = 30.0
+    breaker_failures: int = 3
+    breaker_open_s: float = 1.0
+    affinity_slack: int = 4
+    affinity_ratio: float = 1.5
+    engine_metrics_interval_s: float = 1.0  # 0 disables scraping vLLM /metrics
+    upstream_keepalive_s: float = 4.0  # below uvicorn's 5 s so pooled sockets are not stale
+    proxy: ProxySettings = field(default_factory=ProxySettings)
+
+
+def _json_response(status: int, body: bytes, headers: dict[str, str] | None = None) -> web.Response:
+    h = {"Content-Type": _JSON}
+    if headers:
+        h.update(headers)
+    return web.Response(status=status, body=body, headers=h)
+
+
+def error_response(err: errors.GatewayError) -> web.Response:
+    return _json_response(err.status, err.body(), err.headers)
+
+
+class OpenAIRequestHandler(RequestHandler):
+    """aiohttp's connection handler, with its own error pages in the OpenAI shape."""
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status >= 500:
+            self.logger.error("error handling a request", exc_info=exc)
+            text = "The server had an error while processing your request."
+        else:
+            self.logger.debug("rejected a malformed request: %s", exc)
+            text = (message or str(exc or "") or "Bad request").strip().splitlines()[0][:200]
+        resp = error_response(errors.for_status(status, text))
+        resp.force_close()
+        return resp
+
+
+class _Server(web.Server):
+    def __call__(self) -> RequestHandler:
+        # aiohttp has no hook for the connection handler class; `Server.__call__` builds a
+        # plain RequestHandler from the same (private) attributes.
+        return OpenAIRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class Gateway:
+    """The request dispatcher; its parts are passed in so tests can swap them."""
+
+    def __init__(
+        self,
+        table: RoutingTable,
+        proxy: Proxy,
+        metrics: GatewayMetrics,
+        auth: ClientAuth,
+        settings: GatewaySettings,
+    ) -> None:
+        self.table = table
+        self.proxy = proxy
+        self.metrics = metrics
+        self.auth = auth
+        self.settings = settings
+        self.draining = False
+        self.ready: Callable[[], bool] = lambda: True
+        self._models_cache: tuple[int, bytes] = (-1, b"")
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        path = request.path
+        endpoint = _ENDPOINTS.get(path)
+        if endpoint is not None:
+            if request.method != "POST":
+                return self._reject(errors.MethodNotAllowed(f"Use POST for {path}."), request)
+            return await self._proxy(request, endpoint)
+        if path == "/v1/models" or path.startswith("/v1/models/"):
+            if request.method != "GET":
+                return self._reject(errors.MethodNotAllowed(f"Use GET for {path}."), request)
+            try:
+                self.auth.check(request.headers.get("Authorization"))
+            except errors.GatewayError as err:
+                return self._reject(err, request)
+            return self._models(path[len("/v1/models/") :] if path != "/v1/models" else None)
+        return self._reject(
+            errors.NotFound(f"Invalid URL ({request.method} {path[:200]})"), request
+        )
+
+    def _reject(self, err: errors.GatewayError, request: web.BaseRequest) -> web.Response:
+        self.metrics.request_done(UNKNOWN_MODEL, SERVED_BY_GATEWAY, err.status, 0.0)
+        return error_response(err)
+
+    async def _read_body(self, request: web.BaseRequest) -> bytes:
+        limit = self.settings.max_body_bytes
+        length = request.content_length
+        if length is not None and length > limit:
+            raise errors.PayloadTooLarge(
+                f"The request body is {length} bytes; the limit is {limit} bytes."
+            )
+        try:
+            if request.content.is_eof():  # the whole body is already here
+                return await request.read()
+            async with asyncio.timeout(self.settings.body_timeout_s):
+                return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise errors.PayloadTooLarge(f"The request body is over {limit} bytes.") from None
+        except TimeoutError:
+            raise errors.ClientError("The request body was not received in time.") from None
+        except aiohttp.ClientPayloadError:
+            raise errors.BadRequest("The request body could not be read.") from None
+
+    async def _proxy(self, request: web.BaseRequest, endpoint: Endpoint) -> web.StreamResponse:
+        started = time.perf_counter()
+        state = RequestState(UNKNOWN_MODEL, started)
+        try:
+            self.auth.check(request.headers.get("Authorization"))
+            body = await self._read_body(request)
+            try:
+                payload: Any = json.loads(body)
+            except (ValueError, RecursionError):
+                raise errors.BadRequest(
+                    "We could not parse the JSON body of your request. The body must be a "
+                    "JSON object with a `model` field."
+                ) from None
+            if type(payload) is not dict:
+                raise errors.BadRequest("The request body must be a JSON object.")
+            model = payload.get("model")
+            if model is None:
+                raise errors.BadRequest("You must provide a model parameter.", param="model")
+            if type(model) is not str:
+                raise errors.BadRequest("`model` must be a string.", param="model")
+            stream = payload.get("stream")
+            if stream is not None and type(stream) is not bool:
+                raise errors.BadRequest("`stream` must be true or false.", param="stream")
+            route = self.table.resolve(model)
+            if route is None:
+                raise errors.ModelNotFound(
+                    f"The model `{model[:200]}` does not exist or you do not have access to it.",
+                    param="model",
+                )
+            state.model = route.model
+            response = await self.proxy.serve(request, route, endpoint, body, payload, state)
+            return response
+        except errors.GatewayError as err:
+            state.status = err.status
+            state.served_by = SERVED_BY_GATEWAY
+            return error_response(err)
+        except asyncio.CancelledError:
+            state.status = _CLIENT_GONE
+            raise
+        except Exception:
+            log.exception("unexpected error while serving a request")
+            state.status = 500
+            state.served_by = SERVED_BY_GATEWAY
+            return error_response(
+                errors.InternalError("The server had an error while processing your request.")
+            )
+        finally:
+            self.metrics.request_done(
+                state.model, state.served_by, state.status, time.perf_counter() - started
+            )
+
+    def _models(self, model_id: str | None) -> web.Response:
+        if model_id is not None:
+            route = self.table.resolve(model_id)
+            if route is None:
+                err = errors.ModelNotFound(
+                    f"The model `{model_id[:200]}` does not exist or you do not have access to it.",
+                    param="model",
+                )
+                return error_response(err)
+            doc = {
+                "id": route.model,
+                "object": "model",
+                "created": route.created,
+                "owned_by": route.owner,
+            }
+            return _json_response(200, json.dumps(doc).encode())
+        version, cached = self._models_cache
+        if version != self.table.version:
+            data = [
+                {"id": r.model, "object": "model", "created": r.created, "owned_by": r.owner}
+                for r in sorted(self.table.routes(), key=lambda r: r.model)
+            ]
+            cached = json.dumps({"object": "list", "data": data}).encode()
+            self._models_cache = (self.table.version, cached)
+        return _json_response(200, cached)
+
+    # -- admin -------------------------------------------------------------------------
+
+    def admin_app(self) -> web.Application:
+        app = web.Application()
+
+        async def metrics(_: web.Request) -> web.Response:
+            body = generate_latest(self.metrics.registry)
+            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+        async def healthz(_: web.Request) -> web.Response:
+            return web.Response(text="ok\n")
+
+        async def readyz(_: web.Request) -> web.Response:
+            if self.draining:
+                return web.Response(status=503, text="draining\n")
+            if not self.ready():
+                return web.Response(status=503, text="routing table not loaded yet\n")
+            return web.Response(text="ok\n")
+
+        app.router.add_get("/metrics", metrics)
+        app.router.add_get("/healthz", healthz)
+        app.router.add_get("/readyz", readyz)
+        return app
+
+
+@dataclass
+class RunningGateway:
+    gateway: Gateway
+    table: RoutingTable
+    port: int
+    admin_port: int | None
+    session: aiohttp.ClientSession
+    _runner: web.ServerRunner
+    _admin_runner: web.AppRunner | None
+    _scraper: EngineMetricsScraper
+    _on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.gateway.settings.host}:{self.port}"
+
+    async def stop(self) -> None:
+        """Stop accepting connections, let in-flight requests and streams finish (up to the
+        drain timeout), then close everything."""
+        self.gateway.draining = True
+        for hook in self._on_stop:
+            await hook()
+        await self._runner.cleanup()
+        await self._scraper.stop()
+        await self.session.close()
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
+
+
+async def start_gateway(
+    table: RoutingTable | None = None,
+    settings: GatewaySettings | None = None,
+    *,
+    keys: KeyStore | None = None,
+    auth: ClientAuth | None = None,
+    ready: Callable[[], bool] | None = None,
+) -> RunningGateway:
+    """Start the API (and admin) server on the running loop; returns once listening."""
+    settings = settings or GatewaySettings()
+    if table is None:
+        table = RoutingTable(
+            lambda: CircuitBreaker(settings.breaker_failures, settings.breaker_open_s)
+        )
+    metrics = GatewayMetrics(table)
+    connector = aiohttp.TCPConnector(
+        limit=0, keepalive_timeout=settings.upstream_keepalive_s, ttl_dns_cache=300
+    )
+    session = aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent",),
+        timeout=aiohttp.ClientTimeout(total=None),
+    )
+    proxy = Proxy(
+        session,
+        Balancer(settings.affinity_slack, settings.affinity_ratio),
+        metrics,
+        keys or LocalKeyStore(),
+        settings.proxy,
+    )
+    gateway = Gateway(table, proxy, metrics, auth or ClientAuth(), settings)
+    if ready is not None:
+        gateway.ready = ready
+    limit = settings.max_body_bytes
+
+    def request_factory(
+        message: RawRequestMessage,
+        payload: StreamReader,
+        protocol: RequestHandler,
+        writer: Any,
+        task: asyncio.Task[None],
+    ) -> web.BaseRequest:
+        return web.BaseRequest(
+            message,
+            payload,
+            protocol,
+            writer,
+            task,
+            asyncio.get_running_loop(),
+            client_max_size=limit,
+        )
+
+    server = _Server(
+        gateway.handle,
+        request_factory=request_factory,
+        handler_cancellation=True,
+        access_log=None,
+        max_field_size=16 * 1024,
+        max_line_size=16 * 1024,
+    )
+    runner = web.ServerRunner(server, shutdown_timeout=settings.drain_timeout_s)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+    await site.start()
+    port = _bound_port(site)
+    admin_runner = None
+    admin_port = None
+    if settings.admin_port is not None:
+        admin_runner = web.AppRunner(gateway.admin_app(), access_log=None)
+        await admin_runner.setup()
+        admin_site = web.TCPSite(
+            admin_runner, settings.admin_host or settings.host, settings.admin_port
+        )
+        await admin_site.start()
+        admin_port = _bound_port(admin_site)
+    scraper = EngineMetricsScraper(table, session, settings.engine_metrics_interval_s)
+    scraper.start()
+    return RunningGateway(gateway, table, port, admin_port, session, runner, admin_runner, scraper)
+
+
+def _bound_port(site: web.TCPSite) -> int:
+    server = site._server  # aiohttp keeps the listening server private
+    sockets: list[socket.socket] = list(getattr(server, "sockets", None) or ())
+    return int(sockets[0].getsockname()[1])

@@ -1,0 +1,217 @@
+"""`hedge gateway`: run the OpenAI-compatible gateway.
+
+From a static routes file (`--routes routes.yaml`) or, without one, from the
+ModelDeployments and EndpointSlices of the Kubernetes cluster it runs in (or the one
+KUBECONFIG points at). SIGTERM/SIGINT drain in-flight requests and streams, then exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+
+from hedge_serving.gateway.app import GatewaySettings, start_gateway
+from hedge_serving.gateway.auth import ClientAuth, split_keys
+from hedge_serving.gateway.breaker import CircuitBreaker
+from hedge_serving.gateway.config import RoutesFileError, load_routes
+from hedge_serving.gateway.keys import LocalKeyStore, SecretCache
+from hedge_serving.gateway.proxy import ProxySettings
+from hedge_serving.gateway.routing import RoutingTable
+
+log = logging.getLogger("hedge.gateway")
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__.splitlines()[0] if __doc__ else None
+    src = parser.add_argument_group("routing source")
+    src.add_argument(
+        "--routes",
+        metavar="FILE",
+        help="static routes file (YAML); without it, "
+        "routes come from Kubernetes ModelDeployments and EndpointSlices",
+    )
+    src.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
+    src.add_argument(
+        "--namespace",
+        action="append",
+        metavar="NS",
+        help="watch only this namespace (repeatable; default: all namespaces)",
+    )
+    net = parser.add_argument_group("listening")
+    net.add_argument("--host", default="127.0.0.1", help="API address (default: %(default)s)")
+    net.add_argument("--port", type=int, default=8080, help="API port (default: %(default)s)")
+    net.add_argument("--admin-host", default=None, help="admin address (default: --host)")
+    net.add_argument(
+        "--admin-port",
+        type=int,
+        default=9090,
+        help="port of /metrics, /healthz, /readyz; -1 disables (default: %(default)s)",
+    )
+    sec = parser.add_argument_group("client authentication (optional)")
+    sec.add_argument(
+        "--api-keys-env",
+        metavar="VAR",
+        help="environment variable holding accepted client keys (comma separated)",
+    )
+    sec.add_argument(
+        "--api-keys-file", metavar="FILE", help="file of accepted client keys, one per line"
+    )
+    sec.add_argument(
+        "--api-keys-secret",
+        metavar="NS/NAME",
+        help="Kubernetes Secret whose values are the accepted client keys (watched)",
+    )
+    tune = parser.add_argument_group("tuning")
+    tune.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024)
+    tune.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to let in-flight requests finish on shutdown",
+    )
+    tune.add_argument(
+        "--max-attempts",
+        type=int,
+        default=3,
+        help="self-hosted backends tried per request before falling back",
+    )
+    tune.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=2.0,
+        help="seconds to connect to a self-hosted backend",
+    )
+    tune.add_argument(
+        "--breaker-failures",
+        type=int,
+        default=3,
+        help="consecutive failures that open a backend's circuit",
+    )
+    tune.add_argument(
+        "--breaker-open-seconds",
+        type=float,
+        default=1.0,
+        help="seconds an open circuit waits before its half-open probe",
+    )
+    tune.add_argument(
+        "--affinity-prefix-chars",
+        type=int,
+        default=256,
+        help="prompt characters hashed for prefix affinity; 0 disables",
+    )
+    tune.add_argument(
+        "--affinity-slack",
+        type=int,
+        default=4,
+        help="extra in-flight requests a preferred backend may carry",
+    )
+    tune.add_argument(
+        "--engine-metrics-interval",
+        type=float,
+        default=1.0,
+        help="seconds between scrapes of backends' vLLM /metrics; 0 disables",
+    )
+    parser.add_argument("--log-level", default="INFO")
+
+
+def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
+    return GatewaySettings(
+        host=args.host,
+        port=args.port,
+        admin_host=args.admin_host,
+        admin_port=None if args.admin_port < 0 else args.admin_port,
+        max_body_bytes=args.max_body_bytes,
+        drain_timeout_s=args.drain_timeout,
+        breaker_failures=args.breaker_failures,
+        breaker_open_s=args.breaker_open_seconds,
+        affinity_slack=args.affinity_slack,
+        engine_metrics_interval_s=args.engine_metrics_interval,
+        proxy=ProxySettings(
+            max_attempts=max(1, args.max_attempts),
+            connect_timeout_s=args.connect_timeout,
+            affinity_prefix_chars=args.affinity_prefix_chars,
+        ),
+    )
+
+
+def _client_keys(args: argparse.Namespace) -> list[str]:
+    keys: list[str] = []
+    if args.api_keys_env:
+        keys += split_keys(os.environ.get(args.api_keys_env, ""))
+        if not keys:
+            raise SystemExit(f"hedge gateway: ${args.api_keys_env} holds no API keys")
+    if args.api_keys_file:
+        with open(args.api_keys_file, encoding="utf-8") as f:
+            keys += split_keys(f.read())
+    return keys
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    table = RoutingTable(lambda: CircuitBreaker(settings.breaker_failures, settings.breaker_open_s))
+    auth = ClientAuth(_client_keys(args), required=bool(args.api_keys_secret))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+
+    if args.routes:
+        try:
+            table.replace(load_routes(args.routes))
+        except RoutesFileError as exc:
+            print(f"hedge gateway: {exc}", file=sys.stderr)
+            return 2
+        running = await start_gateway(table, settings, keys=LocalKeyStore(), auth=auth)
+        watcher = None
+    else:
+        from hedge_serving.gateway.discovery import KubeConfigError, KubernetesDiscovery
+
+        secrets = SecretCache()
+        try:
+            watcher = KubernetesDiscovery.from_environment(
+                table,
+                secrets,
+                kubeconfig=args.kubeconfig,
+                namespaces=args.namespace,
+                client_keys_secret=args.api_keys_secret,
+                auth=auth,
+            )
+        except KubeConfigError as exc:
+            print(f"hedge gateway: {exc} (or pass --routes FILE)", file=sys.stderr)
+            return 2
+        await watcher.start()
+        running = await start_gateway(
+            table, settings, keys=secrets, auth=auth, ready=watcher.synced
+        )
+    log.info(
+        "gateway listening on http://%s:%d (admin port %s), %d model(s)",
+        settings.host,
+        running.port,
+        running.admin_port,
+        len(table.routes()),
+    )
+    await stop.wait()
+    log.info("draining in-flight requests (up to %.0fs)", settings.drain_timeout_s)
+    await running.stop()
+    if watcher is not None:
+        await watcher.stop()
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        import uvloop
+
+        return int(uvloop.run(_serve(args)))
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.run(_serve(args))

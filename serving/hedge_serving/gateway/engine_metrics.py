@@ -1,0 +1,86 @@
+"""Reads each self-hosted backend's queue depth from its vLLM `/metrics`, in the background.
+
+One scrape of every backend per interval, never per request. The result feeds
+`Backend.queue_estimate()`, which adds what the gateway sent since the scrape, so the
+`Overloaded` decision follows bursts between scrapes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import aiohttp
+
+from hedge_serving.gateway.routing import Backend, RoutingTable
+
+log = logging.getLogger("hedge.gateway")
+
+WAITING_METRIC = "vllm:num_requests_waiting"
+
+
+def parse_waiting(text: str) -> float | None:
+    """Sum of `vllm:num_requests_waiting` over its label sets, or None if absent."""
+    total = 0.0
+    found = False
+    for line in text.splitlines():
+        if line.startswith(WAITING_METRIC) and (
+            len(line) > len(WAITING_METRIC) and line[len(WAITING_METRIC)] in "{ "
+        ):
+            value = line.rsplit("}", 1)[-1].split()
+            try:
+                total += float(value[0])
+                found = True
+            except (IndexError, ValueError):
+                continue
+    return total if found else None
+
+
+class EngineMetricsScraper:
+    def __init__(
+        self, table: RoutingTable, session: aiohttp.ClientSession, interval_s: float = 1.0
+    ) -> None:
+        self._table = table
+        self._session = session
+        self._interval = interval_s
+        self._timeout = aiohttp.ClientTimeout(total=max(0.2, min(interval_s, 2.0)))
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._interval > 0 and self._task is None:
+            self._task = asyncio.create_task(self._run(), name="hedge-engine-metrics")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def scrape_once(self) -> None:
+        backends = self._table.backends()
+        if backends:
+            await asyncio.gather(*(self._scrape(b) for b in backends))
+
+    async def _run(self) -> None:
+        while True:
+            await self.scrape_once()
+            await asyncio.sleep(self._interval)
+
+    async def _scrape(self, backend: Backend) -> None:
+        try:
+            async with self._session.get(backend.url + "/metrics", timeout=self._timeout) as r:
+                if r.status != 200:
+                    raise ValueError(f"HTTP {r.status}")
+                waiting = parse_waiting(await r.text())
+        except (aiohttp.ClientError, OSError, ValueError, TimeoutError):
+            backend.scraped_at = None
+            return
+        if waiting is None:
+            backend.scraped_at = None
+            return
+        backend.waiting = waiting
+        backend.inflight_at_scrape = backend.outstanding
+        backend.scraped_at = time.monotonic()

@@ -1,0 +1,130 @@
+"""Prometheus metrics of the gateway, on a registry of its own.
+
+Label values are bounded: `model` is a routed model name (or `_unknown`), `served_by` is
+`self-hosted`, a provider label or `gateway` (answered by the gateway itself), `status`
+an HTTP status, `backend` a backend URL currently in the routing table (series of removed
+backends disappear because they are read from the table at scrape time), `reason` one of
+`Unavailable`, `Overloaded`, `Error`.
+
+Per-backend gauges cost nothing per request: a collector reads the live counters when
+Prometheus scrapes. Labelled children of the counters and histograms are cached, so the
+request path does a dict lookup and an increment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from hedge_serving.gateway.routing import RoutingTable
+
+UNKNOWN_MODEL = "_unknown"
+SERVED_BY_GATEWAY = "gateway"
+SERVED_BY_SELF = "self-hosted"
+
+_LATENCY_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+)  # fmt: skip
+_TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+class _TableCollector(Collector):
+    def __init__(self, table: RoutingTable) -> None:
+        self._table = table
+
+    def collect(self) -> Iterator[Metric]:
+        in_flight = GaugeMetricFamily(
+            "hedge_gateway_backend_in_flight",
+            "Requests the gateway has outstanding on each self-hosted backend.",
+            labels=["model", "backend"],
+        )
+        ready = GaugeMetricFamily(
+            "hedge_gateway_backends",
+            "Self-hosted backends per model, by whether their circuit lets traffic through.",
+            labels=["model", "state"],
+        )
+        circuit = GaugeMetricFamily(
+            "hedge_gateway_circuit_state",
+            "Circuit breaker state per backend: 0 closed, 1 half-open, 2 open.",
+            labels=["backend"],
+        )
+        for route in self._table.routes():
+            available = 0
+            for b in route.backends:
+                in_flight.add_metric([route.model, b.url], b.outstanding)
+                available += b.breaker.available()
+            ready.add_metric([route.model, "available"], available)
+            ready.add_metric([route.model, "unavailable"], len(route.backends) - available)
+        for b in self._table.backends():
+            circuit.add_metric([b.url], int(b.breaker.state))
+        yield in_flight
+        yield ready
+        yield circuit
+
+
+class GatewayMetrics:
+    def __init__(self, table: RoutingTable, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self._requests = Counter(
+            "hedge_gateway_requests",
+            "Requests answered, by model, who served them and HTTP status.",
+            ["model", "served_by", "status"],
+            registry=r,
+        )
+        self._duration = Histogram(
+            "hedge_gateway_request_duration_seconds",
+            "Time from receiving a request to the end of its response.",
+            ["model", "served_by"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._ttft = Histogram(
+            "hedge_gateway_time_to_first_token_seconds",
+            "Streaming requests: time from receiving the request to the first event sent.",
+            ["model", "served_by"],
+            buckets=_TTFT_BUCKETS,
+            registry=r,
+        )
+        self._fallbacks = Counter(
+            "hedge_gateway_fallbacks",
+            "Requests sent to a fallback provider, by reason.",
+            ["model", "provider", "reason"],
+            registry=r,
+        )
+        self._retries = Counter(
+            "hedge_gateway_retries",
+            "Self-hosted attempts retried on another backend before the first byte.",
+            ["model"],
+            registry=r,
+        )
+        r.register(_TableCollector(table))
+        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._ttft_children: dict[tuple[str, str], Histogram] = {}
+
+    def request_done(self, model: str, served_by: str, status: int, seconds: float) -> None:
+        key = (model, served_by, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = self._request_children[key] = (
+                self._requests.labels(model, served_by, str(status)),
+                self._duration.labels(model, served_by),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def first_token(self, model: str, served_by: str, seconds: float) -> None:
+        key = (model, served_by)
+        hist = self._ttft_children.get(key)
+        if hist is None:
+            hist = self._ttft_children[key] = self._ttft.labels(model, served_by)
+        hist.observe(seconds)
+
+    def fallback(self, model: str, provider: str, reason: str) -> None:
+        self._fallbacks.labels(model, provider, reason).inc()
+
+    def retry(self, model: str) -> None:
+        self._retries.labels(model).inc()

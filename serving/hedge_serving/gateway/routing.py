@@ -1,0 +1,210 @@
+"""The in-memory routing table: model name -> self-hosted backends, fallback, options.
+
+Sources (the static routes file, the Kubernetes watcher) hand the table a complete list of
+`RouteSpec` values whenever something changes; `replace` swaps the table atomically and
+keeps the live state (`Backend`: outstanding count, circuit breaker, scraped queue depth)
+of every backend URL that is still listed, so a table update never resets load counts.
+Requests only read the table: one dict lookup per request.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from hedge_serving.gateway.balancer import stable_hash
+from hedge_serving.gateway.breaker import CircuitBreaker
+
+
+class ProviderType(enum.StrEnum):
+    OPENAI = "openai"
+    AZURE_OPENAI = "azure-openai"
+    ANTHROPIC = "anthropic"
+    OPENAI_COMPATIBLE = "openai-compatible"
+
+    @classmethod
+    def parse(cls, value: str) -> ProviderType:
+        """Accepts `openai`, `azure-openai`, ... and the CRD's `OpenAI`, `AzureOpenAI`, ..."""
+        key = value.replace("-", "").replace("_", "").lower()
+        for member in cls:
+            if member.value.replace("-", "") == key:
+                return member
+        raise ValueError(
+            f"unknown provider type {value!r} (expected one of: "
+            + ", ".join(m.value for m in cls)
+            + ")"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SecretRef:
+    """Where an API key lives: an environment variable, a file, or a Kubernetes Secret."""
+
+    env: str | None = None
+    file: str | None = None
+    namespace: str | None = None
+    name: str | None = None
+    key: str | None = None
+
+    def describe(self) -> str:
+        if self.env:
+            return f"env {self.env}"
+        if self.file:
+            return f"file {self.file}"
+        return f"secret {self.namespace}/{self.name}[{self.key}]"
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSpec:
+    type: ProviderType
+    model: str
+    base_url: str | None = None
+    api_key: SecretRef | None = None
+    api_version: str | None = None  # azure-openai
+    deployment: str | None = None  # azure-openai
+    max_tokens: int = 4096  # anthropic requires max_tokens; used when the client omits it
+    name: str = ""  # the `x-hedge-served-by` value; defaults to the type
+
+    @property
+    def label(self) -> str:
+        return self.name or self.type.value
+
+
+class FallbackReason(enum.StrEnum):
+    UNAVAILABLE = "Unavailable"  # no ready self-hosted backend
+    OVERLOADED = "Overloaded"  # every backend's queue above maxQueueDepth
+    ERROR = "Error"  # self-hosted attempts failed after retries
+
+
+@dataclass(frozen=True, slots=True)
+class ServingOptions:
+    request_timeout_s: float = 300.0
+    max_queue_depth: int = 16
+    fallback_on_unavailable: bool = True
+    fallback_on_overload: bool = True
+    fallback_on_error: bool = True
+
+    def falls_back_on(self, reason: FallbackReason) -> bool:
+        if reason is FallbackReason.UNAVAILABLE:
+            return self.fallback_on_unavailable
+        if reason is FallbackReason.OVERLOADED:
+            return self.fallback_on_overload
+        return self.fallback_on_error
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSpec:
+    """What a source says about one model name."""
+
+    model: str
+    backends: tuple[str, ...] = ()
+    fallback: tuple[ProviderSpec, ...] = ()
+    options: ServingOptions = field(default_factory=ServingOptions)
+    owner: str = "hedge"  # namespace (Kubernetes) or "hedge"; shown as `owned_by`
+    created: int = 0  # unix seconds; shown as `created` in /v1/models
+
+
+def normalize_backend_url(url: str) -> str:
+    """`http://10.0.0.1:8000/v1/` -> `http://10.0.0.1:8000` (requests carry `/v1/...`)."""
+    url = url.strip().rstrip("/")
+    if url.endswith("/v1"):
+        url = url[:-3]
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"backend URL must start with http:// or https://: {url!r}")
+    return url
+
+
+class Backend:
+    """Live state of one self-hosted endpoint (a vLLM pod)."""
+
+    __slots__ = (
+        "affinity_seed",
+        "breaker",
+        "inflight_at_scrape",
+        "outstanding",
+        "scraped_at",
+        "url",
+        "waiting",
+    )
+
+    def __init__(self, url: str, breaker: CircuitBreaker) -> None:
+        self.url = url
+        self.affinity_seed = stable_hash(url)
+        self.breaker = breaker
+        self.outstanding = 0
+        # vllm:num_requests_waiting as last scraped, and our own in-flight count then.
+        self.waiting: float = 0.0
+        self.inflight_at_scrape = 0
+        self.scraped_at: float | None = None
+
+    def queue_estimate(self) -> float:
+        """Requests waiting on the engine: last scrape plus what we sent since."""
+        if self.scraped_at is None:
+            return 0.0
+        return self.waiting + max(0, self.outstanding - self.inflight_at_scrape)
+
+    def __repr__(self) -> str:
+        return f"Backend({self.url!r}, outstanding={self.outstanding})"
+
+
+class Route:
+    """One model name as the request path sees it."""
+
+    __slots__ = ("backends", "created", "fallback", "model", "options", "owner")
+
+    def __init__(self, spec: RouteSpec, backends: tuple[Backend, ...]) -> None:
+        self.model = spec.model
+        self.backends = backends
+        self.fallback = spec.fallback
+        self.options = spec.options
+        self.owner = spec.owner
+        self.created = spec.created
+
+
+class RoutingTable:
+    def __init__(
+        self,
+        breaker_factory: Callable[[], CircuitBreaker] = CircuitBreaker,
+        on_change: Callable[[RoutingTable], None] | None = None,
+    ) -> None:
+        self._breaker_factory = breaker_factory
+        self._routes: dict[str, Route] = {}
+        self._backends: dict[str, Backend] = {}
+        self._on_change = on_change
+        self.version = 0
+        self.updated_at = time.monotonic()
+
+    def resolve(self, model: str) -> Route | None:
+        return self._routes.get(model)
+
+    def routes(self) -> list[Route]:
+        return list(self._routes.values())
+
+    def backends(self) -> list[Backend]:
+        return list(self._backends.values())
+
+    def replace(self, specs: Iterable[RouteSpec]) -> None:
+        """Swap in a complete new table. The first spec listed for a model name wins."""
+        backends: dict[str, Backend] = {}
+        routes: dict[str, Route] = {}
+        for spec in specs:
+            if spec.model in routes:
+                continue
+            live: list[Backend] = []
+            for raw in spec.backends:
+                url = normalize_backend_url(raw)
+                b = backends.get(url) or self._backends.get(url)
+                if b is None:
+                    b = Backend(url, self._breaker_factory())
+                backends[url] = b
+                if b not in live:
+                    live.append(b)
+            routes[spec.model] = Route(spec, tuple(live))
+        self._routes = routes
+        self._backends = backends
+        self.version += 1
+        self.updated_at = time.monotonic()
+        if self._on_change is not None:
+            self._on_change(self)

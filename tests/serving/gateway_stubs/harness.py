@@ -1,0 +1,64 @@
+"""Starting a gateway over stubs, and waiting on conditions without fixed sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any
+
+import openai
+
+from hedge_serving.gateway.app import GatewaySettings, RunningGateway, start_gateway
+from hedge_serving.gateway.auth import ClientAuth
+from hedge_serving.gateway.breaker import CircuitBreaker
+from hedge_serving.gateway.keys import KeyStore
+from hedge_serving.gateway.routing import RouteSpec, RoutingTable
+
+
+async def start_test_gateway(
+    specs: list[RouteSpec],
+    *,
+    keys: KeyStore | None = None,
+    api_keys: tuple[str, ...] = (),
+    table: RoutingTable | None = None,
+    auth: ClientAuth | None = None,
+    **overrides: Any,
+) -> RunningGateway:
+    settings = dataclasses.replace(
+        GatewaySettings(host="127.0.0.1", port=0, admin_port=0, engine_metrics_interval_s=0),
+        **overrides,
+    )
+    if table is None:
+        table = RoutingTable(
+            lambda: CircuitBreaker(settings.breaker_failures, settings.breaker_open_s)
+        )
+        table.replace(specs)
+    return await start_gateway(table, settings, keys=keys, auth=auth or ClientAuth(api_keys))
+
+
+class Clients:
+    """Makes openai SDK clients for a gateway and closes them all at the end of a test."""
+
+    def __init__(self) -> None:
+        self._made: list[openai.AsyncOpenAI] = []
+
+    def __call__(self, gw: RunningGateway, api_key: str = "unused") -> openai.AsyncOpenAI:
+        c = openai.AsyncOpenAI(
+            base_url=gw.url + "/v1", api_key=api_key, max_retries=0, timeout=10.0
+        )
+        self._made.append(c)
+        return c
+
+    async def close(self) -> None:
+        for c in self._made:
+            await c.close()
+
+
+async def wait_for(cond: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.01)

@@ -1,0 +1,265 @@
+"""Kubernetes discovery against a fake API server that speaks list/watch/410 for real."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import openai
+import pytest
+import yaml
+
+from hedge_serving.gateway.app import RunningGateway
+from hedge_serving.gateway.auth import ClientAuth
+from hedge_serving.gateway.discovery import (
+    KubeConfigError,
+    KubeCredentials,
+    KubernetesDiscovery,
+    load_credentials,
+    ready_endpoints,
+)
+from hedge_serving.gateway.keys import SecretCache
+from hedge_serving.gateway.routing import ProviderType, RoutingTable, SecretRef
+from tests.serving.gateway_stubs import Engine, OpenAIStub, reply_text
+from tests.serving.gateway_stubs.harness import Clients, start_test_gateway, wait_for
+from tests.serving.gateway_stubs.kubeapi import (
+    FakeKubeAPI,
+    endpoint_slice,
+    model_deployment,
+    secret,
+)
+
+NS = "team-a"
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[Clients]:
+    clients = Clients()
+    yield clients
+    await clients.close()
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[FakeKubeAPI]:
+    server = await FakeKubeAPI().start()
+    yield server
+    await server.stop()
+
+
+def _discovery(
+    api: FakeKubeAPI, table: RoutingTable, secrets: SecretCache, **kw: object
+) -> KubernetesDiscovery:
+    creds = KubeCredentials(api.url, ssl=False, token=api.token)
+    return KubernetesDiscovery(table, secrets, creds, min_backoff_s=0.05, max_backoff_s=0.2, **kw)  # type: ignore[arg-type]
+
+
+def _backends(table: RoutingTable, model: str) -> list[str]:
+    route = table.resolve(model)
+    return [] if route is None else [b.url for b in route.backends]
+
+
+async def test_routes_follow_model_deployments_and_ready_endpoints(api: FakeKubeAPI) -> None:
+    await api.put(
+        "ModelDeployment",
+        model_deployment(
+            "llama",
+            NS,
+            model_name="llama-3-8b",
+            adapters=("sql-lora",),
+            serving={"requestTimeoutSeconds": 60, "maxQueueDepth": 4},
+        ),
+    )
+    await api.put(
+        "EndpointSlice",
+        endpoint_slice("llama", NS, [("127.0.0.2", 8000, True), ("127.0.0.3", 8000, False)]),
+    )
+    await api.put("ModelDeployment", model_deployment("qwen", "team-b"))
+    table, secrets = RoutingTable(), SecretCache()
+    d = _discovery(api, table, secrets)
+    await d.start()
+    try:
+        await d.wait_synced(5)
+        assert d.synced()
+        assert _backends(table, "llama-3-8b") == ["http://127.0.0.2:8000"]
+        assert _backends(table, "sql-lora") == ["http://127.0.0.2:8000"]
+        route = table.resolve("llama-3-8b")
+        assert route is not None and route.options.request_timeout_s == 60
+        assert route.options.max_queue_depth == 4 and route.owner == NS
+        assert table.resolve("qwen") is not None and _backends(table, "qwen") == []
+
+        # the second pod becomes ready; a new slice adds a third pod
+        await api.put(
+            "EndpointSlice",
+            endpoint_slice("llama", NS, [("127.0.0.2", 8000, True), ("127.0.0.3", 8000, True)]),
+        )
+        await api.put(
+            "EndpointSlice", endpoint_slice("llama", NS, [("127.0.0.4", 8000, True)], "xyz")
+        )
+        await wait_for(lambda: len(_backends(table, "llama-3-8b")) == 3, what="3 backends")
+        # a pod goes away; then the ModelDeployment is deleted
+        await api.delete("EndpointSlice", NS, "llama-xyz")
+        await wait_for(lambda: len(_backends(table, "llama-3-8b")) == 2, what="2 backends")
+        await api.delete("ModelDeployment", NS, "llama")
+        await wait_for(lambda: table.resolve("llama-3-8b") is None, what="route removed")
+        assert table.resolve("sql-lora") is None
+    finally:
+        await d.stop()
+
+
+async def test_relists_on_410_and_survives_api_server_restart(api: FakeKubeAPI) -> None:
+    await api.put("ModelDeployment", model_deployment("m1", NS))
+    table, secrets = RoutingTable(), SecretCache()
+    d = _discovery(api, table, secrets)
+    await d.start()
+    try:
+        await d.wait_synced(5)
+        assert table.resolve("m1") is not None
+        lists_before = sum(1 for r in api.requests if "watch" not in r)
+        # while the watch is down, m1 is deleted and m2 created; history is compacted
+        api.drop_watches()
+        await api.delete("ModelDeployment", NS, "m1")
+        await api.put("ModelDeployment", model_deployment("m2", NS))
+        api.compact()
+        await wait_for(
+            lambda: table.resolve("m2") is not None and table.resolve("m1") is None,
+            what="re-list after 410",
+        )
+        assert sum(1 for r in api.requests if "watch" not in r) > lists_before
+
+        # the API server goes away and comes back on the same port
+        port = api.port
+        await api.stop()
+        await api.put("ModelDeployment", model_deployment("m3", NS))
+        await api.start(port)
+        await wait_for(lambda: table.resolve("m3") is not None, timeout=10, what="m3 after restart")
+        assert table.resolve("m2") is not None
+    finally:
+        await d.stop()
+
+
+async def test_fallback_keys_come_from_watched_secrets(api: FakeKubeAPI, client: Clients) -> None:
+    provider = await OpenAIStub(api_key="sk-one").start()
+    await api.put("Secret", secret("openai", NS, {"api-key": "sk-one"}))
+    await api.put("Secret", secret("unrelated", NS, {"api-key": "nope"}))
+    await api.put(
+        "ModelDeployment",
+        model_deployment(
+            "llama",
+            NS,
+            fallback=[
+                {
+                    "type": "OpenAICompatible",
+                    "model": "gpt-4o-mini",
+                    "baseURL": provider.url + "/v1",
+                    "apiKeySecretRef": {"name": "openai", "key": "api-key"},
+                }
+            ],
+        ),
+    )
+    table, secrets = RoutingTable(), SecretCache()
+    d = _discovery(api, table, secrets)
+    await d.start()
+    gw = await start_test_gateway([], keys=secrets, table=table)
+    try:
+        await d.wait_synced(5)
+        ref = SecretRef(namespace=NS, name="openai", key="api-key")
+        await wait_for(lambda: secrets.get(ref) == "sk-one", what="secret loaded")
+        route = table.resolve("llama")
+        assert route is not None and route.fallback[0].type is ProviderType.OPENAI_COMPATIBLE
+        c = client(gw)
+        raw = await c.chat.completions.with_raw_response.create(
+            model="llama", messages=[{"role": "user", "content": "k"}]
+        )
+        assert raw.headers["x-hedge-served-by"] == "openai-compatible"
+        assert raw.headers["x-hedge-fallback-reason"] == "Unavailable"
+        assert raw.parse().choices[0].message.content == reply_text("k")
+        # rotate the key at the provider and in the Secret: the next request uses the new one
+        provider.api_key = "sk-two"
+        await api.put("Secret", secret("openai", NS, {"api-key": "sk-two"}))
+        await wait_for(lambda: secrets.get(ref) == "sk-two", what="secret rotated")
+        await c.chat.completions.create(model="llama", messages=[{"role": "user", "content": "k"}])
+        assert provider.received[-1].headers["Authorization"] == "Bearer sk-two"
+        # the gateway only ever asked for the Secret it needs
+        assert not any("unrelated" in r for r in api.requests)
+        assert all("fieldSelector=metadata.name" in r for r in api.requests if "/secrets" in r)
+    finally:
+        await gw.stop()
+        await d.stop()
+        await provider.stop()
+
+
+async def test_gateway_serves_discovered_pods_and_client_keys_secret(
+    api: FakeKubeAPI, client: Clients
+) -> None:
+    engines = [await Engine(f"e{i}", "llama-3-8b").start() for i in range(2)]
+    await api.put("ModelDeployment", model_deployment("llama", NS, model_name="llama-3-8b"))
+    for i, e in enumerate(engines):
+        port = int(e.url.rsplit(":", 1)[1])
+        await api.put(
+            "EndpointSlice", endpoint_slice("llama", NS, [("127.0.0.1", port, True)], f"s{i}")
+        )
+    await api.put("Secret", secret("gateway-keys", "hedge-system", {"k": "client-key"}))
+    table, secrets = RoutingTable(), SecretCache()
+    auth = ClientAuth(required=True)
+    d = _discovery(api, table, secrets, client_keys_secret="hedge-system/gateway-keys", auth=auth)
+    await d.start()
+    gw: RunningGateway = await start_test_gateway([], keys=secrets, table=table, auth=auth)
+    try:
+        await d.wait_synced(5)
+        with pytest.raises(openai.AuthenticationError):
+            await client(gw, api_key="wrong").models.list()
+        await wait_for(lambda: auth._keys == (b"client-key",), what="client keys")
+        c = client(gw, api_key="client-key")
+        assert [m.id for m in (await c.models.list()).data] == ["llama-3-8b"]
+        for i in range(6):
+            raw = await c.chat.completions.with_raw_response.create(
+                model="llama-3-8b", messages=[{"role": "user", "content": f"p{i}"}]
+            )
+            assert raw.headers["x-hedge-served-by"] == "self-hosted"
+        assert all(e.received for e in engines)
+        # the Secret disappears: the API locks rather than opening up
+        await api.delete("Secret", "hedge-system", "gateway-keys")
+        await wait_for(lambda: auth._keys == (), what="keys dropped")
+        with pytest.raises(openai.AuthenticationError):
+            await c.models.list()
+    finally:
+        await gw.stop()
+        await d.stop()
+        for e in engines:
+            await e.stop()
+
+
+def test_ready_endpoints_ipv6_and_not_ready() -> None:
+    s = {
+        "addressType": "IPv6",
+        "ports": [{"name": "metrics", "port": 9}, {"name": "http", "port": 8000}],
+        "endpoints": [
+            {"addresses": ["fd00::1"], "conditions": {"ready": True}},
+            {"addresses": ["fd00::2"], "conditions": {"ready": False}},
+            {"addresses": ["fd00::3"], "conditions": {}},
+        ],
+    }
+    assert ready_endpoints(s) == ["http://[fd00::1]:8000", "http://[fd00::3]:8000"]
+
+
+def test_kubeconfig_token_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    cfg = {
+        "current-context": "local",
+        "contexts": [{"name": "local", "context": {"cluster": "c", "user": "u"}}],
+        "clusters": [{"name": "c", "cluster": {"server": "http://127.0.0.1:6443/"}}],
+        "users": [{"name": "u", "user": {"token": "abc"}}],
+    }
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(cfg))
+    creds = load_credentials(str(path))
+    assert creds.server == "http://127.0.0.1:6443"
+    assert creds.headers() == {"Authorization": "Bearer abc"}
+    monkeypatch.setenv("KUBECONFIG", str(path))
+    assert load_credentials().server == "http://127.0.0.1:6443"
+    cfg["users"] = [{"name": "u", "user": {"exec": {"command": "x"}}}]
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(KubeConfigError, match="exec"):
+        load_credentials(str(path))
+    with pytest.raises(KubeConfigError):
+        load_credentials(str(tmp_path / "missing"))
