@@ -1,0 +1,467 @@
+"""Pure spec -> manifest functions: the engine Deployment of a revision, the Service, the
+PodDisruptionBudget and the cache PersistentVolumeClaim. No I/O; unit tests call them over a
+table of specs. Names and labels follow docs/contracts.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from hedge_operator.api import API_VERSION, KIND, ModelDeployment
+from hedge_operator.config import GPU_PRODUCT_LABEL, GPU_RESOURCE, OperatorConfig
+
+FIELD_MANAGER = "hedge-operator"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+PART_OF_LABEL = "app.kubernetes.io/part-of"
+MD_LABEL = "hedge.dev/model-deployment"
+COMPONENT_LABEL = "hedge.dev/component"
+REVISION_LABEL = "hedge.dev/revision"
+ENGINE_COMPONENT = "engine"
+
+ENGINE_CONTAINER = "engine"
+ENGINE_PORT = 8000
+PORT_NAME = "http"
+HEALTH_PATH = "/health"
+
+MODELS_DIR = "/models"  # the cache volume (or an emptyDir without one)
+HF_HOME = f"{MODELS_DIR}/huggingface"
+HF_DOWNLOAD_DIR = f"{HF_HOME}/hub"
+PVC_MOUNT_ROOT = "/mnt/pvc"  # pvc:// sources, read-only
+GCS_CREDENTIALS_DIR = "/var/run/secrets/hedge/gcs"
+DEFAULT_HF_TOKEN_KEY = "token"
+DEFAULT_GCS_KEY = "key.json"
+
+STARTUP_PROBE_PERIOD = 10
+REVISION_LENGTH = 10
+
+#: Environment variables the operator sets on the engine; spec.engine.env may not redefine them.
+OPERATOR_ENV = frozenset({"HF_HOME", "HF_TOKEN"})
+
+
+# ------------------------------------------------------------------------------- naming
+
+
+def common_labels(md_name: str) -> dict[str, str]:
+    """Labels on every child (docs/contracts.md)."""
+    return {
+        MANAGED_BY_LABEL: FIELD_MANAGER,
+        PART_OF_LABEL: "hedge",
+        MD_LABEL: md_name,
+    }
+
+
+def engine_selector(md_name: str) -> dict[str, str]:
+    """Selects the engine pods of every revision."""
+    return {MD_LABEL: md_name, COMPONENT_LABEL: ENGINE_COMPONENT}
+
+
+def selector_string(md_name: str) -> str:
+    return ",".join(f"{k}={v}" for k, v in engine_selector(md_name).items())
+
+
+def deployment_name(md_name: str, revision: str) -> str:
+    return f"{md_name}-{revision}"
+
+
+def cache_claim_name(md: ModelDeployment) -> str | None:
+    cache = md.spec.cache
+    if cache is None:
+        return None
+    return cache.existing_claim or f"{md.name}-cache"
+
+
+def service_url(md: ModelDeployment) -> str:
+    return f"http://{md.name}.{md.namespace}.svc:{ENGINE_PORT}/v1"
+
+
+def owner_reference(md: ModelDeployment) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": md.name,
+        "uid": md.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(md: ModelDeployment, name: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": md.namespace,
+        "labels": labels,
+        "ownerReferences": [owner_reference(md)],
+    }
+
+
+# ------------------------------------------------------------------------------ sources
+
+
+@dataclass(frozen=True)
+class Source:
+    """A parsed source URI: `scheme://authority/path`."""
+
+    scheme: str  # hf, s3, gs, pvc
+    authority: str  # HF org (or repo), bucket, claim
+    path: str  # may be empty
+
+    @classmethod
+    def parse(cls, uri: str) -> Source:
+        scheme, _, rest = uri.partition("://")
+        authority, _, path = rest.partition("/")
+        return cls(scheme, authority, path.strip("/"))
+
+    @property
+    def hf_repo(self) -> str:
+        return f"{self.authority}/{self.path}" if self.path else self.authority
+
+    @property
+    def downloaded(self) -> bool:
+        return self.scheme in ("s3", "gs")
+
+    def uri(self) -> str:
+        return f"{self.scheme}://{self.authority}" + (f"/{self.path}" if self.path else "")
+
+    def local_path(self) -> str:
+        """Where the engine finds it: an HF repo id, or a directory inside the pod."""
+        if self.scheme == "hf":
+            return self.hf_repo
+        root = (
+            f"{PVC_MOUNT_ROOT}/{self.authority}"
+            if self.scheme == "pvc"
+            else (f"{MODELS_DIR}/{self.scheme}/{self.authority}")
+        )
+        return f"{root}/{self.path}" if self.path else root
+
+
+def pvc_claims(md: ModelDeployment) -> list[str]:
+    """Claims of pvc:// sources (model first, then adapters), each once."""
+    claims: list[str] = []
+    for uri in [md.spec.model.source, *(a.source for a in md.spec.adapters)]:
+        src = Source.parse(uri)
+        if src.scheme == "pvc" and src.authority not in claims:
+            claims.append(src.authority)
+    return claims
+
+
+# --------------------------------------------------------------------------- the engine
+
+
+def tensor_parallel_size(md: ModelDeployment) -> int | None:
+    """Explicit, or GPUs / pipeline stages; None without GPUs (vLLM's CPU backend)."""
+    engine, gpus = md.spec.engine, md.spec.resources.gpus
+    if engine.tensor_parallel_size is not None:
+        return engine.tensor_parallel_size
+    if gpus == 0:
+        return None
+    return max(1, gpus // engine.pipeline_parallel_size)
+
+
+def engine_args(md: ModelDeployment) -> list[str]:
+    """`vllm serve` arguments: the model first, then flags from the typed fields, then
+    spec.engine.extraArgs."""
+    spec, engine = md.spec, md.spec.engine
+    source = Source.parse(spec.model.source)
+    args = [source.local_path(), "--served-model-name", md.served_model, "--port", str(ENGINE_PORT)]
+    if source.scheme == "hf":
+        args += ["--download-dir", HF_DOWNLOAD_DIR]
+        if spec.model.revision:
+            args += ["--revision", spec.model.revision]
+    args += ["--dtype", engine.dtype]
+    if engine.max_model_len is not None:
+        args += ["--max-model-len", str(engine.max_model_len)]
+    if engine.quantization is not None:
+        args += ["--quantization", engine.quantization]
+    args += ["--gpu-memory-utilization", _number(engine.gpu_memory_utilization)]
+    args.append(
+        "--enable-prefix-caching" if engine.enable_prefix_caching else "--no-enable-prefix-caching"
+    )
+    args.append(
+        "--enable-chunked-prefill"
+        if engine.enable_chunked_prefill
+        else "--no-enable-chunked-prefill"
+    )
+    tp = tensor_parallel_size(md)
+    if tp is not None:
+        args += ["--tensor-parallel-size", str(tp)]
+    if engine.pipeline_parallel_size > 1:
+        args += ["--pipeline-parallel-size", str(engine.pipeline_parallel_size)]
+    if spec.adapters:
+        args += ["--enable-lora", "--lora-modules"]
+        args += [f"{a.name}={Source.parse(a.source).local_path()}" for a in spec.adapters]
+    args += list(engine.extra_args)
+    return args
+
+
+def _number(value: float) -> str:
+    text = repr(float(value))
+    return text[:-2] if text.endswith(".0") else text
+
+
+def _engine_env(md: ModelDeployment) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [{"name": "HF_HOME", "value": HF_HOME}]
+    creds = md.spec.model.credentials_secret_ref
+    if creds is not None and md.spec.model.source.startswith("hf://"):
+        env.append(
+            {
+                "name": "HF_TOKEN",
+                "valueFrom": {
+                    "secretKeyRef": {"name": creds.name, "key": creds.key or DEFAULT_HF_TOKEN_KEY}
+                },
+            }
+        )
+    for var in md.spec.engine.env:
+        if var.secret_key_ref is not None:
+            ref = var.secret_key_ref
+            env.append(
+                {
+                    "name": var.name,
+                    "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
+                }
+            )
+        else:
+            env.append({"name": var.name, "value": var.value or ""})
+    return env
+
+
+def _download_containers(md: ModelDeployment, config: OperatorConfig) -> list[dict[str, Any]]:
+    """One init container per s3:// or gs:// source; sync skips files already cached."""
+    spec = md.spec
+    creds = spec.model.credentials_secret_ref
+    model_scheme = Source.parse(spec.model.source).scheme
+    wanted = [("download-model", spec.model.source)] + [
+        (f"download-adapter-{i}", a.source) for i, a in enumerate(spec.adapters)
+    ]
+    containers: list[dict[str, Any]] = []
+    for name, uri in wanted:
+        src = Source.parse(uri)
+        if not src.downloaded:
+            continue
+        container: dict[str, Any] = {"name": name}
+        # Adapters in the same kind of store as the model use the model's credentials.
+        use_creds = creds is not None and src.scheme == model_scheme
+        if src.scheme == "s3":
+            container["image"] = config.s3_downloader_image
+            container["command"] = [
+                "aws",
+                "s3",
+                "sync",
+                "--only-show-errors",
+                "--no-progress",
+                src.uri(),
+                src.local_path(),
+            ]
+            if use_creds and creds is not None:
+                container["envFrom"] = [{"secretRef": {"name": creds.name}}]
+        else:
+            container["image"] = config.gcs_downloader_image
+            container["command"] = [
+                "gcloud",
+                "storage",
+                "rsync",
+                "--recursive",
+                src.uri(),
+                src.local_path(),
+            ]
+            if use_creds and creds is not None:
+                key_file = f"{GCS_CREDENTIALS_DIR}/{creds.key or DEFAULT_GCS_KEY}"
+                container["env"] = [
+                    {"name": "GOOGLE_APPLICATION_CREDENTIALS", "value": key_file},
+                    {"name": "CLOUDSDK_AUTH_CREDENTIAL_FILE_OVERRIDE", "value": key_file},
+                ]
+                container["volumeMounts"] = [
+                    {"name": "gcs-credentials", "mountPath": GCS_CREDENTIALS_DIR, "readOnly": True},
+                ]
+        container.setdefault("volumeMounts", []).insert(
+            0, {"name": "models", "mountPath": MODELS_DIR}
+        )
+        container["resources"] = {
+            "requests": {"cpu": "500m", "memory": "512Mi"},
+            "limits": {"memory": "2Gi"},
+        }
+        containers.append(container)
+    return containers
+
+
+def _volumes(
+    md: ModelDeployment, uses_gcs_credentials: bool
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(pod volumes, engine container mounts)."""
+    spec = md.spec
+    volumes: list[dict[str, Any]] = [
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.resources.shm_size}},
+    ]
+    mounts: list[dict[str, Any]] = [{"name": "dshm", "mountPath": "/dev/shm"}]
+    claim = cache_claim_name(md)
+    if claim is not None:
+        volumes.append({"name": "models", "persistentVolumeClaim": {"claimName": claim}})
+    else:
+        volumes.append({"name": "models", "emptyDir": {}})
+    mounts.append({"name": "models", "mountPath": MODELS_DIR})
+    for i, source_claim in enumerate(pvc_claims(md)):
+        volumes.append(
+            {
+                "name": f"pvc-{i}",
+                "persistentVolumeClaim": {"claimName": source_claim, "readOnly": True},
+            }
+        )
+        mounts.append(
+            {"name": f"pvc-{i}", "mountPath": f"{PVC_MOUNT_ROOT}/{source_claim}", "readOnly": True}
+        )
+    creds = spec.model.credentials_secret_ref
+    if uses_gcs_credentials and creds is not None:
+        volumes.append({"name": "gcs-credentials", "secret": {"secretName": creds.name}})
+    return volumes, mounts
+
+
+def _probe(*, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": HEALTH_PATH, "port": PORT_NAME},
+        "periodSeconds": period,
+        "timeoutSeconds": 5,
+        "failureThreshold": failures,
+    }
+
+
+def engine_pod_template(md: ModelDeployment, config: OperatorConfig) -> dict[str, Any]:
+    """The engine pod template, without the revision label (it is the hash of this)."""
+    spec, res = md.spec, md.spec.resources
+    init = _download_containers(md, config)
+    uses_gcs_creds = spec.model.credentials_secret_ref is not None and (
+        Source.parse(spec.model.source).scheme == "gs"
+    )
+    volumes, mounts = _volumes(md, uses_gcs_creds)
+
+    requests: dict[str, str] = {"cpu": res.cpu, "memory": res.memory}
+    limits: dict[str, str] = {"memory": res.memory}
+    if res.gpus > 0:
+        requests[GPU_RESOURCE] = str(res.gpus)
+        limits[GPU_RESOURCE] = str(res.gpus)
+
+    startup_failures = math.ceil(spec.engine.startup_timeout_seconds / STARTUP_PROBE_PERIOD)
+    container: dict[str, Any] = {
+        "name": ENGINE_CONTAINER,
+        "image": spec.engine.image,
+        "imagePullPolicy": spec.engine.image_pull_policy,
+        "command": ["vllm", "serve"],
+        "args": engine_args(md),
+        "ports": [{"name": PORT_NAME, "containerPort": ENGINE_PORT, "protocol": "TCP"}],
+        "env": _engine_env(md),
+        "resources": {"requests": requests, "limits": limits},
+        "volumeMounts": mounts,
+        "startupProbe": _probe(period=STARTUP_PROBE_PERIOD, failures=startup_failures),
+        "readinessProbe": _probe(period=5, failures=3),
+        "livenessProbe": _probe(period=15, failures=4),
+    }
+    pod_spec: dict[str, Any] = {
+        # The engine never calls the Kubernetes API, and service links would put
+        # VLLM_PORT-style variables into its environment, which vLLM reads as its own.
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 60,
+    }
+    if res.gpus > 0:
+        if res.gpu_type is not None:
+            product = config.gpu_products.get(res.gpu_type)
+            if product is None:  # validation.validate reports UnknownGPUType first
+                raise ValueError(f"unknown GPU type {res.gpu_type!r}")
+            pod_spec["nodeSelector"] = {GPU_PRODUCT_LABEL: product}
+        pod_spec["tolerations"] = [
+            {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"},
+        ]
+    if init:
+        pod_spec["initContainers"] = init
+    pod_spec["containers"] = [container]
+    pod_spec["volumes"] = volumes
+
+    metadata: dict[str, Any] = {
+        "labels": {**common_labels(md.name), COMPONENT_LABEL: ENGINE_COMPONENT},
+    }
+    if spec.engine.pod_annotations:
+        metadata["annotations"] = dict(sorted(spec.engine.pod_annotations.items()))
+    return {"metadata": metadata, "spec": pod_spec}
+
+
+def content_hash(obj: Any, length: int = REVISION_LENGTH) -> str:
+    canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:length]
+
+
+def revision_of(md: ModelDeployment, config: OperatorConfig) -> str:
+    """The revision: a hash of the engine pod template."""
+    return content_hash(engine_pod_template(md, config))
+
+
+def build_engine_deployment(
+    md: ModelDeployment, config: OperatorConfig, replicas: int | None = None
+) -> dict[str, Any]:
+    """The Deployment of the current revision, `<md>-<revision>`."""
+    template = engine_pod_template(md, config)
+    revision = content_hash(template)
+    template["metadata"]["labels"][REVISION_LABEL] = revision
+    labels = {**common_labels(md.name), COMPONENT_LABEL: ENGINE_COMPONENT, REVISION_LABEL: revision}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(md, deployment_name(md.name, revision), labels),
+        "spec": {
+            "replicas": md.spec.replicas if replicas is None else replicas,
+            "selector": {"matchLabels": {**engine_selector(md.name), REVISION_LABEL: revision}},
+            "revisionHistoryLimit": 2,
+            "progressDeadlineSeconds": md.spec.engine.startup_timeout_seconds + 300,
+            "template": template,
+        },
+    }
+
+
+def build_service(md: ModelDeployment) -> dict[str, Any]:
+    """One Service for all revisions, `<md>`, port http 8000."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(md, md.name, common_labels(md.name)),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": engine_selector(md.name),
+            "ports": [
+                {"name": PORT_NAME, "port": ENGINE_PORT, "targetPort": PORT_NAME, "protocol": "TCP"}
+            ],
+        },
+    }
+
+
+def build_pdb(md: ModelDeployment) -> dict[str, Any]:
+    """At most one engine pod evicted at a time; broken pods never block a drain."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(md, md.name, common_labels(md.name)),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": engine_selector(md.name)},
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
+    }
+
+
+def build_cache_pvc(md: ModelDeployment) -> dict[str, Any] | None:
+    """The cache claim `<md>-cache`, or None without a cache or with an existing claim."""
+    cache = md.spec.cache
+    if cache is None or cache.existing_claim:
+        return None
+    spec: dict[str, Any] = {
+        "accessModes": [cache.access_mode],
+        "resources": {"requests": {"storage": cache.size}},
+    }
+    if cache.storage_class_name:
+        spec["storageClassName"] = cache.storage_class_name
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": _metadata(md, f"{md.name}-cache", common_labels(md.name)),
+        "spec": spec,
+    }
