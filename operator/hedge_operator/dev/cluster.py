@@ -44,13 +44,14 @@ class NodeSpec:
     """A kwok-simulated node; GPU nodes carry capacity, the GFD product label and a taint."""
 
     name: str
-    pod_cidr: str
+    subnet: int  # third octet of the node's pod CIDR, 127.<cluster octet>.<subnet>.0/24
     gpu_product: str | None = None
     gpus: int = 0
     cpu: str = "64"
     memory: str = "512Gi"
 
-    def manifest(self) -> dict[str, Any]:
+    def manifest(self, cluster_octet: int) -> dict[str, Any]:
+        pod_cidr = f"127.{cluster_octet}.{self.subnet}.0/24"
         labels = {
             "kubernetes.io/hostname": self.name,
             "kubernetes.io/os": "linux",
@@ -78,15 +79,15 @@ class NodeSpec:
                 "labels": labels,
                 "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
             },
-            "spec": {"podCIDR": self.pod_cidr, "podCIDRs": [self.pod_cidr], "taints": taints},
+            "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr], "taints": taints},
             "status": {"capacity": resources, "allocatable": resources},
         }
 
 
 DEFAULT_NODES: tuple[NodeSpec, ...] = (
-    NodeSpec("gpu-a100-0", "127.10.1.0/24", "NVIDIA-A100-SXM4-80GB", 8),
-    NodeSpec("gpu-h100-0", "127.10.2.0/24", "NVIDIA-H100-80GB-HBM3", 8),
-    NodeSpec("cpu-0", "127.10.3.0/24"),
+    NodeSpec("gpu-a100-0", 1, "NVIDIA-A100-SXM4-80GB", 8),
+    NodeSpec("gpu-h100-0", 2, "NVIDIA-H100-80GB-HBM3", 8),
+    NodeSpec("cpu-0", 3),
 )
 
 
@@ -114,6 +115,9 @@ class ClusterState:
     name: str
     kubeconfig: str
     apiserver_port: int
+    # Second octet of every pod IP (127.<octet>.x.y): unique per live cluster, so clusters
+    # side by side never hand out the same pod IP.
+    octet: int = 10
     components: list[Component] = field(default_factory=list)
 
     @classmethod
@@ -222,7 +226,9 @@ class LocalCluster:
         ports = {
             k: free_port() for k in ("etcd", "etcd-peer", "apiserver", "kcm", "scheduler", "kwok")
         }
-        state = ClusterState(self.name, str(self.kubeconfig), ports["apiserver"])
+        octet = self._free_octet()
+        state = ClusterState(self.name, str(self.kubeconfig), ports["apiserver"], octet)
+        state.write(self.state_file)
         try:
             self._start(state, "etcd", self._etcd_cmd(binaries["etcd"], ports), ports["etcd"])
             self._wait(state, deadline, "etcd", lambda: self._etcd_healthy(ports["etcd"]))
@@ -315,7 +321,7 @@ class LocalCluster:
             )
             api = self.api()
             for node in nodes:
-                api.request("POST", "/api/v1/nodes", node.manifest())
+                api.request("POST", "/api/v1/nodes", node.manifest(octet))
             self._wait(state, deadline, "nodes Ready", lambda: self._nodes_ready(api, nodes))
             self._wait(
                 state,
@@ -360,6 +366,23 @@ class LocalCluster:
             print(f"hedge dev: cluster {self.name!r} is down", file=sys.stderr)
 
     # ----------------------------------------------------------------- internals
+    def _free_octet(self) -> int:
+        """Picks the pod-IP octet: stable for a name, skipping those of other live clusters."""
+        taken = set()
+        for state_file in self.dir.parent.glob("*/state.json"):
+            if state_file == self.state_file:
+                continue
+            with contextlib.suppress(Exception):
+                other = ClusterState.read(state_file)
+                if any(_alive(c.pid) for c in other.components):
+                    taken.add(other.octet)
+        start = 20 + sum(self.name.encode()) % 200
+        for i in range(220):
+            octet = 20 + (start - 20 + i) % 220
+            if octet not in taken:
+                return octet
+        raise ClusterError("no free pod-IP range left for another local cluster")
+
     def _failed_logs_dir(self) -> Path:
         return self.dir.parent / f"{self.name}.failed-logs"
 

@@ -63,8 +63,68 @@ def _version_ldflags() -> str:
     return " ".join(flags)
 
 
+# Pods of the local cluster get loopback IPs (nothing leaves the machine), but upstream
+# validation refuses loopback addresses in Endpoints/EndpointSlices. The control plane is built
+# against a copy of the pinned k8s.io/kubernetes module (hard links, outside the repository)
+# where exactly this check is removed, through a generated `-modfile` that replaces the module
+# with that copy. Nothing else differs from upstream, and the build fails loudly if the file
+# changes shape.
+LOOPBACK_PATCH_FILE = "pkg/apis/core/validation/validation.go"
+LOOPBACK_CHECK = (
+    "\tif ip.IsLoopback() {\n"
+    "\t\tallErrs = append(allErrs, field.Invalid(fldPath, ipAddress, "
+    '"may not be in the loopback range (127.0.0.0/8, ::1/128)"))\n'
+    "\t}\n"
+)
+LOOPBACK_REPLACEMENT = (
+    "\t// hedge local cluster: loopback endpoint IPs allowed (pods run on 127.0.0.0/8)\n"
+)
+
+
+def _patched_modfile(go: str) -> Path:
+    """Prepares the patched module copy and returns the `-modfile` that points at it."""
+    work = cache_dir() / "src" / f"kubernetes-{KUBERNETES_VERSION}-loopback"
+    modfile = work.parent / f"go-{KUBERNETES_VERSION}-loopback.mod"
+    if modfile.exists() and work.exists():
+        return modfile
+    modcache = subprocess.run(
+        [go, "env", "GOMODCACHE"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    original = Path(modcache) / f"k8s.io/kubernetes@{KUBERNETES_VERSION}"
+    if not original.exists():
+        subprocess.run(
+            [go, "mod", "download", f"k8s.io/kubernetes@{KUBERNETES_VERSION}"],
+            cwd=GO_MODULE_DIR,
+            check=True,
+        )
+    source = (original / LOOPBACK_PATCH_FILE).read_text()
+    if source.count(LOOPBACK_CHECK) != 1:
+        raise ToolError(
+            f"{original / LOOPBACK_PATCH_FILE} no longer contains the loopback "
+            "endpoint check exactly once; update LOOPBACK_CHECK in tools.py"
+        )
+    tmp = work.with_name(work.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    # Hard links keep the 100 MB copy free; the one patched file is a new regular file.
+    subprocess.run(["cp", "-al", str(original), str(tmp)], check=True)
+    target = tmp / LOOPBACK_PATCH_FILE
+    target.unlink()
+    target.write_text(source.replace(LOOPBACK_CHECK, LOOPBACK_REPLACEMENT))
+    for path in (tmp, *tmp.rglob("*")):
+        if path.is_dir():
+            path.chmod(0o755)  # module cache dirs are read-only; let rmtree clean up later
+    shutil.rmtree(work, ignore_errors=True)
+    tmp.replace(work)
+    gomod = (GO_MODULE_DIR / "go.mod").read_text()
+    modfile.write_text(gomod + f"\nreplace k8s.io/kubernetes => {work}\n")
+    shutil.copyfile(GO_MODULE_DIR / "go.sum", modfile.with_suffix(".sum"))
+    return modfile
+
+
 def _go_module_key() -> str:
     digest = hashlib.sha256(_version_ldflags().encode())
+    digest.update(LOOPBACK_CHECK.encode() + LOOPBACK_REPLACEMENT.encode())
     for name in ("go.mod", "go.sum"):
         digest.update((GO_MODULE_DIR / name).read_bytes())
     for main in sorted((GO_MODULE_DIR / "cmd").glob("*/main.go")):
@@ -133,6 +193,7 @@ def _build_go_binary(tool: str, dest: Path) -> None:
                 "build",
                 "-trimpath",
                 f"-ldflags={_version_ldflags()}",
+                f"-modfile={_patched_modfile(go)}",
                 "-o",
                 str(tmp),
                 f"./cmd/{tool}",

@@ -1,0 +1,248 @@
+"""The local cluster schedules GPU pods for real and runs engine simulators on loopback IPs."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from hedge_operator.dev.cluster import ClusterError, LocalCluster, _alive
+
+from .conftest import E2ECluster, wait_for
+
+GPU_PRODUCTS = {"NVIDIA-A100-SXM4-80GB", "NVIDIA-H100-80GB-HBM3"}
+
+
+def engine_deployment(name: str, replicas: int, gpus: int) -> dict[str, Any]:
+    labels = {"app": name, "hedge.dev/component": "engine"}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {"sim.hedge.dev/ttft-ms": "1", "sim.hedge.dev/itl-ms": "1"},
+                },
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "engine",
+                            "image": "vllm/vllm-openai:v0.11.0",
+                            "args": [
+                                "--model",
+                                "org/tiny",
+                                "--served-model-name",
+                                "tiny",
+                                "--port",
+                                "8000",
+                            ],
+                            "ports": [{"name": "http", "containerPort": 8000}],
+                            "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}},
+                            "resources": {"limits": {"nvidia.com/gpu": str(gpus)}},
+                        }
+                    ],
+                    "tolerations": [
+                        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+                    ],
+                },
+            },
+        },
+    }
+
+
+def service(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {
+            "selector": {"app": name},
+            "ports": [{"name": "http", "port": 8000, "targetPort": "http"}],
+        },
+    }
+
+
+def ready_pods(cluster: E2ECluster, namespace: str, app: str, count: int) -> list[dict[str, Any]]:
+    pods = cluster.get(f"/api/v1/namespaces/{namespace}/pods?labelSelector=app%3D{app}")["items"]
+    live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+    ready = [
+        p
+        for p in live
+        if any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in p.get("status", {}).get("conditions", [])
+        )
+    ]
+    return ready if len(ready) == count and len(live) == count else []
+
+
+def chat(ip: str) -> str:
+    client = openai.OpenAI(
+        base_url=f"http://{ip}:8000/v1", api_key="unused", max_retries=0, timeout=5
+    )
+    reply = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "hello"}], max_tokens=4
+    )
+    assert reply.choices[0].message.content
+    return reply.model
+
+
+def refuses_connections(ip: str, port: int = 8000) -> bool:
+    try:
+        socket.create_connection((ip, port), timeout=0.5).close()
+    except OSError:
+        return True
+    return False
+
+
+def test_gpu_deployment_runs_simulators_on_gpu_nodes(cluster: E2ECluster, namespace: str) -> None:
+    cluster.apply([engine_deployment("llm", 2, 1), service("llm")], namespace)
+    pods = wait_for(lambda: ready_pods(cluster, namespace, "llm", 2), 60, "2 ready engine pods")
+
+    nodes = {n["metadata"]["name"]: n for n in cluster.get("/api/v1/nodes")["items"]}
+    for pod in pods:
+        node = nodes[pod["spec"]["nodeName"]]
+        assert node["metadata"]["labels"].get("nvidia.com/gpu.product") in GPU_PRODUCTS
+        ip = pod["status"]["podIP"]
+        assert ipaddress.ip_address(ip).is_loopback
+        assert chat(ip) == "tiny"
+
+    def both_ready_in_slice() -> bool:
+        slices = cluster.get(
+            f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices"
+            "?labelSelector=kubernetes.io%2Fservice-name%3Dllm"
+        )["items"]
+        ready = {
+            e["addresses"][0]
+            for s in slices
+            for e in s.get("endpoints") or []
+            if e.get("conditions", {}).get("ready")
+        }
+        return ready == {p["status"]["podIP"] for p in pods}
+
+    wait_for(both_ready_in_slice, 30, "EndpointSlice listing both pods as ready")
+
+    # Deleting a pod stops its simulator; the replacement pod (kwok may hand it the same IP)
+    # answers from a fresh simulator, whose request counter starts at zero again.
+    victim = pods[0]
+    cluster.kubectl("delete", "pod", "-n", namespace, victim["metadata"]["name"], "--wait=false")
+    survivors = {p["metadata"]["name"] for p in pods[1:]}
+    new_pods = wait_for(
+        lambda: [
+            p
+            for p in ready_pods(cluster, namespace, "llm", 2)
+            if p["metadata"]["name"] not in survivors
+            and p["metadata"]["name"] != victim["metadata"]["name"]
+        ],
+        60,
+        "a ready replacement pod",
+    )
+    new_ip = new_pods[0]["status"]["podIP"]
+    assert served_requests(new_ip) == 0
+    assert chat(new_ip) == "tiny"
+    assert served_requests(new_ip) == 1
+
+    # Scaling down removes a pod without replacement: nothing listens on its IP any more.
+    cluster.kubectl("scale", "deployment/llm", "-n", namespace, "--replicas=1")
+    remaining = wait_for(lambda: ready_pods(cluster, namespace, "llm", 1), 60, "one pod left")
+    gone = {p["status"]["podIP"] for p in [*pods[1:], *new_pods]} - {
+        remaining[0]["status"]["podIP"]
+    }
+    assert len(gone) == 1
+    wait_for(lambda: refuses_connections(gone.pop()), 30, "the removed pod's simulator to stop")
+
+
+def served_requests(ip: str) -> float:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://{ip}:8000/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "vllm:request_success"
+        for sample in family.samples
+        if sample.name == "vllm:request_success_total"
+    )
+
+
+def test_readiness_follows_simulator_health(cluster: E2ECluster, namespace: str) -> None:
+    import json
+    import urllib.request
+
+    cluster.apply([engine_deployment("sick", 1, 1)], namespace)
+    pod = wait_for(lambda: ready_pods(cluster, namespace, "sick", 1), 60, "ready pod")[0]
+    ip = pod["status"]["podIP"]
+    request = urllib.request.Request(
+        f"http://{ip}:8000/_hedge/sim/faults",
+        data=json.dumps({"fail_health": True}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    urllib.request.urlopen(request, timeout=5).close()
+    wait_for(lambda: not ready_pods(cluster, namespace, "sick", 1), 30, "pod to turn NotReady")
+
+
+def test_pod_asking_for_too_many_gpus_stays_pending(cluster: E2ECluster, namespace: str) -> None:
+    cluster.apply([engine_deployment("huge", 1, 64)], namespace)
+
+    def unschedulable() -> dict[str, Any] | None:
+        pods = cluster.get(f"/api/v1/namespaces/{namespace}/pods?labelSelector=app%3Dhuge")
+        for pod in pods["items"]:
+            for cond in pod.get("status", {}).get("conditions", []):
+                if cond["type"] == "PodScheduled" and cond.get("reason") == "Unschedulable":
+                    return {"pod": pod, "condition": cond}
+        return None
+
+    found = wait_for(unschedulable, 30, "PodScheduled=False/Unschedulable")
+    assert found["pod"]["status"]["phase"] == "Pending"
+    assert "Insufficient nvidia.com/gpu" in found["condition"]["message"]
+
+
+def test_second_cluster_runs_side_by_side_and_down_leaves_nothing(
+    cluster: E2ECluster, tmp_path: Path
+) -> None:
+    other = LocalCluster("aux", root=tmp_path)
+    other.up(nodes=[])
+    try:
+        status = other.status()
+        assert status["running"]
+        assert status["apiserver"] != cluster.cluster.status()["apiserver"]
+        comps = status["components"]
+        pids = [c["pid"] for c in comps.values()]
+        ports = [c["port"] for c in comps.values() if c["port"]]
+    finally:
+        other.down(quiet=True)
+    assert not any(_alive(pid) for pid in pids)
+    for port in ports:
+        with socket.socket() as s:
+            # SO_REUSEADDR tolerates TIME_WAIT leftovers but not a socket still listening.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", port))
+    assert cluster.cluster.is_up()
+
+
+def test_crashed_component_is_reported_with_its_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = LocalCluster("broken", root=tmp_path)
+    original = broken._etcd_cmd
+    monkeypatch.setattr(
+        broken, "_etcd_cmd", lambda etcd, ports: [*original(etcd, ports), "--no-such-flag"]
+    )
+    with pytest.raises(ClusterError) as err:
+        broken.up(nodes=[], timeout=30)
+    message = str(err.value)
+    assert "etcd exited" in message
+    assert "no-such-flag" in message
+    assert broken.state() is None
