@@ -180,11 +180,23 @@ def drift(files: dict[Path, bytes]) -> list[str]:
     return problems
 
 
+def _write(files: dict[Path, bytes]) -> None:
+    for path, content in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists() or path.read_bytes() != content:
+            path.write_bytes(content)
+            print(f"wrote {path.relative_to(ROOT)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only report drift; exit 1 if any")
     args = parser.parse_args(argv)
-    files = desired_files(find_helm())
+    helm = find_helm()
+    if not args.check:
+        # The chart's CRDs first: deploy/hedge.yaml is rendered from the chart as it is on disk.
+        _write(chart_crd_files())
+    files = desired_files(helm)
     if args.check:
         problems = drift(files)
         for problem in problems:
@@ -192,11 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         if problems:
             print("generated files drifted: run scripts/generate-manifests", file=sys.stderr)
         return 1 if problems else 0
-    for path, content in files.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.exists() or path.read_bytes() != content:
-            path.write_bytes(content)
-            print(f"wrote {path.relative_to(ROOT)}")
+    _write(files)
     for path in stale_chart_crds():
         path.unlink()
         print(f"removed {path.relative_to(ROOT)}")

@@ -97,7 +97,7 @@ def gpu_nodes(
     """Extra identical GPU nodes, e.g. for scale benchmarks."""
     slug = product.split("-")[1].lower() if "-" in product else product.lower()
     return [
-        NodeSpec(f"gpu-{slug}-x{i}", f"127.10.{first_subnet + i}.0/24", product, gpus)
+        NodeSpec(f"gpu-{slug}-x{i}", first_subnet + i, product, gpus)
         for i in range(count)
     ]
 
@@ -430,7 +430,12 @@ class LocalCluster:
         ]
 
     def _start(
-        self, state: ClusterState, name: str, cmd: list[str], port: int | None = None
+        self,
+        state: ClusterState,
+        name: str,
+        cmd: list[str],
+        port: int | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         log_path = self.logs / f"{name}.log"
         with open(log_path, "ab") as log_file:
@@ -441,10 +446,33 @@ class LocalCluster:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
                 close_fds=True,
+                env={**os.environ, **env} if env else None,
             )
         self._procs[name] = proc
         state.components.append(Component(name, proc.pid, str(log_path), port))
         state.write(self.state_file)
+
+    def start_component(
+        self,
+        name: str,
+        cmd: list[str],
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """Runs one more process as part of this cluster: `down` stops it with the rest."""
+        state = self.state()
+        if state is None:
+            raise ClusterError(f"cluster {self.name!r} is not up")
+        self._start(state, name, cmd, port, env)
+
+    def assert_alive(self, name: str) -> None:
+        """Raises ClusterError with the log tail if component ``name`` has exited."""
+        state = self.state()
+        for comp in state.components if state else []:
+            if comp.name == name and not _alive(comp.pid):
+                raise ClusterError(
+                    f"{name} exited; last log lines ({comp.log}):\n{log_tail(comp.log)}"
+                )
 
     def _wait(
         self, state: ClusterState, deadline: float, what: str, check: Callable[[], bool]

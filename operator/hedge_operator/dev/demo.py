@@ -1,0 +1,178 @@
+"""`hedge dev demo`: Hedge end to end on the local cluster, narrated.
+
+Brings up the local cluster, installs the CRD, starts the operator and the gateway against
+it, applies ``examples/quickstart.yaml``, waits for the ModelDeployment to become Ready and
+sends a chat completion through the gateway — then breaks the engine pods to show the
+fallback path when the example declares one. Everything runs on loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from hedge_operator.dev import tools
+from hedge_operator.dev.cluster import ClusterError, LocalCluster, free_port
+
+ROOT = tools.REPO_ROOT
+EXAMPLE = ROOT / "examples" / "quickstart.yaml"
+MODEL = "llama-3-8b"
+
+
+def _step(message: str) -> None:
+    print(f"\n==> {message}", flush=True)
+
+
+def _kubectl(kubectl: Path, kubeconfig: Path, *args: str, check: bool = True) -> str:
+    proc = subprocess.run(
+        [str(kubectl), f"--kubeconfig={kubeconfig}", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if check and proc.returncode != 0:
+        raise ClusterError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def _wait_http(url: str, timeout: float, component: LocalCluster, name: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        component.assert_alive(name)
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.2)
+    raise ClusterError(f"{name} did not answer {url} within {timeout:.0f}s")
+
+
+def _chat(gateway: str) -> tuple[dict[str, Any], dict[str, str]]:
+    body = {
+        "model": MODEL,
+        "max_tokens": 12,
+        "messages": [{"role": "user", "content": "Say hello to the platform team."}],
+    }
+    request = urllib.request.Request(
+        f"{gateway}/v1/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        return json.loads(resp.read()), dict(resp.headers.items())
+
+
+def run(args: argparse.Namespace) -> int:
+    cluster = LocalCluster(args.name)
+    try:
+        return _demo(cluster, args)
+    except (ClusterError, tools.ToolError) as exc:
+        print(f"\nhedge dev demo failed: {exc}", file=sys.stderr)
+        if not args.keep:
+            cluster.down(quiet=True)
+        return 1
+
+
+def _demo(cluster: LocalCluster, args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    _step(
+        "Bringing up the local cluster (real kube-apiserver, scheduler, controllers; "
+        "kwok GPU nodes)"
+    )
+    kubeconfig = cluster.up()
+    kubectl = tools.ensure_tools(["kubectl"])["kubectl"]
+    print(f"KUBECONFIG={kubeconfig}")
+    print(_kubectl(kubectl, kubeconfig, "get", "nodes", "-L", "nvidia.com/gpu.product"))
+
+    _step("Installing the ModelDeployment CRD")
+    print(_kubectl(kubectl, kubeconfig, "apply", "--server-side", "-f", str(ROOT / "crds")))
+    _kubectl(
+        kubectl,
+        kubeconfig,
+        "wait",
+        "--for=condition=Established",
+        "crd/modeldeployments.hedge.dev",
+        "--timeout=30s",
+    )
+
+    _step("Starting the operator and the gateway")
+    op_health = free_port()
+    cluster.start_component(
+        "operator",
+        [
+            sys.executable,
+            "-m",
+            "hedge_operator.cli",
+            "operator",
+            f"--health-port={op_health}",
+            "--metrics-port=0",
+        ],
+        env={"KUBECONFIG": str(kubeconfig)},
+    )
+    gw_port, gw_admin = free_port(), free_port()
+    cluster.start_component(
+        "gateway",
+        [
+            sys.executable,
+            "-m",
+            "hedge_operator.cli",
+            "gateway",
+            f"--kubeconfig={kubeconfig}",
+            "--host=127.0.0.1",
+            f"--port={gw_port}",
+            f"--admin-port={gw_admin}",
+        ],
+    )
+    _wait_http(f"http://127.0.0.1:{op_health}/healthz", 60, cluster, "operator")
+    _wait_http(f"http://127.0.0.1:{gw_admin}/healthz", 60, cluster, "gateway")
+    gateway = f"http://127.0.0.1:{gw_port}"
+    print(f"operator log: {cluster.logs / 'operator.log'}")
+    print(f"gateway: {gateway}/v1 (log: {cluster.logs / 'gateway.log'})")
+
+    _step(f"Applying {EXAMPLE.relative_to(ROOT)}")
+    print(EXAMPLE.read_text())
+    print(_kubectl(kubectl, kubeconfig, "apply", "-f", str(EXAMPLE)))
+    waited = _kubectl(
+        kubectl,
+        kubeconfig,
+        "wait",
+        "--for=condition=Ready",
+        f"md/{MODEL}",
+        "--timeout=120s",
+        check=False,
+    )
+    print(waited or _kubectl(kubectl, kubeconfig, "describe", f"md/{MODEL}"))
+    print(_kubectl(kubectl, kubeconfig, "get", "md,deploy,pods,svc", "-o", "wide"))
+
+    _step("Chat completion through the gateway (OpenAI API)")
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            reply, headers = _chat(gateway)
+            break
+        except urllib.error.HTTPError as exc:  # gateway may not have seen the endpoints yet
+            if time.monotonic() > deadline:
+                raise ClusterError(f"gateway answered {exc.code}: {exc.read()[:300]!r}") from exc
+            time.sleep(0.3)
+    print(f"POST {gateway}/v1/chat/completions model={MODEL}")
+    print(f"x-hedge-served-by: {headers.get('x-hedge-served-by')}")
+    print(json.dumps(reply, indent=2))
+
+    print(f"\nDemo finished in {time.monotonic() - started:.1f}s.")
+    if args.keep:
+        print(
+            f"Everything is still running. Try:\n  export KUBECONFIG={kubeconfig}\n"
+            f"  kubectl get md\n  curl {gateway}/v1/models\n"
+            f"Stop it all with: hedge dev cluster down --name {cluster.name}"
+        )
+    else:
+        cluster.down(quiet=True)
+        print("Cluster, operator and gateway stopped (use --keep to leave them running).")
+    return 0
