@@ -3,11 +3,13 @@
 #   hedge operator [--namespace NS …]      hedge gateway --host 0.0.0.0 --port 8080
 # The engine pods run the upstream vLLM image, not this one.
 #
-# The base is pinned by tag and digest (linux/amd64 + arm64 index). Bump both together.
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:2e32f7d302adc1c37428355c1e646897c0c53f4fd60b6a551245fb90ee129f91
+# Both stages use the same base, pinned by tag and digest (multi-arch index); bump the two
+# FROM lines together (tests/chart/test_image.py checks they match).
+# checkov:skip=CKV_DOCKER_2: Kubernetes ignores HEALTHCHECK; the chart probes each process itself
+# (the operator's /healthz, the gateway's /healthz and /readyz, each on its own port).
 
 # --- build: install Hedge into a self-contained virtual environment ---------------------------
-FROM ${PYTHON_IMAGE} AS build
+FROM python:3.11-slim-bookworm@sha256:2e32f7d302adc1c37428355c1e646897c0c53f4fd60b6a551245fb90ee129f91 AS build
 WORKDIR /src
 # Only what the install needs (tests/chart/test_image.py installs from exactly these paths).
 COPY pyproject.toml README.md ./
@@ -18,7 +20,7 @@ COPY serving/ serving/
 RUN scripts/install-image-deps /opt/hedge
 
 # --- runtime: Python and the venv, nothing else ------------------------------------------------
-FROM ${PYTHON_IMAGE}
+FROM python:3.11-slim-bookworm@sha256:2e32f7d302adc1c37428355c1e646897c0c53f4fd60b6a551245fb90ee129f91
 LABEL org.opencontainers.image.title="hedge" \
       org.opencontainers.image.description="Hedge operator and OpenAI-compatible gateway for open LLMs on Kubernetes" \
       org.opencontainers.image.source="https://github.com/hedge-dev/hedge" \

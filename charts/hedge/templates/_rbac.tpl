@@ -10,7 +10,7 @@ them. No wildcards: every rule names its verbs and resources.
   resources: ["modeldeployments"]
   verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["hedge.dev"]
-  resources: ["modeldeployments/status", "modeldeployments/scale"]
+  resources: ["modeldeployments/status"]
   verbs: ["get", "patch"]
 # The children it applies with server-side apply (field manager hedge-operator).
 - apiGroups: ["apps"]
@@ -79,11 +79,19 @@ them. No wildcards: every rule names its verbs and resources.
   verbs: ["get", "list", "watch"]
 {{- end }}
 
-{{/* Both: fallback provider API keys, referenced by ModelDeployments in their namespace. */}}
+{{/*
+Fallback provider API keys, referenced by ModelDeployments in their namespace. The operator
+only checks that a referenced Secret and key exist (one GET by name); the gateway watches
+each referenced Secret by name to use its value. Usage: include "hedge.secretRules" "gateway"
+*/}}
 {{- define "hedge.secretRules" -}}
 - apiGroups: [""]
   resources: ["secrets"]
+  {{- if eq . "operator" }}
+  verbs: ["get"]
+  {{- else }}
   verbs: ["get", "list", "watch"]
+  {{- end }}
 {{- end }}
 
 {{/*
@@ -201,7 +209,7 @@ metadata:
   labels:
     {{- include "hedge.componentLabels" (list $root $component) | nindent 4 }}
 rules:
-  {{- include "hedge.secretRules" $root | nindent 2 }}
+  {{- include "hedge.secretRules" $component | nindent 2 }}
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: {{ if . }}RoleBinding{{ else }}ClusterRoleBinding{{ end }}
