@@ -22,7 +22,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from hedge_serving.gateway import errors
@@ -73,11 +73,16 @@ def _json_response(status: int, body: bytes, headers: dict[str, str] | None = No
 
 
 def error_response(err: errors.GatewayError) -> web.Response:
-    return _json_response(err.status, err.body(), err.headers)
+    resp = _json_response(err.status, err.body(), err.headers)
+    if err.close_connection:
+        resp.force_close()
+    return resp
 
 
 class OpenAIRequestHandler(RequestHandler):
     """aiohttp's connection handler, with its own error pages in the OpenAI shape."""
+
+    reading: StreamReader | None = None  # body of the request being handled
 
     def handle_error(
         self,
@@ -91,10 +96,22 @@ class OpenAIRequestHandler(RequestHandler):
             text = "The server had an error while processing your request."
         else:
             self.logger.debug("rejected a malformed request: %s", exc)
-            text = (message or str(exc or "") or "Bad request").strip().splitlines()[0][:200]
+            text = (message or str(exc or "") or "Bad request").strip().splitlines()[0]
+            text = text.split(": b'", 1)[0][:200]  # not the client's bytes back
         resp = error_response(errors.for_status(status, text))
         resp.force_close()
         return resp
+
+    def eof_received(self) -> bool:  # type: ignore[override]
+        # The client half-closed its side. If a request is still being read, its body is
+        # cut: tell the parser (the handler then answers 400) and keep our side open for
+        # that answer; otherwise let the connection close as usual.
+        idle = self._waiter is not None  # start() waits for the next request
+        payload = self.reading
+        if idle or payload is None or payload.is_eof():
+            return False
+        payload.feed_eof()  # the handler sees a short body and answers 400
+        return True
 
 
 class _Server(web.Server):
@@ -150,21 +167,32 @@ class Gateway:
     async def _read_body(self, request: web.BaseRequest) -> bytes:
         limit = self.settings.max_body_bytes
         length = request.content_length
+        err: errors.GatewayError
         if length is not None and length > limit:
-            raise errors.PayloadTooLarge(
+            err = errors.PayloadTooLarge(
                 f"The request body is {length} bytes; the limit is {limit} bytes."
             )
-        try:
-            if request.content.is_eof():  # the whole body is already here
-                return await request.read()
-            async with asyncio.timeout(self.settings.body_timeout_s):
-                return await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise errors.PayloadTooLarge(f"The request body is over {limit} bytes.") from None
-        except TimeoutError:
-            raise errors.ClientError("The request body was not received in time.") from None
-        except aiohttp.ClientPayloadError:
-            raise errors.BadRequest("The request body could not be read.") from None
+        else:
+            try:
+                if request.content.is_eof():  # the whole body is already here
+                    body = await request.read()
+                else:
+                    async with asyncio.timeout(self.settings.body_timeout_s):
+                        body = await request.read()
+                if length is None or len(body) == length:
+                    return body
+                err = errors.BadRequest(
+                    f"The request body was cut short: {len(body)} of {length} bytes."
+                )
+            except web.HTTPRequestEntityTooLarge:
+                err = errors.PayloadTooLarge(f"The request body is over {limit} bytes.")
+            except TimeoutError:
+                err = errors.ClientError("The request body was not received in time.")
+                err.status = 408
+            except (aiohttp.ClientPayloadError, RequestPayloadError):
+                err = errors.BadRequest("The request body could not be read.")
+        err.close_connection = True  # do not linger reading what is left of the body
+        raise err
 
     async def _proxy(self, request: web.BaseRequest, endpoint: Endpoint) -> web.StreamResponse:
         started = time.perf_counter()
@@ -340,6 +368,8 @@ async def start_gateway(
         writer: Any,
         task: asyncio.Task[None],
     ) -> web.BaseRequest:
+        if isinstance(protocol, OpenAIRequestHandler):
+            protocol.reading = payload
         return web.BaseRequest(
             message,
             payload,

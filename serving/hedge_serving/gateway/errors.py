@@ -70,6 +70,7 @@ class GatewayError(Exception):
         self.param = param
         self.code = code if code is not None else self.default_code
         self.headers = headers or {}
+        self.close_connection = False  # e.g. the body was not (fully) read
 
     def body(self) -> bytes:
         return error_body(self.message, self.type, self.param, self.code)

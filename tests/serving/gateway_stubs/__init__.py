@@ -134,6 +134,7 @@ class Engine(_Server):
         self.model = model
         self.faults = EngineFaults()
         self.in_flight = 0
+        self.waiting = 0.0  # what /metrics reports as vllm:num_requests_waiting
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -146,7 +147,7 @@ class Engine(_Server):
     async def _metrics(self, request: web.Request) -> web.Response:
         text = (
             "# TYPE vllm:num_requests_waiting gauge\n"
-            f'vllm:num_requests_waiting{{model_name="{self.model}"}} 0.0\n'
+            f'vllm:num_requests_waiting{{model_name="{self.model}"}} {self.waiting}\n'
         )
         return web.Response(text=text)
 

@@ -342,11 +342,11 @@ class AnthropicStreamRelay:
             return b""
         if kind == "message_delta":
             usage = event.get("usage")
-            if isinstance(usage, dict):
+            if isinstance(usage, dict):  # cumulative counts; only the keys present change
                 prompt, completion = _usage(usage)
-                if completion:
+                if "output_tokens" in usage:
                     self._completion_tokens = completion
-                if prompt:
+                if "input_tokens" in usage:
                     self._prompt_tokens = prompt
             delta = event.get("delta")
             reason = _finish(delta.get("stop_reason")) if isinstance(delta, dict) else None
