@@ -130,6 +130,11 @@ def test_gpu_deployment_runs_simulators_on_gpu_nodes(cluster: E2ECluster, namesp
 
     wait_for(both_ready_in_slice, 30, "EndpointSlice listing both pods as ready")
 
+    # The Service's ClusterIP is on loopback too; the pod runner proxies it like kube-proxy.
+    cluster_ip = cluster.get(f"/api/v1/namespaces/{namespace}/services/llm")["spec"]["clusterIP"]
+    assert ipaddress.ip_address(cluster_ip).is_loopback
+    assert wait_for(lambda: chat(cluster_ip), 30, "a chat completion through the Service")
+
     # Deleting a pod stops its simulator; the replacement pod (kwok may hand it the same IP)
     # answers from a fresh simulator, whose request counter starts at zero again.
     victim = pods[0]

@@ -29,10 +29,14 @@ from hedge_operator.dev import tools
 from hedge_operator.dev.kubeclient import KubeAPIError, KubeConfig, write_kubeconfig
 from hedge_operator.dev.pki import ClusterPKI, create_pki
 
-SERVICE_CIDR = "10.96.0.0/16"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
 STAGES_FILE = Path(__file__).with_name("kwok-stages.yaml")
+
+
+def service_cidr(octet: int) -> str:
+    """ClusterIPs live on loopback too (the pod runner proxies them), above the pod subnets."""
+    return f"127.{octet}.128.0/17"
 
 
 class ClusterError(RuntimeError):
@@ -44,7 +48,7 @@ class NodeSpec:
     """A kwok-simulated node; GPU nodes carry capacity, the GFD product label and a taint."""
 
     name: str
-    subnet: int  # third octet of the node's pod CIDR, 127.<cluster octet>.<subnet>.0/24
+    subnet: int  # third octet (1-126) of the node's pod CIDR, 127.<cluster octet>.<subnet>.0/24
     gpu_product: str | None = None
     gpus: int = 0
     cpu: str = "64"
@@ -96,10 +100,7 @@ def gpu_nodes(
 ) -> list[NodeSpec]:
     """Extra identical GPU nodes, e.g. for scale benchmarks."""
     slug = product.split("-")[1].lower() if "-" in product else product.lower()
-    return [
-        NodeSpec(f"gpu-{slug}-x{i}", first_subnet + i, product, gpus)
-        for i in range(count)
-    ]
+    return [NodeSpec(f"gpu-{slug}-x{i}", first_subnet + i, product, gpus) for i in range(count)]
 
 
 @dataclass
@@ -235,7 +236,7 @@ class LocalCluster:
             self._start(
                 state,
                 "kube-apiserver",
-                self._apiserver_cmd(binaries["kube-apiserver"], ports, pki),
+                self._apiserver_cmd(binaries["kube-apiserver"], ports, pki, octet),
                 ports["apiserver"],
             )
             write_kubeconfig(
@@ -403,7 +404,9 @@ class LocalCluster:
             "--quota-backend-bytes=4294967296",
         ]
 
-    def _apiserver_cmd(self, binary: Path, ports: dict[str, int], pki: ClusterPKI) -> list[str]:
+    def _apiserver_cmd(
+        self, binary: Path, ports: dict[str, int], pki: ClusterPKI, octet: int
+    ) -> list[str]:
         return [
             str(binary),
             f"--etcd-servers=http://127.0.0.1:{ports['etcd']}",
@@ -417,7 +420,7 @@ class LocalCluster:
             f"--service-account-key-file={pki.sa_pub}",
             f"--service-account-signing-key-file={pki.sa_key}",
             f"--api-audiences={SA_ISSUER}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            f"--service-cluster-ip-range={service_cidr(octet)}",
             "--authorization-mode=RBAC",
             # The default endpoint reconciler refuses a loopback advertise address.
             "--endpoint-reconciler-type=none",

@@ -25,6 +25,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -129,74 +130,63 @@ class PodRunner:
         self._probe_session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=2), connector=aiohttp.TCPConnector(limit=0)
         )
-        watcher = asyncio.create_task(self._watch_forever(ready_file))
+        proxy = ServiceProxy()
+        synced = {"pods": asyncio.Event(), "services": asyncio.Event(), "slices": asyncio.Event()}
+        watchers = [
+            asyncio.create_task(
+                watch_forever(
+                    self.session,
+                    "/api/v1/pods",
+                    {"labelSelector": RUNNER_LABEL},
+                    self._on_pod,
+                    self._on_pod_list,
+                    synced["pods"],
+                )
+            ),
+            asyncio.create_task(
+                watch_forever(
+                    self.session,
+                    "/api/v1/services",
+                    {},
+                    proxy.on_service,
+                    proxy.on_service_list,
+                    synced["services"],
+                )
+            ),
+            asyncio.create_task(
+                watch_forever(
+                    self.session,
+                    "/apis/discovery.k8s.io/v1/endpointslices",
+                    {},
+                    proxy.on_slice,
+                    proxy.on_slice_list,
+                    synced["slices"],
+                )
+            ),
+        ]
         try:
+            await asyncio.gather(*(event.wait() for event in synced.values()))
+            if ready_file is not None:
+                ready_file.write_text(str(os.getpid()))
             await stop.wait()
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            for watcher in watchers:
+                watcher.cancel()
+            for watcher in watchers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+            await proxy.close()
             await asyncio.gather(*(self._stop_run(key) for key in list(self.runs)))
             await self._session.close()
             await self._probe_session.close()
 
-    # ----------------------------------------------------------------- watch loop
-    async def _watch_forever(self, ready_file: Path | None) -> None:
-        params = {"labelSelector": RUNNER_LABEL}
-        backoff = 0.2
-        while True:
-            try:
-                async with self.session.get("/api/v1/pods", params=params) as resp:
-                    resp.raise_for_status()
-                    listing = await resp.json()
-                seen = set()
-                for pod in listing["items"]:
-                    seen.add(self._key(pod))
-                    await self._on_pod(pod, deleted=False)
-                for key in set(self.runs) - seen:
-                    await self._stop_run(key)
-                if ready_file is not None and not ready_file.exists():
-                    ready_file.write_text(str(os.getpid()))
-                rv = listing["metadata"]["resourceVersion"]
-                backoff = 0.2
-                while True:
-                    rv = await self._watch_once(params, rv)
-            except asyncio.CancelledError:
-                raise
-            except _Gone:
-                continue  # re-list
-            except Exception as exc:
-                log.warning("pod watch failed (%s: %s); retrying", type(exc).__name__, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-
-    async def _watch_once(self, params: dict[str, str], rv: str) -> str:
-        watch_params = {
-            **params,
-            "watch": "true",
-            "resourceVersion": rv,
-            "allowWatchBookmarks": "true",
-            "timeoutSeconds": "300",
-        }
-        timeout = aiohttp.ClientTimeout(total=None, sock_read=330)
-        async with self.session.get("/api/v1/pods", params=watch_params, timeout=timeout) as resp:
-            if resp.status == 410:
-                raise _Gone
-            resp.raise_for_status()
-            async for line in resp.content:
-                if not line.strip():
-                    continue
-                event = json.loads(line)
-                obj = event["object"]
-                if event["type"] == "ERROR":
-                    if obj.get("code") == 410:
-                        raise _Gone
-                    raise RuntimeError(f"watch error: {obj.get('message')}")
-                rv = obj["metadata"]["resourceVersion"]
-                if event["type"] == "BOOKMARK":
-                    continue
-                await self._on_pod(obj, deleted=event["type"] == "DELETED")
-        return rv
+    async def _on_pod_list(self, pods: list[dict[str, Any]]) -> None:
+        seen = set()
+        for pod in pods:
+            seen.add(self._key(pod))
+            await self._on_pod(pod, deleted=False)
+        for key in set(self.runs) - seen:
+            await self._stop_run(key)
 
     @staticmethod
     def _key(pod: dict[str, Any]) -> str:
@@ -490,6 +480,193 @@ class PodRunner:
 
 class _Gone(Exception):
     """The watch's resourceVersion expired (410 Gone): list again."""
+
+
+Handler = Callable[[dict[str, Any], bool], Awaitable[None]]
+ListHandler = Callable[[list[dict[str, Any]]], Awaitable[None]]
+
+
+async def watch_forever(
+    session: aiohttp.ClientSession,
+    path: str,
+    params: dict[str, str],
+    on_event: Handler,
+    on_list: ListHandler,
+    synced: asyncio.Event,
+) -> None:
+    """List, then watch from the list's resourceVersion; re-list on 410 Gone or errors."""
+    backoff = 0.2
+    while True:
+        try:
+            async with session.get(path, params=params) as resp:
+                resp.raise_for_status()
+                listing = await resp.json()
+            await on_list(listing["items"])
+            synced.set()
+            rv = listing["metadata"]["resourceVersion"]
+            backoff = 0.2
+            while True:
+                rv = await _watch_once(session, path, params, rv, on_event)
+        except asyncio.CancelledError:
+            raise
+        except _Gone:
+            continue
+        except Exception as exc:  # the runner must outlive API hiccups
+            log.warning("watch of %s failed (%s: %s); retrying", path, type(exc).__name__, exc)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+
+async def _watch_once(
+    session: aiohttp.ClientSession,
+    path: str,
+    params: dict[str, str],
+    rv: str,
+    on_event: Handler,
+) -> str:
+    watch_params = {
+        **params,
+        "watch": "true",
+        "resourceVersion": rv,
+        "allowWatchBookmarks": "true",
+        "timeoutSeconds": "300",
+    }
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=330)
+    async with session.get(path, params=watch_params, timeout=timeout) as resp:
+        if resp.status == 410:
+            raise _Gone
+        resp.raise_for_status()
+        async for line in resp.content:
+            if not line.strip():
+                continue
+            event = json.loads(line)
+            obj = event["object"]
+            if event["type"] == "ERROR":
+                if obj.get("code") == 410:
+                    raise _Gone
+                raise RuntimeError(f"watch error: {obj.get('message')}")
+            rv = obj["metadata"]["resourceVersion"]
+            if event["type"] != "BOOKMARK":
+                await on_event(obj, event["type"] == "DELETED")
+    return rv
+
+
+class ServiceProxy:
+    """kube-proxy for the local cluster: ClusterIP:port (on loopback) → a ready endpoint.
+
+    Listens on every Service's ClusterIP and port and pipes each TCP connection to one of
+    the Service's ready endpoints (round robin), as kube-proxy's iptables rules would. A
+    Service without ready endpoints refuses connections by closing them at once.
+    """
+
+    def __init__(self) -> None:
+        self.services: dict[str, dict[str, Any]] = {}
+        self.slices: dict[str, dict[str, Any]] = {}
+        self.listeners: dict[tuple[str, int], asyncio.Server] = {}
+        self._turn = 0
+
+    async def on_service_list(self, items: list[dict[str, Any]]) -> None:
+        self.services = {_ns_name(s): s for s in items}
+        await self._sync_listeners()
+
+    async def on_service(self, svc: dict[str, Any], deleted: bool) -> None:
+        if deleted:
+            self.services.pop(_ns_name(svc), None)
+        else:
+            self.services[_ns_name(svc)] = svc
+        await self._sync_listeners()
+
+    async def on_slice_list(self, items: list[dict[str, Any]]) -> None:
+        self.slices = {_ns_name(s): s for s in items}
+
+    async def on_slice(self, eps: dict[str, Any], deleted: bool) -> None:
+        if deleted:
+            self.slices.pop(_ns_name(eps), None)
+        else:
+            self.slices[_ns_name(eps)] = eps
+
+    def endpoints(self, namespace: str, service: str, port_name: str) -> list[tuple[str, int]]:
+        found = []
+        for eps in self.slices.values():
+            meta = eps["metadata"]
+            if (
+                meta["namespace"] != namespace
+                or (meta.get("labels") or {}).get("kubernetes.io/service-name") != service
+            ):
+                continue
+            ports = [
+                p["port"] for p in eps.get("ports") or [] if (p.get("name") or "") == port_name
+            ]
+            for endpoint in eps.get("endpoints") or []:
+                if (endpoint.get("conditions") or {}).get("ready") is False:
+                    continue
+                found += [(endpoint["addresses"][0], port) for port in ports]
+        return sorted(found)
+
+    async def _sync_listeners(self) -> None:
+        wanted: dict[tuple[str, int], tuple[str, str, str]] = {}
+        for svc in self.services.values():
+            ip = svc.get("spec", {}).get("clusterIP")
+            if not ip or ip == "None":
+                continue
+            for port in svc["spec"].get("ports") or []:
+                if port.get("protocol", "TCP") == "TCP":
+                    wanted[(ip, port["port"])] = (
+                        svc["metadata"]["namespace"],
+                        svc["metadata"]["name"],
+                        port.get("name") or "",
+                    )
+        for key in set(self.listeners) - set(wanted):
+            self.listeners.pop(key).close()
+        for key, target in wanted.items():
+            if key in self.listeners:
+                continue
+            try:
+                self.listeners[key] = await asyncio.start_server(
+                    self._handler(*target), key[0], key[1]
+                )
+            except OSError as exc:
+                log.warning("cannot listen on service address %s:%s: %s", *key, exc)
+
+    def _handler(
+        self, namespace: str, service: str, port_name: str
+    ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            targets = self.endpoints(namespace, service, port_name)
+            if not targets:
+                writer.close()
+                return
+            self._turn += 1
+            host, port = targets[self._turn % len(targets)]
+            try:
+                up_reader, up_writer = await asyncio.open_connection(host, port)
+            except OSError:
+                writer.close()
+                return
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+
+        return handle
+
+    async def close(self) -> None:
+        for server in self.listeners.values():
+            server.close()
+        self.listeners.clear()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            writer.close()
+
+
+def _ns_name(obj: dict[str, Any]) -> str:
+    return f"{obj['metadata'].get('namespace', '')}/{obj['metadata']['name']}"
 
 
 def _container_port(container: dict[str, Any]) -> int:
