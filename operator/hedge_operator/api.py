@@ -201,8 +201,9 @@ def object_schema(cls: type) -> dict[str, Any]:
             schema["default"] = f.metadata["schema_default"]
         elif f.default is not MISSING and f.default is not None:
             schema["default"] = _default_json(f.default)
-        elif f.default_factory is not MISSING and _is_dataclass_type(f.default_factory):
-            schema["default"] = _default_json(f.default_factory())
+        elif _is_dataclass_type(f.default_factory):
+            factory = typing.cast(Callable[[], Any], f.default_factory)
+            schema["default"] = _default_json(factory())
         if f.metadata["rules"]:
             schema["x-kubernetes-validations"] = [
                 {"rule": r.rule, "message": r.message} for r in f.metadata["rules"]
@@ -390,33 +391,33 @@ def _cel_string(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _source_rules(what: str) -> tuple[Rule, ...]:
+def _source_rules() -> tuple[Rule, ...]:
     return (
         Rule(
             "self.startsWith('hf://') || self.startsWith('s3://') || self.startsWith('gs://')"
             " || self.startsWith('pvc://')",
-            f"{what} must start with hf://, s3://, gs:// or pvc://",
+            "source must start with hf://, s3://, gs:// or pvc://",
             lambda s: s.startswith(("hf://", "s3://", "gs://", "pvc://")),
         ),
         Rule(
             f"!self.startsWith('hf://') || self.matches({_cel_string(HF_SOURCE)})",
-            f"{what}: hf:// sources look like hf://org/name",
+            "hf:// sources look like hf://org/name",
             lambda s: not s.startswith("hf://") or _matches(HF_SOURCE)(s),
         ),
         Rule(
             f"!(self.startsWith('s3://') || self.startsWith('gs://'))"
             f" || self.matches({_cel_string(BUCKET_SOURCE)})",
-            f"{what}: s3:// and gs:// sources look like s3://bucket/path",
+            "s3:// and gs:// sources look like s3://bucket/path",
             lambda s: not s.startswith(("s3://", "gs://")) or _matches(BUCKET_SOURCE)(s),
         ),
         Rule(
             f"!self.startsWith('pvc://') || self.matches({_cel_string(PVC_SOURCE)})",
-            f"{what}: pvc:// sources look like pvc://claim/path",
+            "pvc:// sources look like pvc://claim/path",
             lambda s: not s.startswith("pvc://") or _matches(PVC_SOURCE)(s),
         ),
         Rule(
             "!self.contains('..')",
-            f"{what} must not contain '..'",
+            "source must not contain '..'",
             lambda s: ".." not in s,
         ),
     )
@@ -466,7 +467,7 @@ class ModelSpec:
         "step), or pvc://claim/path (a PersistentVolumeClaim in this namespace, mounted "
         "read-only).",
         maxLength=512,
-        rules=_source_rules("source"),
+        rules=_source_rules(),
     )
     revision: str | None = prop(
         "Hugging Face revision (branch, tag or commit) to pin; hf:// sources only.",
@@ -668,7 +669,7 @@ class AdapterSpec:
     source: str = prop(
         "Where the adapter comes from (hf://, s3://, gs:// or pvc://, as model.source).",
         maxLength=512,
-        rules=_source_rules("adapter source"),
+        rules=_source_rules(),
     )
 
 

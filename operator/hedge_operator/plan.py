@@ -1,0 +1,253 @@
+"""Pure planning: desired children + observed children -> the writes to make.
+
+A second reconcile with nothing changed plans nothing: each applied child carries a hash of
+what was applied (`hedge.dev/applied-hash`), and a child is re-applied only when that hash
+differs (the spec changed) or when the live object no longer contains what was applied
+(someone edited or deleted it).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from hedge_operator.api import ModelDeployment
+from hedge_operator.builders import (
+    build_cache_pvc,
+    build_engine_deployment,
+    build_pdb,
+    build_service,
+    content_hash,
+)
+from hedge_operator.config import OperatorConfig
+from hedge_operator.observed import DeploymentSummary, Observed
+
+APPLIED_HASH = "hedge.dev/applied-hash"
+
+
+@dataclass(frozen=True)
+class Apply:
+    """Server-side apply of a whole child. `why` is create, update or repair."""
+
+    manifest: Mapping[str, Any]
+    why: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (str(self.manifest["kind"]), str(self.manifest["metadata"]["name"]))
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Set spec.replicas of an old revision's Deployment (its template is not re-applied)."""
+
+    name: str
+    replicas: int
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return ("Deployment", self.name)
+
+
+@dataclass(frozen=True)
+class Delete:
+    api_version: str
+    kind: str
+    name: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.kind, self.name)
+
+
+Action = Apply | Scale | Delete
+
+
+@dataclass(frozen=True)
+class Desired:
+    revision: str
+    children: Sequence[Mapping[str, Any]]  # current Deployment, Service, PDB[, PVC]
+
+
+def desired_children(md: ModelDeployment, config: OperatorConfig) -> Desired:
+    deployment = build_engine_deployment(md, config)
+    children = [deployment, build_service(md), build_pdb(md)]
+    pvc = build_cache_pvc(md)
+    if pvc is not None:
+        children.append(pvc)
+    revision = deployment["metadata"]["labels"]["hedge.dev/revision"]
+    return Desired(revision=revision, children=[with_applied_hash(c) for c in children])
+
+
+def with_applied_hash(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(manifest)
+    meta = dict(out["metadata"])
+    meta["annotations"] = {
+        **(meta.get("annotations") or {}),
+        APPLIED_HASH: content_hash(manifest, 16),
+    }
+    out["metadata"] = meta
+    return out
+
+
+# ------------------------------------------------------------------------ drift detection
+
+_QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)([a-zA-Z]*)$")
+_SUFFIX: dict[str, Decimal | int] = {
+    "": 1,
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "P": 10**15,
+    "E": 10**18,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+}
+
+
+def quantity_value(value: Any) -> Decimal | None:
+    """A Kubernetes quantity as a number (the API server canonicalises `1000m` to `1`)."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        return None
+    m = _QUANTITY.match(str(value))
+    if m is None or m.group(2) not in _SUFFIX:
+        return None
+    try:
+        return Decimal(m.group(1)) * Decimal(_SUFFIX[m.group(2)])
+    except InvalidOperation:
+        return None
+
+
+def _same_scalar(want: Any, have: Any) -> bool:
+    if want == have:
+        return True
+    if isinstance(want, int | str) and isinstance(have, int | str):
+        a, b = quantity_value(want), quantity_value(have)
+        return a is not None and a == b
+    return False
+
+
+def contains(want: Any, have: Any) -> bool:
+    """Whether the live object `have` still holds everything applied in `want` (the API
+    server adds defaults, so extra fields in `have` are fine; lists must match item by item)."""
+    if isinstance(want, Mapping):
+        return isinstance(have, Mapping) and all(
+            k in have and contains(v, have[k]) for k, v in want.items()
+        )
+    if isinstance(want, list):
+        return (
+            isinstance(have, list)
+            and len(want) == len(have)
+            and all(contains(w, h) for w, h in zip(want, have, strict=True))
+        )
+    return _same_scalar(want, have)
+
+
+def why_apply(desired: Mapping[str, Any], live: Mapping[str, Any] | None) -> str | None:
+    if live is None:
+        return "create"
+    live_hash = ((live.get("metadata") or {}).get("annotations") or {}).get(APPLIED_HASH)
+    if live_hash != desired["metadata"]["annotations"][APPLIED_HASH]:
+        return "update"
+    if not contains(_applied_part(desired), live):
+        return "repair"
+    return None
+
+
+def _applied_part(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in manifest.items() if k not in ("apiVersion", "kind")}
+
+
+# ------------------------------------------------------------------------------ rollouts
+
+
+def old_revision_replicas(
+    desired: int, new_available: int, olds: Sequence[DeploymentSummary]
+) -> dict[str, int]:
+    """How many pods each old revision keeps while the new one comes up.
+
+    Like a Deployment's rolling update with maxUnavailable 25% (rounded down): old revisions
+    keep only as many *ready* pods as are needed to hold availability at
+    desired - maxUnavailable, newest revision first. Pods that are not ready are let go at
+    once, so a broken old revision frees its GPUs for the new one.
+    """
+    max_unavailable = desired // 4
+    budget = max(0, desired - new_available - max_unavailable)
+    targets: dict[str, int] = {}
+    for d in sorted(olds, key=lambda d: (d.created, d.name), reverse=True):
+        keep = max(0, min(d.spec_replicas, d.ready, budget))
+        targets[d.name] = keep
+        budget -= keep
+    return targets
+
+
+# ---------------------------------------------------------------------------- the planner
+
+
+def plan(
+    desired: Desired,
+    observed: Observed,
+    *,
+    desired_replicas: int,
+    in_flight: Mapping[tuple[str, str], str] | None = None,
+) -> list[Action]:
+    """The writes that take `observed` to `desired`.
+
+    `in_flight` maps (kind, name) to the applied hash (or "delete") of writes made so
+    recently that the watch may not show them yet; they are not repeated.
+    """
+    in_flight = in_flight or {}
+    actions: list[Action] = []
+    for child in desired.children:
+        kind, name = str(child["kind"]), str(child["metadata"]["name"])
+        live = observed.by_kind(kind).get(name)
+        why = why_apply(child, live)
+        if why is None:
+            continue
+        if in_flight.get((kind, name)) == child["metadata"]["annotations"][APPLIED_HASH]:
+            continue
+        actions.append(Apply(child, why))
+
+    # Old revisions: scale down as the new one becomes available, delete when done.
+    summaries = observed.deployment_summaries()
+    current = next((d for d in summaries if d.revision == desired.revision), None)
+    olds = [d for d in summaries if d.revision != desired.revision]
+    targets = old_revision_replicas(desired_replicas, current.available if current else 0, olds)
+    for old in olds:
+        target = targets[old.name]
+        if target == 0:
+            if in_flight.get(("Deployment", old.name)) != "delete":
+                actions.append(Delete("apps/v1", "Deployment", old.name))
+        elif target != old.spec_replicas and (
+            in_flight.get(("Deployment", old.name)) != f"scale:{target}"
+        ):
+            actions.append(Scale(old.name, target))
+
+    # A cache claim the spec no longer asks for.
+    wanted_pvcs = {
+        str(c["metadata"]["name"]) for c in desired.children if c["kind"] == "PersistentVolumeClaim"
+    }
+    for name in observed.pvcs:
+        if name not in wanted_pvcs and in_flight.get(("PersistentVolumeClaim", name)) != "delete":
+            actions.append(Delete("v1", "PersistentVolumeClaim", name))
+    return actions
+
+
+def in_flight_token(action: Action) -> str:
+    """What `plan` compares against `in_flight` for this action."""
+    if isinstance(action, Apply):
+        return str(action.manifest["metadata"]["annotations"][APPLIED_HASH])
+    if isinstance(action, Scale):
+        return f"scale:{action.replicas}"
+    return "delete"

@@ -1,0 +1,163 @@
+"""Checks the CRD schema cannot make: the GPU type against the operator's table, referenced
+Secrets, and extraArgs/env that fight the typed fields. Each failure is a `Problem` whose
+reason becomes the Ready condition's reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from hedge_operator.api import ModelDeployment
+from hedge_operator.builders import DEFAULT_GCS_KEY, DEFAULT_HF_TOKEN_KEY, OPERATOR_ENV, Source
+from hedge_operator.config import OperatorConfig
+
+INVALID_SPEC = "InvalidSpec"
+UNKNOWN_GPU_TYPE = "UnknownGPUType"
+SECRET_NOT_FOUND = "SecretNotFound"
+CONFLICTING_ARGS = "ConflictingArgs"
+APPLY_FAILED = "ApplyFailed"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why a ModelDeployment cannot be (fully) realised."""
+
+    reason: str
+    message: str
+
+    @property
+    def waiting(self) -> bool:
+        """True when the fix can come from outside the spec (e.g. creating the Secret)."""
+        return self.reason in (SECRET_NOT_FOUND, APPLY_FAILED)
+
+
+# vLLM flags set from typed fields -> the field to use instead.
+MANAGED_FLAGS: dict[str, str] = {
+    "--model": "spec.model.source",
+    "--served-model-name": "spec.model.name",
+    "--port": "the operator (port 8000, named http)",
+    "--download-dir": "the operator (the cache volume)",
+    "--revision": "spec.model.revision",
+    "--hf-token": "spec.model.credentialsSecretRef",
+    "--dtype": "spec.engine.dtype",
+    "--max-model-len": "spec.engine.maxModelLen",
+    "--quantization": "spec.engine.quantization",
+    "-q": "spec.engine.quantization",
+    "--gpu-memory-utilization": "spec.engine.gpuMemoryUtilization",
+    "--enable-prefix-caching": "spec.engine.enablePrefixCaching",
+    "--no-enable-prefix-caching": "spec.engine.enablePrefixCaching",
+    "--enable-chunked-prefill": "spec.engine.enableChunkedPrefill",
+    "--no-enable-chunked-prefill": "spec.engine.enableChunkedPrefill",
+    "--tensor-parallel-size": "spec.engine.tensorParallelSize",
+    "-tp": "spec.engine.tensorParallelSize",
+    "--pipeline-parallel-size": "spec.engine.pipelineParallelSize",
+    "-pp": "spec.engine.pipelineParallelSize",
+    "--enable-lora": "spec.adapters",
+    "--no-enable-lora": "spec.adapters",
+    "--lora-modules": "spec.adapters",
+}
+
+
+def flag_name(arg: str) -> str | None:
+    """`--max_model_len=8` -> `--max-model-len`; None for values."""
+    if not arg.startswith("-") or arg == "-" or arg[1:2].isdigit():
+        return None
+    name = arg.split("=", 1)[0]
+    if name.startswith("--"):
+        name = "--" + name[2:].replace("_", "-")
+    return name
+
+
+def conflicting_args(md: ModelDeployment) -> Problem | None:
+    for arg in md.spec.engine.extra_args:
+        name = flag_name(arg)
+        if name in MANAGED_FLAGS:
+            return Problem(
+                CONFLICTING_ARGS,
+                f"spec.engine.extraArgs sets {name}, which comes from "
+                f"{MANAGED_FLAGS[name]}; remove it from extraArgs",
+            )
+    for var in md.spec.engine.env:
+        if var.name in OPERATOR_ENV:
+            return Problem(
+                CONFLICTING_ARGS,
+                f"spec.engine.env sets {var.name}, which the operator sets "
+                "(use spec.model.credentialsSecretRef for the Hugging Face token)",
+            )
+    return None
+
+
+@dataclass(frozen=True)
+class SecretUse:
+    name: str
+    key: str | None  # None: the Secret must exist, any keys
+    where: str
+
+
+def secret_uses(md: ModelDeployment) -> list[SecretUse]:
+    """Every Secret the spec references, with the key it needs."""
+    uses: list[SecretUse] = []
+    creds = md.spec.model.credentials_secret_ref
+    if creds is not None:
+        scheme = Source.parse(md.spec.model.source).scheme
+        key = {"hf": creds.key or DEFAULT_HF_TOKEN_KEY, "gs": creds.key or DEFAULT_GCS_KEY}.get(
+            scheme
+        )
+        uses.append(SecretUse(creds.name, key, "spec.model.credentialsSecretRef"))
+    for var in md.spec.engine.env:
+        if var.secret_key_ref is not None:
+            ref = var.secret_key_ref
+            uses.append(SecretUse(ref.name, ref.key, f"spec.engine.env[{var.name}]"))
+    if md.spec.fallback is not None:
+        for i, provider in enumerate(md.spec.fallback.providers):
+            if provider.api_key_secret_ref is not None:
+                ref = provider.api_key_secret_ref
+                uses.append(
+                    SecretUse(ref.name, ref.key, f"spec.fallback.providers[{i}].apiKeySecretRef")
+                )
+    return uses
+
+
+def check_secrets(
+    md: ModelDeployment, secrets: Mapping[str, frozenset[str] | None]
+) -> Problem | None:
+    """`secrets` maps each referenced Secret name to its keys (None: it does not exist)."""
+    for use in secret_uses(md):
+        keys = secrets.get(use.name)
+        if keys is None:
+            return Problem(
+                SECRET_NOT_FOUND,
+                f"Secret {use.name!r} ({use.where}) not found in namespace {md.namespace!r}",
+            )
+        if use.key is not None and use.key not in keys:
+            return Problem(
+                SECRET_NOT_FOUND,
+                f"Secret {use.name!r} ({use.where}) has no key {use.key!r}",
+            )
+    return None
+
+
+def validate_static(md: ModelDeployment, config: OperatorConfig) -> Problem | None:
+    """Checks that need nothing from the cluster."""
+    gpu_type = md.spec.resources.gpu_type
+    if (
+        md.spec.resources.gpus > 0
+        and gpu_type is not None
+        and (gpu_type not in config.gpu_products)
+    ):
+        known = ", ".join(sorted(config.gpu_products))
+        return Problem(
+            UNKNOWN_GPU_TYPE,
+            f"spec.resources.gpuType {gpu_type!r} is not in the operator's GPU table "
+            f"(known: {known})",
+        )
+    return conflicting_args(md)
+
+
+def validate(
+    md: ModelDeployment,
+    config: OperatorConfig,
+    secrets: Mapping[str, frozenset[str] | None],
+) -> Problem | None:
+    return validate_static(md, config) or check_secrets(md, secrets)

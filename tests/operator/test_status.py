@@ -1,0 +1,308 @@
+"""Spec + observed children -> status and conditions; transitions -> Events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from hedge_operator.api import ModelDeployment, ModelDeploymentStatus, parse
+from hedge_operator.builders import revision_of
+from hedge_operator.config import OperatorConfig
+from hedge_operator.observed import Observed, summarize_pod
+from hedge_operator.status import ObjectRef, compute_status, status_patch, transition_events
+from hedge_operator.validation import Problem
+from tests.operator.factories import deployment_body, model, pod_body, spec_with
+
+NOW = "2026-05-01T12:00:00Z"
+LATER = "2026-05-01T12:05:00Z"
+
+
+def status_for(
+    md: ModelDeployment,
+    observed: Observed,
+    *,
+    problem: Problem | None = None,
+    previous: dict[str, Any] | None = None,
+    now: str = NOW,
+    revision: str | None = "rev-new",
+) -> dict[str, Any]:
+    ref = ObjectRef(md.name, md.namespace, md.generation)
+    return compute_status(
+        ref, md, observed, revision=revision, problem=problem, previous=previous, now=now
+    )
+
+
+def conditions(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in status["conditions"]}
+
+
+def brief(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {t: (c["status"], c["reason"]) for t, c in conditions(status).items()}
+
+
+def observed(*deployments: dict[str, Any], pods: list[dict[str, Any]] | None = None) -> Observed:
+    return Observed(
+        deployments={d["metadata"]["name"]: d for d in deployments},
+        pods=[summarize_pod(p) for p in pods or []],
+    )
+
+
+def test_all_replicas_ready() -> None:
+    md = model(
+        spec_with(
+            replicas=2,
+            fallback={
+                "providers": [
+                    {
+                        "type": "OpenAI",
+                        "model": "gpt-4o-mini",
+                        "apiKeySecretRef": {"name": "o", "key": "k"},
+                    },
+                    {
+                        "type": "Anthropic",
+                        "model": "claude",
+                        "apiKeySecretRef": {"name": "a", "key": "k"},
+                    },
+                ]
+            },
+        ),
+        generation=3,
+    )
+    status = status_for(
+        md, observed(deployment_body("llama-rev-new", "rev-new", spec_replicas=2, ready=2))
+    )
+    assert brief(status) == {
+        "Ready": ("True", "ReplicasReady"),
+        "Progressing": ("False", "RolloutComplete"),
+        "Degraded": ("False", "AsExpected"),
+    }
+    assert status["observedGeneration"] == 3
+    assert (status["replicas"], status["readyReplicas"]) == (2, 2)
+    assert (status["updatedReplicas"], status["availableReplicas"]) == (2, 2)
+    assert status["servedModel"] == "llama-3-8b"
+    assert status["url"] == "http://llama.team-a.svc:8000/v1"
+    assert status["selector"] == "hedge.dev/model-deployment=llama,hedge.dev/component=engine"
+    assert status["revision"] == "rev-new"
+    assert status["fallback"] == "OpenAI,Anthropic"
+    for c in status["conditions"]:
+        assert c["observedGeneration"] == 3 and c["lastTransitionTime"] == NOW
+        assert c["message"]
+    assert "2/2 replicas ready at revision rev-new" in conditions(status)["Ready"]["message"]
+    parse(ModelDeploymentStatus, status)  # the status fits the CRD's status schema
+
+
+def test_first_reconcile_sets_every_condition() -> None:
+    status = status_for(model(), Observed())
+    assert brief(status) == {
+        "Ready": ("False", "ReplicasNotReady"),
+        "Progressing": ("True", "Creating"),
+        "Degraded": ("False", "AsExpected"),
+    }
+    assert status["replicas"] == 0 and "fallback" not in status
+
+
+def test_starting_replicas() -> None:
+    status = status_for(
+        model(spec_with(replicas=3)),
+        observed(deployment_body("llama-rev-new", "rev-new", spec_replicas=3, ready=1)),
+    )
+    assert brief(status)["Ready"] == ("False", "ReplicasNotReady")
+    assert brief(status)["Progressing"] == ("True", "ScalingUp")
+    assert "1/3 replicas ready" in conditions(status)["Ready"]["message"]
+
+
+def test_deployment_not_yet_synced_is_not_ready() -> None:
+    dep = deployment_body(
+        "llama-rev-new", "rev-new", spec_replicas=1, ready=1, generation=2, observed_generation=1
+    )
+    assert brief(status_for(model(), observed(dep)))["Ready"][0] == "False"
+
+
+def test_rolling_out_a_new_revision() -> None:
+    old = deployment_body("llama-rev-old", "rev-old", spec_replicas=2, ready=2)
+    new = deployment_body("llama-rev-new", "rev-new", spec_replicas=2, ready=0)
+    status = status_for(model(spec_with(replicas=2)), observed(old, new))
+    assert brief(status)["Ready"] == ("False", "RollingOut")
+    assert brief(status)["Progressing"] == ("True", "RollingOut")
+    assert "replacing rev-old" in conditions(status)["Progressing"]["message"]
+    assert (status["replicas"], status["readyReplicas"], status["updatedReplicas"]) == (4, 2, 2)
+
+    # The new revision serves everything: Ready, while old pods finish going away.
+    new = deployment_body("llama-rev-new", "rev-new", spec_replicas=2, ready=2)
+    old = deployment_body("llama-rev-old", "rev-old", spec_replicas=0, replicas=1, ready=0)
+    status = status_for(model(spec_with(replicas=2)), observed(old, new))
+    assert brief(status)["Ready"] == ("True", "ReplicasReady")
+    assert brief(status)["Progressing"] == ("True", "RollingOut")
+
+
+@pytest.mark.parametrize(
+    ("pod", "reason", "detail"),
+    [
+        (
+            pod_body("p1", "rev-new", waiting="CrashLoopBackOff"),
+            "CrashLoopBackOff",
+            "last exit 1 (Error), 3 restarts",
+        ),
+        (
+            pod_body("p1", "rev-new", waiting="ImagePullBackOff"),
+            "ImagePullBackOff",
+            "ImagePullBackOff details",
+        ),
+        (pod_body("p1", "rev-new", waiting="ErrImagePull"), "ImagePullBackOff", "ErrImagePull"),
+        (
+            pod_body("p1", "rev-new", waiting="CreateContainerConfigError"),
+            "CreateContainerConfigError",
+            "details",
+        ),
+        (
+            pod_body(
+                "p1",
+                "rev-new",
+                unschedulable="0/3 nodes are available: 3 node(s) didn't "
+                "match Pod's node affinity/selector.",
+            ),
+            "Unschedulable",
+            "0/3 nodes",
+        ),
+    ],
+)
+def test_pod_problems_degrade(pod: dict[str, Any], reason: str, detail: str) -> None:
+    dep = deployment_body("llama-rev-new", "rev-new", spec_replicas=1, ready=0)
+    status = status_for(model(), observed(dep, pods=[pod]))
+    assert brief(status)["Degraded"] == ("True", reason)
+    assert brief(status)["Ready"] == ("False", reason)
+    assert detail in conditions(status)["Degraded"]["message"]
+    assert "pod p1" in conditions(status)["Degraded"]["message"]
+
+
+def test_worst_problem_prefers_the_current_revision_and_ignores_deleting_pods() -> None:
+    dep = deployment_body("llama-rev-new", "rev-new", spec_replicas=1, ready=0)
+    pods = [
+        pod_body("old", "rev-old", waiting="ImagePullBackOff"),
+        pod_body("going", "rev-new", waiting="ImagePullBackOff", deleting=True),
+        pod_body("new", "rev-new", unschedulable="no GPU"),
+    ]
+    status = status_for(model(), observed(dep, pods=pods))
+    assert brief(status)["Degraded"] == ("True", "Unschedulable")
+
+
+def test_ready_pods_have_no_problem() -> None:
+    assert summarize_pod(pod_body("p", "r", ready=True)).problem is None
+
+
+def test_progress_deadline_exceeded_degrades() -> None:
+    dep = deployment_body("llama-rev-new", "rev-new", spec_replicas=1, ready=0)
+    dep["status"]["conditions"] = [
+        {
+            "type": "Progressing",
+            "status": "False",
+            "reason": "ProgressDeadlineExceeded",
+            "message": "ReplicaSet has timed out progressing.",
+        }
+    ]
+    status = status_for(model(), observed(dep))
+    assert brief(status)["Degraded"] == ("True", "ProgressDeadlineExceeded")
+
+
+def test_scaled_to_zero_is_ready() -> None:
+    dep = deployment_body("llama-rev-new", "rev-new", spec_replicas=0, ready=0)
+    status = status_for(model(spec_with(replicas=0)), observed(dep))
+    assert brief(status)["Ready"] == ("True", "ScaledToZero")
+    assert brief(status)["Progressing"] == ("False", "RolloutComplete")
+
+
+def test_spec_problem_sets_ready_false_with_its_reason() -> None:
+    problem = Problem("UnknownGPUType", "spec.resources.gpuType 'x' is not in the table")
+    dep = deployment_body("llama-rev-old", "rev-old", spec_replicas=1, ready=1)
+    status = status_for(
+        model(), observed(dep), problem=problem, revision=None, previous={"revision": "rev-old"}
+    )
+    assert brief(status) == {
+        "Ready": ("False", "UnknownGPUType"),
+        "Progressing": ("False", "UnknownGPUType"),
+        "Degraded": ("True", "UnknownGPUType"),
+    }
+    assert conditions(status)["Ready"]["message"] == problem.message
+    # What still runs is still reported.
+    assert status["readyReplicas"] == 1 and status["revision"] == "rev-old"
+
+
+def test_unparseable_spec_keeps_what_was_known() -> None:
+    ref = ObjectRef("llama", "team-a", 4)
+    previous = {"servedModel": "llama-3-8b", "url": "http://llama.team-a.svc:8000/v1"}
+    status = compute_status(
+        ref,
+        None,
+        Observed(),
+        revision=None,
+        problem=Problem("InvalidSpec", "spec.replicas: must be at least 0"),
+        previous=previous,
+        now=NOW,
+    )
+    assert brief(status)["Ready"] == ("False", "InvalidSpec")
+    assert status["servedModel"] == "llama-3-8b" and status["observedGeneration"] == 4
+
+
+def test_last_transition_time_moves_only_with_the_status() -> None:
+    dep = deployment_body("llama-rev-new", "rev-new", spec_replicas=2, ready=1)
+    md = model(spec_with(replicas=2))
+    first = status_for(md, observed(dep))
+    dep = deployment_body("llama-rev-new", "rev-new", spec_replicas=2, ready=2)
+    second = status_for(md, observed(dep), previous=first, now=LATER)
+    assert conditions(second)["Ready"]["lastTransitionTime"] == LATER  # False -> True
+    assert conditions(second)["Degraded"]["lastTransitionTime"] == NOW  # False -> False
+    third = status_for(md, observed(dep), previous=second, now="2026-05-01T13:00:00Z")
+    assert third == second
+    assert status_patch(second, third) == {}
+
+
+def test_status_patch_holds_only_changes() -> None:
+    assert status_patch({"a": 1, "b": 2, "kopf": {}}, {"a": 1, "b": 3}) == {"b": 3}
+    assert status_patch({"a": 1, "fallback": "OpenAI"}, {"a": 1}) == {"fallback": None}
+    assert status_patch(None, {"a": 1}) == {"a": 1}
+
+
+def test_revision_hash_in_status_matches_the_builder() -> None:
+    md = model()
+    rev = revision_of(md, OperatorConfig())
+    assert status_for(md, Observed(), revision=rev)["revision"] == rev
+
+
+def test_events_on_transitions() -> None:
+    md = model()
+    dep0 = deployment_body("llama-rev-new", "rev-new", ready=0)
+    dep1 = deployment_body("llama-rev-new", "rev-new", ready=1)
+    crash = pod_body("p", "rev-new", waiting="CrashLoopBackOff")
+
+    creating = status_for(md, Observed())
+    events = transition_events(None, creating)
+    assert [(e.type, e.reason) for e in events] == [("Normal", "NewRevision")]
+
+    broken = status_for(md, observed(dep0, pods=[crash]), previous=creating)
+    events = transition_events(creating, broken)
+    assert [(e.type, e.reason) for e in events] == [("Warning", "CrashLoopBackOff")]
+    assert transition_events(broken, broken) == []
+
+    ready = status_for(md, observed(dep1), previous=broken)
+    events = transition_events(broken, ready)
+    assert [(e.type, e.reason) for e in events] == [
+        ("Normal", "Recovered"),
+        ("Normal", "ReplicasReady"),
+    ]
+
+    rolled = status_for(md, observed(dep1), previous=ready, revision="rev-2")
+    assert ("Normal", "NewRevision") in [
+        (e.type, e.reason) for e in transition_events(ready, rolled)
+    ]
+
+    bad = status_for(
+        md,
+        observed(dep1),
+        previous=ready,
+        problem=Problem("SecretNotFound", "Secret 'hf' not found"),
+    )
+    events = transition_events(ready, bad)
+    assert [(e.type, e.reason, e.message) for e in events] == [
+        ("Warning", "SecretNotFound", "Secret 'hf' not found")
+    ]
