@@ -1,0 +1,349 @@
+"""kopf handlers: thin glue between kopf's watches and the Reconciler.
+
+- spec changes (create, update of .spec, operator start) reconcile at once, through kopf, so
+  bad specs end as PermanentError and missing Secrets as TemporaryError;
+- a resync timer repairs anything a lost watch event would have left behind;
+- kopf indexes keep the children (Deployments, Services, PDBs, cache PVCs, engine pods) in
+  memory, so reconciles read nothing from the API server, and every change of a child
+  nudges its ModelDeployment: one coalesced reconcile shortly after, which writes status
+  through kube.py (there is no kopf handler of the parent to carry a patch then).
+
+Status from kopf handlers goes through `patch.status`; handlers return None.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import kopf
+
+from hedge_operator.api import GROUP, PLURAL, VERSION
+from hedge_operator.builders import (
+    COMPONENT_LABEL,
+    ENGINE_COMPONENT,
+    FIELD_MANAGER,
+    MANAGED_BY_LABEL,
+    MD_LABEL,
+)
+from hedge_operator.config import OperatorConfig
+from hedge_operator.kube import Kube
+from hedge_operator.observed import Observed, PodSummary, strip, summarize_pod
+from hedge_operator.reconciler import Outcome, Reconciler, RetryableError
+from hedge_operator.validation import Problem
+
+log = logging.getLogger(__name__)
+
+MD = (GROUP, VERSION, PLURAL)
+CHILD_LABELS = {MANAGED_BY_LABEL: FIELD_MANAGER}
+CHILD_SELECTOR = f"{MANAGED_BY_LABEL}={FIELD_MANAGER}"
+CHILD_RESOURCES = (
+    ("apps", "v1", "deployments"),
+    ("v1", "services"),
+    ("policy", "v1", "poddisruptionbudgets"),
+    ("v1", "persistentvolumeclaims"),
+    ("v1", "pods"),
+)
+RESYNC_SECONDS = 60.0
+NUDGE_DELAY = 0.2
+RETRY_DELAY = 5.0
+
+Key = tuple[str, str]
+
+
+@dataclass
+class Indexes:
+    """kopf's in-memory indexes, keyed by (namespace, ModelDeployment name)."""
+
+    models: Mapping[Key, Any]
+    deployments: Mapping[Key, Any]
+    services: Mapping[Key, Any]
+    pdbs: Mapping[Key, Any]
+    pvcs: Mapping[Key, Any]
+    pods: Mapping[Key, Any]
+
+    @classmethod
+    def from_kwargs(cls, kwargs: Mapping[str, Any]) -> Indexes:
+        return cls(
+            models=kwargs["hedge_models"],
+            deployments=kwargs["hedge_deployments"],
+            services=kwargs["hedge_services"],
+            pdbs=kwargs["hedge_pdbs"],
+            pvcs=kwargs["hedge_pvcs"],
+            pods=kwargs["hedge_pods"],
+        )
+
+    def observed(self, key: Key) -> Observed:
+        def by_name(index: Mapping[Key, Any]) -> dict[str, Mapping[str, Any]]:
+            return {str(b["metadata"]["name"]): b for b in index.get(key, ())}
+
+        pods: list[PodSummary] = list(self.pods.get(key, ()))
+        return Observed(
+            deployments=by_name(self.deployments),
+            services=by_name(self.services),
+            pdbs=by_name(self.pdbs),
+            pvcs=by_name(self.pvcs),
+            pods=pods,
+        )
+
+    def model(self, key: Key) -> Mapping[str, Any] | None:
+        return next(iter(self.models.get(key, ())), None)
+
+
+class Nudger:
+    """Coalesces bursts of child events into one reconcile per ModelDeployment."""
+
+    def __init__(self, run: Callable[[Key], Awaitable[None]], delay: float = NUDGE_DELAY):
+        self._run = run
+        self._delay = delay
+        self._scheduled: set[Key] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def nudge(self, key: Key, delay: float | None = None) -> None:
+        if key in self._scheduled:
+            return
+        self._scheduled.add(key)
+        task = asyncio.get_running_loop().create_task(self._later(key, delay))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _later(self, key: Key, delay: float | None) -> None:
+        await asyncio.sleep(self._delay if delay is None else delay)
+        self._scheduled.discard(key)  # events from now on schedule another round
+        try:
+            await self._run(key)
+        except RetryableError as e:
+            log.warning("reconcile of %s/%s will be retried: %s", *key, e)
+            self.nudge(key, RETRY_DELAY)
+        except Exception:
+            log.exception("reconcile of %s/%s failed", *key)
+            self.nudge(key, RETRY_DELAY)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+@dataclass
+class Runtime:
+    """Everything the handlers share; lives in kopf's memo as `memo.hedge`."""
+
+    config: OperatorConfig
+    kube: Kube
+    reconciler: Reconciler
+    watch_timeout: float = 300.0
+    indexes: Indexes | None = None
+    nudger: Nudger = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.nudger = Nudger(self.reconcile_key)
+
+    async def reconcile_key(self, key: Key) -> None:
+        """A reconcile triggered by a child (or by our own status write settling)."""
+        if self.indexes is None:
+            return
+        body = self.indexes.model(key)
+        if body is None:
+            return
+        outcome = await self.reconciler.reconcile(body, self.indexes.observed(key), trigger="child")
+        if outcome.patch:
+            await self.kube.patch_status(key[0], key[1], outcome.patch)
+
+
+def runtime(memo: Any, kwargs: Mapping[str, Any] | None = None) -> Runtime:
+    rt = cast(Runtime, memo["hedge"])
+    if kwargs is not None and rt.indexes is None and "hedge_models" in kwargs:
+        rt.indexes = Indexes.from_kwargs(kwargs)
+    return rt
+
+
+def login_credentials(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo | None:
+    """In-cluster service account first, then the kubeconfig (kopf's own login helpers)."""
+    info = kopf.login_with_service_account(settings=settings)
+    return info or kopf.login_with_kubeconfig(settings=settings)
+
+
+# ----------------------------------------------------------------------- operator-level
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+    rt = runtime(memo)
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    # Silent watch streams are a known kopf failure mode: make the server close them.
+    settings.watching.server_timeout = rt.watch_timeout
+    settings.watching.client_timeout = rt.watch_timeout + 60
+    settings.watching.connect_timeout = 30
+    # The operator posts its own Events on transitions; kopf's are only for failures.
+    settings.posting.level = logging.WARNING
+    for resource in CHILD_RESOURCES:
+        settings.watching.label_selectors[resource] = CHILD_SELECTOR
+
+
+@kopf.on.login()
+def login(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Any:
+    info = login_credentials(settings)
+    if info is not None:
+        runtime(memo).kube.use(info)
+    return info
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: Any, **_: Any) -> None:
+    rt = runtime(memo)
+    await rt.nudger.close()
+    await rt.kube.close()
+
+
+@kopf.on.probe(id="models")
+def probe_models(memo: Any, **_: Any) -> int:
+    rt = runtime(memo)
+    return 0 if rt.indexes is None else len(rt.indexes.models)
+
+
+# ------------------------------------------------------------------------------ indexes
+
+
+def _child_entry(namespace: str | None, labels: Mapping[str, str], body: Any) -> dict[Key, Any]:
+    md = labels.get(MD_LABEL)
+    return {(namespace or "", md): strip(body)} if md else {}
+
+
+@kopf.index(*MD)
+def hedge_models(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, Any]:
+    return {(namespace or "", name): strip(body)}
+
+
+@kopf.index("apps", "v1", "deployments", labels=CHILD_LABELS)
+def hedge_deployments(
+    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> dict[Key, Any]:
+    return _child_entry(namespace, labels, body)
+
+
+@kopf.index("v1", "services", labels=CHILD_LABELS)
+def hedge_services(
+    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> dict[Key, Any]:
+    return _child_entry(namespace, labels, body)
+
+
+@kopf.index("policy", "v1", "poddisruptionbudgets", labels=CHILD_LABELS)
+def hedge_pdbs(
+    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> dict[Key, Any]:
+    return _child_entry(namespace, labels, body)
+
+
+@kopf.index("v1", "persistentvolumeclaims", labels=CHILD_LABELS)
+def hedge_pvcs(
+    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> dict[Key, Any]:
+    return _child_entry(namespace, labels, body)
+
+
+@kopf.index("v1", "pods", labels={**CHILD_LABELS, COMPONENT_LABEL: ENGINE_COMPONENT})
+def hedge_pods(
+    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> dict[Key, Any]:
+    md = labels.get(MD_LABEL)
+    return {(namespace or "", md): summarize_pod(body)} if md else {}
+
+
+# ---------------------------------------------------------------------------- reconcile
+
+
+def _raise_for(outcome: Outcome) -> None:
+    problem: Problem | None = outcome.problem
+    if problem is None:
+        return
+    if problem.waiting:
+        raise kopf.TemporaryError(f"{problem.reason}: {problem.message}", delay=15)
+    raise kopf.PermanentError(f"{problem.reason}: {problem.message}")
+
+
+@kopf.on.resume(*MD, id="reconcile")
+@kopf.on.create(*MD, id="reconcile")
+@kopf.on.update(*MD, field="spec", id="reconcile")
+async def reconcile(
+    body: kopf.Body,
+    namespace: str | None,
+    name: str,
+    patch: kopf.Patch,
+    memo: Any,
+    **kwargs: Any,
+) -> None:
+    rt = runtime(memo, kwargs)
+    assert rt.indexes is not None
+    try:
+        outcome = await rt.reconciler.reconcile(
+            body, rt.indexes.observed((namespace or "", name)), trigger="spec"
+        )
+    except RetryableError as e:
+        raise kopf.TemporaryError(str(e), delay=RETRY_DELAY) from e
+    patch.status.update(outcome.patch)
+    _raise_for(outcome)
+
+
+@kopf.timer(*MD, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS, id="resync")
+async def resync(
+    body: kopf.Body,
+    namespace: str | None,
+    name: str,
+    patch: kopf.Patch,
+    memo: Any,
+    **kwargs: Any,
+) -> None:
+    rt = runtime(memo, kwargs)
+    assert rt.indexes is not None
+    try:
+        outcome = await rt.reconciler.reconcile(
+            body, rt.indexes.observed((namespace or "", name)), trigger="resync"
+        )
+    except RetryableError as e:
+        raise kopf.TemporaryError(str(e), delay=RETRY_DELAY) from e
+    patch.status.update(outcome.patch)
+
+
+# -------------------------------------------------------------------------------- nudges
+
+
+@kopf.on.event(*MD, id="model-event")
+def model_event(
+    body: kopf.Body,
+    type: str,
+    namespace: str | None,
+    name: str,
+    uid: str,
+    memo: Any,
+    **kwargs: Any,
+) -> None:
+    rt = runtime(memo, kwargs)
+    if type == "DELETED":
+        rt.reconciler.forget(uid)
+        return
+    # Spec changes go to `reconcile`; this re-checks status after other writes settle (a
+    # status written by a slower path must not stay stale).
+    generation = body.get("metadata", {}).get("generation")
+    if body.get("status", {}).get("observedGeneration") == generation:
+        rt.nudger.nudge((namespace or "", name))
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS, id="child-event")
+@kopf.on.event("v1", "services", labels=CHILD_LABELS, id="child-event")
+@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=CHILD_LABELS, id="child-event")
+@kopf.on.event("v1", "persistentvolumeclaims", labels=CHILD_LABELS, id="child-event")
+@kopf.on.event("v1", "pods", labels=CHILD_LABELS, id="child-event")
+def child_event(labels: Mapping[str, str], namespace: str | None, memo: Any, **kwargs: Any) -> None:
+    rt = runtime(memo, kwargs)
+    md = labels.get(MD_LABEL)
+    if md:
+        rt.nudger.nudge((namespace or "", md))

@@ -1,0 +1,122 @@
+"""`hedge operator`: runs the ModelDeployment operator (kopf) with its metrics endpoint."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import logging
+from pathlib import Path
+
+import kopf
+import prometheus_client
+
+from hedge_operator.config import (
+    DEFAULT_GCS_DOWNLOADER_IMAGE,
+    DEFAULT_S3_DOWNLOADER_IMAGE,
+    OperatorConfig,
+)
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        metavar="NAMESPACE",
+        help="watch only this namespace (repeatable; globs allowed); default: all namespaces",
+    )
+    parser.add_argument(
+        "--gpu-types",
+        type=Path,
+        metavar="FILE",
+        help="YAML mapping of GPU type -> nvidia.com/gpu.product label, merged over the "
+        "built-in table (or a document with a gpuTypes: key)",
+    )
+    parser.add_argument(
+        "--replace-gpu-types",
+        action="store_true",
+        help="use only the --gpu-types file, not the built-in table",
+    )
+    parser.add_argument(
+        "--s3-downloader-image",
+        default=DEFAULT_S3_DOWNLOADER_IMAGE,
+        help="image of the init step that copies s3:// weights",
+    )
+    parser.add_argument(
+        "--gcs-downloader-image",
+        default=DEFAULT_GCS_DOWNLOADER_IMAGE,
+        help="image of the init step that copies gs:// weights",
+    )
+    parser.add_argument(
+        "--metrics-port", type=int, default=9090, help="Prometheus metrics port (0 disables)"
+    )
+    parser.add_argument(
+        "--health-port",
+        type=int,
+        default=8080,
+        help="liveness endpoint http://0.0.0.0:PORT/healthz (0 disables)",
+    )
+    parser.add_argument(
+        "--peering",
+        metavar="NAME",
+        help="coordinate several operator replicas through this KopfPeering object; "
+        "default: run standalone (one replica)",
+    )
+    parser.add_argument(
+        "--watch-timeout",
+        type=float,
+        default=300.0,
+        help="seconds after which the API server closes each watch",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def build_config(args: argparse.Namespace) -> OperatorConfig:
+    config = OperatorConfig(
+        s3_downloader_image=args.s3_downloader_image,
+        gcs_downloader_image=args.gcs_downloader_image,
+    )
+    if args.gpu_types is not None:
+        config = config.with_gpu_file(args.gpu_types, replace_table=args.replace_gpu_types)
+    return config
+
+
+async def serve(args: argparse.Namespace, config: OperatorConfig) -> None:
+    from hedge_operator import handlers  # registers the handlers on kopf's default registry
+    from hedge_operator.kube import Kube
+    from hedge_operator.reconciler import Reconciler
+
+    kube = Kube(functools.partial(handlers.login_credentials, kopf.OperatorSettings()))
+    rt = handlers.Runtime(
+        config=config,
+        kube=kube,
+        reconciler=Reconciler(kube, config),
+        watch_timeout=args.watch_timeout,
+    )
+    liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
+    await kopf.operator(
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        standalone=args.peering is None,
+        peering_name=args.peering,
+        liveness_endpoint=liveness,
+        memo=kopf.Memo(hedge=rt),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        config = build_config(args)
+    except (OSError, ValueError) as e:
+        logging.error("%s", e)
+        return 2
+    if args.metrics_port:
+        prometheus_client.start_http_server(args.metrics_port)
+    asyncio.run(serve(args, config))
+    return 0

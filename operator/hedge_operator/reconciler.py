@@ -1,0 +1,337 @@
+"""One reconcile of one ModelDeployment: parse, validate, plan, write, compute status.
+
+The decisions are the pure functions of api/validation/plan/status; this module sequences
+them and performs the writes through a `KubeAPI` (kube.Kube in the operator, a fake in tests).
+Reconciles of the same object are serialised; different objects run concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+import aiohttp
+
+from hedge_operator import metrics
+from hedge_operator.api import ModelDeployment, SpecError
+from hedge_operator.config import OperatorConfig
+from hedge_operator.kube import ApiError
+from hedge_operator.observed import Observed, owned_by
+from hedge_operator.plan import (
+    Action,
+    Apply,
+    Delete,
+    Scale,
+    desired_children,
+    in_flight_token,
+    plan,
+)
+from hedge_operator.status import (
+    EventSpec,
+    ObjectRef,
+    compute_status,
+    status_patch,
+    transition_events,
+)
+from hedge_operator.validation import (
+    APPLY_FAILED,
+    INVALID_SPEC,
+    Problem,
+    check_secrets,
+    secret_uses,
+    validate_static,
+)
+
+
+class KubeAPI(Protocol):
+    async def apply(self, manifest: Mapping[str, Any]) -> Mapping[str, Any]: ...
+
+    async def scale_deployment(self, namespace: str, name: str, replicas: int) -> None: ...
+
+    async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None: ...
+
+    async def secret_keys(self, namespace: str, name: str) -> frozenset[str] | None: ...
+
+    async def post_event(
+        self, involved: Mapping[str, Any], type_: str, reason: str, message: str
+    ) -> None: ...
+
+
+class RetryableError(Exception):
+    """The API server had trouble (5xx, throttling, conflict): reconcile again later."""
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Outcome:
+    status: dict[str, Any]
+    patch: dict[str, Any]  # merge patch from the object's current status; empty: no change
+    problem: Problem | None
+    actions: list[Action]
+    requests: int  # API requests made (writes, Secret look-ups, Events)
+
+
+@dataclass
+class _Memory:
+    """What the operator remembers of one ModelDeployment between reconciles."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    in_flight: dict[tuple[str, str], tuple[str, float]] = field(default_factory=dict)
+    secrets: tuple[int, dict[str, frozenset[str] | None], float] | None = None
+    events: dict[tuple[str, str, str], float] = field(default_factory=dict)
+
+
+class Reconciler:
+    #: Seconds a write is trusted before the watch must show it.
+    IN_FLIGHT_TTL = 10.0
+    #: Seconds before Secrets are looked up again (found / missing).
+    SECRETS_FOUND_TTL = 300.0
+    SECRETS_MISSING_TTL = 5.0
+    #: The same Event is not posted twice within this many seconds.
+    EVENT_DEDUP = 60.0
+
+    def __init__(
+        self,
+        kube: KubeAPI,
+        config: OperatorConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], str] = utc_now,
+    ) -> None:
+        self.kube = kube
+        self.config = config
+        self._clock = clock
+        self._now = now
+        self._memory: dict[str, _Memory] = {}
+
+    def forget(self, uid: str) -> None:
+        self._memory.pop(uid, None)
+
+    def _mem(self, uid: str) -> _Memory:
+        mem = self._memory.get(uid)
+        if mem is None:
+            mem = self._memory[uid] = _Memory()
+        return mem
+
+    async def reconcile(
+        self, body: Mapping[str, Any], observed: Observed, *, trigger: str
+    ) -> Outcome:
+        """Brings the children in line with the spec and returns the new status. Raises
+        RetryableError when the API server had trouble."""
+        uid = str((body.get("metadata") or {}).get("uid", ""))
+        mem = self._mem(uid)
+        started = time.perf_counter()
+        result = "error"
+        try:
+            async with mem.lock:
+                outcome = await self._reconcile(body, observed, mem)
+            result = "ok" if outcome.problem is None else outcome.problem.reason
+            if outcome.problem is not None:
+                metrics.RECONCILE_ERRORS.labels(outcome.problem.reason).inc()
+            metrics.RECONCILE_WRITES.labels(trigger).observe(outcome.requests)
+            return outcome
+        except RetryableError:
+            metrics.RECONCILE_ERRORS.labels("RetryableAPIError").inc()
+            raise
+        finally:
+            metrics.RECONCILES.labels(trigger, result).inc()
+            metrics.RECONCILE_DURATION.labels(trigger).observe(time.perf_counter() - started)
+
+    async def _reconcile(
+        self, body: Mapping[str, Any], observed: Observed, mem: _Memory
+    ) -> Outcome:
+        meta = body.get("metadata") or {}
+        uid = str(meta.get("uid", ""))
+        ref = ObjectRef(
+            str(meta.get("name")), str(meta.get("namespace")), int(meta.get("generation") or 0)
+        )
+        previous: Mapping[str, Any] = body.get("status") or {}
+        if meta.get("deletionTimestamp"):
+            # Being deleted (e.g. foreground cascading): the garbage collector removes the
+            # children; recreating them would fight it.
+            return Outcome(status=dict(previous), patch={}, problem=None, actions=[], requests=0)
+        observed = _owned(observed, uid)
+        requests = 0
+        actions: list[Action] = []
+        revision: str | None = None
+        md: ModelDeployment | None = None
+        problem: Problem | None = None
+        try:
+            md = ModelDeployment.from_body(body)
+        except SpecError as e:
+            problem = Problem(INVALID_SPEC, str(e))
+
+        if md is not None:
+            problem = validate_static(md, self.config)
+            if problem is None:
+                secrets, looked_up = await self._secrets(md, mem)
+                requests += looked_up
+                problem = check_secrets(md, secrets)
+            if problem is None:
+                desired = desired_children(md, self.config)
+                revision = desired.revision
+                actions = plan(
+                    desired,
+                    observed,
+                    desired_replicas=md.spec.replicas,
+                    in_flight=self._in_flight(mem),
+                )
+                done, problem = await self._execute(md, actions, mem)
+                requests += done
+
+        status = compute_status(
+            ref,
+            md,
+            observed,
+            revision=revision,
+            problem=problem,
+            previous=previous,
+            now=self._now(),
+        )
+        events = transition_events(previous, status)
+        events += _drift_events(actions, previous, ref)
+        requests += await self._post_events(meta, events, mem)
+        return Outcome(
+            status=status,
+            patch=status_patch(previous, status),
+            problem=problem,
+            actions=actions,
+            requests=requests,
+        )
+
+    async def _execute(
+        self, md: ModelDeployment, actions: list[Action], mem: _Memory
+    ) -> tuple[int, Problem | None]:
+        done = 0
+        for action in actions:
+            try:
+                if isinstance(action, Apply):
+                    await self.kube.apply(action.manifest)
+                elif isinstance(action, Scale):
+                    await self.kube.scale_deployment(md.namespace, action.name, action.replicas)
+                elif isinstance(action, Delete):
+                    await self.kube.delete(
+                        action.api_version, action.kind, md.namespace, action.name
+                    )
+            except ApiError as e:
+                if e.retryable:
+                    raise RetryableError(str(e)) from e
+                kind, name = action.key
+                return done + 1, Problem(APPLY_FAILED, f"{kind} {name}: {e.message}")
+            except (aiohttp.ClientError, TimeoutError, OSError) as e:
+                raise RetryableError(f"{type(e).__name__}: {e}") from e
+            done += 1
+            mem.in_flight[action.key] = (in_flight_token(action), self._clock())
+        return done, None
+
+    def _in_flight(self, mem: _Memory) -> dict[tuple[str, str], str]:
+        now = self._clock()
+        for key, (_, at) in list(mem.in_flight.items()):
+            if now - at > self.IN_FLIGHT_TTL:
+                del mem.in_flight[key]
+        return {key: token for key, (token, _) in mem.in_flight.items()}
+
+    async def _secrets(
+        self, md: ModelDeployment, mem: _Memory
+    ) -> tuple[dict[str, frozenset[str] | None], int]:
+        names = sorted({use.name for use in secret_uses(md)})
+        if not names:
+            return {}, 0
+        now = self._clock()
+        if mem.secrets is not None:
+            generation, found, at = mem.secrets
+            complete = all(found.get(n) is not None for n in names) and set(names) <= set(found)
+            ttl = self.SECRETS_FOUND_TTL if complete else self.SECRETS_MISSING_TTL
+            if generation == md.generation and now - at < ttl:
+                return found, 0
+        try:
+            keys = await asyncio.gather(*(self.kube.secret_keys(md.namespace, n) for n in names))
+        except (ApiError, aiohttp.ClientError, TimeoutError, OSError) as e:
+            raise RetryableError(f"looking up Secrets: {e}") from e
+        found = dict(zip(names, keys, strict=True))
+        mem.secrets = (md.generation, found, now)
+        return found, len(names)
+
+    async def _post_events(
+        self, meta: Mapping[str, Any], events: list[EventSpec], mem: _Memory
+    ) -> int:
+        now = self._clock()
+        for key, at in list(mem.events.items()):
+            if now - at > self.EVENT_DEDUP:
+                del mem.events[key]
+        posted = 0
+        for event in events:
+            key = (event.type, event.reason, event.message)
+            if key in mem.events:
+                continue
+            mem.events[key] = now
+            posted += 1
+            # An Event is best effort: never fail a reconcile for it.
+            with contextlib.suppress(ApiError, aiohttp.ClientError, TimeoutError, OSError):
+                await self.kube.post_event(meta, event.type, event.reason, event.message)
+        return posted
+
+
+def _owned(observed: Observed, uid: str) -> Observed:
+    """Only children owned by this incarnation of the ModelDeployment (a deleted namesake's
+    children may still be waiting for the garbage collector)."""
+    if not uid:
+        return observed
+
+    def mine(objs: Mapping[str, Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+        return {name: body for name, body in objs.items() if owned_by(body, uid)}
+
+    return replace(
+        observed,
+        deployments=mine(observed.deployments),
+        services=mine(observed.services),
+        pdbs=mine(observed.pdbs),
+        pvcs=mine(observed.pvcs),
+    )
+
+
+def _drift_events(
+    actions: list[Action], previous: Mapping[str, Any], ref: ObjectRef
+) -> list[EventSpec]:
+    """Repairs of children changed or deleted by someone else, once this generation had been
+    reconciled (creating children for a new spec is not drift)."""
+    settled = previous.get("observedGeneration") == ref.generation
+    events: list[EventSpec] = []
+    for action in actions:
+        if not isinstance(action, Apply):
+            continue
+        kind, name = action.key
+        if action.why == "repair":
+            events.append(
+                EventSpec(
+                    "Normal",
+                    "DriftRepaired",
+                    f"restored {kind} {name} (changed outside the operator)",
+                )
+            )
+        elif (
+            action.why == "create"
+            and settled
+            and (
+                kind != "Deployment"
+                or previous.get("revision")
+                == action.manifest["metadata"]["labels"].get("hedge.dev/revision")
+            )
+        ):
+            # A new revision's Deployment is not drift; the current one missing is.
+            events.append(
+                EventSpec(
+                    "Normal",
+                    "DriftRepaired",
+                    f"recreated {kind} {name} (deleted outside the operator)",
+                )
+            )
+    return events
