@@ -135,7 +135,7 @@ class Runtime:
     config: OperatorConfig
     kube: Kube
     reconciler: Reconciler
-    watch_timeout: float = 300.0
+    watch_timeout: int = 300
     indexes: Indexes | None = None
     nudger: Nudger = field(init=False)
 

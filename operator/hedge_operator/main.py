@@ -66,8 +66,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--watch-timeout",
-        type=float,
-        default=300.0,
+        type=int,
+        default=300,
         help="seconds after which the API server closes each watch",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

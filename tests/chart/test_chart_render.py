@@ -103,7 +103,7 @@ def test_default_install(render: Render) -> None:
         "--peering=hedge",
     ]
     assert gw["args"] == [
-        "gateway", "--host=0.0.0.0", "--port=8080",
+        "gateway", "--host", "0.0.0.0", "--port=8080",
         "--admin-port=9090", "--drain-timeout=30", "--log-level=INFO",
     ]  # fmt: skip
     # Drain first, then exit: the grace period outlasts the drain timeout.

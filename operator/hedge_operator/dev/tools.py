@@ -160,7 +160,8 @@ def _run_build(
 
 
 def _build_go_binary(tool: str, dest: Path) -> None:
-    go = shutil.which("go")
+    # CI may run with a minimal PATH; the official Go install location is a sane fallback.
+    go = shutil.which("go") or shutil.which("go", path="/usr/local/go/bin:/usr/lib/go/bin")
     if go is None:
         raise ToolError("the Go toolchain is needed to build the local cluster; `go` not found")
     tmp = dest.with_name(dest.name + ".tmp")
