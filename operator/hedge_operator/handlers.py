@@ -317,7 +317,7 @@ async def resync(
 
 
 @kopf.on.event(*MD, id="model-event")
-def model_event(
+async def model_event(
     body: kopf.Body,
     type: str,
     namespace: str | None,
@@ -342,7 +342,9 @@ def model_event(
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=CHILD_LABELS, id="child-event")
 @kopf.on.event("v1", "persistentvolumeclaims", labels=CHILD_LABELS, id="child-event")
 @kopf.on.event("v1", "pods", labels=CHILD_LABELS, id="child-event")
-def child_event(labels: Mapping[str, str], namespace: str | None, memo: Any, **kwargs: Any) -> None:
+async def child_event(
+    labels: Mapping[str, str], namespace: str | None, memo: Any, **kwargs: Any
+) -> None:
     rt = runtime(memo, kwargs)
     md = labels.get(MD_LABEL)
     if md:

@@ -111,6 +111,10 @@ def run(args: argparse.Namespace) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        # kopf logs every handler call (one per watch event of every child) at INFO; the
+        # reconciler logs what it changes, so keep only kopf's warnings and errors.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     try:
         config = build_config(args)
     except (OSError, ValueError) as e:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -46,6 +47,8 @@ from hedge_operator.validation import (
     secret_uses,
     validate_static,
 )
+
+log = logging.getLogger(__name__)
 
 
 class KubeAPI(Protocol):
@@ -230,6 +233,7 @@ class Reconciler:
                 raise RetryableError(f"{type(e).__name__}: {e}") from e
             done += 1
             mem.in_flight[action.key] = (in_flight_token(action), self._clock())
+            log.info("%s/%s: %s", md.namespace, md.name, _describe(action))
         return done, None
 
     def _in_flight(self, mem: _Memory) -> dict[tuple[str, str], str]:
@@ -274,10 +278,27 @@ class Reconciler:
                 continue
             mem.events[key] = now
             posted += 1
+            log.log(
+                logging.WARNING if event.type == "Warning" else logging.INFO,
+                "%s/%s: %s: %s",
+                meta.get("namespace"),
+                meta.get("name"),
+                event.reason,
+                event.message,
+            )
             # An Event is best effort: never fail a reconcile for it.
             with contextlib.suppress(ApiError, aiohttp.ClientError, TimeoutError, OSError):
                 await self.kube.post_event(meta, event.type, event.reason, event.message)
         return posted
+
+
+def _describe(action: Action) -> str:
+    kind, name = action.key
+    if isinstance(action, Apply):
+        return f"applied {kind} {name} ({action.why})"
+    if isinstance(action, Scale):
+        return f"scaled {kind} {name} to {action.replicas}"
+    return f"deleted {kind} {name}"
 
 
 def _owned(observed: Observed, uid: str) -> Observed:
