@@ -1120,7 +1120,8 @@ def crd() -> dict[str, Any]:
                 "description": "APIVersion of this representation of the object.",
             },
             "kind": {"type": "string", "description": "Kind of the object (ModelDeployment)."},
-            "metadata": {"type": "object", "description": "Standard object metadata."},
+            # The API server forbids anything but the type on metadata (even a description).
+            "metadata": {"type": "object"},
             "spec": {
                 "description": ModelDeploymentSpec.__doc__,
                 **object_schema(ModelDeploymentSpec),

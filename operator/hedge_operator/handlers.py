@@ -152,6 +152,11 @@ class Runtime:
         outcome = await self.reconciler.reconcile(body, self.indexes.observed(key), trigger="child")
         if outcome.patch:
             await self.kube.patch_status(key[0], key[1], outcome.patch)
+        self.recheck(key, outcome)
+
+    def recheck(self, key: Key, outcome: Outcome) -> None:
+        if outcome.recheck_after is not None:
+            self.nudger.nudge(key, outcome.recheck_after)
 
 
 def runtime(memo: Any, kwargs: Mapping[str, Any] | None = None) -> Runtime:
@@ -290,6 +295,7 @@ async def reconcile(
     except RetryableError as e:
         raise kopf.TemporaryError(str(e), delay=RETRY_DELAY) from e
     patch.status.update(outcome.patch)
+    rt.recheck((namespace or "", name), outcome)
     _raise_for(outcome)
 
 

@@ -24,6 +24,7 @@ from hedge_operator.config import OperatorConfig
 from hedge_operator.kube import ApiError
 from hedge_operator.observed import Observed, owned_by
 from hedge_operator.plan import (
+    APPLIED_HASH,
     Action,
     Apply,
     Delete,
@@ -80,6 +81,9 @@ class Outcome:
     problem: Problem | None
     actions: list[Action]
     requests: int  # API requests made (writes, Secret look-ups, Events)
+    #: Reconcile again after this many seconds: writes the watch has not shown yet may
+    #: need repeating (e.g. a child deleted right after it was created).
+    recheck_after: float | None = None
 
 
 @dataclass
@@ -185,7 +189,7 @@ class Reconciler:
                     desired,
                     observed,
                     desired_replicas=md.spec.replicas,
-                    in_flight=self._in_flight(mem),
+                    in_flight=self._in_flight(mem, observed),
                 )
                 done, problem = await self._execute(md, actions, mem)
                 requests += done
@@ -208,6 +212,7 @@ class Reconciler:
             problem=problem,
             actions=actions,
             requests=requests,
+            recheck_after=self.IN_FLIGHT_TTL + 1 if mem.in_flight else None,
         )
 
     async def _execute(
@@ -236,10 +241,13 @@ class Reconciler:
             log.info("%s/%s: %s", md.namespace, md.name, _describe(action))
         return done, None
 
-    def _in_flight(self, mem: _Memory) -> dict[tuple[str, str], str]:
+    def _in_flight(self, mem: _Memory, observed: Observed) -> dict[tuple[str, str], str]:
+        """Writes the watch does not show yet. An entry ends when the observed state shows
+        the write (so a later deletion of that child is seen as drift at once) or when its
+        time is up."""
         now = self._clock()
-        for key, (_, at) in list(mem.in_flight.items()):
-            if now - at > self.IN_FLIGHT_TTL:
+        for key, (token, at) in list(mem.in_flight.items()):
+            if now - at > self.IN_FLIGHT_TTL or _shows(observed, key, token):
                 del mem.in_flight[key]
         return {key: token for key, (token, _) in mem.in_flight.items()}
 
@@ -290,6 +298,19 @@ class Reconciler:
             with contextlib.suppress(ApiError, aiohttp.ClientError, TimeoutError, OSError):
                 await self.kube.post_event(meta, event.type, event.reason, event.message)
         return posted
+
+
+def _shows(observed: Observed, key: tuple[str, str], token: str) -> bool:
+    kind, name = key
+    live = observed.by_kind(kind).get(name)
+    if token == "delete":
+        return live is None
+    if live is None:
+        return False
+    if token.startswith("scale:"):
+        return str((live.get("spec") or {}).get("replicas")) == token.removeprefix("scale:")
+    annotations = (live.get("metadata") or {}).get("annotations") or {}
+    return bool(annotations.get(APPLIED_HASH) == token)
 
 
 def _describe(action: Action) -> str:

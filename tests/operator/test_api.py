@@ -52,7 +52,8 @@ def test_every_field_has_a_description() -> None:
         for name, sub in (schema.get("properties") or {}).items():
             if not str(sub.get("description", "")).strip():
                 missing.append(f"{path}.{name}")
-    assert missing == []
+    # The API server refuses anything but `type: object` on the root's metadata.
+    assert missing == [".metadata"]
 
 
 def test_schema_is_structural() -> None:

@@ -327,3 +327,22 @@ async def test_secret_values_never_reach_status_or_events(
         "name": "HF_TOKEN",
         "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}},
     } in env
+
+
+async def test_child_deleted_right_after_creation_is_recreated(
+    reconciler: Reconciler, kube: FakeKube
+) -> None:
+    obj = body()
+    first = await settle(reconciler, kube, obj)
+    assert first.recheck_after is not None  # the watch has not shown the writes yet
+    # The watch shows the Service, then someone deletes it, all within the in-flight window.
+    seen = kube.observed()
+    await reconciler.reconcile(obj, seen, trigger="test")
+    del kube.objects[("Service", "llama")]
+    kube.requests.clear()
+    outcome = await settle(reconciler, kube, obj)
+    assert kube.writes() == [("apply", "Service", "llama")]
+    assert outcome.recheck_after is not None
+    kube.requests.clear()
+    done = await settle(reconciler, kube, obj)
+    assert kube.writes() == [] and done.recheck_after is None
