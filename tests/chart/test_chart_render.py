@@ -115,6 +115,8 @@ def test_default_install(render: Render) -> None:
         assert sa["automountServiceAccountToken"] is False
     for deployment in (operator, gateway):
         assert deployment["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
+    # Metrics Services exist only as ServiceMonitor targets (and stay off the pods' ports).
+    assert [s["metadata"]["name"] for s in by_kind(manifests, "Service")] == ["hedge-gateway"]
     service = one(manifests, "Service", "hedge-gateway")
     assert service["spec"]["ports"] == [
         {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}
