@@ -260,7 +260,7 @@ class PodRunner:
             sys.executable,
             "-m",
             "hedge_operator.cli",
-            *[run.ip if a == "0.0.0.0" else a for a in argv[1:]],
+            *[_bind_to_pod_ip(a, run.ip) for a in argv[1:]],
         ]
         pod_dir = self.work_dir / f"{run.namespace}_{run.name}"
         pod_dir.mkdir(parents=True, exist_ok=True)
@@ -667,6 +667,15 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 def _ns_name(obj: dict[str, Any]) -> str:
     return f"{obj['metadata'].get('namespace', '')}/{obj['metadata']['name']}"
+
+
+def _bind_to_pod_ip(arg: str, pod_ip: str) -> str:
+    """`0.0.0.0` (alone or as `--flag=0.0.0.0`) means the pod's own address, as in a pod's netns."""
+    if arg == "0.0.0.0":
+        return pod_ip
+    if arg.endswith("=0.0.0.0"):
+        return arg[: -len("0.0.0.0")] + pod_ip
+    return arg
 
 
 def _container_port(container: dict[str, Any]) -> int:
