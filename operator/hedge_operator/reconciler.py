@@ -27,7 +27,6 @@ from hedge_operator.plan import (
     APPLIED_HASH,
     Action,
     Apply,
-    Delete,
     Scale,
     desired_children,
     in_flight_token,
@@ -218,28 +217,32 @@ class Reconciler:
     async def _execute(
         self, md: ModelDeployment, actions: list[Action], mem: _Memory
     ) -> tuple[int, Problem | None]:
-        done = 0
-        for action in actions:
-            try:
-                if isinstance(action, Apply):
-                    await self.kube.apply(action.manifest)
-                elif isinstance(action, Scale):
-                    await self.kube.scale_deployment(md.namespace, action.name, action.replicas)
-                elif isinstance(action, Delete):
-                    await self.kube.delete(
-                        action.api_version, action.kind, md.namespace, action.name
-                    )
-            except ApiError as e:
-                if e.retryable:
-                    raise RetryableError(str(e)) from e
-                kind, name = action.key
-                return done + 1, Problem(APPLY_FAILED, f"{kind} {name}: {e.message}")
-            except (aiohttp.ClientError, TimeoutError, OSError) as e:
-                raise RetryableError(f"{type(e).__name__}: {e}") from e
-            done += 1
+        """Performs the writes concurrently (they are independent: the engine pods wait for
+        their claim on their own), so a reconcile takes one round trip, not one per child."""
+
+        async def one(action: Action) -> None:
+            if isinstance(action, Apply):
+                await self.kube.apply(action.manifest)
+            elif isinstance(action, Scale):
+                await self.kube.scale_deployment(md.namespace, action.name, action.replicas)
+            else:
+                await self.kube.delete(action.api_version, action.kind, md.namespace, action.name)
             mem.in_flight[action.key] = (in_flight_token(action), self._clock())
             log.info("%s/%s: %s", md.namespace, md.name, _describe(action))
-        return done, None
+
+        results = await asyncio.gather(*(one(a) for a in actions), return_exceptions=True)
+        problem: Problem | None = None
+        for action, result in zip(actions, results, strict=True):
+            if not isinstance(result, BaseException):
+                continue
+            if isinstance(result, ApiError) and not result.retryable:
+                kind, name = action.key
+                problem = problem or Problem(APPLY_FAILED, f"{kind} {name}: {result.message}")
+            elif isinstance(result, ApiError | aiohttp.ClientError | TimeoutError | OSError):
+                raise RetryableError(f"{type(result).__name__}: {result}") from result
+            else:
+                raise result
+        return len(actions), problem
 
     def _in_flight(self, mem: _Memory, observed: Observed) -> dict[tuple[str, str], str]:
         """Writes the watch does not show yet. An entry ends when the observed state shows
@@ -279,25 +282,29 @@ class Reconciler:
         for key, at in list(mem.events.items()):
             if now - at > self.EVENT_DEDUP:
                 del mem.events[key]
-        posted = 0
+        fresh = []
         for event in events:
             key = (event.type, event.reason, event.message)
-            if key in mem.events:
-                continue
-            mem.events[key] = now
-            posted += 1
-            log.log(
-                logging.WARNING if event.type == "Warning" else logging.INFO,
-                "%s/%s: %s: %s",
-                meta.get("namespace"),
-                meta.get("name"),
-                event.reason,
-                event.message,
-            )
+            if key not in mem.events:
+                mem.events[key] = now
+                fresh.append(event)
+                level = logging.WARNING if event.type == "Warning" else logging.INFO
+                log.log(
+                    level,
+                    "%s/%s: %s: %s",
+                    meta.get("namespace"),
+                    meta.get("name"),
+                    event.reason,
+                    event.message,
+                )
+
+        async def post(event: EventSpec) -> None:
             # An Event is best effort: never fail a reconcile for it.
             with contextlib.suppress(ApiError, aiohttp.ClientError, TimeoutError, OSError):
                 await self.kube.post_event(meta, event.type, event.reason, event.message)
-        return posted
+
+        await asyncio.gather(*(post(e) for e in fresh))
+        return len(fresh)
 
 
 def _shows(observed: Observed, key: tuple[str, str], token: str) -> bool:
