@@ -69,6 +69,103 @@ def _chat(gateway: str) -> tuple[dict[str, Any], dict[str, str]]:
         return json.loads(resp.read()), dict(resp.headers.items())
 
 
+def _served_by(gateway: str) -> tuple[str, str]:
+    try:
+        _, headers = _chat(gateway)
+    except urllib.error.HTTPError as exc:
+        return f"HTTP {exc.code}", ""
+    return headers.get("x-hedge-served-by", "?"), headers.get("x-hedge-fallback-reason", "")
+
+
+def _wait_served_by(gateway: str, want: str, timeout: float) -> tuple[float, str]:
+    began = time.monotonic()
+    while True:
+        served_by, reason = _served_by(gateway)
+        if served_by == want:
+            return time.monotonic() - began, reason
+        if time.monotonic() - began > timeout:
+            raise ClusterError(f"gateway still answers from {served_by!r}, expected {want!r}")
+        time.sleep(0.2)
+
+
+def _fallback_act(cluster: LocalCluster, kubectl: Path, kubeconfig: Path, gateway: str) -> None:
+    _step("Fallback: self-hosted capacity goes away, an external provider takes over")
+    # A stand-in for an external OpenAI-compatible provider, on loopback like everything else.
+    provider_port = free_port()
+    cluster.start_component(
+        "external-provider",
+        [
+            sys.executable,
+            "-m",
+            "hedge_operator.cli",
+            "simulator",
+            "--host=127.0.0.1",
+            f"--port={provider_port}",
+            "--model=gpt-4o-mini",
+            "--ttft-ms=5",
+            "--itl-ms=1",
+        ],
+    )
+    _wait_http(f"http://127.0.0.1:{provider_port}/health", 30, cluster, "external-provider")
+    print(
+        _kubectl(
+            kubectl,
+            kubeconfig,
+            "create",
+            "secret",
+            "generic",
+            "provider-key",
+            "--from-literal=api-key=demo-key-not-a-secret",
+        )
+    )
+    patch = {
+        "spec": {
+            "fallback": {
+                "onUnavailable": True,
+                "onError": True,
+                "providers": [
+                    {
+                        "type": "OpenAICompatible",
+                        "model": "gpt-4o-mini",
+                        "baseURL": f"http://127.0.0.1:{provider_port}/v1",
+                        "apiKeySecretRef": {"name": "provider-key", "key": "api-key"},
+                    }
+                ],
+            }
+        }
+    }
+    print(
+        _kubectl(
+            kubectl,
+            kubeconfig,
+            "patch",
+            f"md/{MODEL}",
+            "--type=merge",
+            f"--patch={json.dumps(patch)}",
+        )
+    )
+    print(_kubectl(kubectl, kubeconfig, "scale", f"md/{MODEL}", "--replicas=0"))
+    took, reason = _wait_served_by(gateway, "openai-compatible", 60)
+    print(
+        f"{took:.1f}s after scaling to zero: x-hedge-served-by: openai-compatible, "
+        f"x-hedge-fallback-reason: {reason}"
+    )
+
+    print(_kubectl(kubectl, kubeconfig, "scale", f"md/{MODEL}", "--replicas=1"))
+    took, _ = _wait_served_by(gateway, "self-hosted", 90)
+    print(f"{took:.1f}s after scaling back to one replica: x-hedge-served-by: self-hosted")
+    _kubectl(
+        kubectl,
+        kubeconfig,
+        "wait",
+        "--for=condition=Ready",
+        f"md/{MODEL}",
+        "--timeout=60s",
+        check=False,
+    )
+    print(_kubectl(kubectl, kubeconfig, "get", "md"))
+
+
 def run(args: argparse.Namespace) -> int:
     cluster = LocalCluster(args.name)
     try:
@@ -164,6 +261,8 @@ def _demo(cluster: LocalCluster, args: argparse.Namespace) -> int:
     print(f"POST {gateway}/v1/chat/completions model={MODEL}")
     print(f"x-hedge-served-by: {headers.get('x-hedge-served-by')}")
     print(json.dumps(reply, indent=2))
+
+    _fallback_act(cluster, kubectl, kubeconfig, gateway)
 
     print(f"\nDemo finished in {time.monotonic() - started:.1f}s.")
     if args.keep:
