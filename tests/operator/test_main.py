@@ -1,0 +1,48 @@
+"""`hedge operator`: flags and startup configuration."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from hedge_operator import main
+from hedge_operator.config import DEFAULT_GPU_PRODUCTS
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    main.configure_parser(parser)
+    return parser.parse_args(argv)
+
+
+def test_defaults_watch_every_namespace_standalone() -> None:
+    args = parse()
+    assert args.namespace == []
+    assert args.peering is None
+    assert args.watch_timeout == 300 and isinstance(args.watch_timeout, int)
+    config = main.build_config(args)
+    assert dict(config.gpu_products) == DEFAULT_GPU_PRODUCTS
+
+
+def test_namespaces_and_gpu_table_file(tmp_path: Path) -> None:
+    table = tmp_path / "gpus.yaml"
+    table.write_text("gpuTypes:\n  nvidia-b200: NVIDIA-B200\n  nvidia-l4: NVIDIA-L4-CUSTOM\n")
+    args = parse("-n", "team-a", "--namespace", "team-b", "--gpu-types", str(table))
+    assert args.namespace == ["team-a", "team-b"]
+    config = main.build_config(args)
+    assert config.gpu_products["nvidia-b200"] == "NVIDIA-B200"
+    assert config.gpu_products["nvidia-l4"] == "NVIDIA-L4-CUSTOM"
+    assert config.gpu_products["nvidia-a100-80gb"] == "NVIDIA-A100-SXM4-80GB"
+
+    only = main.build_config(parse("--gpu-types", str(table), "--replace-gpu-types"))
+    assert set(only.gpu_products) == {"nvidia-b200", "nvidia-l4"}
+
+
+def test_bad_gpu_table_is_refused(tmp_path: Path) -> None:
+    table = tmp_path / "gpus.yaml"
+    table.write_text("- not a mapping\n")
+    with pytest.raises(ValueError, match="expected a mapping"):
+        main.build_config(parse("--gpu-types", str(table)))
+    assert main.run(parse("--gpu-types", str(table), "--metrics-port", "0")) == 2
