@@ -136,6 +136,7 @@ class Runtime:
     kube: Kube
     reconciler: Reconciler
     watch_timeout: int = 300
+    peering_priority: int = 0
     indexes: Indexes | None = None
     nudger: Nudger = field(init=False)
 
@@ -189,6 +190,9 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
     settings.watching.connect_timeout = 30
     # The operator posts its own Events on transitions; kopf's are only for failures.
     settings.posting.level = logging.WARNING
+    # With peering, the highest priority runs and the rest stand by; equal priorities would
+    # make every replica pause, so each replica gets its own (random unless set).
+    settings.peering.priority = rt.peering_priority
     for resource in CHILD_RESOURCES:
         settings.watching.label_selectors[resource] = CHILD_SELECTOR
 

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import functools
 import logging
+import secrets
 from pathlib import Path
 
 import kopf
@@ -56,13 +57,25 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--health-port",
         type=int,
         default=8080,
-        help="liveness endpoint http://0.0.0.0:PORT/healthz (0 disables)",
+        help="liveness endpoint http://BIND-ADDRESS:PORT/healthz (0 disables)",
     )
     parser.add_argument(
         "--peering",
         metavar="NAME",
         help="coordinate several operator replicas through this KopfPeering object; "
         "default: run standalone (one replica)",
+    )
+    parser.add_argument(
+        "--peering-priority",
+        type=int,
+        default=None,
+        help="this replica's peering priority; the highest runs, the others stand by. "
+        "Default: random, so replicas never tie (kopf pauses every peer on a tie)",
+    )
+    parser.add_argument(
+        "--bind-address",
+        default="0.0.0.0",
+        help="address of the metrics and liveness endpoints (default: all addresses)",
     )
     parser.add_argument(
         "--watch-timeout",
@@ -94,8 +107,15 @@ async def serve(args: argparse.Namespace, config: OperatorConfig) -> None:
         kube=kube,
         reconciler=Reconciler(kube, config),
         watch_timeout=args.watch_timeout,
+        peering_priority=(
+            args.peering_priority
+            if args.peering_priority is not None
+            else secrets.randbelow(1_000_000) + 1
+        ),
     )
-    liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
+    liveness = (
+        f"http://{args.bind_address}:{args.health_port}/healthz" if args.health_port else None
+    )
     await kopf.operator(
         clusterwide=not args.namespace,
         namespaces=args.namespace,
@@ -121,6 +141,6 @@ def run(args: argparse.Namespace) -> int:
         logging.error("%s", e)
         return 2
     if args.metrics_port:
-        prometheus_client.start_http_server(args.metrics_port)
+        prometheus_client.start_http_server(args.metrics_port, addr=args.bind_address)
     asyncio.run(serve(args, config))
     return 0

@@ -98,6 +98,7 @@ def test_default_install(render: Render) -> None:
     assert op["image"] == gw["image"] == "ghcr.io/hedge-dev/hedge:0.1.0"
     assert op["args"] == [
         "operator",
+        "--bind-address=0.0.0.0",
         "--metrics-port=9090",
         "--health-port=8081",
         "--peering=hedge",

@@ -1,0 +1,60 @@
+"""Two operator replicas with kopf peering: the higher priority reconciles, the other waits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from .conftest import ROOT, E2ECluster, HedgeProcess, wait_for
+
+PEERING_CRDS = ROOT / "charts" / "hedge" / "crds" / "kopf-peerings.yaml"
+
+
+def md_ready(cluster: E2ECluster, namespace: str, name: str) -> bool:
+    md = cluster.get(f"/apis/hedge.dev/v1alpha1/namespaces/{namespace}/modeldeployments/{name}")
+    conditions = md.get("status", {}).get("conditions", [])
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def test_two_replicas_elect_one_active_operator(
+    cluster: E2ECluster, namespace: str, hedge_process: Callable[..., HedgeProcess]
+) -> None:
+    cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"), "-f", str(PEERING_CRDS))
+    cluster.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "crd/kopfpeerings.kopf.dev",
+        "crd/modeldeployments.hedge.dev",
+        "--timeout=30s",
+    )
+    cluster.apply(
+        {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "hedge"}},
+        namespace,
+    )
+
+    def operator(priority: int) -> HedgeProcess:
+        return hedge_process(
+            "operator",
+            f"--namespace={namespace}",
+            "--peering=hedge",
+            f"--peering-priority={priority}",
+            "--metrics-port=0",
+            "--health-port=0",
+        )
+
+    standby = operator(10)
+    active = operator(20)
+    wait_for(
+        lambda: "Pausing operations in favour of" in standby.log(),
+        60,
+        "the lower-priority replica to stand by",
+    )
+
+    cluster.apply(Path(ROOT / "examples" / "quickstart.yaml").read_text(), namespace)
+    wait_for(lambda: md_ready(cluster, namespace, "llama-3-8b"), 90, "the model to be Ready")
+    active.assert_running()
+    standby.assert_running()
+    assert "Pausing" not in active.log()
+    # Only the active replica reconciled: the stand-by never applied a child.
+    assert "llama-3-8b" in active.log()
+    assert "llama-3-8b" not in standby.log()
