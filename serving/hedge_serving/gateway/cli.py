@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -189,6 +190,11 @@ async def _serve(args: argparse.Namespace) -> int:
         running = await start_gateway(
             table, settings, keys=secrets, auth=auth, ready=watcher.synced
         )
+    # Everything allocated so far lives as long as the process: keep it out of the cyclic
+    # GC's scans, and collect young objects less often, which trims the latency tail.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 100)
     log.info(
         "gateway listening on http://%s:%d (admin port %s), %d model(s)",
         settings.host,
