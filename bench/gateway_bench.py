@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -237,12 +238,23 @@ class Conn(asyncio.Protocol):
 
 # ------------------------------------------------------------------------ fast backend
 
-CHAT_RESPONSE = json.dumps({
-    "id": "chatcmpl-bench", "object": "chat.completion", "created": 1700000000, "model": MODEL,
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "logprobs": None,
-                 "finish_reason": "stop"}],
-    "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
-}).encode()  # fmt: skip
+CHAT_RESPONSE = json.dumps(
+    {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": MODEL,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "ok"},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
+    }
+).encode()
 MODELS_RESPONSE = json.dumps(
     {"object": "list", "data": [{"id": MODEL, "object": "model", "created": 0, "owned_by": "vllm"}]}
 ).encode()
@@ -250,9 +262,15 @@ METRICS_RESPONSE = b'vllm:num_requests_waiting{model_name="llama-3-8b"} 0.0\n'
 
 
 def _chunk_event(i: int) -> bytes:
-    ev = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1700000000,
-          "model": MODEL, "choices": [{"index": 0, "delta": {"content": f" t{i}"},
-                                       "logprobs": None, "finish_reason": None}]}  # fmt: skip
+    ev = {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": MODEL,
+        "choices": [
+            {"index": 0, "delta": {"content": f" t{i}"}, "logprobs": None, "finish_reason": None}
+        ],
+    }
     data = b"data: " + json.dumps(ev).encode() + b"\n\n"
     return b"%x\r\n%s\r\n" % (len(data), data)
 
@@ -298,9 +316,15 @@ class BackendProtocol(asyncio.Protocol):
     def _send(self, status: bytes, body: bytes, ctype: bytes = b"application/json") -> None:
         if self.transport is not None:
             self.transport.write(
-                b"HTTP/1.1 " + status + b"\r\nContent-Type: " + ctype + b"\r\nContent-Length: "
-                + str(len(body)).encode() + b"\r\n\r\n" + body
-            )  # fmt: skip
+                b"HTTP/1.1 "
+                + status
+                + b"\r\nContent-Type: "
+                + ctype
+                + b"\r\nContent-Length: "
+                + str(len(body)).encode()
+                + b"\r\n\r\n"
+                + body
+            )
 
     def respond(self, path: bytes, body: bytes) -> None:
         if path.startswith(b"/v1/chat/completions") or path.startswith(b"/v1/completions"):
@@ -321,7 +345,8 @@ class BackendProtocol(asyncio.Protocol):
         if self.transport is None:
             return
         self.transport.write(
-            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
         )
         loop = asyncio.get_running_loop()
         start = loop.time()
@@ -360,10 +385,16 @@ async def serve_simulators(ports: list[int], cache_blocks: int, concurrency: int
     sims = []
     for i, port in enumerate(ports):
         cfg = SimulatorConfig(
-            served_model_names=[MODEL], ttft_ms=10.0, itl_ms=5.0, prefill_ms_per_token=0.1,
-            max_concurrency=concurrency, prefix_cache_blocks=cache_blocks, block_size=16,
-            default_max_tokens=4, seed=i,
-        )  # fmt: skip
+            served_model_names=[MODEL],
+            ttft_ms=10.0,
+            itl_ms=5.0,
+            prefill_ms_per_token=0.1,
+            max_concurrency=concurrency,
+            prefix_cache_blocks=cache_blocks,
+            block_size=16,
+            default_max_tokens=4,
+            seed=i,
+        )
         sims.append(await start_simulator(cfg, HOST, port))
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
@@ -390,11 +421,27 @@ def start_hedge(
     routes = procs.logdir / f"{name}-routes.yaml"
     lines = ["models:", f"  - name: {MODEL}", f"    backends: [{', '.join(backends)}]"]
     if fallback:
-        lines += ["    fallback:",
-                  f"      - {{type: openai-compatible, model: {MODEL}, baseURL: {fallback}/v1}}"]  # fmt: skip
+        lines += [
+            "    fallback:",
+            f"      - {{type: openai-compatible, model: {MODEL}, baseURL: {fallback}/v1}}",
+        ]
     routes.write_text("\n".join(lines) + "\n")
-    cmd = [sys.executable, "-m", "hedge_operator.cli", "gateway", "--routes", str(routes),
-           "--host", HOST, "--port", str(port), "--admin-port", "0", "--log-level", "WARNING"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "hedge_operator.cli",
+        "gateway",
+        "--routes",
+        str(routes),
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--admin-port",
+        "0",
+        "--log-level",
+        "WARNING",
+    ]
     p = procs.start(name, cmd)
     return Router(name, port, p, health="/v1/models")
 
@@ -409,12 +456,16 @@ def start_litellm(procs: Procs, venv: Path, backends: list[str]) -> Router:
         }
         for b in backends
     ]
-    cfg.write_text(json.dumps({
-        "model_list": model_list,
-        "litellm_settings": {"drop_params": True, "set_verbose": False, "num_retries": 0},
-        "general_settings": {"disable_spend_logs": True, "master_key": "sk-bench"},
-        "router_settings": {"routing_strategy": "least-busy"},
-    }))  # fmt: skip
+    cfg.write_text(
+        json.dumps(
+            {
+                "model_list": model_list,
+                "litellm_settings": {"drop_params": True, "set_verbose": False, "num_retries": 0},
+                "general_settings": {"disable_spend_logs": True, "master_key": "sk-bench"},
+                "router_settings": {"routing_strategy": "least-busy"},
+            }
+        )
+    )
     cmd = [
         str(venv / "bin/litellm"),
         "--config",
@@ -433,8 +484,21 @@ def start_litellm(procs: Procs, venv: Path, backends: list[str]) -> Router:
 
 def start_vllm_router(procs: Procs, venv: Path, backends: list[str], policy: str) -> Router:
     port = free_port()
-    cmd = [str(venv / "bin/vllm-router"), "--host", HOST, "--port", str(port), "--policy", policy,
-           "--worker-urls", *backends, "--log-level", "warning", "--prometheus-port", str(free_port())]  # fmt: skip
+    cmd = [
+        str(venv / "bin/vllm-router"),
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--policy",
+        policy,
+        "--worker-urls",
+        *backends,
+        "--log-level",
+        "warning",
+        "--prometheus-port",
+        str(free_port()),
+    ]
     p = procs.start(f"vllm-router-{policy}", cmd)
     return Router(f"vllm-router/{policy}", port, p, health="/health")
 
@@ -517,7 +581,7 @@ async def stream_gaps(port: int, concurrency: int, rounds: int) -> list[float]:
                 if status != 200:
                     raise RuntimeError(f"stream HTTP {status}")
                 times = conn.arrivals[1:]  # the first read carries the headers and first event
-                gaps.extend((b - a) * 1000 for a, b in zip(times, times[1:], strict=False))
+                gaps.extend((b - a) * 1000 for a, b in itertools.pairwise(times))
         finally:
             conn.close()
 
@@ -536,11 +600,17 @@ def shared_prefix_workload(
     reqs = []
     for i in range(n):
         user = " ".join(f"u{i}w{rng.randrange(10_000)}" for _ in range(30))
-        reqs.append({
-            "model": MODEL, "stream": True, "max_tokens": 4,
-            "messages": [{"role": "system", "content": systems[rng.randrange(prompts)]},
-                         {"role": "user", "content": user}],
-        })  # fmt: skip
+        reqs.append(
+            {
+                "model": MODEL,
+                "stream": True,
+                "max_tokens": 4,
+                "messages": [
+                    {"role": "system", "content": systems[rng.randrange(prompts)]},
+                    {"role": "user", "content": user},
+                ],
+            }
+        )
     return reqs
 
 
@@ -554,7 +624,7 @@ async def ttft_run(port: int, reqs: list[dict[str, Any]], concurrency: int) -> l
             while queue:
                 data = post("/v1/chat/completions", queue.pop())
                 t0 = time.perf_counter()
-                status, head, body = await asyncio.wait_for(conn.request(data), 60)
+                status, _head, body = await asyncio.wait_for(conn.request(data), 60)
                 if status != 200:
                     raise RuntimeError(f"HTTP {status}: {body[:200]!r}")
                 # time to the first event (routers may send headers before it)
@@ -595,8 +665,20 @@ async def bench(args: argparse.Namespace) -> Results:
     try:
         if only & {"latency", "throughput", "stream"}:
             bports = [free_port(), free_port()]
-            procs.start("backends", [py, __file__, "backends", "--ports", ",".join(map(str, bports)),
-                                     "--chunks", "20", "--chunk-ms", "10"])  # fmt: skip
+            procs.start(
+                "backends",
+                [
+                    py,
+                    __file__,
+                    "backends",
+                    "--ports",
+                    ",".join(map(str, bports)),
+                    "--chunks",
+                    "20",
+                    "--chunk-ms",
+                    "10",
+                ],
+            )
             for p in bports:
                 await wait_http(p)
             urls = [f"http://{HOST}:{p}" for p in bports]
@@ -660,9 +742,20 @@ async def bench(args: argparse.Namespace) -> Results:
             ttft: dict[str, float] = {}
             for starter in starters:
                 # fresh simulators (cold prefix caches) for every contender
-                sims = procs.start("simulators", [py, __file__, "simulators", "--ports",
-                                                  ",".join(map(str, sports)), "--cache-blocks", "600",
-                                                  "--concurrency", "8"])  # fmt: skip
+                sims = procs.start(
+                    "simulators",
+                    [
+                        py,
+                        __file__,
+                        "simulators",
+                        "--ports",
+                        ",".join(map(str, sports)),
+                        "--cache-blocks",
+                        "600",
+                        "--concurrency",
+                        "8",
+                    ],
+                )
                 for p in sports:
                     await wait_http(p)
                 r = starter()
@@ -697,8 +790,12 @@ async def failover(procs: Procs, res: Results, quick: bool) -> None:
     procs.start("provider", [py, __file__, "backends", "--ports", str(pport)])
     for p in [*eports, pport]:
         await wait_http(p)
-    hedge = start_hedge(procs, [f"http://{HOST}:{p}" for p in eports],
-                        fallback=f"http://{HOST}:{pport}", name="hedge-failover")  # fmt: skip
+    hedge = start_hedge(
+        procs,
+        [f"http://{HOST}:{p}" for p in eports],
+        fallback=f"http://{HOST}:{pport}",
+        name="hedge-failover",
+    )
     await wait_http(hedge.port, hedge.health)
     req = post("/v1/chat/completions", CHAT)
     served: list[tuple[float, bytes]] = []  # (time, served-by)
