@@ -35,6 +35,7 @@ from hedge_serving.gateway.metrics import SERVED_BY_GATEWAY, UNKNOWN_MODEL, Gate
 from hedge_serving.gateway.providers import Endpoint
 from hedge_serving.gateway.proxy import Proxy, ProxySettings, RequestState
 from hedge_serving.gateway.routing import RoutingTable
+from hedge_serving.gateway.upstream import UpstreamPool
 
 log = logging.getLogger("hedge.gateway")
 
@@ -306,6 +307,7 @@ class RunningGateway:
     _runner: web.ServerRunner
     _admin_runner: web.AppRunner | None
     _scraper: EngineMetricsScraper
+    upstream: UpstreamPool | None = None
     _on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     @property
@@ -320,6 +322,8 @@ class RunningGateway:
             await hook()
         await self._runner.cleanup()
         await self._scraper.stop()
+        if self.upstream is not None:
+            self.upstream.close()
         await self.session.close()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
@@ -349,8 +353,10 @@ async def start_gateway(
         skip_auto_headers=("User-Agent",),
         timeout=aiohttp.ClientTimeout(total=None),
     )
+    upstream = UpstreamPool(settings.proxy.connect_timeout_s, settings.upstream_keepalive_s)
     proxy = Proxy(
         session,
+        upstream,
         Balancer(settings.affinity_slack, settings.affinity_ratio),
         metrics,
         keys or LocalKeyStore(),
@@ -405,7 +411,11 @@ async def start_gateway(
         admin_port = _bound_port(admin_site)
     scraper = EngineMetricsScraper(table, session, settings.engine_metrics_interval_s)
     scraper.start()
-    return RunningGateway(gateway, table, port, admin_port, session, runner, admin_runner, scraper)
+    running = RunningGateway(
+        gateway, table, port, admin_port, session, runner, admin_runner, scraper
+    )
+    running.upstream = upstream
+    return running
 
 
 def _bound_port(site: web.TCPSite) -> int:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -44,13 +44,13 @@ from hedge_serving.gateway.routing import (
     ProviderSpec,
     Route,
 )
+from hedge_serving.gateway.upstream import UpstreamPool, UpstreamResponse
 
 log = logging.getLogger("hedge.gateway")
 
 HEADER_SERVED_BY = "x-hedge-served-by"
 HEADER_FALLBACK_REASON = "x-hedge-fallback-reason"
 
-_JSON_HEADERS = {"Content-Type": "application/json"}
 _SELF_HEADERS = {HEADER_SERVED_BY: SERVED_BY_SELF}
 _SELF_RETRY_STATUSES = frozenset({502, 503})
 # A provider answering these cannot serve this request but the next provider may.
@@ -135,6 +135,7 @@ class Proxy:
     def __init__(
         self,
         session: aiohttp.ClientSession,
+        upstream: UpstreamPool,
         balancer: Balancer,
         metrics: GatewayMetrics,
         keys: KeyStore,
@@ -142,15 +143,13 @@ class Proxy:
         provider_factory: Callable[[ProviderSpec, KeyStore], Provider] = make_provider,
     ) -> None:
         self._session = session
+        self._upstream = upstream
         self._balancer = balancer
         self._metrics = metrics
         self._keys = keys
         self.settings = settings or ProxySettings()
         self._provider_factory = provider_factory
         self._providers: dict[ProviderSpec, Provider] = {}
-        self._self_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=self.settings.connect_timeout_s
-        )
         self._provider_timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=self.settings.provider_connect_timeout_s
         )
@@ -254,55 +253,49 @@ class Proxy:
         probe = breaker.acquire()
         verdict = False
         backend.outstanding += 1
+        up: UpstreamResponse | None = None
         try:
             try:
-                async with self._session.post(
-                    backend.url + url_path,
-                    data=body,
-                    headers=_JSON_HEADERS,
-                    timeout=self._self_timeout,
-                ) as up:
-                    status = up.status
-                    if status in _SELF_RETRY_STATUSES:
-                        raise BackendFailure(f"HTTP {status}", status)
-                    if not stream or status != 200:
-                        data = await up.read()
-                        breaker.record_failure() if status >= 500 else breaker.record_success()
-                        verdict = True
-                        state.served_by = SERVED_BY_SELF
-                        state.status = status
-                        return web.Response(
-                            status=status,
-                            body=data,
-                            headers={
-                                "Content-Type": up.headers.get("Content-Type", "application/json"),
-                                HEADER_SERVED_BY: SERVED_BY_SELF,
-                            },
-                        )
-                    state.served_by = SERVED_BY_SELF
-                    response = await self._relay(
-                        request, up, PassthroughRelay(), state, _SELF_HEADERS
-                    )
-                    breaker.record_failure() if state.upstream_broke else breaker.record_success()
+                up = await self._upstream.post(backend.url, url_path, body)
+                status = up.status
+                if status in _SELF_RETRY_STATUSES:
+                    raise BackendFailure(f"HTTP {status}", status)
+                state.served_by = SERVED_BY_SELF
+                if not stream or status != 200:
+                    data = await up.read()
+                    breaker.record_failure() if status >= 500 else breaker.record_success()
                     verdict = True
-                    return response
+                    state.status = status
+                    return web.Response(
+                        status=status,
+                        body=data,
+                        headers={"Content-Type": up.content_type, HEADER_SERVED_BY: SERVED_BY_SELF},
+                    )
+                response = await self._relay(
+                    request, up.readany, PassthroughRelay(), state, _SELF_HEADERS
+                )
+                breaker.record_failure() if state.upstream_broke else breaker.record_success()
+                verdict = True
+                return response
             except BackendFailure:
                 breaker.record_failure()
                 verdict = True
                 raise
-            except (aiohttp.ClientError, OSError) as exc:
+            except (OSError, TimeoutError) as exc:
                 breaker.record_failure()
                 verdict = True
                 raise BackendFailure(type(exc).__name__) from None
         finally:
             backend.outstanding -= 1
+            if up is not None:
+                up.release()
             if not verdict:
                 breaker.release(probe)
 
     async def _relay(
         self,
         request: web.BaseRequest,
-        up: aiohttp.ClientResponse,
+        readany: Callable[[], Awaitable[bytes]],
         relay: StreamRelay,
         state: RequestState,
         headers: dict[str, str],
@@ -313,10 +306,9 @@ class Proxy:
         later upstream failure ends the stream with an error event and sets
         `state.upstream_broke`; a client that goes away just ends the relay.
         """
-        content = up.content
         first = b""
         while not first:
-            chunk = await content.readany()
+            chunk = await readany()
             if not chunk:
                 raise BackendFailure("stream ended before its first event")
             first = relay.feed(chunk)
@@ -339,7 +331,7 @@ class Proxy:
                     state.status = _CLIENT_GONE
                     return response
             try:
-                chunk = await content.readany()
+                chunk = await readany()
             except (aiohttp.ClientError, OSError) as exc:
                 log.warning("upstream stream broke after its first event: %s", type(exc).__name__)
                 state.upstream_broke = True
@@ -415,7 +407,7 @@ class Proxy:
                         )
                     if stream:
                         return await self._relay(
-                            request, up, provider.relay(payload), state, headers
+                            request, up.content.readany, provider.relay(payload), state, headers
                         )
                     data = provider.translate_body(await up.read())
                     state.status = status
