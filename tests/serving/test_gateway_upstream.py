@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from hedge_serving.gateway.upstream import UpstreamPool, UpstreamProtocolError
 
+
 class ScriptedServer:
     """Answers each request on a connection with the next response from `responses`."""
 
