@@ -163,6 +163,12 @@ async def _serve(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
 
     if args.routes:
+        if args.api_keys_secret:
+            print(
+                "hedge gateway: --api-keys-secret needs Kubernetes discovery, not --routes",
+                file=sys.stderr,
+            )
+            return 2
         try:
             table.replace(load_routes(args.routes))
         except RoutesFileError as exc:
