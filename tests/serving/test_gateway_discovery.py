@@ -182,6 +182,25 @@ async def test_fallback_keys_come_from_watched_secrets(api: FakeKubeAPI, client:
         # the gateway only ever asked for the Secret it needs
         assert not any("unrelated" in r for r in api.requests)
         assert all("fieldSelector=metadata.name" in r for r in api.requests if "/secrets" in r)
+        # the ModelDeployment now references another Secret: the old one is no longer watched
+        await api.put("Secret", secret("openai-2", NS, {"api-key": "sk-three"}))
+        md = model_deployment(
+            "llama",
+            NS,
+            fallback=[
+                {
+                    "type": "OpenAICompatible",
+                    "model": "gpt-4o-mini",
+                    "baseURL": provider.url + "/v1",
+                    "apiKeySecretRef": {"name": "openai-2", "key": "api-key"},
+                }
+            ],
+        )
+        await api.put("ModelDeployment", md)
+        new_ref = SecretRef(namespace=NS, name="openai-2", key="api-key")
+        await wait_for(lambda: secrets.get(new_ref) == "sk-three", what="new secret")
+        await wait_for(lambda: set(d._secret_watches) == {(NS, "openai-2")}, what="old watch gone")
+        assert secrets.get(ref) is None
     finally:
         await gw.stop()
         await d.stop()

@@ -372,6 +372,7 @@ class KubernetesDiscovery:
         self._secret_caches: dict[tuple[str, str], dict[tuple[str, str], dict[str, Any]]] = {}
         self._watches: list[_Watch] = []
         self._secret_watches: dict[tuple[str, str], _Watch] = {}
+        self._background: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
         self.on_change: Callable[[], Awaitable[None]] | None = None
 
@@ -529,6 +530,15 @@ class KubernetesDiscovery:
         self.table.replace(specs)
         for ref in wanted:
             self._watch_secret(ref)
+        if self.client_keys_secret is not None:
+            wanted.add(self.client_keys_secret)
+        for ref in [r for r in self._secret_watches if r not in wanted]:
+            # No ModelDeployment references this Secret any more: stop watching it.
+            task = asyncio.get_running_loop().create_task(self._secret_watches.pop(ref).stop())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            self._secret_caches.pop(ref, None)
+            self.secrets.set_secret(ref[0], ref[1], None)
         for ref, cache in self._secret_caches.items():
             secret = cache.get(ref)
             data = _decode(secret) if secret is not None else None
