@@ -237,7 +237,7 @@ async def test_retries_on_503_to_another_backend(
 ) -> None:
     engines[0].faults.status = 503
     c = client(gw)
-    for i in range(20):
+    for i in range(30):  # prompts hash over both backends; e0 gets its 3 failures
         raw = await c.chat.completions.with_raw_response.create(
             model=MODEL, messages=[{"role": "user", "content": f"r{i}"}]
         )
@@ -250,7 +250,10 @@ async def test_connection_refused_is_retried_and_breaker_opens(
     client: Clients, engines: list[Engine]
 ) -> None:
     dead = "http://127.0.0.1:9"  # discard port: nothing listens
-    gw = await start_test_gateway([RouteSpec(MODEL, (dead, engines[0].url))])
+    gw = await start_test_gateway(
+        [RouteSpec(MODEL, (dead, engines[0].url))],
+        proxy=ProxySettings(affinity_prefix_chars=0),  # ties alternate: the dead one is tried
+    )
     try:
         c = client(gw)
         for i in range(10):

@@ -82,7 +82,7 @@ async def test_chat_stream_and_injected_errors(
     assert [x async for x in stream]
     # one simulator answers every request with 503: all traffic goes to the other, unseen
     sims[0].set_faults(error_rate=1.0, error_status=503)
-    for i in range(10):
+    for i in range(30):  # prompts hash over both backends; sims[0] gets its 3 failures
         raw = await c.chat.completions.with_raw_response.create(
             model=MODEL, messages=[{"role": "user", "content": f"r{i}"}]
         )
