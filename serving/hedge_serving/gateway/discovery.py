@@ -479,6 +479,10 @@ class KubernetesDiscovery:
         if self._session is not None:
             await self._session.close()
             self._session = None
+            # TLS transports finish closing asynchronously; aiohttp's documented graceful
+            # shutdown gives them a moment, so the sockets are closed when stop() returns.
+            if self.creds.server.startswith("https://"):
+                await asyncio.sleep(0.25)
 
     def synced(self) -> bool:
         """Whether every watched collection has been listed at least once."""
