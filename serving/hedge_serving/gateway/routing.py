@@ -111,8 +111,9 @@ def normalize_backend_url(url: str) -> str:
     url = url.strip().rstrip("/")
     if url.endswith("/v1"):
         url = url[:-3]
-    if not url.startswith(("http://", "https://")):
-        raise ValueError(f"backend URL must start with http:// or https://: {url!r}")
+    if not url.startswith("http://"):
+        # Engine pods serve plain HTTP on the cluster network; the pooled client is HTTP only.
+        raise ValueError(f"backend URL must start with http://: {url!r}")
     return url
 
 
