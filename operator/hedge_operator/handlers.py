@@ -94,25 +94,36 @@ class Indexes:
 
 
 class Nudger:
-    """Coalesces bursts of child events into one reconcile per ModelDeployment."""
+    """Coalesces bursts of child events into one reconcile per ModelDeployment.
+
+    At most one reconcile is pending per key, due at the earliest time any nudge asked for:
+    a long re-check (e.g. waiting out an in-flight write) must not swallow the short nudge of
+    a child event that arrives meanwhile, or status would lag by the re-check's delay.
+    """
 
     def __init__(self, run: Callable[[Key], Awaitable[None]], delay: float = NUDGE_DELAY):
         self._run = run
         self._delay = delay
-        self._scheduled: set[Key] = set()
+        self._pending: dict[Key, tuple[float, asyncio.Task[None]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def nudge(self, key: Key, delay: float | None = None) -> None:
-        if key in self._scheduled:
-            return
-        self._scheduled.add(key)
-        task = asyncio.get_running_loop().create_task(self._later(key, delay))
+        loop = asyncio.get_running_loop()
+        wait = self._delay if delay is None else delay
+        due = loop.time() + wait
+        pending = self._pending.get(key)
+        if pending is not None:
+            if pending[0] <= due:
+                return
+            pending[1].cancel()  # the new nudge is due sooner: replace the later one
+        task = loop.create_task(self._later(key, wait))
+        self._pending[key] = (due, task)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _later(self, key: Key, delay: float | None) -> None:
-        await asyncio.sleep(self._delay if delay is None else delay)
-        self._scheduled.discard(key)  # events from now on schedule another round
+    async def _later(self, key: Key, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self._pending.pop(key, None)  # events from now on schedule another round
         try:
             await self._run(key)
         except RetryableError as e:

@@ -193,3 +193,24 @@ async def test_nudge_retries_after_server_trouble(monkeypatch: pytest.MonkeyPatc
     await asyncio.wait_for(done.wait(), 1)
     assert calls == 2
     await nudger.close()
+
+
+async def test_child_event_is_not_swallowed_by_a_pending_long_recheck() -> None:
+    """A re-check due in 30 s must not delay the reconcile a child event asks for now."""
+    runs: list[tuple[str, str]] = []
+    done = asyncio.Event()
+
+    async def run(key: tuple[str, str]) -> None:
+        runs.append(key)
+        done.set()
+
+    nudger = Nudger(run, delay=0.01)
+    nudger.nudge(("ns", "a"), 30.0)  # in-flight write re-check
+    nudger.nudge(("ns", "a"))  # a pod just turned Ready
+    await asyncio.wait_for(done.wait(), 2)
+    assert runs == [("ns", "a")]
+    # The earlier, later-due round was replaced rather than kept as a second pending run.
+    nudger.nudge(("ns", "a"), 30.0)
+    nudger.nudge(("ns", "a"), 60.0)  # a later due time than the pending one is ignored
+    assert len(nudger._pending) == 1
+    await nudger.close()
