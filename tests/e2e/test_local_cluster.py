@@ -12,7 +12,7 @@ import pytest
 
 from hedge_operator.dev.cluster import ClusterError, LocalCluster, _alive
 
-from .conftest import E2ECluster, wait_for
+from .conftest import E2ECluster, pod_ready, wait_for
 
 GPU_PRODUCTS = {"NVIDIA-A100-SXM4-80GB", "NVIDIA-H100-80GB-HBM3"}
 
@@ -73,14 +73,7 @@ def service(name: str) -> dict[str, Any]:
 def ready_pods(cluster: E2ECluster, namespace: str, app: str, count: int) -> list[dict[str, Any]]:
     pods = cluster.get(f"/api/v1/namespaces/{namespace}/pods?labelSelector=app%3D{app}")["items"]
     live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
-    ready = [
-        p
-        for p in live
-        if any(
-            c["type"] == "Ready" and c["status"] == "True"
-            for c in p.get("status", {}).get("conditions", [])
-        )
-    ]
+    ready = [p for p in live if pod_ready(p)]
     return ready if len(ready) == count and len(live) == count else []
 
 
@@ -162,7 +155,8 @@ def test_gpu_deployment_runs_simulators_on_gpu_nodes(cluster: E2ECluster, namesp
         remaining[0]["status"]["podIP"]
     }
     assert len(gone) == 1
-    wait_for(lambda: refuses_connections(gone.pop()), 30, "the removed pod's simulator to stop")
+    gone_ip = gone.pop()
+    wait_for(lambda: refuses_connections(gone_ip), 30, "the removed pod's simulator to stop")
 
 
 def served_requests(ip: str) -> float:
