@@ -290,6 +290,19 @@ def _raise_for(outcome: Outcome) -> None:
     raise kopf.PermanentError(f"{problem.reason}: {problem.message}")
 
 
+async def _reconcile_into(
+    rt: Runtime, body: kopf.Body, key: Key, patch: kopf.Patch, trigger: str
+) -> Outcome:
+    """One reconcile whose status goes out through kopf's own patch of this handler."""
+    assert rt.indexes is not None
+    try:
+        outcome = await rt.reconciler.reconcile(body, rt.indexes.observed(key), trigger=trigger)
+    except RetryableError as e:
+        raise kopf.TemporaryError(str(e), delay=RETRY_DELAY) from e
+    patch.status.update(outcome.patch)
+    return outcome
+
+
 @kopf.on.resume(*MD, id="reconcile")
 @kopf.on.create(*MD, id="reconcile")
 @kopf.on.update(*MD, field="spec", id="reconcile")
@@ -302,15 +315,9 @@ async def reconcile(
     **kwargs: Any,
 ) -> None:
     rt = runtime(memo, kwargs)
-    assert rt.indexes is not None
-    try:
-        outcome = await rt.reconciler.reconcile(
-            body, rt.indexes.observed((namespace or "", name)), trigger="spec"
-        )
-    except RetryableError as e:
-        raise kopf.TemporaryError(str(e), delay=RETRY_DELAY) from e
-    patch.status.update(outcome.patch)
-    rt.recheck((namespace or "", name), outcome)
+    key = (namespace or "", name)
+    outcome = await _reconcile_into(rt, body, key, patch, "spec")
+    rt.recheck(key, outcome)
     _raise_for(outcome)
 
 
@@ -323,15 +330,7 @@ async def resync(
     memo: Any,
     **kwargs: Any,
 ) -> None:
-    rt = runtime(memo, kwargs)
-    assert rt.indexes is not None
-    try:
-        outcome = await rt.reconciler.reconcile(
-            body, rt.indexes.observed((namespace or "", name)), trigger="resync"
-        )
-    except RetryableError as e:
-        raise kopf.TemporaryError(str(e), delay=RETRY_DELAY) from e
-    patch.status.update(outcome.patch)
+    await _reconcile_into(runtime(memo, kwargs), body, (namespace or "", name), patch, "resync")
 
 
 # -------------------------------------------------------------------------------- nudges
