@@ -12,6 +12,8 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,13 +22,16 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from hedge_operator.dev import tools
-from hedge_operator.dev.cluster import LocalCluster
+from hedge_operator.dev.cluster import LocalCluster, free_port
 from hedge_operator.dev.kubeclient import KubeAPIError, KubeConfig
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
+CRD = ROOT / "crds" / "hedge.dev_modeldeployments.yaml"
+API = "/apis/hedge.dev/v1alpha1"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -179,3 +184,156 @@ def hedge_process(cluster: E2ECluster, tmp_path: Path) -> Iterator[Callable[...,
     yield start
     for proc in started:
         proc.stop()
+
+
+# ------------------------------------------------------------------- the operator
+
+
+def wait_established(cluster: E2ECluster, name: str, timeout: float = 60) -> None:
+    """Waits for a CRD's Established condition. (`kubectl wait` fails outright when it reads
+    the CRD before the API server has written any condition.)"""
+
+    def established() -> bool:
+        crd = cluster.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
+        return condition(crd, "Established").get("status") == "True"
+
+    wait_for(established, timeout, f"CRD {name} Established")
+
+
+@pytest.fixture(scope="session")
+def crd(cluster: E2ECluster) -> None:
+    """The ModelDeployment CRD, installed once per session and Established."""
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    wait_established(cluster, "modeldeployments.hedge.dev")
+
+
+class Operator:
+    """`hedge operator` watching one namespace, with its metrics on a port of its own."""
+
+    def __init__(self, start: Callable[..., HedgeProcess], namespace: str) -> None:
+        self._start = start
+        self.namespace = namespace
+        self.metrics_port = 0
+        self.proc: HedgeProcess | None = None
+
+    def start(self) -> Operator:
+        self.metrics_port = free_port()
+        self.proc = self._start(
+            "operator",
+            "--namespace",
+            self.namespace,
+            "--metrics-port",
+            str(self.metrics_port),
+            "--health-port",
+            "0",
+        )
+        wait_for(self.metrics, 30, "the operator's metrics endpoint")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+
+    def metrics(self) -> str:
+        return scrape(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2)
+
+    def counter(self, name: str, **labels: str) -> float:
+        return metric_sum(self.metrics(), name, **labels)
+
+
+@pytest.fixture
+def operator(
+    crd: None, namespace: str, hedge_process: Callable[..., HedgeProcess]
+) -> Iterator[Operator]:
+    """The operator for the test's namespace, running (and still running at teardown)."""
+    op = Operator(hedge_process, namespace).start()
+    yield op
+    if op.proc is not None:
+        op.proc.assert_running()
+
+
+# ----------------------------------------------------------- ModelDeployments, pods
+
+
+def get_md(cluster: E2ECluster, namespace: str, name: str) -> dict[str, Any]:
+    md: dict[str, Any] = cluster.get(f"{API}/namespaces/{namespace}/modeldeployments/{name}")
+    return md
+
+
+def condition(md: dict[str, Any], type_: str) -> dict[str, Any]:
+    """The status condition of that type, or {} when there is none."""
+    for c in (md.get("status") or {}).get("conditions") or []:
+        if c["type"] == type_:
+            return dict(c)
+    return {}
+
+
+def current(md: dict[str, Any]) -> bool:
+    return bool(md.get("status", {}).get("observedGeneration") == md["metadata"]["generation"])
+
+
+def md_ready(cluster: E2ECluster, namespace: str, name: str) -> bool:
+    """Whether the ModelDeployment's Ready condition is True."""
+    return condition(get_md(cluster, namespace, name), "Ready").get("status") == "True"
+
+
+def wait_ready(
+    cluster: E2ECluster,
+    namespace: str,
+    name: str,
+    replicas: int = 1,
+    timeout: float = 90,
+    not_revision: str | None = None,
+) -> dict[str, Any]:
+    """Waits for a current, Ready, settled ModelDeployment with that many ready replicas."""
+
+    def check() -> dict[str, Any] | None:
+        md = get_md(cluster, namespace, name)
+        status = md.get("status", {})
+        ok = (
+            current(md)
+            and condition(md, "Ready").get("status") == "True"
+            and status.get("revision") != not_revision
+            and status.get("readyReplicas") == replicas
+            and status.get("replicas") == replicas
+            and condition(md, "Progressing").get("status") == "False"
+        )
+        return md if ok else None
+
+    return wait_for(check, timeout, f"{name} Ready with {replicas} replica(s)", interval=0.3)
+
+
+def pod_ready(pod: dict[str, Any]) -> bool:
+    """A live pod (not being deleted) whose Ready condition is True."""
+    return not pod["metadata"].get("deletionTimestamp") and any(
+        c["type"] == "Ready" and c["status"] == "True"
+        for c in pod.get("status", {}).get("conditions", [])
+    )
+
+
+# ------------------------------------------------------------------------ metrics
+
+
+def scrape(url: str, timeout: float = 5) -> str:
+    """GET ``url``'s body; an HTTP error status raises HTTPError (an OSError, so wait_for
+    retries), closed first: wait_for keeps the last error, and an unclosed one would leak
+    its socket into a reference cycle (a ResourceWarning whenever the GC gets to it)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return str(resp.read().decode())
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        raise
+
+
+def metric_sum(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples called ``name`` (e.g. ``x_total``) carrying all of ``labels``."""
+    return sum(
+        (
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+        ),
+        0.0,
+    )

@@ -17,9 +17,8 @@ import yaml
 
 from hedge_operator.dev.cluster import free_port
 
-from .conftest import E2ECluster, wait_for
+from .conftest import ROOT, E2ECluster, condition, get_md, md_ready, pod_ready, wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "hedge"
 EXAMPLE = ROOT / "examples" / "quickstart.yaml"
 MODEL = "llama-3-8b"
@@ -54,33 +53,12 @@ def write_values(tmp_path: Path, namespace: str, **overrides: Any) -> Path:
     return path
 
 
-def condition(md: dict[str, Any], type_: str) -> dict[str, Any] | None:
-    for cond in md.get("status", {}).get("conditions", []):
-        if cond["type"] == type_:
-            return dict(cond)
-    return None
-
-
-def get_md(cluster: E2ECluster, namespace: str) -> dict[str, Any]:
-    return dict(
-        cluster.get(f"/apis/hedge.dev/v1alpha1/namespaces/{namespace}/modeldeployments/{MODEL}")
-    )
-
-
 def ready_pods(
     cluster: E2ECluster, namespace: str, release: str, component: str
 ) -> list[dict[str, Any]]:
     selector = f"app.kubernetes.io/instance={release},app.kubernetes.io/component={component}"
     pods = cluster.get_json("pods", "-n", namespace, "-l", selector)["items"]
-    return [
-        p
-        for p in pods
-        if not p["metadata"].get("deletionTimestamp")
-        and any(
-            c["type"] == "Ready" and c["status"] == "True"
-            for c in p["status"].get("conditions", [])
-        )
-    ]
+    return [p for p in pods if pod_ready(p)]
 
 
 def chat_through_service(cluster: E2ECluster, namespace: str, release: str) -> str:
@@ -136,9 +114,7 @@ def test_install_serve_upgrade_and_uninstall(
         # A first model, as the NOTES tell the user.
         cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLE))
         wait_for(
-            lambda: (condition(get_md(cluster, namespace), "Ready") or {}).get("status") == "True",
-            180,
-            "the ModelDeployment to become Ready",
+            lambda: md_ready(cluster, namespace, MODEL), 180, "the ModelDeployment to become Ready"
         )
         served = wait_for(lambda: try_chat(cluster, namespace, release), 60, "a chat completion")
         assert served == MODEL
@@ -149,7 +125,7 @@ def test_install_serve_upgrade_and_uninstall(
         for source in (manifest, EXAMPLE.read_text()):
             diff = cluster.kubectl("diff", "-n", namespace, "-f", "-", input=source, check=False)
             assert diff.returncode == 0, diff.stdout + diff.stderr
-        md = get_md(cluster, namespace)
+        md = get_md(cluster, namespace, MODEL)
         spec_managers = {
             entry["manager"]
             for entry in md["metadata"]["managedFields"]
@@ -229,7 +205,7 @@ def test_missing_rbac_rule_is_a_clear_error(
         cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLE))
 
         def failed_condition() -> dict[str, Any] | None:
-            ready = condition(get_md(cluster, namespace), "Ready")
+            ready = condition(get_md(cluster, namespace, MODEL), "Ready")
             return (
                 ready
                 if ready and ready["status"] == "False" and "forbidden" in ready["message"]
@@ -239,7 +215,7 @@ def test_missing_rbac_rule_is_a_clear_error(
         ready = wait_for(failed_condition, 90, "Ready=False naming the forbidden request")
         assert ready["reason"] == "ApplyFailed"
         assert "deployments" in ready["message"] and f"{release}-operator" in ready["message"]
-        degraded = condition(get_md(cluster, namespace), "Degraded")
+        degraded = condition(get_md(cluster, namespace, MODEL), "Degraded")
         assert degraded and degraded["status"] == "True"
 
         (operator,) = ready_pods(cluster, namespace, release, "operator")
@@ -255,7 +231,7 @@ def test_missing_rbac_rule_is_a_clear_error(
         # Grant the missing rule back: the operator recovers without a restart.
         cluster.apply([o for o in yaml.safe_load_all(rendered) if o and o["kind"] == "Role"])
         wait_for(
-            lambda: (condition(get_md(cluster, namespace), "Ready") or {}).get("status") == "True",
+            lambda: md_ready(cluster, namespace, MODEL),
             180,
             "the ModelDeployment to become Ready once the rule is back",
         )

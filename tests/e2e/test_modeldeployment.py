@@ -5,93 +5,26 @@ trust, rolling revisions, drift repair, bad input, and CEL at apply time."""
 from __future__ import annotations
 
 import json
-import socket
 import urllib.request
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from .conftest import E2ECluster, HedgeProcess, wait_for
+from .conftest import (
+    API,
+    ROOT,
+    E2ECluster,
+    Operator,
+    condition,
+    current,
+    get_md,
+    wait_for,
+    wait_ready,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-CRD = ROOT / "crds" / "hedge.dev_modeldeployments.yaml"
 EXAMPLES = ROOT / "examples"
-API = "/apis/hedge.dev/v1alpha1"
 FAST = {"sim.hedge.dev/ttft-ms": "1", "sim.hedge.dev/itl-ms": "1"}
-
-
-# --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="session")
-def crd(cluster: E2ECluster) -> None:
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s", "crd/modeldeployments.hedge.dev"
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Operator:
-    def __init__(self, start: Callable[..., HedgeProcess], namespace: str) -> None:
-        self._start = start
-        self.namespace = namespace
-        self.metrics_port = 0
-        self.proc: HedgeProcess | None = None
-
-    def start(self) -> Operator:
-        self.metrics_port = free_port()
-        self.proc = self._start(
-            "operator",
-            "--namespace",
-            self.namespace,
-            "--metrics-port",
-            str(self.metrics_port),
-            "--health-port",
-            "0",
-        )
-        wait_for(self.metrics, 30, "the operator's metrics endpoint")
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.stop()
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(
-            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2
-        ) as resp:
-            return str(resp.read().decode())
-
-    def counter(self, name: str, **labels: str) -> float:
-        from prometheus_client.parser import text_string_to_metric_families
-
-        total = 0.0
-        for family in text_string_to_metric_families(self.metrics()):
-            for sample in family.samples:
-                if sample.name == name and all(
-                    sample.labels.get(k) == v for k, v in labels.items()
-                ):
-                    total += sample.value
-        return total
-
-
-@pytest.fixture
-def operator(
-    crd: None, namespace: str, hedge_process: Callable[..., HedgeProcess]
-) -> Iterator[Operator]:
-    op = Operator(hedge_process, namespace).start()
-    yield op
-    if op.proc is not None:
-        op.proc.assert_running()
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -106,46 +39,6 @@ def fast(doc: dict[str, Any]) -> dict[str, Any]:
     """The example with instant simulated latency (the spec is otherwise unchanged)."""
     doc["spec"].setdefault("engine", {}).setdefault("podAnnotations", {}).update(FAST)
     return doc
-
-
-def get_md(cluster: E2ECluster, namespace: str, name: str) -> dict[str, Any]:
-    md: dict[str, Any] = cluster.get(f"{API}/namespaces/{namespace}/modeldeployments/{name}")
-    return md
-
-
-def condition(md: dict[str, Any], type_: str) -> dict[str, Any]:
-    for c in md.get("status", {}).get("conditions", []):
-        if c["type"] == type_:
-            return dict(c)
-    return {}
-
-
-def current(md: dict[str, Any]) -> bool:
-    return bool(md.get("status", {}).get("observedGeneration") == md["metadata"]["generation"])
-
-
-def wait_ready(
-    cluster: E2ECluster,
-    namespace: str,
-    name: str,
-    replicas: int = 1,
-    timeout: float = 90,
-    not_revision: str | None = None,
-) -> dict[str, Any]:
-    def check() -> dict[str, Any] | None:
-        md = get_md(cluster, namespace, name)
-        status = md.get("status", {})
-        ok = (
-            current(md)
-            and condition(md, "Ready").get("status") == "True"
-            and status.get("revision") != not_revision
-            and status.get("readyReplicas") == replicas
-            and status.get("replicas") == replicas
-            and condition(md, "Progressing").get("status") == "False"
-        )
-        return md if ok else None
-
-    return wait_for(check, timeout, f"{name} Ready with {replicas} replica(s)", interval=0.3)
 
 
 def wait_reason(

@@ -5,28 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from .conftest import ROOT, E2ECluster, HedgeProcess, wait_for
+from .conftest import ROOT, E2ECluster, HedgeProcess, md_ready, wait_established, wait_for
 
 PEERING_CRDS = ROOT / "charts" / "hedge" / "crds" / "kopf-peerings.yaml"
 
 
-def md_ready(cluster: E2ECluster, namespace: str, name: str) -> bool:
-    md = cluster.get(f"/apis/hedge.dev/v1alpha1/namespaces/{namespace}/modeldeployments/{name}")
-    conditions = md.get("status", {}).get("conditions", [])
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
-
-
 def test_two_replicas_elect_one_active_operator(
-    cluster: E2ECluster, namespace: str, hedge_process: Callable[..., HedgeProcess]
+    cluster: E2ECluster, namespace: str, crd: None, hedge_process: Callable[..., HedgeProcess]
 ) -> None:
-    cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"), "-f", str(PEERING_CRDS))
-    cluster.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "crd/kopfpeerings.kopf.dev",
-        "crd/modeldeployments.hedge.dev",
-        "--timeout=30s",
-    )
+    cluster.kubectl("apply", "--server-side", "-f", str(PEERING_CRDS))
+    wait_established(cluster, "kopfpeerings.kopf.dev", timeout=30)
     cluster.apply(
         {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "hedge"}},
         namespace,
