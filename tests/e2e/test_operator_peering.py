@@ -33,6 +33,18 @@ def test_two_replicas_elect_one_active_operator(
     standby = operator(10)
     active = operator(20)
 
+    # The stand-by, up first, may resume until it sees its peer: the model only comes once
+    # both peers are registered, the active one runs and the stand-by is paused.
+    def settled() -> bool:
+        peering = cluster.get(f"/apis/kopf.dev/v1/namespaces/{namespace}/kopfpeerings/hedge")
+        priorities = sorted(p.get("priority") for p in (peering.get("status") or {}).values())
+        return (
+            priorities == [10, 20]
+            and peering_state(active.log()) == "running"
+            and peering_state(standby.log()) == "paused"
+        )
+
+    wait_for(settled, 30, "the two peers to settle")
     cluster.apply(Path(ROOT / "examples" / "quickstart.yaml").read_text(), namespace)
     try:
         wait_for(lambda: md_ready(cluster, namespace, "llama-3-8b"), 90, "the model to be Ready")
