@@ -60,9 +60,18 @@ class OpenAIProvider:
             key = self._keys.get(self.spec.api_key)
             if not key:
                 raise MissingKey(self.spec.api_key.describe())
-            headers["Authorization"] = "Bearer " + key
-        body = json.dumps(with_model(payload, self.spec.model)).encode()
-        return UpstreamCall(f"{self._base}/{endpoint.value}", headers, body)
+            headers.update(self._auth_headers(key))
+        return UpstreamCall(self._url(endpoint), headers, json.dumps(self._body(payload)).encode())
+
+    # The three points where OpenAI-shaped providers differ (Azure overrides them).
+    def _auth_headers(self, key: str) -> dict[str, str]:
+        return {"Authorization": "Bearer " + key}
+
+    def _url(self, endpoint: Endpoint) -> str:
+        return f"{self._base}/{endpoint.value}"
+
+    def _body(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return with_model(payload, self.spec.model)
 
     def translate_body(self, body: bytes) -> bytes:
         return body
