@@ -20,13 +20,6 @@ MODEL = "llama-3-8b"
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[Clients]:
-    clients = Clients()
-    yield clients
-    await clients.close()
-
-
-@pytest.fixture
 async def engines() -> AsyncIterator[list[Engine]]:
     started = [await Engine(f"e{i}", MODEL).start() for i in range(2)]
     yield started  # type: ignore[misc]

@@ -7,22 +7,12 @@ import os
 import re
 import signal
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
 
 from tests.serving.gateway_stubs import Engine, OpenAIStub, reply_text
 from tests.serving.gateway_stubs.harness import Clients
 
 MODEL = "llama-3-8b"
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[Clients]:
-    clients = Clients()
-    yield clients
-    await clients.close()
 
 
 async def start_cli(

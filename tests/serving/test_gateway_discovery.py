@@ -33,13 +33,6 @@ NS = "team-a"
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[Clients]:
-    clients = Clients()
-    yield clients
-    await clients.close()
-
-
-@pytest.fixture
 async def api() -> AsyncIterator[FakeKubeAPI]:
     server = await FakeKubeAPI().start()
     yield server

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
 
 import aiohttp
 import openai
@@ -28,13 +27,6 @@ MESSAGES = [
     {"role": "user", "content": "What is Hedge?"},
 ]
 PROMPT = "Be brief.\nWhat is Hedge?"
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[Clients]:
-    clients = Clients()
-    yield clients
-    await clients.close()
 
 
 def _spec(ptype: ProviderType, url: str, **kw: object) -> ProviderSpec:

@@ -27,13 +27,6 @@ MODEL = "llama-3-8b"
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[Clients]:
-    clients = Clients()
-    yield clients
-    await clients.close()
-
-
-@pytest.fixture
 async def sims() -> AsyncIterator[list[RunningSimulator]]:
     cfg = SimulatorConfig(
         served_model_names=[MODEL],
