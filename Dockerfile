@@ -14,6 +14,7 @@ WORKDIR /src
 # Only what the install needs (tests/chart/test_image.py installs from exactly these paths).
 COPY pyproject.toml README.md ./
 COPY scripts/install-image-deps scripts/
+COPY core/ core/
 COPY operator/ operator/
 COPY serving/ serving/
 # The same script a test runs into a clean venv; it ends by running each entry point's --help.

@@ -429,7 +429,7 @@ def start_hedge(
     cmd = [
         sys.executable,
         "-m",
-        "hedge_operator.cli",
+        "hedge_core.cli",
         "gateway",
         "--routes",
         str(routes),

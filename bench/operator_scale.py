@@ -35,9 +35,9 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from hedge_operator.dev import tools
-from hedge_operator.dev.cluster import DEFAULT_NODES, LocalCluster, gpu_nodes
-from hedge_operator.dev.kubeclient import KubeConfig
+from hedge_dev import tools
+from hedge_dev.cluster import DEFAULT_NODES, LocalCluster, gpu_nodes
+from hedge_dev.kubeclient import KubeConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CRD = ROOT / "crds" / "hedge.dev_modeldeployments.yaml"
@@ -182,7 +182,7 @@ def run(count: int, idle: float, timeout: float) -> dict[str, Any]:
                 [
                     sys.executable,
                     "-m",
-                    "hedge_operator.cli",
+                    "hedge_core.cli",
                     "operator",
                     "--metrics-port",
                     str(port),

@@ -1,3 +1,3 @@
-"""Hedge's control plane: the ModelDeployment API, the kopf operator and the dev cluster."""
+"""Hedge's control plane: the kopf operator that turns ModelDeployments into vLLM pods."""
 
 __version__ = "0.1.0"

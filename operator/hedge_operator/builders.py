@@ -11,20 +11,23 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from hedge_operator.api import API_VERSION, KIND, ModelDeployment
+from hedge_core.api import (
+    API_VERSION,
+    COMPONENT_LABEL,
+    ENGINE_COMPONENT,
+    ENGINE_PORT,
+    FIELD_MANAGER,
+    KIND,
+    MANAGED_BY_LABEL,
+    MD_LABEL,
+    PART_OF_LABEL,
+    PORT_NAME,
+    REVISION_LABEL,
+    ModelDeployment,
+)
 from hedge_operator.config import GPU_PRODUCT_LABEL, GPU_RESOURCE, OperatorConfig
 
-FIELD_MANAGER = "hedge-operator"
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-PART_OF_LABEL = "app.kubernetes.io/part-of"
-MD_LABEL = "hedge.dev/model-deployment"
-COMPONENT_LABEL = "hedge.dev/component"
-REVISION_LABEL = "hedge.dev/revision"
-ENGINE_COMPONENT = "engine"
-
 ENGINE_CONTAINER = "engine"
-ENGINE_PORT = 8000
-PORT_NAME = "http"
 HEALTH_PATH = "/health"
 
 MODELS_DIR = "/models"  # the cache volume (or an emptyDir without one)

@@ -21,13 +21,15 @@ from typing import Any, cast
 
 import kopf
 
-from hedge_operator.api import GROUP, PLURAL, VERSION
-from hedge_operator.builders import (
+from hedge_core.api import (
     COMPONENT_LABEL,
     ENGINE_COMPONENT,
     FIELD_MANAGER,
+    GROUP,
     MANAGED_BY_LABEL,
     MD_LABEL,
+    PLURAL,
+    VERSION,
 )
 from hedge_operator.config import OperatorConfig
 from hedge_operator.kube import Kube

@@ -18,9 +18,8 @@ from typing import Any
 import aiohttp
 import kopf
 
+from hedge_core.api import API_VERSION, FIELD_MANAGER, KIND, PLURAL
 from hedge_operator import metrics
-from hedge_operator.api import API_VERSION, KIND, PLURAL
-from hedge_operator.builders import FIELD_MANAGER
 
 # (apiVersion, kind) -> plural
 RESOURCES: dict[tuple[str, str], str] = {

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hedge_operator.builders import REVISION_LABEL
+from hedge_core.api import REVISION_LABEL
 
 # Container waiting reasons that mean the pod will not get ready without a change.
 # Image pull errors report as ImagePullBackOff whichever of the two the kubelet shows.

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from hedge_operator.api import ModelDeployment
+from hedge_core.api import ModelDeployment
 from hedge_operator.builders import (
     build_cache_pvc,
     build_engine_deployment,

@@ -18,8 +18,8 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from hedge_core.api import ModelDeployment, SpecError
 from hedge_operator import metrics
-from hedge_operator.api import ModelDeployment, SpecError
 from hedge_operator.config import OperatorConfig
 from hedge_operator.kube import ApiError
 from hedge_operator.observed import Observed, owned_by

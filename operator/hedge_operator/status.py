@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hedge_operator.api import ModelDeployment
+from hedge_core.api import ModelDeployment
 from hedge_operator.builders import selector_string, service_url
 from hedge_operator.observed import DeploymentSummary, Observed, PodProblem
 from hedge_operator.validation import Problem

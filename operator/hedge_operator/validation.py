@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from hedge_operator.api import ModelDeployment
+from hedge_core.api import ModelDeployment
 from hedge_operator.builders import DEFAULT_GCS_KEY, DEFAULT_HF_TOKEN_KEY, OPERATOR_ENV, Source
 from hedge_operator.config import OperatorConfig
 

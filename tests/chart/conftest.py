@@ -18,7 +18,7 @@ def helm() -> Path:
 
 @pytest.fixture(scope="session")
 def kubectl() -> Path:
-    from hedge_operator.dev.tools import ensure_tools
+    from hedge_dev.tools import ensure_tools
 
     return ensure_tools(["kubectl"])["kubectl"]
 

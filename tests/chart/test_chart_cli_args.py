@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hedge_operator.cli import build_parser
+from hedge_core.cli import build_parser
 from tests.chart.chart_support import CHART, CI_VALUES, Render, containers, one
 
 

@@ -105,7 +105,11 @@ def _build_context(tmp_path: Path) -> Path:
 def test_image_install_step_gives_a_working_hedge(tmp_path: Path) -> None:
     context = _build_context(tmp_path)
     assert (context / "scripts" / "install-image-deps").exists()
-    assert (context / "operator" / "hedge_operator" / "cli.py").exists()
+    assert (context / "core" / "hedge_core" / "cli.py").exists()
+    # Ship only what runs: the local cluster (pod runner, PKI, Go module, demo) stays out.
+    shipped = [p.relative_to(context).as_posix() for p in context.rglob("*") if p.is_file()]
+    dev_code = [p for p in shipped if "hedge_dev" in p or re.search(r"podrunner|kwok|go\.mod", p)]
+    assert not dev_code, dev_code
     venv = tmp_path / "opt-hedge"
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
     env["PYTHON"] = sys.executable  # same interpreter version as the image's base
@@ -125,6 +129,11 @@ def test_image_install_step_gives_a_working_hedge(tmp_path: Path) -> None:
         )
         assert run.returncode == 0, run.stderr
         assert run.stdout.startswith("usage: hedge"), run.stdout
+    top_help = subprocess.run(
+        [str(hedge), "--help"], cwd=tmp_path, env=env, capture_output=True, text=True
+    ).stdout
+    commands = re.findall(r"^    ([a-z]+)\b", top_help, re.MULTILINE)
+    assert commands == ["operator", "gateway", "simulator"], top_help
     gateway_help = subprocess.run(
         [str(hedge), "gateway", "--help"], cwd=tmp_path, env=env, capture_output=True, text=True
     ).stdout
@@ -137,6 +146,8 @@ def test_image_install_step_gives_a_working_hedge(tmp_path: Path) -> None:
         cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
     ).stdout.split()  # fmt: skip
     assert all(path.startswith(str(venv)) and "site-packages" in path for path in where), where
+    no_dev = subprocess.run([str(venv / "bin" / "python"), "-c", "import hedge_dev"], env=env)
+    assert no_dev.returncode != 0, "the dev cluster package must not be in the image"
     no_pip = subprocess.run(
         [str(venv / "bin" / "python"), "-m", "pip", "--version"], capture_output=True
     )

@@ -24,9 +24,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from hedge_operator.dev import tools
-from hedge_operator.dev.cluster import LocalCluster, free_port
-from hedge_operator.dev.kubeclient import KubeAPIError, KubeConfig
+from hedge_dev import tools
+from hedge_dev.cluster import LocalCluster, free_port
+from hedge_dev.kubeclient import KubeAPIError, KubeConfig
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
@@ -142,7 +142,7 @@ class HedgeProcess:
         self.log_path = log_path
         with open(log_path, "wb") as log_file:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "hedge_operator.cli", *args],
+                [sys.executable, "-m", "hedge_core.cli", *args],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -15,7 +15,7 @@ import openai
 import pytest
 import yaml
 
-from hedge_operator.dev.cluster import free_port
+from hedge_dev.cluster import free_port
 
 from .conftest import ROOT, E2ECluster, condition, get_md, md_ready, pod_ready, wait_for
 

@@ -10,7 +10,7 @@ from typing import Any
 import openai
 import pytest
 
-from hedge_operator.dev.cluster import ClusterError, LocalCluster, _alive
+from hedge_dev.cluster import ClusterError, LocalCluster, _alive
 
 from .conftest import E2ECluster, pod_ready, wait_for
 

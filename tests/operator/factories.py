@@ -6,7 +6,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from hedge_operator.api import API_VERSION, KIND, ModelDeployment
+from hedge_core.api import API_VERSION, KIND, ModelDeployment
 
 QUICKSTART_SPEC: dict[str, Any] = {
     "model": {"source": "hf://meta-llama/Llama-3.1-8B-Instruct", "name": "llama-3-8b"},

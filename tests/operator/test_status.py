@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from hedge_operator.api import ModelDeployment, ModelDeploymentStatus, parse
+from hedge_core.api import ModelDeployment, ModelDeploymentStatus, parse
 from hedge_operator.builders import revision_of
 from hedge_operator.config import OperatorConfig
 from hedge_operator.observed import Observed, summarize_pod

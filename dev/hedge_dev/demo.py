@@ -18,10 +18,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from hedge_operator.dev import tools
-from hedge_operator.dev.cluster import ClusterError, LocalCluster, free_port
+from hedge_dev import tools
+from hedge_dev.cluster import ClusterError, LocalCluster, free_port
 
-ROOT = tools.REPO_ROOT
+# The demo applies the repository's own example and CRD: it runs from a checkout.
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "quickstart.yaml"
 MODEL = "llama-3-8b"
 
@@ -97,7 +98,7 @@ def _fallback_act(cluster: LocalCluster, kubectl: Path, kubeconfig: Path, gatewa
         [
             sys.executable,
             "-m",
-            "hedge_operator.cli",
+            "hedge_core.cli",
             "simulator",
             "--host=127.0.0.1",
             f"--port={provider_port}",
@@ -206,7 +207,7 @@ def _demo(cluster: LocalCluster, args: argparse.Namespace) -> int:
         [
             sys.executable,
             "-m",
-            "hedge_operator.cli",
+            "hedge_core.cli",
             "operator",
             f"--health-port={op_health}",
             "--metrics-port=0",
@@ -219,7 +220,7 @@ def _demo(cluster: LocalCluster, args: argparse.Namespace) -> int:
         [
             sys.executable,
             "-m",
-            "hedge_operator.cli",
+            "hedge_core.cli",
             "gateway",
             f"--kubeconfig={kubeconfig}",
             "--host=127.0.0.1",

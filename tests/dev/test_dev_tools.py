@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from hedge_operator.dev import tools
-from hedge_operator.dev.cluster import DEFAULT_NODES, NodeSpec, service_cidr
-from hedge_operator.dev.pki import create_pki
+from hedge_dev import tools
+from hedge_dev.cluster import DEFAULT_NODES, NodeSpec, service_cidr
+from hedge_dev.pki import create_pki
 
 GO_MOD = tools.GO_MODULE_DIR / "go.mod"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_go_module_pins_match_the_tool_versions() -> None:
@@ -33,7 +34,7 @@ def test_binaries_are_cached_outside_the_repository(
     for tool in tools.ALL_TOOLS:
         directory = tools.bin_dir(tool)
         assert directory.is_relative_to(tmp_path)
-        assert not directory.is_relative_to(tools.REPO_ROOT)
+        assert not directory.is_relative_to(ROOT)
     # A pin change moves the control plane to a new folder, so stale builds are never reused.
     assert tools.KUBERNETES_VERSION in tools.bin_dir("kube-apiserver").name
 

@@ -3,7 +3,7 @@
 The dataclasses below are the one source of truth: the CRD's structural schema (descriptions,
 defaults, bounds, CEL rules) is generated from them, and `parse_spec` validates a spec in
 Python with the same rules, so objects that never met the API server (unit tests, clusters
-without the CRD's CEL) are judged alike. `python -m hedge_operator.api` prints the CRD.
+without the CRD's CEL) are judged alike. `python -m hedge_core.api` prints the CRD.
 """
 
 # The fields of the API's dataclasses are declared with `prop(...)`, a dataclasses.field()
@@ -32,6 +32,17 @@ SINGULAR = "modeldeployment"
 SHORT_NAMES = ("md",)
 CATEGORIES = ("hedge",)
 CRD_NAME = f"{PLURAL}.{GROUP}"
+
+# The names the operator, the gateway and the local cluster agree on (docs/contracts.md).
+FIELD_MANAGER = "hedge-operator"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+PART_OF_LABEL = "app.kubernetes.io/part-of"
+MD_LABEL = "hedge.dev/model-deployment"
+COMPONENT_LABEL = "hedge.dev/component"
+REVISION_LABEL = "hedge.dev/revision"
+ENGINE_COMPONENT = "engine"
+ENGINE_PORT = 8000
+PORT_NAME = "http"
 
 #: The upstream vLLM OpenAI-server image, pinned so a restart never changes the engine.
 DEFAULT_ENGINE_IMAGE = "vllm/vllm-openai:v0.11.0"
@@ -1173,7 +1184,7 @@ def crd() -> dict[str, Any]:
     }
 
 
-CRD_HEADER = "# Generated from hedge_operator.api by scripts/generate-crds; do not edit by hand.\n"
+CRD_HEADER = "# Generated from hedge_core.api by scripts/generate-crds; do not edit by hand.\n"
 
 
 def crd_yaml() -> str:

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from hedge_operator.dev import tools
+from hedge_dev import tools
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +32,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     tools_p.add_argument("names", nargs="*", default=list(tools.ALL_TOOLS))
 
     runner = sub.add_parser("podrunner", help="(internal) run engine and hedge pods of a cluster")
-    from hedge_operator.dev import podrunner
+    from hedge_dev import podrunner
 
     podrunner.configure_parser(runner)
 
@@ -49,14 +49,14 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name}\t{path}")
         return 0
     if args.dev_command == "podrunner":
-        from hedge_operator.dev import podrunner
+        from hedge_dev import podrunner
 
         return podrunner.run(args)
     if args.dev_command == "demo":
-        from hedge_operator.dev import demo
+        from hedge_dev import demo
 
         return demo.run(args)
-    from hedge_operator.dev.cluster import DEFAULT_NODES, ClusterError, LocalCluster, gpu_nodes
+    from hedge_dev.cluster import DEFAULT_NODES, ClusterError, LocalCluster, gpu_nodes
 
     cluster = LocalCluster(args.name)
     if args.action == "up":

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from hedge_operator import api
-from hedge_operator.api import (
+from hedge_core import api
+from hedge_core.api import (
     EngineSpec,
     ModelDeployment,
     ModelDeploymentSpec,
@@ -42,7 +42,7 @@ def root_schema() -> dict[str, Any]:
 
 def test_committed_crd_matches_the_api() -> None:
     assert CRD_FILE.read_text() == crd_yaml(), (
-        "crds/ drifted from hedge_operator.api: run scripts/generate-crds"
+        "crds/ drifted from hedge_core.api: run scripts/generate-crds"
     )
 
 

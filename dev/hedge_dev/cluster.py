@@ -25,9 +25,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hedge_operator.dev import tools
-from hedge_operator.dev.kubeclient import KubeAPIError, KubeConfig, write_kubeconfig
-from hedge_operator.dev.pki import ClusterPKI, create_pki
+from hedge_dev import tools
+from hedge_dev.kubeclient import KubeAPIError, KubeConfig, write_kubeconfig
+from hedge_dev.pki import ClusterPKI, create_pki
 
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
@@ -312,7 +312,7 @@ class LocalCluster:
                 [
                     sys.executable,
                     "-m",
-                    "hedge_operator.cli",
+                    "hedge_core.cli",
                     "dev",
                     "podrunner",
                     f"--kubeconfig={kubeconfig}",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 from collections.abc import Sequence
 
@@ -18,15 +19,24 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "operator": ("hedge_operator.main", "run the ModelDeployment operator (kopf)"),
     "gateway": ("hedge_serving.gateway.cli", "run the OpenAI-compatible gateway"),
     "simulator": ("hedge_serving.simulator.cli", "run the vLLM engine simulator"),
-    "dev": ("hedge_operator.dev.cli", "local development cluster and demo"),
 }
+# The local cluster and demo ship in their own distribution (hedge-dev, dev/ in a checkout),
+# never in the image; `hedge dev` exists where that package is installed.
+DEV_SUBCOMMAND = ("hedge_dev.cli", "local development cluster and demo")
+
+
+def subcommands() -> dict[str, tuple[str, str]]:
+    found = dict(SUBCOMMANDS)
+    if importlib.util.find_spec("hedge_dev") is not None:
+        found["dev"] = DEV_SUBCOMMAND
+    return found
 
 
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hedge", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     wanted = argv[0] if argv else None
-    for name, (module_name, help_text) in SUBCOMMANDS.items():
+    for name, (module_name, help_text) in subcommands().items():
         sp = sub.add_parser(name, help=help_text)
         if name == wanted:  # only import the module that will run
             module = importlib.import_module(module_name)
