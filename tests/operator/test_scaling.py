@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 
@@ -132,7 +133,7 @@ def test_a_sawtooth_around_the_target_does_not_flap(period: float) -> None:
     result = replay(policy(), trace(saw, 300), start=3)
     changes = direction_changes(result)
     # At most one scale-direction change per half period.
-    for a, b in zip(changes, changes[1:], strict=False):
+    for a, b in itertools.pairwise(changes):
         assert b - a >= period / 2, changes
     assert max(current for _, current, _ in result) <= 4
 

@@ -1,0 +1,387 @@
+"""What the operator reads from the data plane: every gateway replica's and engine pod's
+/metrics, summed per ModelDeployment and per revision, for the autoscaler and the rollout
+analysis.
+
+The gateways see every request of a model (served self-hosted, held while it scales from
+zero, spilled to a fallback), so demand is measured there and summed over the replicas; the
+engines add what reaches them directly. No Prometheus server is needed, and one who runs one
+can scrape the same series. The metric names are a contract (docs/contracts.md):
+
+    hedge_gateway_demand_in_flight{namespace,model_deployment,state}     gauge
+        state: self_hosted | held | fallback
+    hedge_gateway_demand_arrivals_total{namespace,model_deployment}      counter
+    hedge_gateway_revision_requests_total{namespace,model_deployment,revision,outcome}
+        outcome: success | client_error | error (engine failures: 5xx, connection errors,
+        stalls, broken streams — whether or not a retry then saved the request)
+    hedge_gateway_revision_ttft_seconds{namespace,model_deployment,revision}   histogram
+    hedge_gateway_revision_itl_seconds{namespace,model_deployment,revision}    histogram
+        (one observation per streamed request: its mean gap between tokens)
+    hedge_gateway_fallback_tokens_total{namespace,model_deployment,provider}   counter
+    vllm:num_requests_running / vllm:num_requests_waiting / vllm:kv_cache_usage_perc (engines)
+
+Parsing and counting are pure (`parse_gateway`, `parse_engine`, `Counters`); `Scraper` does the
+HTTP, once per tick whoever asks, and never raises: a source that cannot be read is left out
+and reported, so the autoscaler can tell "no demand" from "no data".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+log = logging.getLogger(__name__)
+
+DEMAND_IN_FLIGHT = "hedge_gateway_demand_in_flight"
+DEMAND_ARRIVALS = "hedge_gateway_demand_arrivals_total"
+REVISION_REQUESTS = "hedge_gateway_revision_requests_total"
+REVISION_TTFT = "hedge_gateway_revision_ttft_seconds"
+REVISION_ITL = "hedge_gateway_revision_itl_seconds"
+FALLBACK_TOKENS = "hedge_gateway_fallback_tokens_total"
+ENGINE_RUNNING = "vllm:num_requests_running"
+ENGINE_WAITING = "vllm:num_requests_waiting"
+ENGINE_KV_CACHE = "vllm:kv_cache_usage_perc"
+
+OUTCOMES = ("success", "client_error", "error")
+
+ModelKey = tuple[str, str]  # (namespace, ModelDeployment name)
+RevisionKey = tuple[str, str, str]  # (namespace, ModelDeployment name, revision)
+
+
+# ------------------------------------------------------------------------------- parsing
+
+
+@dataclass
+class GatewayReading:
+    """One gateway replica's metrics; counters are cumulative, as scraped."""
+
+    in_flight: dict[ModelKey, dict[str, float]] = field(default_factory=dict)
+    counters: dict[tuple[str, ...], float] = field(default_factory=dict)
+
+
+def _model(labels: Mapping[str, str]) -> ModelKey | None:
+    ns, name = labels.get("namespace"), labels.get("model_deployment")
+    return (ns, name) if ns is not None and name else None
+
+
+def parse_gateway(text: str) -> GatewayReading:
+    """The contract series of a gateway's /metrics (everything else is ignored).
+
+    Counter keys: ("arrivals", ns, md), ("requests", ns, md, rev, outcome),
+    ("ttft_sum"|"ttft_count"|"itl_sum"|"itl_count", ns, md, rev), ("fallback_tokens", ns, md).
+    """
+    reading = GatewayReading()
+    wanted = {
+        DEMAND_IN_FLIGHT,
+        DEMAND_ARRIVALS,
+        REVISION_REQUESTS,
+        f"{REVISION_TTFT}_sum",
+        f"{REVISION_TTFT}_count",
+        f"{REVISION_ITL}_sum",
+        f"{REVISION_ITL}_count",
+        FALLBACK_TOKENS,
+    }
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name not in wanted or math.isnan(sample.value):
+                continue
+            labels = sample.labels
+            model = _model(labels)
+            if model is None:
+                continue
+            value = float(sample.value)
+            if sample.name == DEMAND_IN_FLIGHT:
+                states = reading.in_flight.setdefault(model, {})
+                state = labels.get("state", "")
+                states[state] = states.get(state, 0.0) + value
+                continue
+            if sample.name == DEMAND_ARRIVALS:
+                key: tuple[str, ...] = ("arrivals", *model)
+            elif sample.name == FALLBACK_TOKENS:
+                key = ("fallback_tokens", *model)
+            else:
+                revision = labels.get("revision", "")
+                if sample.name == REVISION_REQUESTS:
+                    key = ("requests", *model, revision, labels.get("outcome", ""))
+                else:
+                    kind = "ttft" if sample.name.startswith(REVISION_TTFT) else "itl"
+                    suffix = sample.name.rsplit("_", 1)[1]
+                    key = (f"{kind}_{suffix}", *model, revision)
+            reading.counters[key] = reading.counters.get(key, 0.0) + value
+    return reading
+
+
+@dataclass(frozen=True)
+class EngineReading:
+    running: float
+    waiting: float
+    kv_cache: float | None
+
+
+def parse_engine(text: str) -> EngineReading:
+    """vLLM's queue and KV-cache gauges (summed over label sets, e.g. several engines)."""
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in (ENGINE_RUNNING, ENGINE_WAITING, ENGINE_KV_CACHE):
+                values[sample.name] = values.get(sample.name, 0.0) + float(sample.value)
+    return EngineReading(
+        running=values.get(ENGINE_RUNNING, 0.0),
+        waiting=values.get(ENGINE_WAITING, 0.0),
+        kv_cache=values.get(ENGINE_KV_CACHE),
+    )
+
+
+# ------------------------------------------------------------------------------ counting
+
+
+class Counters:
+    """Cumulative counters summed over sources that restart (their counters reset) and come
+    and go (a gateway pod replaced): a source's contribution never goes backwards.
+
+    Pure bookkeeping: `update(source, values)` with what one source reported, `total(key)`
+    for the sum of every source ever seen.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[str, dict[tuple[str, ...], float]] = {}
+        self._offset: dict[str, dict[tuple[str, ...], float]] = {}
+        self._retired: dict[tuple[str, ...], float] = {}
+
+    def update(self, source: str, values: Mapping[tuple[str, ...], float]) -> None:
+        last = self._last.setdefault(source, {})
+        offset = self._offset.setdefault(source, {})
+        for key, value in values.items():
+            before = last.get(key)
+            if before is not None and value < before:  # the source restarted
+                offset[key] = offset.get(key, 0.0) + before
+            last[key] = value
+
+    def retire(self, source: str) -> None:
+        """A source that is gone for good: keep what it counted, forget the source."""
+        last = self._last.pop(source, {})
+        offset = self._offset.pop(source, {})
+        for key in set(last) | set(offset):
+            self._retired[key] = self._retired.get(key, 0.0) + last.get(key, 0.0)
+            self._retired[key] += offset.get(key, 0.0)
+
+    def sources(self) -> list[str]:
+        return list(self._last)
+
+    def total(self, key: tuple[str, ...]) -> float:
+        value = self._retired.get(key, 0.0)
+        for source, last in self._last.items():
+            value += last.get(key, 0.0) + self._offset[source].get(key, 0.0)
+        return value
+
+    def totals(self, prefix: tuple[str, ...]) -> dict[tuple[str, ...], float]:
+        """Every key starting with `prefix`, summed."""
+        keys = {k for last in self._last.values() for k in last if k[: len(prefix)] == prefix}
+        keys |= {k for k in self._retired if k[: len(prefix)] == prefix}
+        return {k: self.total(k) for k in keys}
+
+
+@dataclass(frozen=True)
+class RevisionStats:
+    """What a revision did between two points in time (a window of the counters)."""
+
+    requests: float = 0.0
+    errors: float = 0.0  # engine failures (outcome "error")
+    client_errors: float = 0.0
+    ttft_sum: float = 0.0
+    ttft_count: float = 0.0
+    itl_sum: float = 0.0
+    itl_count: float = 0.0
+
+    @property
+    def error_rate(self) -> float | None:
+        judged = self.requests - self.client_errors
+        return self.errors / judged if judged > 0 else None
+
+    @property
+    def ttft_mean(self) -> float | None:
+        return self.ttft_sum / self.ttft_count if self.ttft_count > 0 else None
+
+    @property
+    def itl_mean(self) -> float | None:
+        return self.itl_sum / self.itl_count if self.itl_count > 0 else None
+
+    def minus(self, earlier: RevisionStats) -> RevisionStats:
+        return RevisionStats(
+            requests=self.requests - earlier.requests,
+            errors=self.errors - earlier.errors,
+            client_errors=self.client_errors - earlier.client_errors,
+            ttft_sum=self.ttft_sum - earlier.ttft_sum,
+            ttft_count=self.ttft_count - earlier.ttft_count,
+            itl_sum=self.itl_sum - earlier.itl_sum,
+            itl_count=self.itl_count - earlier.itl_count,
+        )
+
+
+def revision_stats(counters: Counters, key: RevisionKey) -> RevisionStats:
+    """Cumulative stats of one revision, over every gateway replica."""
+    outcomes = {o: counters.total(("requests", *key, o)) for o in OUTCOMES}
+    return RevisionStats(
+        requests=sum(outcomes.values()),
+        errors=outcomes["error"],
+        client_errors=outcomes["client_error"],
+        ttft_sum=counters.total(("ttft_sum", *key)),
+        ttft_count=counters.total(("ttft_count", *key)),
+        itl_sum=counters.total(("itl_sum", *key)),
+        itl_count=counters.total(("itl_count", *key)),
+    )
+
+
+# ------------------------------------------------------------------------------ scraping
+
+
+@dataclass(frozen=True)
+class ModelSignals:
+    """One ModelDeployment as the latest scrape saw it."""
+
+    demand: float | None  # in flight at the gateways (None: no gateway could be read)
+    by_state: Mapping[str, float]
+    arrivals: float  # requests that arrived since the previous scrape
+    engine_queue: float | None  # running + waiting at its engines (None: none read)
+    kv_cache: float | None  # the highest KV-cache usage among its engines
+
+    @property
+    def total_demand(self) -> float | None:
+        """Gateway demand, or the engines' own count when higher (direct clients)."""
+        values = [v for v in (self.demand, self.engine_queue) if v is not None]
+        return max(values) if values else None
+
+
+@dataclass
+class Snapshot:
+    at: float
+    gateways_read: int
+    gateways_failed: list[str]
+    models: dict[ModelKey, ModelSignals]
+    counters: Counters
+
+    def model(self, key: ModelKey) -> ModelSignals:
+        """A model no gateway mentions has no demand — if any gateway was read at all."""
+        found = self.models.get(key)
+        if found is not None:
+            return found
+        demand = 0.0 if self.gateways_read else None
+        return ModelSignals(demand, {}, 0.0, None, None)
+
+
+class Scraper:
+    """Scrapes every gateway replica (and the engines it is told about) at most once per
+    `interval`, however many ModelDeployments ask; concurrent askers share one scrape."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        gateways: Callable[[], Iterable[str]],
+        engines: Callable[[], Mapping[ModelKey, Iterable[str]]] | None = None,
+        *,
+        interval: float = 1.0,
+        timeout: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._session = session
+        self._gateways = gateways
+        self._engines = engines
+        self._interval = interval
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._clock = clock
+        self._counters = Counters()
+        self._latest: Snapshot | None = None
+        self._pending: asyncio.Task[Snapshot] | None = None
+        self._previous_arrivals: dict[ModelKey, float] = {}
+        self._scrapes = 0
+
+    async def snapshot(self) -> Snapshot:
+        latest = self._latest
+        if latest is not None and self._clock() - latest.at < self._interval:
+            return latest
+        if self._pending is None or self._pending.done():
+            self._pending = asyncio.create_task(self._scrape())
+        return await asyncio.shield(self._pending)
+
+    async def _get(self, url: str) -> str | None:
+        try:
+            async with self._session.get(url, timeout=self._timeout) as response:
+                if response.status != 200:
+                    return None
+                return await response.text()
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+            return None
+
+    async def _scrape(self) -> Snapshot:
+        gateways = sorted(set(self._gateways()))
+        engines = {k: sorted(set(v)) for k, v in (self._engines() if self._engines else {}).items()}
+        engine_urls = sorted({url for urls in engines.values() for url in urls})
+        texts = await asyncio.gather(*(self._get(u) for u in [*gateways, *engine_urls]))
+        gateway_texts = dict(zip(gateways, texts[: len(gateways)], strict=True))
+        engine_texts = dict(zip(engine_urls, texts[len(gateways) :], strict=True))
+
+        in_flight: dict[ModelKey, dict[str, float]] = {}
+        failed: list[str] = []
+        read = 0
+        for url, text in gateway_texts.items():
+            if text is None:
+                failed.append(url)
+                continue
+            try:
+                reading = parse_gateway(text)
+            except ValueError:
+                failed.append(url)
+                continue
+            read += 1
+            self._counters.update(url, reading.counters)
+            for model, states in reading.in_flight.items():
+                mine = in_flight.setdefault(model, {})
+                for state, value in states.items():
+                    mine[state] = mine.get(state, 0.0) + value
+        for source in self._counters.sources():
+            if source not in gateway_texts:
+                self._counters.retire(source)
+
+        engine_readings: dict[str, EngineReading] = {}
+        for url, text in engine_texts.items():
+            if text is None:
+                continue
+            try:
+                engine_readings[url] = parse_engine(text)
+            except ValueError:
+                continue
+
+        models: dict[ModelKey, ModelSignals] = {}
+        arrivals_now = {k[1:]: v for k, v in self._counters.totals(("arrivals",)).items()}
+        keys = set(in_flight) | {(k[0], k[1]) for k in arrivals_now} | set(engines)
+        for model in keys:
+            total_arrivals = arrivals_now.get(model, 0.0)
+            # A model seen for the first time after the operator's first scrape has all of
+            # its arrivals new (the first request of a model at zero must wake it, even if
+            # it was served by the fallback and gone before this scrape).
+            before = self._previous_arrivals.get(model, 0.0 if self._scrapes else total_arrivals)
+            arrived = total_arrivals - before
+            self._previous_arrivals[model] = total_arrivals
+            states = in_flight.get(model, {})
+            readings = [engine_readings[u] for u in engines.get(model, ()) if u in engine_readings]
+            kv = [r.kv_cache for r in readings if r.kv_cache is not None]
+            models[model] = ModelSignals(
+                demand=sum(states.values()) if read else None,
+                by_state=states,
+                arrivals=max(0.0, arrived),
+                engine_queue=sum(r.running + r.waiting for r in readings) if readings else None,
+                kv_cache=max(kv) if kv else None,
+            )
+        if failed:
+            log.warning("could not read the metrics of gateway(s) %s", ", ".join(failed))
+        if read:
+            self._scrapes += 1
+        snapshot = Snapshot(self._clock(), read, failed, models, self._counters)
+        self._latest = snapshot
+        return snapshot
