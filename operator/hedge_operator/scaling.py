@@ -144,9 +144,12 @@ class Autoscaler:
         self._trim(policy, now)
         latest = self._observations[-1] if self._observations else None
         last_active = memory.last_active
-        if latest is not None and latest.at > now - policy.stable_window:
-            if latest.arrivals > 0 or (latest.demand or 0) > 0:
-                last_active = max(last_active or latest.at, latest.at)
+        if (
+            latest is not None
+            and latest.at > now - policy.stable_window
+            and (latest.arrivals > 0 or (latest.demand or 0) > 0)
+        ):
+            last_active = max(last_active or latest.at, latest.at)
         memory = Memory(last_active=last_active)
 
         # The bounds are the user's word: they apply at once, data or not.
