@@ -47,12 +47,20 @@ PORT_NAME = "http"
 #: The upstream vLLM OpenAI-server image, pinned so a restart never changes the engine.
 DEFAULT_ENGINE_IMAGE = "vllm/vllm-openai:v0.11.0"
 
+#: How long a request waits for a pod when the model is cold and no fallback takes it.
+DEFAULT_COLD_START_HOLD_SECONDS = 120
+
 #: Longest ModelDeployment name: it names the Service (a DNS-1035 label, 63 characters) and
 #: the per-revision Deployments `<name>-<10-character revision>`.
 MAX_NAME_LENGTH = 52
 
 Quantity = NewType("Quantity", str)
 """A Kubernetes resource quantity (`4`, `500m`, `32Gi`); YAML integers are accepted."""
+
+IntOrPercent = NewType("IntOrPercent", str)
+"""A count of pods or a percentage of the desired replicas (`1`, `25%`), as in a Deployment's
+maxSurge; YAML integers are accepted."""
+INT_OR_PERCENT_PATTERN = r"^[0-9]+%?$"
 
 QUANTITY_PATTERN = (
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]"
@@ -161,6 +169,12 @@ def _type_schema(tp: Any) -> dict[str, Any]:
             "x-kubernetes-int-or-string": True,
             "pattern": QUANTITY_PATTERN,
         }
+    if tp is IntOrPercent:
+        return {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "x-kubernetes-int-or-string": True,
+            "pattern": INT_OR_PERCENT_PATTERN,
+        }
     if tp is str:
         return {"type": "string"}
     if tp is bool:
@@ -253,6 +267,14 @@ class _Parser:
             if not re.search(QUANTITY_PATTERN, text):
                 self.fail(path, f"{text!r} is not a quantity such as 4, 500m or 32Gi")
             return Quantity(text)
+        if tp is IntOrPercent:
+            if isinstance(value, bool) or not isinstance(value, int | str):
+                self.fail(path, "must be a number of pods or a percentage such as 1 or 25%")
+                return None
+            text = str(value)
+            if not re.search(INT_OR_PERCENT_PATTERN, text):
+                self.fail(path, f"{text!r} is not a number of pods or a percentage such as 25%")
+            return IntOrPercent(text)
         if tp is str or get_origin(tp) is Literal:
             if not isinstance(value, str):
                 self.fail(path, "must be a string")
@@ -721,21 +743,58 @@ class CacheSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class AutoscalingSpec:
-    """Replica bounds for the autoscaler (stored and validated; acted on by a later release)."""
+    """How the operator sizes the model to its demand: requests in flight, measured at the
+    gateways (served, held while scaling from zero, or spilled to a fallback) and at the
+    engines. With autoscaling, the operator owns the replica count (status.autoscaling);
+    spec.replicas is then ignored, so a GitOps tool sees no drift."""
 
     min_replicas: int = prop(
-        "Fewest replicas; 0 allows scaling to zero (traffic then goes to the fallback "
-        "providers until a pod is ready).",
+        "Fewest replicas; 0 allows scaling to zero (requests are then answered by the fallback "
+        "providers, or held, until a pod is ready).",
         default=1,
         minimum=0,
         maximum=512,
     )
     max_replicas: int = prop("Most replicas.", minimum=1, maximum=512)
+    target_requests: int = prop(
+        "Requests in flight per replica the autoscaler aims for (desired replicas = "
+        "ceil(demand / targetRequests)).",
+        default=16,
+        minimum=1,
+        maximum=100000,
+    )
+    stable_window_seconds: int = prop(
+        "Demand is averaged over this window for ordinary decisions.",
+        default=60,
+        minimum=2,
+        maximum=3600,
+    )
+    panic_window_seconds: int | None = prop(
+        "A short window: when its average asks for panicThresholdPercent of the ready "
+        "capacity or more, the model scales up at once and does not scale down until the "
+        "stable window has passed calmly. Unset: a tenth of the stable window (at least 1).",
+        default=None,
+        minimum=1,
+        maximum=600,
+    )
+    panic_threshold_percent: int = prop(
+        "How far above the ready capacity the panic window's demand must be to panic.",
+        default=200,
+        minimum=110,
+        maximum=1000,
+    )
     scale_down_delay_seconds: int = prop(
-        "How long load must stay low before scaling down.",
+        "How long load must stay low before scaling down: the highest replica count asked "
+        "for in this window is kept.",
         default=300,
         minimum=0,
         maximum=86400,
+    )
+    scale_to_zero_after_seconds: int = prop(
+        "With minReplicas 0: scale to zero after no request arrived for this long.",
+        default=600,
+        minimum=1,
+        maximum=604800,
     )
 
     __rules__: ClassVar[tuple[Rule, ...]] = (
@@ -744,7 +803,21 @@ class AutoscalingSpec:
             "autoscaling.minReplicas must not exceed autoscaling.maxReplicas",
             lambda a: a.min_replicas <= a.max_replicas,
         ),
+        Rule(
+            "!has(self.panicWindowSeconds) || self.panicWindowSeconds <= self.stableWindowSeconds",
+            "autoscaling.panicWindowSeconds must not exceed autoscaling.stableWindowSeconds",
+            lambda a: (
+                a.panic_window_seconds is None or a.panic_window_seconds <= a.stable_window_seconds
+            ),
+        ),
     )
+
+    @property
+    def panic_window(self) -> int:
+        """The panic window in effect (Knative's: a tenth of the stable window)."""
+        if self.panic_window_seconds is not None:
+            return self.panic_window_seconds
+        return max(1, round(self.stable_window_seconds / 10))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -763,6 +836,34 @@ class ServingSpec:
         minimum=0,
         maximum=100000,
     )
+    cold_start_hold_seconds: int | None = prop(
+        "When no engine pod is ready (scaling from zero, restarting) and no fallback takes "
+        "the request, the gateway holds it this long for a pod to become ready, then "
+        "answers 503 with Retry-After. 0 answers at once. Unset: 120, or "
+        "requestTimeoutSeconds when that is shorter.",
+        default=None,
+        minimum=0,
+        maximum=3600,
+    )
+
+    __rules__: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            "!has(self.coldStartHoldSeconds) || "
+            "self.coldStartHoldSeconds <= self.requestTimeoutSeconds",
+            "serving.coldStartHoldSeconds must not exceed serving.requestTimeoutSeconds",
+            lambda v: (
+                v.cold_start_hold_seconds is None
+                or v.cold_start_hold_seconds <= v.request_timeout_seconds
+            ),
+        ),
+    )
+
+    @property
+    def hold_seconds(self) -> int:
+        """How long a request waits for a ready pod when nothing else can serve it."""
+        if self.cold_start_hold_seconds is not None:
+            return self.cold_start_hold_seconds
+        return min(DEFAULT_COLD_START_HOLD_SECONDS, self.request_timeout_seconds)
 
 
 ProviderType = Literal["OpenAI", "AzureOpenAI", "Anthropic", "OpenAICompatible"]
@@ -819,6 +920,27 @@ class FallbackProvider:
 
 
 @dataclass(frozen=True, kw_only=True)
+class FallbackBudget:
+    """A ceiling on what the fallback may spend, in tokens (prompt + completion, as the
+    providers report them), summed over every gateway replica."""
+
+    tokens_per_minute: int | None = prop(
+        "Most fallback tokens in one minute.", default=None, minimum=1, format="int64"
+    )
+    tokens_per_day: int | None = prop(
+        "Most fallback tokens in one UTC day.", default=None, minimum=1, format="int64"
+    )
+
+    __rules__: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            "has(self.tokensPerMinute) || has(self.tokensPerDay)",
+            "fallback.budget needs tokensPerMinute or tokensPerDay",
+            lambda b: b.tokens_per_minute is not None or b.tokens_per_day is not None,
+        ),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class FallbackSpec:
     """External providers tried in order when self-hosted serving cannot answer."""
 
@@ -826,6 +948,11 @@ class FallbackSpec:
     on_overload: bool = prop("Use the providers when every engine pod is full.", default=True)
     on_error: bool = prop("Use the providers when the engine failed after retries.", default=True)
     providers: list[FallbackProvider] = prop("Providers, tried in order.", minItems=1, maxItems=8)
+    budget: FallbackBudget | None = prop(
+        "Spending ceiling. Once spent, requests that only the fallback could serve get 429 "
+        "with Retry-After until the window turns. Unset: no ceiling.",
+        default=None,
+    )
 
     __rules__: ClassVar[tuple[Rule, ...]] = (
         Rule(
@@ -847,16 +974,103 @@ class RolloutStep:
 
 
 @dataclass(frozen=True, kw_only=True)
+class AnalysisSpec:
+    """How a canary is judged against the stable revision, from what the gateways measured
+    for each revision during the step."""
+
+    max_error_rate_percent: float = prop(
+        "Most engine errors (5xx, connection failures, stalls, broken streams) per 100 "
+        "requests the canary may have; client errors (4xx) do not count.",
+        default=5.0,
+        minimum=0,
+        maximum=100,
+    )
+    max_ttft_ratio: float = prop(
+        "Most the canary's mean time to first token may be, as a multiple of the stable "
+        "revision's.",
+        default=1.5,
+        minimum=1,
+        maximum=100,
+    )
+    max_itl_ratio: float = prop(
+        "Most the canary's mean inter-token latency may be, as a multiple of the stable "
+        "revision's.",
+        default=1.5,
+        minimum=1,
+        maximum=100,
+    )
+    min_requests: int = prop(
+        "Requests the canary must have served in a step before it is judged; with fewer, "
+        "the step waits.",
+        default=20,
+        minimum=1,
+        maximum=1000000,
+    )
+    tripwire_error_rate_percent: float = prop(
+        "An error rate at which the canary is aborted at once, not at the end of its step.",
+        default=20.0,
+        minimum=0,
+        maximum=100,
+    )
+    tripwire_min_requests: int = prop(
+        "Requests the canary must have served before the tripwire can fire.",
+        default=10,
+        minimum=1,
+        maximum=1000000,
+    )
+
+    __rules__: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            "self.tripwireErrorRatePercent >= self.maxErrorRatePercent",
+            "rollout.analysis.tripwireErrorRatePercent must be at least maxErrorRatePercent",
+            lambda a: a.tripwire_error_rate_percent >= a.max_error_rate_percent,
+        ),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class RolloutSpec:
-    """How a new revision replaces the old one (stored and validated; until the rollout
-    controller lands, every change rolls like a Deployment's rolling update)."""
+    """How a new revision (a changed pod template) replaces the running one."""
 
     strategy: Literal["RollingUpdate", "Canary"] = prop(
-        "RollingUpdate replaces pods as new ones become ready; Canary shifts traffic by steps.",
+        "RollingUpdate replaces pods as new ones become ready; Canary sends each step's "
+        "share of the traffic to the new revision, judges it against the stable one, and "
+        "promotes or rolls back.",
         default="RollingUpdate",
     )
     steps: list[RolloutStep] = prop(
         "Canary steps, by increasing weight.", default_factory=list, maxItems=20
+    )
+    max_surge: IntOrPercent = prop(
+        "Pods (or a percentage of the replicas, rounded up) above the desired count during a "
+        "rollout: the free GPUs a rollout may use. 0 needs no free GPU: a stable pod is "
+        "removed before a new one is created, and the fallback absorbs the gap.",
+        default=IntOrPercent("0"),
+    )
+    max_unavailable: IntOrPercent = prop(
+        "Pods (or a percentage of the replicas, rounded down) below the desired count during "
+        "a rollout.",
+        default=IntOrPercent("1"),
+    )
+    analysis: AnalysisSpec = prop("Canary analysis thresholds.", default_factory=AnalysisSpec)
+    progress_deadline_seconds: int = prop(
+        "How long a new revision's pods may take to become ready (model download and load "
+        "included) before the rollout is aborted.",
+        default=1800,
+        minimum=60,
+        maximum=86400,
+    )
+    gpu_wait_seconds: int = prop(
+        "How long a new revision's pod may wait for a node (e.g. a free GPU) before the "
+        "rollout is aborted.",
+        default=300,
+        minimum=0,
+        maximum=86400,
+    )
+    paused: bool = prop(
+        "Hold the rollout at its current step (GitOps-friendly; `hedge rollout pause` sets "
+        "an annotation with the same effect).",
+        default=False,
     )
 
     __rules__: ClassVar[tuple[Rule, ...]] = (
@@ -874,6 +1088,11 @@ class RolloutSpec:
             "!has(self.steps) || self.steps.map(s, s.weight).isSorted()",
             "rollout.steps must not decrease in weight",
             lambda r: [s.weight for s in r.steps] == sorted(s.weight for s in r.steps),
+        ),
+        Rule(
+            "!(string(self.maxSurge) in ['0', '0%'] && string(self.maxUnavailable) in ['0', '0%'])",
+            "rollout.maxSurge and rollout.maxUnavailable must not both be 0",
+            lambda r: not (r.max_surge in ("0", "0%") and r.max_unavailable in ("0", "0%")),
         ),
     )
 
@@ -982,6 +1201,116 @@ class Condition:
 
 
 @dataclass(frozen=True, kw_only=True)
+class AutoscalingStatus:
+    """The autoscaler's last decision."""
+
+    desired_replicas: int | None = prop(
+        "Replicas the autoscaler asks for (the engine Deployments follow it).", default=None
+    )
+    demand: float | None = prop(
+        "Requests in flight, averaged over the stable window, summed over the gateways.",
+        default=None,
+    )
+    reason: str | None = prop(
+        "Why, in one word (ScaleUp, PanicScaleUp, ScaleDown, ScaleToZero, WakeFromZero, "
+        "Steady, ScaleDownDelayed, PodsStarting, NoMetrics).",
+        default=None,
+        maxLength=64,
+    )
+    message: str | None = prop("The decision with its numbers.", default=None, maxLength=1024)
+    last_scale_time: str | None = prop(
+        "When the replica count last changed.", default=None, format="date-time", maxLength=64
+    )
+    last_request_time: str | None = prop(
+        "When a request for the model last arrived (scale to zero counts from here).",
+        default=None,
+        format="date-time",
+        maxLength=64,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class FallbackBudgetStatus:
+    """What the fallback spent in the current windows, summed over the gateways."""
+
+    minute_start: str | None = prop(
+        "Start of the current minute window.", default=None, format="date-time", maxLength=64
+    )
+    minute_tokens: int | None = prop("Tokens spent in it.", default=None, minimum=0, format="int64")
+    day_start: str | None = prop(
+        "Start of the current UTC day.", default=None, format="date-time", maxLength=64
+    )
+    day_tokens: int | None = prop("Tokens spent in it.", default=None, minimum=0, format="int64")
+    exhausted_until: str | None = prop(
+        "Set while a budget is spent: when the window turns and spilling resumes.",
+        default=None,
+        format="date-time",
+        maxLength=64,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class RevisionMetrics:
+    """What the gateways measured for one revision during a canary step."""
+
+    requests: int = prop("Requests served.", minimum=0, format="int64")
+    error_rate_percent: float | None = prop(
+        "Engine errors per 100 requests (client errors excluded).", default=None
+    )
+    ttft_mean_seconds: float | None = prop("Mean time to first token.", default=None)
+    itl_mean_seconds: float | None = prop("Mean inter-token latency.", default=None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnalysisStatus:
+    """The last judgement of the canary."""
+
+    time: str = prop("When it was made.", format="date-time", maxLength=64)
+    verdict: Literal["Pass", "Fail", "Inconclusive"] = prop(
+        "Pass promotes to the next step, Fail aborts, Inconclusive waits for more requests."
+    )
+    message: str = prop("The comparison with its numbers.", maxLength=1024)
+    canary: RevisionMetrics | None = prop("The canary revision.", default=None)
+    stable: RevisionMetrics | None = prop("The stable revision.", default=None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RolloutStatus:
+    """Where the rollout of a new revision stands. The state lives here (not in the
+    operator's memory), so a restarted operator carries on from it."""
+
+    strategy: str | None = prop("RollingUpdate or Canary.", default=None, maxLength=32)
+    stable_revision: str | None = prop(
+        "The revision serving most of the traffic.", default=None, maxLength=64
+    )
+    canary_revision: str | None = prop(
+        "The revision being rolled out, while a canary runs.", default=None, maxLength=64
+    )
+    step: int | None = prop("Canary step (1-based; 0 before the first).", default=None, minimum=0)
+    canary_weight: int | None = prop(
+        "Percent of the traffic the gateways send to the canary revision.",
+        default=None,
+        minimum=0,
+        maximum=100,
+    )
+    step_start_time: str | None = prop(
+        "When the current step began sending traffic.",
+        default=None,
+        format="date-time",
+        maxLength=64,
+    )
+    paused: bool | None = prop("Held at the current step by a person.", default=None)
+    aborted_revision: str | None = prop(
+        "A revision whose rollout was aborted: it stays aborted until the spec changes again "
+        "or a retry is asked for.",
+        default=None,
+        maxLength=64,
+    )
+    abort_reason: str | None = prop("Why it was aborted.", default=None, maxLength=1024)
+    last_analysis: AnalysisStatus | None = prop("The last judgement.", default=None)
+
+
+@dataclass(frozen=True, kw_only=True)
 class ModelDeploymentStatus:
     """Observed state, for kubectl, Argo CD and Flux."""
 
@@ -1009,6 +1338,13 @@ class ModelDeploymentStatus:
         maxLength=512,
     )
     fallback: str | None = prop("Fallback provider types, in order.", default=None, maxLength=256)
+    autoscaling: AutoscalingStatus | None = prop(
+        "The autoscaler's last decision (with spec.autoscaling).", default=None
+    )
+    fallback_budget: FallbackBudgetStatus | None = prop(
+        "Fallback spending (with spec.fallback.budget).", default=None
+    )
+    rollout: RolloutStatus | None = prop("Where the rollout stands.", default=None)
     conditions: list[Condition] = prop(
         "Ready, Progressing and Degraded.",
         default_factory=list,
@@ -1086,10 +1422,28 @@ PRINTER_COLUMNS = [
         "description": "Engine pods, all revisions",
     },
     {
+        "name": "Desired",
+        "type": "integer",
+        "jsonPath": ".status.autoscaling.desiredReplicas",
+        "description": "Replicas the autoscaler asks for",
+    },
+    {
         "name": "Revision",
         "type": "string",
         "jsonPath": ".status.revision",
         "description": "Current revision (pod template hash)",
+    },
+    {
+        "name": "Step",
+        "type": "integer",
+        "jsonPath": ".status.rollout.step",
+        "description": "Canary step",
+    },
+    {
+        "name": "Weight",
+        "type": "integer",
+        "jsonPath": ".status.rollout.canaryWeight",
+        "description": "Percent of traffic on the canary revision",
     },
     {
         "name": "Fallback",

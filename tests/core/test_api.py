@@ -97,7 +97,9 @@ def test_names_subresources_and_printer_columns() -> None:
         "labelSelectorPath": ".status.selector",
     }
     columns = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
-    assert columns == ["Model", "Ready", "Replicas", "Revision", "Fallback", "Age"]
+    assert columns == [
+        "Model", "Ready", "Replicas", "Desired", "Revision", "Step", "Weight", "Fallback", "Age",
+    ]  # fmt: skip
     ready = next(c for c in version["additionalPrinterColumns"] if c["name"] == "Ready")
     assert ready["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
 
@@ -128,7 +130,8 @@ def test_crd_defaults_are_what_the_parser_fills_in() -> None:
     assert spec_schema["engine"]["default"] == non_empty(parsed.engine)
     assert spec_schema["resources"]["default"] == non_empty(parsed.resources)
     assert spec_schema["serving"]["default"] == non_empty(parsed.serving)
-    assert spec_schema["rollout"]["default"] == {"strategy": "RollingUpdate"}
+    assert spec_schema["rollout"]["default"] == non_empty(parsed.rollout)
+    assert spec_schema["rollout"]["default"]["maxSurge"] == "0"
     assert spec_schema["replicas"]["default"] == parsed.replicas == 1
     assert parsed.engine.image == api.DEFAULT_ENGINE_IMAGE
     assert ":" in parsed.engine.image and not parsed.engine.image.endswith(":latest")
@@ -245,6 +248,31 @@ INVALID = [
         "rollout.steps must not decrease in weight",
     ),
     (
+        {"autoscaling": {"maxReplicas": 2, "stableWindowSeconds": 10, "panicWindowSeconds": 20}},
+        "autoscaling.panicWindowSeconds must not exceed autoscaling.stableWindowSeconds",
+    ),
+    (
+        {"serving": {"requestTimeoutSeconds": 60, "coldStartHoldSeconds": 90}},
+        "serving.coldStartHoldSeconds must not exceed serving.requestTimeoutSeconds",
+    ),
+    (
+        {
+            "fallback": {
+                "providers": [{"type": "OpenAICompatible", "model": "m", "baseURL": "http://x"}],
+                "budget": {},
+            }
+        },
+        "fallback.budget needs tokensPerMinute or tokensPerDay",
+    ),
+    (
+        {"rollout": {"maxSurge": 0, "maxUnavailable": "0%"}},
+        "rollout.maxSurge and rollout.maxUnavailable must not both be 0",
+    ),
+    (
+        {"rollout": {"analysis": {"maxErrorRatePercent": 30, "tripwireErrorRatePercent": 10}}},
+        "rollout.analysis.tripwireErrorRatePercent must be at least maxErrorRatePercent",
+    ),
+    (
         {"engine": {"tensorParallelSize": 3}, "resources": {"gpus": 4}},
         "engine.tensorParallelSize * engine.pipelineParallelSize must equal resources.gpus",
     ),
@@ -313,12 +341,39 @@ def test_every_checked_rule_has_a_failing_case() -> None:
             "spec.adapters[1].name: duplicate value 'a'",
         ),
         ({"fallback": {"providers": []}}, "must have at least 1 item"),
+        ({"autoscaling": {"maxReplicas": 2, "targetRequests": 0}}, "must be at least 1"),
+        ({"rollout": {"maxSurge": "25"}}, None),
+        ({"rollout": {"maxSurge": "x%"}}, "is not a number of pods or a percentage"),
+        ({"rollout": {"maxUnavailable": True}}, "must be a number of pods or a percentage"),
+        ({"rollout": {"analysis": {"maxErrorRatePercent": 101}}}, "must be at most 100"),
     ],
 )
-def test_schema_bounds_are_enforced_in_python(spec: dict[str, Any], message: str) -> None:
+def test_schema_bounds_are_enforced_in_python(spec: dict[str, Any], message: str | None) -> None:
+    if message is None:  # a valid spelling
+        model(spec_with(**spec))
+        return
     with pytest.raises(SpecError) as info:
         model(spec_with(**spec))
     assert message in str(info.value)
+
+
+def test_rollout_and_autoscaling_defaults() -> None:
+    md = model(spec_with(autoscaling={"maxReplicas": 4}, rollout={"maxSurge": 2}))
+    assert md.spec.autoscaling is not None
+    assert (md.spec.autoscaling.min_replicas, md.spec.autoscaling.target_requests) == (1, 16)
+    assert md.spec.autoscaling.stable_window_seconds == 60
+    assert md.spec.autoscaling.panic_window == 6
+    small = model(spec_with(autoscaling={"maxReplicas": 2, "stableWindowSeconds": 5}))
+    assert small.spec.autoscaling is not None and small.spec.autoscaling.panic_window == 1
+    # GPU-friendly: a rollout needs no free GPU unless maxSurge says so.
+    assert md.spec.rollout.max_surge == "2"
+    assert model(spec_with()).spec.rollout.max_surge == "0"
+    assert model(spec_with()).spec.rollout.max_unavailable == "1"
+    assert model(spec_with()).spec.rollout.analysis.min_requests == 20
+    assert model(spec_with()).spec.serving.hold_seconds == 120
+    # A short request timeout shortens the default hold rather than being refused.
+    short = model(spec_with(serving={"requestTimeoutSeconds": 30})).spec.serving
+    assert (short.cold_start_hold_seconds, short.hold_seconds) == (None, 30)
 
 
 def test_missing_fields_are_required() -> None:

@@ -357,6 +357,26 @@ CEL_CASES = [
         {"resources": {"gpus": 0, "gpuType": "nvidia-l4"}},
         "resources.gpuType needs resources.gpus > 0",
     ),
+    (
+        {"rollout": {"maxSurge": 0, "maxUnavailable": "0%"}},
+        "rollout.maxSurge and rollout.maxUnavailable must not both be 0",
+    ),
+    (
+        {"rollout": {"strategy": "Canary", "steps": [{"weight": 50}, {"weight": 20}]}},
+        "rollout.steps must not decrease in weight",
+    ),
+    (
+        {"rollout": {"analysis": {"maxErrorRatePercent": 150}}},
+        "spec.rollout.analysis.maxErrorRatePercent",
+    ),
+    (
+        {"serving": {"requestTimeoutSeconds": 30, "coldStartHoldSeconds": 60}},
+        "serving.coldStartHoldSeconds must not exceed serving.requestTimeoutSeconds",
+    ),
+    (
+        {"autoscaling": {"maxReplicas": 3, "targetRequests": 0}},
+        "spec.autoscaling.targetRequests",
+    ),
 ]
 
 
