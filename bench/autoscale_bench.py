@@ -273,8 +273,9 @@ def main() -> None:
     print(
         f"trace {TRACE.name}: {len(trace)} s, {sum(a for _, a, _ in trace)} requests, "
         f"peak {max(f for _, _, f in trace)} in flight, {len(steps)} load steps at "
-        f"{', '.join(f'{s}s (→{n})' for s, n in steps)}; target {args.target:g}/replica, cold start "
-        f"{args.cold_start}s, {args.per_pod} requests per pod"
+        + ", ".join(f"{s}s (→{n})" for s, n in steps)
+        + f"; target {args.target:g}/replica, cold start {args.cold_start}s, "
+        f"{args.per_pod} requests per pod"
     )
     results = [
         simulate(
@@ -303,10 +304,11 @@ def main() -> None:
         )
     hedge = results[0]
     for r in results[1:]:
+        minutes = hedge.replica_minutes / r.replica_minutes
+        spill = hedge.fallback_share / r.fallback_share if r.fallback_share else math.nan
         print(
-            f"hedge vs {r.name}: GPU-replica-minutes x{hedge.replica_minutes / r.replica_minutes:.2f}, "
-            f"fallback share x{(hedge.fallback_share / r.fallback_share) if r.fallback_share else math.nan:.2f}, "
-            f"direction changes {hedge.direction_changes} vs {r.direction_changes}"
+            f"hedge vs {r.name}: GPU-replica-minutes x{minutes:.2f}, fallback share "
+            f"x{spill:.2f}, direction changes {hedge.direction_changes} vs {r.direction_changes}"
         )
 
 
