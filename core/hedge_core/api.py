@@ -45,7 +45,7 @@ ENGINE_PORT = 8000
 PORT_NAME = "http"
 
 #: The upstream vLLM OpenAI-server image, pinned so a restart never changes the engine.
-DEFAULT_ENGINE_IMAGE = "vllm/vllm-openai:v0.11.0"
+DEFAULT_ENGINE_IMAGE = "vllm/vllm-openai:v0.32.0"
 
 #: Longest ModelDeployment name: it names the Service (a DNS-1035 label, 63 characters) and
 #: the per-revision Deployments `<name>-<10-character revision>`.
