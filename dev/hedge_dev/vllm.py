@@ -78,8 +78,10 @@ def _say(message: str) -> None:
     print(f"hedge dev: {message}", file=sys.stderr, flush=True)
 
 
-def engine_version(image: str = DEFAULT_ENGINE_IMAGE) -> str:
-    """The vLLM release an image tag pins: `vllm/vllm-openai:v0.32.0` -> `0.32.0`."""
+def engine_version(image: str | None = None) -> str:
+    """The vLLM release an image tag pins (default: the operator's default engine image):
+    `vllm/vllm-openai:v0.32.0` -> `0.32.0`."""
+    image = DEFAULT_ENGINE_IMAGE if image is None else image
     _, sep, tag = image.rpartition(":")
     if not sep or "/" in tag or not tag.lstrip("v")[:1].isdigit():
         raise VllmError(f"engine image {image!r} does not pin a vLLM release tag (vX.Y.Z)")
@@ -156,7 +158,7 @@ def check_lock_matches_engine() -> str:
         raise VllmError(
             f"{LOCK_FILE.name} pins {DISTRIBUTION}=={locked} but the operator's engine image "
             f"{DEFAULT_ENGINE_IMAGE} is vLLM {wanted}; run `hedge dev vllm lock` to resolve "
-            "the matching CPU build"
+            "the matching CPU build (the tests then judge the new release)"
         )
     return wanted
 

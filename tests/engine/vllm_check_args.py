@@ -1,14 +1,16 @@
 """Judges `vllm serve` argument lists with vLLM's own code; runs in the cached vLLM's Python.
 
-Reads JSON from stdin: {"cases": [{"id": str, "args": [str, ...]}], "model": path-or-null}.
+Reads JSON from stdin: {"model": path, "cases": [{"id": str, "args": [str, ...], "config": bool}]}.
 For each case, in order, as far as it gets:
 
 1. parse: `vllm serve`'s own parser (the CLI's subcommand, so positional model, aliases,
    `--no-*` booleans and choices are vLLM's), then the serve subcommand's `validate()`;
 2. engine: `AsyncEngineArgs.from_cli_args` (the engine arguments' own checks);
 3. config: `create_engine_config()`, the whole engine configuration (parallelism, cache,
-   scheduler, LoRA, quantization against the model...), when a model path is given: the
-   model argument is replaced by that local model, since real weights cannot be fetched.
+   scheduler, LoRA, quantization against the model...).
+
+Stages 2 and 3 need a model: the parsed model argument is replaced by the local `model` after
+stage 1, since nothing can be fetched here. A case with `"config": false` stops after stage 2.
 
 Writes one JSON line per case: {"id", "ok", "stage", "error", "deprecated"}; `error` is
 vLLM's own message. Imports nothing from Hedge.
@@ -46,7 +48,7 @@ def main() -> int:
     collect = _Collect()
     logging.getLogger("vllm").addHandler(collect)
 
-    model = request.get("model")
+    model = request["model"]
     for case in request["cases"]:
         collect.messages.clear()
         result: dict[str, Any] = {"id": case["id"], "ok": False, "stage": "parse", "error": None}
@@ -55,12 +57,12 @@ def main() -> int:
             with contextlib.redirect_stderr(stderr):
                 args = parser.parse_args(["serve", *case["args"]])
             command.validate(args)
+            # The engine arguments resolve the model at once (a hub look-up for a repo id).
+            args.model = args.model_tag = model
             result["stage"] = "engine"
             engine_args = AsyncEngineArgs.from_cli_args(args)
-            if model:
+            if case.get("config", True):
                 result["stage"] = "config"
-                engine_args.model = model
-                engine_args.tokenizer = None
                 engine_args.create_engine_config()
             result["ok"] = True
         except SystemExit:
