@@ -355,6 +355,34 @@ def with_local_defaults(args: Sequence[str]) -> list[str]:
     return out
 
 
+def local_engine_args(args: Sequence[str], model: Path, state_dir: Path) -> list[str]:
+    """A pod's `vllm serve` arguments for this machine: the model (the first positional
+    argument, or --model) becomes the local `model`, and --download-dir a folder under
+    `state_dir` (the pod's path does not exist here). Everything else is kept as given."""
+    out: list[str] = []
+    replaced = False
+    skip = False
+    for i, arg in enumerate(args):
+        if skip:
+            skip = False
+            continue
+        name, eq, _ = arg.partition("=")
+        name = name.replace("_", "-")
+        if name in ("--model", "--download-dir"):
+            value = str(model) if name == "--model" else str(state_dir / "download")
+            out += [f"{name}={value}"] if eq else [name, value]
+            skip = not eq
+            replaced |= name == "--model"
+        elif i == 0 and not arg.startswith("-"):
+            out.append(str(model))
+            replaced = True
+        else:
+            out.append(arg)
+    if not replaced:
+        raise VllmError(f"no model in the engine arguments {list(args)!r}")
+    return out
+
+
 def engine_env(base: Mapping[str, str], state_dir: Path) -> dict[str, str]:
     """The environment of a `vllm serve` child: offline, caches under `state_dir`."""
     env = {**base, **_OFFLINE_ENV}
