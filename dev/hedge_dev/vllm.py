@@ -386,7 +386,8 @@ def local_engine_args(args: Sequence[str], model: Path, state_dir: Path) -> list
 def engine_env(base: Mapping[str, str], state_dir: Path) -> dict[str, str]:
     """The environment of a `vllm serve` child: offline, caches under `state_dir`."""
     env = {**base, **_OFFLINE_ENV}
-    env.setdefault("HF_HOME", str(state_dir / "huggingface"))
+    # A pod's HF_HOME (/models/...) does not exist on this machine.
+    env["HF_HOME"] = str(state_dir / "huggingface")
     env["VLLM_CACHE_ROOT"] = str(state_dir / "vllm-cache")
     env["VLLM_CONFIG_ROOT"] = str(state_dir / "vllm-config")
     # vLLM's Python must not inherit the test runner's warnings-as-errors or its venv.
