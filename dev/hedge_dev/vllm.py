@@ -467,14 +467,27 @@ class VllmServer:
 
 
 def stop_process_group(pid: int, exited: Callable[[], bool], timeout: float) -> None:
-    """SIGTERM the group `pid` leads, SIGKILL it after `timeout` seconds."""
+    """Stops `vllm serve` as a kubelet stops a container: SIGTERM to the main process (vLLM
+    then shuts its engine down and frees its shared memory), and after `timeout` seconds
+    SIGKILL to whatever is left of its process group. `exited` polls (and reaps) the main
+    process."""
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not exited():
+    while time.monotonic() < deadline and not (exited() and not _group_alive(pid)):
         time.sleep(0.1)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # ------------------------------------------------------------------------------- the CLI

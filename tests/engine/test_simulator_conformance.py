@@ -32,6 +32,8 @@ from hedge_operator.builders import engine_args
 from hedge_serving.simulator import RunningSimulator, SimulatorConfig, start_simulator
 from tests.operator.factories import model, spec_with
 
+# The first test also waits for vLLM (and, on a fresh machine, its install).
+pytestmark = pytest.mark.timeout(900)
 MODEL = "tiny-llama"
 MAX_MODEL_LEN = 256
 # What the operator writes for a small CPU-only model (the flags test judges the rest).

@@ -31,6 +31,8 @@ from hedge_operator.config import OperatorConfig
 from tests.engine.conftest import HERE, run_in_vllm
 from tests.operator.factories import model, spec_with
 
+# The first test also waits for vLLM (and, on a fresh machine, its install).
+pytestmark = pytest.mark.timeout(900)
 ROOT = HERE.parents[1]
 CHECKER = HERE / "vllm_check_args.py"
 CONFIG = OperatorConfig()
