@@ -143,13 +143,15 @@ async def exchange(
         text = await resp.text()
     if media == "text/event-stream":
         return resp.status, media, collapse([skeleton(e) for e in sse_events(text)])
-    return resp.status, media, skeleton(json.loads(text))
+    return resp.status, media, skeleton(json.loads(text)) if text else ""
 
 
 # --------------------------------------------------------------------------- the API
 
 LONG_PROMPT = "The quick brown fox jumps over the lazy dog. " * 60
 CASES: dict[str, tuple[str, str, Any]] = {
+    "health": ("GET", "/health", None),
+    "version": ("GET", "/version", None),
     "models": ("GET", "/v1/models", None),
     "chat": ("POST", "/v1/chat/completions",
              {"model": MODEL, "messages": USER, "max_tokens": 4, **GREEDY}),
@@ -160,6 +162,9 @@ CASES: dict[str, tuple[str, str, Any]] = {
                            "stream_options": {"include_usage": True}, **GREEDY}),
     "completion": ("POST", "/v1/completions",
                    {"model": MODEL, "prompt": "Hello, how are", "max_tokens": 4, **GREEDY}),
+    "completion-stream": ("POST", "/v1/completions",
+                          {"model": MODEL, "prompt": "Hello, how are", "max_tokens": 4,
+                           "stream": True, **GREEDY}),
     "completion-stream-usage": ("POST", "/v1/completions",
                                 {"model": MODEL, "prompt": "Hello, how are", "max_tokens": 4,
                                  "stream": True, "stream_options": {"include_usage": True},
