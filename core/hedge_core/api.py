@@ -45,7 +45,7 @@ ENGINE_PORT = 8000
 PORT_NAME = "http"
 
 #: The upstream vLLM OpenAI-server image, pinned so a restart never changes the engine.
-DEFAULT_ENGINE_IMAGE = "vllm/vllm-openai:v0.11.0"
+DEFAULT_ENGINE_IMAGE = "vllm/vllm-openai:v0.32.0"
 
 #: How long a request waits for a pod when the model is cold and no fallback takes it.
 DEFAULT_COLD_START_HOLD_SECONDS = 120

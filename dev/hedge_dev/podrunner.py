@@ -5,7 +5,9 @@ process then runs them for real:
 
 * engine pods (``hedge.dev/component=engine``): an in-process vLLM engine simulator bound to
   the pod IP and the container's ``http`` port, configured from the container's vLLM args
-  and the pod's ``sim.hedge.dev/*`` annotations;
+  and the pod's ``sim.hedge.dev/*`` annotations; or, for pods annotated
+  ``sim.hedge.dev/engine: vllm``, the real ``vllm serve`` (the cached CPU build, see
+  ``hedge_dev.vllm``) with the pod's own arguments, its model mapped to the tiny local model;
 * Hedge's own pods (any other component whose container runs ``hedge ...``): the real
   ``hedge`` process with the pod's args and env, authenticated as the pod's ServiceAccount
   through a TokenRequest token, so RBAC is exercised rather than bypassed.
@@ -41,6 +43,9 @@ RUNNER_LABEL = "hedge.dev/component"
 SIM_ANNOTATION_PREFIX = "sim.hedge.dev/"
 # Tests and demos can make an engine pod look broken the way a kubelet would report it.
 CONTAINER_STATE_ANNOTATION = "sim.hedge.dev/container-state"
+# `vllm` runs the real engine for an engine pod; `simulator` (the default) the simulator.
+ENGINE_ANNOTATION = "sim.hedge.dev/engine"
+ENGINES = ("simulator", "vllm")
 WAITING_REASONS = {
     "CrashLoopBackOff",
     "ImagePullBackOff",
@@ -72,6 +77,7 @@ class PodRun:
     ready: bool | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     restarts: int = 0
+    engine: str | None = None  # for engine pods: one of ENGINES
 
 
 class SimulatorWorkload:
@@ -106,6 +112,19 @@ class ProcessWorkload:
 
     def alive(self) -> bool:
         return self.proc.returncode is None
+
+
+class VllmWorkload(ProcessWorkload):
+    """A real `vllm serve`: its API server, engine core and workers are one process group,
+    all stopped together (as the container's cgroup would be)."""
+
+    async def stop(self) -> None:
+        from hedge_dev.vllm import stop_process_group
+
+        if self.proc.returncode is None:
+            exited = lambda: self.proc.returncode is not None  # noqa: E731
+            await asyncio.to_thread(stop_process_group, self.proc.pid, exited, 20.0)
+            await self.proc.wait()
 
 
 class PodRunner:
@@ -231,7 +250,16 @@ class PodRunner:
             )
             return
         if meta.get("labels", {}).get(RUNNER_LABEL) == "engine":
-            run.workload = await self._start_simulator(run, container, annotations)
+            run.engine = annotations.get(ENGINE_ANNOTATION, "simulator")
+            if run.engine not in ENGINES:
+                raise ValueError(
+                    f"annotation {ENGINE_ANNOTATION}={run.engine!r} is not one of "
+                    f"{', '.join(ENGINES)}"
+                )
+            if run.engine == "vllm":
+                run.workload = await self._start_vllm(run, pod, container)
+            else:
+                run.workload = await self._start_simulator(run, container, annotations)
         else:
             run.workload = await self._start_process(run, pod, container)
         run.tasks.append(asyncio.create_task(self._probe_loop(run, container)))
@@ -250,6 +278,38 @@ class PodRunner:
         running = await start_simulator(config, run.ip, _container_port(container))
         return SimulatorWorkload(running)
 
+    async def _start_vllm(
+        self, run: PodRun, pod: dict[str, Any], container: dict[str, Any]
+    ) -> Workload:
+        """The real engine, as the pod asks for it: `vllm serve` and the pod's arguments, with
+        the model (and --download-dir) mapped to this machine, bound to the pod IP."""
+        from hedge_dev import vllm
+
+        argv = [*(container.get("command") or []), *(container.get("args") or [])]
+        if len(argv) < 2 or Path(argv[0]).name != "vllm" or argv[1] != "serve":
+            raise ValueError(f"a real-engine pod must run `vllm serve …`, not {argv[:2]}")
+        # First use installs vLLM (minutes): the pod stays not Ready meanwhile, as while a
+        # kubelet pulls a large image.
+        install = await asyncio.to_thread(vllm.ensure_vllm)
+        model = await asyncio.to_thread(vllm.ensure_tiny_model, install)
+        pod_dir = self.work_dir / f"{run.namespace}_{run.name}"
+        pod_dir.mkdir(parents=True, exist_ok=True)
+        args = vllm.with_local_defaults(vllm.local_engine_args(argv[2:], model, pod_dir))
+        args += ["--host", run.ip]
+        env = vllm.engine_env(
+            {**_inherited_env(), **await self._container_env(pod, container)}, pod_dir
+        )
+        log_file = open(pod_dir / f"{container['name']}.log", "ab")  # noqa: SIM115 - to the child
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                str(install.vllm), "serve", *args,
+                stdout=log_file, stderr=asyncio.subprocess.STDOUT,
+                stdin=asyncio.subprocess.DEVNULL, env=env, start_new_session=True,
+            )  # fmt: skip
+        finally:
+            log_file.close()
+        return VllmWorkload(proc)
+
     async def _start_process(
         self, run: PodRun, pod: dict[str, Any], container: dict[str, Any]
     ) -> Workload:
@@ -264,11 +324,7 @@ class PodRunner:
         ]
         pod_dir = self.work_dir / f"{run.namespace}_{run.name}"
         pod_dir.mkdir(parents=True, exist_ok=True)
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if k in ("PATH", "HOME", "LANG", "PYTHONPATH", "VIRTUAL_ENV", "HEDGE_CACHE_DIR")
-        }
+        env = _inherited_env()
         env.update(await self._container_env(pod, container))
         env["KUBECONFIG"] = str(await self._service_account_kubeconfig(pod, pod_dir))
         env["POD_IP"] = run.ip
@@ -381,9 +437,14 @@ class PodRunner:
             await asyncio.sleep(PROBE_INTERVAL)
 
     async def _on_process_exit(self, run: PodRun, container: dict[str, Any]) -> None:
-        """Restart a crashed hedge process with the kubelet's growing back-off."""
+        """Restart a crashed process (hedge, or a real engine) with the kubelet's growing
+        back-off."""
         delay = RESTART_BACKOFF[min(run.restarts, len(RESTART_BACKOFF) - 1)]
         run.restarts += 1
+        if run.ready:
+            # As a kubelet does: a dead container makes the pod not Ready at once, so its
+            # endpoint leaves the EndpointSlices instead of refusing connections.
+            await self._set_ready(run, False)
         run.ready = False
         pod = await self._get(f"/api/v1/namespaces/{run.namespace}/pods/{run.name}")
         await self._set_waiting(
@@ -393,7 +454,10 @@ class PodRunner:
             restarts=run.restarts,
         )
         await asyncio.sleep(delay)
-        run.workload = await self._start_process(run, pod, container)
+        if run.engine == "vllm":
+            run.workload = await self._start_vllm(run, pod, container)
+        else:
+            run.workload = await self._start_process(run, pod, container)
 
     async def _set_ready(self, run: PodRun, ready: bool) -> None:
         now = _now()
@@ -667,6 +731,12 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 def _ns_name(obj: dict[str, Any]) -> str:
     return f"{obj['metadata'].get('namespace', '')}/{obj['metadata']['name']}"
+
+
+def _inherited_env() -> dict[str, str]:
+    """What a child of the pod runner keeps from its environment (as a node would give it)."""
+    keep = ("PATH", "HOME", "LANG", "PYTHONPATH", "VIRTUAL_ENV", "HEDGE_CACHE_DIR")
+    return {k: v for k, v in os.environ.items() if k in keep}
 
 
 def _bind_to_pod_ip(arg: str, pod_ip: str) -> str:

@@ -237,38 +237,51 @@ async def test_embeddings_are_deterministic_unit_vectors(start_sim: StartSim) ->
 # --- errors -------------------------------------------------------------------------------------
 
 
+# vLLM 0.32's two kinds of 400: "Bad Request" (the body does not fit the request schema; param
+# names the body field) and BadRequestError (a well-formed request it cannot serve). The
+# conformance test in tests/engine holds these to real vLLM.
 @pytest.mark.parametrize(
-    ("path", "body", "status", "err_type", "message"),
+    ("path", "body", "status", "err_type", "param", "message"),
     [
-        ("/chat/completions", b"{not json", 400, "BadRequestError", "Invalid JSON"),
-        ("/chat/completions", b"[1, 2]", 400, "BadRequestError", "JSON object"),
-        ("/chat/completions", {"model": MODEL}, 400, "BadRequestError", "'messages'"),
-        ("/chat/completions", {"model": MODEL, "messages": "hi"}, 400, "BadRequestError",
-         "'messages'"),
+        ("/chat/completions", b"{not json", 400, "Bad Request", "body.1", "JSON decode error"),
+        ("/chat/completions", b"[1, 2]", 400, "Bad Request", "body", "valid dictionary"),
+        ("/chat/completions", {"model": MODEL}, 400, "Bad Request", "body.messages",
+         "Field required"),
+        ("/chat/completions", {"model": MODEL, "messages": "hi"}, 400, "Bad Request",
+         "body.messages", "valid list"),
+        ("/chat/completions", {"model": MODEL, "messages": []}, 400, "BadRequestError", None,
+         "empty conversation"),
         ("/chat/completions", {"model": MODEL, "messages": [{"content": "x"}]}, 400,
-         "BadRequestError", "role"),
+         "Bad Request", "body.messages.0.role", "role"),
         ("/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": 5}]},
-         400, "BadRequestError", "content"),
-        ("/chat/completions", {"messages": USER, "max_tokens": "10"}, 400, "BadRequestError",
-         "max_tokens"),
+         400, "Bad Request", "body.messages.0.content", "content"),
+        ("/chat/completions", {"messages": USER, "max_tokens": "ten"}, 400, "Bad Request",
+         "body.max_tokens", "valid integer"),
         ("/chat/completions", {"messages": USER, "max_tokens": 0}, 400, "BadRequestError",
-         "max_tokens"),
-        ("/chat/completions", {"messages": USER, "stream": "yes"}, 400, "BadRequestError",
-         "stream"),
+         "max_tokens", "max_tokens must be at least 1, got 0."),
+        ("/chat/completions", {"messages": USER, "max_tokens": 65}, 400, "BadRequestError",
+         "max_tokens", "max_tokens=65 cannot be greater than max_model_len=64"),
+        ("/chat/completions", {"messages": USER, "n": 0}, 400, "BadRequestError", None,
+         "n must be at least 1, got 0."),
+        ("/chat/completions", {"messages": USER, "stream": "maybe"}, 400, "Bad Request",
+         "body.stream", "valid boolean"),
         ("/chat/completions", {"messages": USER, "stream_options": {"include_usage": True}},
-         400, "BadRequestError", "stream=True"),
-        ("/chat/completions", {"messages": USER, "temperature": "hot"}, 400, "BadRequestError",
-         "temperature"),
+         400, "BadRequestError", "stream_options", "stream=True"),
+        ("/chat/completions", {"messages": USER, "temperature": "hot"}, 400, "Bad Request",
+         "body.temperature", "valid number"),
         ("/chat/completions", {"model": "gpt-4", "messages": USER}, 404, "NotFoundError",
-         "The model `gpt-4` does not exist."),
-        ("/completions", {"model": MODEL}, 400, "BadRequestError", "'prompt'"),
-        ("/completions", {"prompt": [1, "a"]}, 400, "BadRequestError", "'prompt'"),
+         "model", "The model `gpt-4` does not exist. Valid aliases: sim-model."),
+        ("/completions", {"model": MODEL}, 400, "BadRequestError", "prompt",
+         "Either prompt or prompt_embeds must be provided"),
+        ("/completions", {"prompt": [1, "a"]}, 400, "Bad Request", "body.prompt", "token ids"),
+        ("/completions", {"prompt": "x " * 70, "max_tokens": 10}, 400, "BadRequestError",
+         "input_tokens", "maximum context length is 64 tokens. However, your prompt contains"),
         ("/completions", {"prompt": "x " * 60, "max_tokens": 10}, 400, "BadRequestError",
-         "maximum context length is 64"),
-        ("/embeddings", {"input": "x", "encoding_format": "hex"}, 400, "BadRequestError",
-         "encoding_format"),
-        ("/embeddings", {"model": "other", "input": "x"}, 404, "NotFoundError", "`other`"),
-        ("/nope", {}, 404, "NotFoundError", "Not Found"),
+         "max_tokens", "maximum context length is 64 tokens. However, you requested 71 tokens"),
+        ("/embeddings", {"input": "x", "encoding_format": "hex"}, 400, "Bad Request",
+         "body.encoding_format", "'float' or 'base64'"),
+        ("/embeddings", {"model": "other", "input": "x"}, 404, "NotFoundError", "model",
+         "`other`"),
     ],
 )  # fmt: skip
 async def test_bad_requests_get_vllm_error_shape(
@@ -278,6 +291,7 @@ async def test_bad_requests_get_vllm_error_shape(
     body: Any,
     status: int,
     err_type: str,
+    param: str | None,
     message: str,
 ) -> None:
     sim = await start_sim(max_model_len=64)
@@ -287,13 +301,35 @@ async def test_bad_requests_get_vllm_error_shape(
         assert resp.status == status
         error = await resp.json()
     assert error == {
-        "object": "error",
-        "message": error["message"],
-        "type": err_type,
-        "param": None,
-        "code": status,
+        "error": {
+            "message": error["error"]["message"],
+            "type": err_type,
+            "param": param,
+            "code": status,
+        }
     }
-    assert message in error["message"]
+    assert message in error["error"]["message"]
+
+
+async def test_lax_values_are_coerced_as_vllm_does(start_sim: StartSim) -> None:
+    """vLLM's request models are pydantic in lax mode: "4" is 4, "yes" is true."""
+    sim = await start_sim()
+    async with sdk(sim) as client:
+        resp = await client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=USER, extra_body={"max_tokens": "4", "stream": "no", "n": 1.0}
+        )
+    parsed = resp.parse()
+    assert parsed.usage is not None and parsed.usage.completion_tokens == 4
+
+
+async def test_unknown_routes_answer_like_fastapi(
+    start_sim: StartSim, http: aiohttp.ClientSession
+) -> None:
+    sim = await start_sim()
+    async with http.post(sim.base_url + "/nope", json={}) as resp:
+        assert (resp.status, await resp.json()) == (404, {"detail": "Not Found"})
+    async with http.delete(sim.base_url + "/models") as resp:
+        assert (resp.status, await resp.json()) == (405, {"detail": "Method Not Allowed"})
 
 
 async def test_sdk_surfaces_client_errors(start_sim: StartSim) -> None:
@@ -301,8 +337,9 @@ async def test_sdk_surfaces_client_errors(start_sim: StartSim) -> None:
     async with sdk(sim) as client:
         with pytest.raises(openai.NotFoundError, match="does not exist"):
             await client.chat.completions.create(model="gpt-4o", messages=USER)
-        with pytest.raises(openai.BadRequestError, match="messages"):
+        with pytest.raises(openai.BadRequestError, match="empty conversation") as raised:
             await client.chat.completions.create(model=MODEL, messages=[])
+        assert raised.value.type == "BadRequestError"
 
 
 # --- metrics ------------------------------------------------------------------------------------
@@ -310,10 +347,10 @@ async def test_sdk_surfaces_client_errors(start_sim: StartSim) -> None:
 EXPECTED_METRICS = [
     "vllm:num_requests_running",
     "vllm:num_requests_waiting",
-    "vllm:gpu_cache_usage_perc",
+    "vllm:kv_cache_usage_perc",
     "vllm:time_to_first_token_seconds_bucket",
     "vllm:inter_token_latency_seconds_bucket",
-    "vllm:time_per_output_token_seconds_bucket",
+    "vllm:request_time_per_output_token_seconds_bucket",
     "vllm:e2e_request_latency_seconds_count",
     "vllm:request_success_total",
     "vllm:prompt_tokens_total",
@@ -347,7 +384,7 @@ async def test_metrics_count_traffic_under_vllm_names(
     assert value(after, "vllm:time_to_first_token_seconds_count") == 3
     assert value(after, "vllm:e2e_request_latency_seconds_count") == 3
     assert value(after, "vllm:inter_token_latency_seconds_count") == 3 + 2 + 15
-    assert value(after, "vllm:time_per_output_token_seconds_count") == 3
+    assert value(after, "vllm:request_time_per_output_token_seconds_count") == 3
     assert value(after, "vllm:prefix_cache_queries_total") == 18
     assert value(after, "vllm:num_requests_running") == 0
     assert value(after, "vllm:num_requests_waiting") == 0
@@ -451,7 +488,7 @@ async def test_health_and_the_fault_admin_endpoint(
     for bad in ({"fail_health": "yes"}, {"error_rate": 3}, {"explode": True}):
         async with http.post(faults_url, json=bad) as resp:
             assert resp.status == 400
-            assert (await resp.json())["type"] == "BadRequestError"
+            assert (await resp.json())["error"]["type"] == "BadRequestError"
     async with http.get(faults_url) as resp:
         assert (await resp.json())["error_rate"] == 0.0  # rejected updates change nothing
     async with http.delete(faults_url) as resp:
@@ -589,7 +626,7 @@ async def test_repeated_prefix_is_cached_and_answers_sooner(
     assert value(after_cold, "vllm:prefix_cache_hits_total") == 0
     assert value(samples, "vllm:prefix_cache_hits_total") == 18 * 16
     assert value(samples, "vllm:prefix_cache_queries_total") == 301 + 301 + 302
-    assert value(samples, "vllm:gpu_cache_usage_perc") == pytest.approx(36 / 100)
+    assert value(samples, "vllm:kv_cache_usage_perc") == pytest.approx(36 / 100)
 
 
 # --- many in one loop; stop; CLI ----------------------------------------------------------------

@@ -19,7 +19,7 @@ log = logging.getLogger("hedge.simulator")
 
 ANNOTATION_PREFIX = "sim.hedge.dev/"
 # Annotations under the same prefix that the local cluster's pod runner reads itself.
-_POD_RUNNER_KNOBS = frozenset({"container-state"})
+_POD_RUNNER_KNOBS = frozenset({"container-state", "engine"})
 
 # vLLM's default for --max-num-seqs; it bounds how many requests run at once.
 DEFAULT_MAX_NUM_SEQS = 256

@@ -1,9 +1,10 @@
 """Prometheus metrics of one simulator, under vLLM's names, labels and buckets.
 
 Each simulator owns a `CollectorRegistry`, so hundreds of simulators in one process keep their
-numbers apart. Names and labels follow vLLM's v1 `PrometheusStatLogger`: every series carries
-`model_name` (the primary served name) and `engine` ("0"); `vllm:request_success_total` adds
-`finished_reason`. Gauges are read at scrape time from the simulator's state through callbacks.
+numbers apart. Names, labels and buckets are vLLM 0.32's (held to it by
+tests/engine/test_simulator_conformance.py): every series carries `model_name` (the primary
+served name) and `engine` ("0"); `vllm:request_success_total` adds `finished_reason`. Gauges
+are read at scrape time from the simulator's state through callbacks.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ REQUEST_LATENCY_BUCKETS = (
     240.0, 480.0, 960.0, 1920.0, 7680.0,
 )  # fmt: skip
 
-FINISHED_REASONS = ("stop", "length", "abort")
+FINISHED_REASONS = ("stop", "length", "abort", "error", "repetition")
 
 
 class SimulatorMetrics:
@@ -58,12 +59,6 @@ class SimulatorMetrics:
             "vllm:num_requests_running", "Number of requests in model execution batches.", running
         )
         gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.", waiting)
-        gauge(
-            "vllm:gpu_cache_usage_perc",
-            "GPU KV-cache usage. 1 means 100 percent usage. "
-            "DEPRECATED: Use vllm:kv_cache_usage_perc instead.",
-            cache_usage,
-        )
         gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", cache_usage)
 
         # prometheus_client appends `_total` to counter names, giving vLLM's exposed names.
@@ -97,11 +92,11 @@ class SimulatorMetrics:
             "Histogram of inter-token latency in seconds.",
             ITL_BUCKETS,
         )
-        # The older name: vLLM observed it per token before inter_token_latency existed; here it
-        # gets each request's mean time per output token, as newer vLLM releases do.
+        # Each request's mean time per output token (vLLM >= 0.11; the old per-token
+        # `vllm:time_per_output_token_seconds` is gone in 0.32).
         self.time_per_output_token = histogram(
-            "vllm:time_per_output_token_seconds",
-            "Histogram of time per output token in seconds.",
+            "vllm:request_time_per_output_token_seconds",
+            "Histogram of time_per_output_token_seconds per request.",
             ITL_BUCKETS,
         )
         self.e2e_request_latency = histogram(

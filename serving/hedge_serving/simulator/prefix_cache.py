@@ -47,7 +47,7 @@ class PrefixCache:
 
     @property
     def usage(self) -> float:
-        """Occupancy in 0..1, what the simulator reports as `vllm:gpu_cache_usage_perc`."""
+        """Occupancy in 0..1, what the simulator reports as `vllm:kv_cache_usage_perc`."""
         return len(self._blocks) / self.capacity_blocks if self.capacity_blocks else 0.0
 
     def block_hashes(self, tokens: Sequence[str]) -> list[int]:

@@ -43,7 +43,6 @@ from hedge_serving.simulator.protocol import (
     ApiError,
     GenerationRequest,
     bad_request,
-    error_type,
     parse_chat_request,
     parse_completion_request,
     parse_embedding_request,
@@ -55,6 +54,8 @@ __all__ = ["Faults", "RunningSimulator", "SimulatorConfig", "build_app", "start_
 log = logging.getLogger("hedge.simulator")
 
 ENGINE_KEY = web.AppKey("engine", Engine)
+# vLLM's is `vllm-<version>-<hash>`; the simulator says what it is.
+SYSTEM_FINGERPRINT = f"hedge-sim-{__version__}"
 FAULTS_PATH = "/_hedge/sim/faults"
 # Long prompts are the point of the prefix-cache model; aiohttp's 1 MiB default is too small.
 MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -83,7 +84,8 @@ async def _error_middleware(
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return _error_response(ApiError(exc.status, exc.reason, error_type(exc.status)))
+        # Routing errors leave FastAPI (vLLM's server) as `{"detail": ...}`, not the API shape.
+        return web.json_response({"detail": exc.reason}, status=exc.status, dumps=_dumps)
     except Exception:
         log.exception("simulator handler failed on %s %s", request.method, request.path)
         return _error_response(ApiError(500, "Internal server error"))
@@ -162,7 +164,13 @@ class _Handlers:
     def _resolve_model(self, requested: str | None) -> str:
         model = self.engine.resolve_model(requested)
         if model is None:
-            raise ApiError(404, f"The model `{requested}` does not exist.", "NotFoundError")
+            names = ", ".join(self.engine.served_names())
+            raise ApiError(
+                404,
+                f"The model `{requested}` does not exist. Valid aliases: {names}.",
+                "NotFoundError",
+                "model",
+            )
         return model
 
     def _inject_error(self) -> None:
@@ -172,16 +180,31 @@ class _Handlers:
     def _limits(self, req: GenerationRequest) -> list[int]:
         """Per prompt, how many tokens may be generated; 400 when the context is too long."""
         max_len = self.config.max_model_len
+        if req.max_tokens is not None and req.max_tokens > max_len:
+            raise bad_request(
+                f"max_tokens={req.max_tokens} cannot be greater than max_model_len={max_len}. "
+                f"Please request fewer output tokens.",
+                "max_tokens",
+            )
         limits = []
         for tokens in req.prompts:
             prompt_len = len(tokens)
             wanted = req.max_tokens or self.config.default_max_tokens
-            if prompt_len >= max_len or (req.max_tokens and prompt_len + wanted > max_len):
+            if prompt_len >= max_len:
+                raise bad_request(
+                    f"This model's maximum context length is {max_len} tokens. However, your "
+                    f"prompt contains at least {prompt_len} input tokens, which exceeds this "
+                    "limit even without any output tokens. Please reduce the length of the "
+                    "input prompt.",
+                    "input_tokens",
+                )
+            if req.max_tokens and prompt_len + wanted > max_len:
                 raise bad_request(
                     f"This model's maximum context length is {max_len} tokens. However, you "
                     f"requested {prompt_len + wanted} tokens ({prompt_len} in the messages, "
                     f"{wanted} in the completion). Please reduce the length of the messages "
-                    "or completion."
+                    "or completion.",
+                    "max_tokens",
                 )
             limits.append(min(wanted, max_len - prompt_len))
         return limits
@@ -214,7 +237,8 @@ class _Handlers:
                 raise bad_request(
                     f"This model's maximum context length is {self.config.max_model_len} tokens. "
                     f"However, you requested {len(tokens)} tokens in the input for embedding "
-                    "generation. Please reduce the length of the input."
+                    "generation. Please reduce the length of the input.",
+                    "input_tokens",
                 )
         self._inject_error()
         engine = self.engine
@@ -380,23 +404,38 @@ class _Generation:
         return web.json_response(self._body(sequences, generated), dumps=_dumps)
 
     def _body(self, sequences: list[Sequence], generated: int) -> dict[str, Any]:
+        """vLLM 0.32's response: its own extension fields are present, as null."""
         choices: list[dict[str, Any]] = []
         for s in sequences:
+            choice: dict[str, Any] = {"index": s.index}
             if self.chat:
-                message = {"role": "assistant", "content": s.text, "tool_calls": []}
-                choice: dict[str, Any] = {"index": s.index, "message": message}
+                choice["message"] = {
+                    "role": "assistant", "content": s.text, "refusal": None,
+                    "annotations": None, "audio": None, "function_call": None, "reasoning": None,
+                }  # fmt: skip
             else:
-                choice = {"index": s.index, "text": s.text}
-            choice.update(logprobs=None, finish_reason=s.finish_reason, stop_reason=s.stop_reason)
+                choice["text"] = s.text
+            choice.update(
+                logprobs=None, finish_reason=s.finish_reason, stop_reason=s.stop_reason,
+                token_ids=None, routed_experts=None,
+            )  # fmt: skip
+            if not self.chat:
+                choice.update(prompt_logprobs=None, prompt_token_ids=None)
             choices.append(choice)
-        return {
+        body: dict[str, Any] = {
             "id": self.id,
             "object": "chat.completion" if self.chat else "text_completion",
             "created": self.created,
             "model": self.model,
             "choices": choices,
-            "usage": self._usage(generated),
+            "service_tier": None,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+            "usage": {**self._usage(generated), "completion_tokens_details": None},
         }
+        if self.chat:
+            body.update(prompt_logprobs=None, prompt_token_ids=None, prompt_text=None)
+        body.update(kv_transfer_params=None, ec_transfer_params=None, metrics=None)
+        return body
 
     # --- streamed ----------------------------------------------------------------------------
 
@@ -410,14 +449,25 @@ class _Generation:
     def _chunk(
         self, index: int, delta: dict[str, Any] | str, sequence: Sequence | None, generated: int
     ) -> dict[str, Any]:
+        """One SSE chunk, keyed as vLLM 0.32 keys it: a chat stream opens with a role chunk
+        (`sequence` None) carrying the prompt fields; the chunk that finishes a choice adds
+        its `stop_reason` and, unless a usage chunk follows, the `system_fingerprint`."""
+        finished = sequence is not None and sequence.finished
         choice: dict[str, Any] = {"index": index}
         if self.chat:
             choice["delta"] = delta
+            choice.update(logprobs=None, finish_reason=sequence.finish_reason if sequence else None)
+            if finished:
+                choice["stop_reason"] = sequence.stop_reason if sequence else None
+            if sequence is not None:
+                choice["token_ids"] = None
         else:
-            choice["text"] = delta
-        choice["logprobs"] = None
-        choice["finish_reason"] = sequence.finish_reason if sequence else None
-        choice["stop_reason"] = sequence.stop_reason if sequence else None
+            choice.update(
+                text=delta, logprobs=None,
+                finish_reason=sequence.finish_reason if sequence else None,
+                stop_reason=sequence.stop_reason if sequence else None,
+                prompt_token_ids=None, token_ids=None,
+            )  # fmt: skip
         chunk: dict[str, Any] = {
             "id": self.id,
             "object": "chat.completion.chunk" if self.chat else "text_completion",
@@ -425,9 +475,22 @@ class _Generation:
             "model": self.model,
             "choices": [choice],
         }
+        if self.chat and sequence is None:
+            chunk.update(prompt_token_ids=None, prompt_text=None)
         if self.req.include_usage and self.req.continuous_usage:
-            chunk["usage"] = self._usage(generated)
+            chunk["usage"] = self._stream_usage(generated)
+        if finished and not self.req.include_usage:  # else the usage chunk carries it
+            chunk["system_fingerprint"] = SYSTEM_FINGERPRINT
         return chunk
+
+    def _stream_usage(self, completion_tokens: int) -> dict[str, Any]:
+        # Streamed usage has no *_details fields in vLLM.
+        prompt_tokens = self.req.prompt_tokens
+        return {
+            "prompt_tokens": prompt_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "completion_tokens": completion_tokens,
+        }
 
     async def stream(self) -> web.StreamResponse:
         metrics = self.engine.metrics
@@ -470,10 +533,18 @@ class _Generation:
                     if all(s.finished for s in sequences):
                         break
                 if self.req.include_usage:
-                    usage_chunk = self._chunk(0, {}, None, generated)
-                    usage_chunk["choices"] = []
-                    usage_chunk["usage"] = self._usage(generated)
-                    await self._send(resp, usage_chunk)
+                    await self._send(
+                        resp,
+                        {
+                            "id": self.id,
+                            "object": "chat.completion.chunk" if self.chat else "text_completion",
+                            "created": self.created,
+                            "model": self.model,
+                            "choices": [],
+                            "usage": self._stream_usage(generated),
+                            "system_fingerprint": SYSTEM_FINGERPRINT,
+                        },
+                    )
                 await self._send(resp, "[DONE]")
                 self._finish(sequences[0].finish_reason or "stop", step)
         except _Dropped:
