@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import logging
 import secrets
 from pathlib import Path
@@ -27,6 +26,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="NAMESPACE",
         help="watch only this namespace (repeatable; globs allowed); default: all namespaces",
+    )
+    parser.add_argument(
+        "--kubeconfig",
+        metavar="FILE",
+        help="kubeconfig file(s), separated like KUBECONFIG "
+        "(default: in-cluster, then $KUBECONFIG, then ~/.kube/config)",
     )
     parser.add_argument(
         "--gpu-types",
@@ -101,7 +106,7 @@ async def serve(args: argparse.Namespace, config: OperatorConfig) -> None:
     from hedge_operator.kube import Kube
     from hedge_operator.reconciler import Reconciler
 
-    kube = Kube(functools.partial(handlers.login_credentials, kopf.OperatorSettings()))
+    kube = Kube(args.kubeconfig)
     rt = handlers.Runtime(
         config=config,
         kube=kube,

@@ -3,6 +3,11 @@
 The decisions are the pure functions of api/validation/plan/status; this module sequences
 them and performs the writes through a `KubeAPI` (kube.Kube in the operator, a fake in tests).
 Reconciles of the same object are serialised; different objects run concurrently.
+
+Status has one writer: `reconcile(..., write_status=True)` writes it inside the object's
+lock, guarded by the resourceVersion the status was computed from. A stale body (kopf's
+index lagging behind a write) gets 409 Conflict, and the reconcile runs again on the object
+as the API server has it now, so a slower path can never overwrite newer status.
 """
 
 from __future__ import annotations
@@ -12,16 +17,16 @@ import contextlib
 import datetime
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 
 from hedge_core.api import ModelDeployment, SpecError
 from hedge_operator import metrics
 from hedge_operator.config import OperatorConfig
-from hedge_operator.kube import ApiError
+from hedge_operator.kube import ApiError, Conflict
 from hedge_operator.observed import Observed, owned_by
 from hedge_operator.plan import (
     APPLIED_HASH,
@@ -49,6 +54,7 @@ from hedge_operator.validation import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class KubeAPI(Protocol):
@@ -62,6 +68,12 @@ class KubeAPI(Protocol):
 
     async def post_event(
         self, involved: Mapping[str, Any], type_: str, reason: str, message: str
+    ) -> None: ...
+
+    async def get_model(self, namespace: str, name: str) -> Mapping[str, Any] | None: ...
+
+    async def patch_status(
+        self, namespace: str, name: str, patch: Mapping[str, Any], resource_version: str
     ) -> None: ...
 
 
@@ -103,6 +115,8 @@ class Reconciler:
     SECRETS_MISSING_TTL = 5.0
     #: The same Event is not posted twice within this many seconds.
     EVENT_DEDUP = 60.0
+    #: Status writes tried per reconcile when the object keeps changing underneath.
+    STATUS_ATTEMPTS = 3
 
     def __init__(
         self,
@@ -128,10 +142,15 @@ class Reconciler:
         return mem
 
     async def reconcile(
-        self, body: Mapping[str, Any], observed: Observed, *, trigger: str
+        self,
+        body: Mapping[str, Any],
+        observed: Observed,
+        *,
+        trigger: str,
+        write_status: bool = False,
     ) -> Outcome:
-        """Brings the children in line with the spec and returns the new status. Raises
-        RetryableError when the API server had trouble."""
+        """Brings the children in line with the spec and returns the new status (written
+        too, with `write_status`). Raises RetryableError when the API server had trouble."""
         uid = str((body.get("metadata") or {}).get("uid", ""))
         mem = self._mem(uid)
         started = time.perf_counter()
@@ -139,6 +158,8 @@ class Reconciler:
         try:
             async with mem.lock:
                 outcome = await self._reconcile(body, observed, mem)
+                if write_status:
+                    outcome = await self._write_status(body, observed, mem, outcome)
             result = "ok" if outcome.problem is None else outcome.problem.reason
             if outcome.problem is not None:
                 metrics.RECONCILE_ERRORS.labels(outcome.problem.reason).inc()
@@ -213,6 +234,48 @@ class Reconciler:
             requests=requests,
             recheck_after=self.IN_FLIGHT_TTL + 1 if mem.in_flight else None,
         )
+
+    async def _write_status(
+        self, body: Mapping[str, Any], observed: Observed, mem: _Memory, outcome: Outcome
+    ) -> Outcome:
+        requests = 0
+        for _ in range(self.STATUS_ATTEMPTS):
+            if not outcome.patch:
+                break
+            meta = body.get("metadata") or {}
+            namespace, name = str(meta.get("namespace")), str(meta.get("name"))
+            try:
+                await self.kube.patch_status(
+                    namespace, name, outcome.patch, str(meta.get("resourceVersion", ""))
+                )
+                requests += 1
+                break
+            except Conflict:
+                # Computed from an older version of the object: read it as it is now and
+                # reconcile again (writes already made are in flight, so not repeated).
+                requests += 1
+                fresh = await self._io(self.kube.get_model(namespace, name))
+                requests += 1
+                if fresh is None or (fresh.get("metadata") or {}).get("uid") != meta.get("uid"):
+                    break  # deleted meanwhile
+                body = fresh
+                again = await self._reconcile(body, observed, mem)
+                again.requests += outcome.requests
+                again.actions = outcome.actions + again.actions
+                outcome = again
+            except (ApiError, aiohttp.ClientError, TimeoutError, OSError) as e:
+                raise RetryableError(f"writing status: {e}") from e
+        else:
+            raise RetryableError("status kept changing while it was written")
+        outcome.requests += requests
+        return outcome
+
+    @staticmethod
+    async def _io(call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except (ApiError, aiohttp.ClientError, TimeoutError, OSError) as e:
+            raise RetryableError(f"{type(e).__name__}: {e}") from e
 
     async def _execute(
         self, md: ModelDeployment, actions: list[Action], mem: _Memory

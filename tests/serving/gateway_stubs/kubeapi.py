@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+from pathlib import Path
 from typing import Any
 
+import yaml
 from aiohttp import web
 
 RESOURCES = {
@@ -38,6 +40,7 @@ class FakeKubeAPI:
         self.runner: web.AppRunner | None = None
         self.url = ""
         self.port = 0
+        self.kubeconfig: Path | None = None
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -165,6 +168,23 @@ class FakeKubeAPI:
         if request.transport is not None:
             request.transport.close()  # end the stream abruptly, as a restarting server does
         return resp
+
+
+def kubeconfig_for(
+    api: FakeKubeAPI, directory: Path, user: dict[str, Any] | None = None
+) -> Path:
+    """A kubeconfig for the fake server (plain http://); by default its bearer token."""
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "fake",
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+        "clusters": [{"name": "fake", "cluster": {"server": api.url}}],
+        "users": [{"name": "fake", "user": user if user is not None else {"token": api.token}}],
+    }
+    path = directory / "fake-kubeconfig"
+    path.write_text(yaml.safe_dump(doc))
+    return path
 
 
 def model_deployment(
