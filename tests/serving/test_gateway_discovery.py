@@ -8,9 +8,9 @@ from pathlib import Path
 import openai
 import pytest
 
+from hedge_core.kube import Kube
 from hedge_serving.gateway.app import RunningGateway
 from hedge_serving.gateway.auth import ClientAuth
-from hedge_core.kube import Kube
 from hedge_serving.gateway.discovery import KubernetesDiscovery, ready_endpoints
 from hedge_serving.gateway.keys import SecretCache
 from hedge_serving.gateway.routing import ProviderType, RoutingTable, SecretRef
@@ -103,9 +103,7 @@ async def test_routes_follow_model_deployments_and_ready_endpoints(
         await d.stop()
 
 
-async def test_relists_on_410_and_survives_api_server_restart(
-    api: FakeKubeAPI, kube: Kube
-) -> None:
+async def test_relists_on_410_and_survives_api_server_restart(api: FakeKubeAPI, kube: Kube) -> None:
     await api.put("ModelDeployment", model_deployment("m1", NS))
     table, secrets = RoutingTable(), SecretCache()
     d = _discovery(kube, table, secrets)

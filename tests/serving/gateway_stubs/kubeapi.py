@@ -170,9 +170,7 @@ class FakeKubeAPI:
         return resp
 
 
-def kubeconfig_for(
-    api: FakeKubeAPI, directory: Path, user: dict[str, Any] | None = None
-) -> Path:
+def kubeconfig_for(api: FakeKubeAPI, directory: Path, user: dict[str, Any] | None = None) -> Path:
     """A kubeconfig for the fake server (plain http://); by default its bearer token."""
     doc = {
         "apiVersion": "v1",
