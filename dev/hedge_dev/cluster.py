@@ -25,9 +25,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hedge_core.kube import ApiError, BlockingKube
 from hedge_dev import tools
-from hedge_dev.kubeclient import KubeAPIError, KubeConfig, write_kubeconfig
-from hedge_dev.pki import ClusterPKI, create_pki
+from hedge_dev.pki import ClusterPKI, create_pki, write_kubeconfig
 
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
@@ -109,6 +109,7 @@ class Component:
     pid: int
     log: str
     port: int | None = None
+    cmd: list[str] | None = None  # how it was started (restart_apiserver starts it again)
 
 
 @dataclass
@@ -177,8 +178,9 @@ class LocalCluster:
             return None
         return ClusterState.read(self.state_file)
 
-    def api(self) -> KubeConfig:
-        return KubeConfig.load(self.kubeconfig)
+    def api(self) -> BlockingKube:
+        """A blocking client on the admin kubeconfig (close it, or use it in `with`)."""
+        return BlockingKube(self.kubeconfig, user_agent="hedge-dev")
 
     def status(self) -> dict[str, Any]:
         """Which components run, and whether the API server answers /readyz."""
@@ -190,8 +192,8 @@ class LocalCluster:
             for c in state.components
         }
         ready = False
-        with contextlib.suppress(Exception):
-            ready = self._readyz(state.apiserver_port)
+        with contextlib.suppress(Exception), self.api() as api:
+            ready = self._readyz(api)
         return {
             "name": self.name,
             "running": ready and all(c["alive"] for c in comps.values()),
@@ -230,6 +232,7 @@ class LocalCluster:
         octet = self._free_octet()
         state = ClusterState(self.name, str(self.kubeconfig), ports["apiserver"], octet)
         state.write(self.state_file)
+        api: BlockingKube | None = None
         try:
             self._start(state, "etcd", self._etcd_cmd(binaries["etcd"], ports), ports["etcd"])
             self._wait(state, deadline, "etcd", lambda: self._etcd_healthy(ports["etcd"]))
@@ -247,7 +250,8 @@ class LocalCluster:
                 pki.admin_cert,
                 pki.admin_key,
             )
-            self._wait(state, deadline, "kube-apiserver", lambda: self._readyz(ports["apiserver"]))
+            api = self.api()
+            self._wait(state, deadline, "kube-apiserver", lambda: self._readyz(api))
             kubeconfig = str(self.kubeconfig)
             self._start(
                 state,
@@ -316,11 +320,11 @@ class LocalCluster:
                     "dev",
                     "podrunner",
                     f"--kubeconfig={kubeconfig}",
+                    f"--ca-file={pki.ca_cert}",
                     f"--ready-file={self.dir / 'podrunner.ready'}",
                     f"--work-dir={self.dir / 'pods'}",
                 ],
             )
-            api = self.api()
             for node in nodes:
                 api.request("POST", "/api/v1/nodes", node.manifest(octet))
             self._wait(state, deadline, "nodes Ready", lambda: self._nodes_ready(api, nodes))
@@ -338,8 +342,11 @@ class LocalCluster:
                 state, deadline, "pod runner", lambda: (self.dir / "podrunner.ready").exists()
             )
         except BaseException:
+            if api is not None:
+                api.close()
             self.down(quiet=True, keep_logs_in=self._failed_logs_dir())
             raise
+        api.close()
         say(
             f"cluster {self.name!r} up in {time.monotonic() - started:.1f}s "
             f"({len(nodes)} nodes, API server https://127.0.0.1:{ports['apiserver']})"
@@ -452,7 +459,7 @@ class LocalCluster:
                 env={**os.environ, **env} if env else None,
             )
         self._procs[name] = proc
-        state.components.append(Component(name, proc.pid, str(log_path), port))
+        state.components.append(Component(name, proc.pid, str(log_path), port, list(cmd)))
         state.write(self.state_file)
 
     def start_component(
@@ -519,12 +526,9 @@ class LocalCluster:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as resp:
             return bool(json.loads(resp.read()).get("health") == "true")
 
-    def _readyz(self, port: int) -> bool:
-        ctx = KubeConfig.load(self.kubeconfig).ssl_context()
-        with urllib.request.urlopen(
-            f"https://127.0.0.1:{port}/readyz", timeout=2, context=ctx
-        ) as resp:
-            return bool(resp.status == 200)
+    @staticmethod
+    def _readyz(api: BlockingKube) -> bool:
+        return api.request_text("GET", "/readyz", timeout=2) == "ok"
 
     @staticmethod
     def _healthz(port: int) -> bool:
@@ -537,17 +541,17 @@ class LocalCluster:
             return bool(resp.status == 200)
 
     @staticmethod
-    def _exists(api: KubeConfig, path: str) -> bool:
+    def _exists(api: BlockingKube, path: str) -> bool:
         try:
             api.request("GET", path)
-        except KubeAPIError as exc:
+        except ApiError as exc:
             if exc.status == 404:
                 return False
             raise
         return True
 
     @staticmethod
-    def _nodes_ready(api: KubeConfig, nodes: tuple[NodeSpec, ...] | list[NodeSpec]) -> bool:
+    def _nodes_ready(api: BlockingKube, nodes: tuple[NodeSpec, ...] | list[NodeSpec]) -> bool:
         listed = api.request("GET", "/api/v1/nodes")["items"]
         ready = {
             n["metadata"]["name"]
