@@ -258,3 +258,51 @@ def test_ready_endpoints_ipv6_and_not_ready() -> None:
         ],
     }
     assert ready_endpoints(s) == ["http://[fd00::1]:8000", "http://[fd00::3]:8000"]
+
+
+async def test_model_deployments_are_read_by_the_api_module(
+    api: FakeKubeAPI, kube: Kube, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The gateway applies the API's defaults and rejects what the API rejects: one reader."""
+    from hedge_core.api import ServingSpec
+
+    await api.put("ModelDeployment", model_deployment("plain", NS))
+    broken = model_deployment(
+        "broken",
+        NS,
+        fallback=[{"type": "OpenAI", "model": "gpt-4o-mini", "apiKeySecretRef": {"name": "k"}}],
+    )  # the Secret key is required: the operator reports InvalidSpec, the gateway skips it
+    await api.put("ModelDeployment", broken)
+    table = RoutingTable()
+    d = _discovery(kube, table, SecretCache())
+    caplog.set_level("WARNING", logger="hedge.gateway.discovery")
+    await d.start()
+    try:
+        await d.wait_synced(5)
+        route = table.resolve("plain")
+        assert route is not None
+        defaults = ServingSpec()
+        assert route.options.request_timeout_s == defaults.request_timeout_seconds
+        assert route.options.max_queue_depth == defaults.max_queue_depth
+        assert table.resolve("broken") is None
+        # Unrelated changes rebuild the table; the invalid object is not logged again.
+        await api.put("EndpointSlice", endpoint_slice("plain", NS, [("127.0.0.2", 8000, True)]))
+        await wait_for(lambda: _backends(table, "plain") == ["http://127.0.0.2:8000"], what="slice")
+        logged = [r for r in caplog.records if "broken" in r.getMessage()]
+        assert len(logged) == 1 and "apiKeySecretRef.key" in logged[0].getMessage()
+        # Fixed: routed.
+        fixed = model_deployment(
+            "broken",
+            NS,
+            fallback=[
+                {
+                    "type": "OpenAI",
+                    "model": "gpt-4o-mini",
+                    "apiKeySecretRef": {"name": "k", "key": "api-key"},
+                }
+            ],
+        )
+        await api.put("ModelDeployment", fixed)
+        await wait_for(lambda: table.resolve("broken") is not None, what="fixed object routed")
+    finally:
+        await d.stop()
