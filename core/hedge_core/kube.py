@@ -359,16 +359,23 @@ class Kube:
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         for attempt in (1, 2):
             client, generation = await self._current()
-            response: aiohttp.ClientResponse = await client.call_api(
-                path,
-                method,
-                query_params=list((params or {}).items()),
-                header_params={"Accept": JSON, "Content-Type": content_type},
-                body=body,
-                auth_settings=["BearerToken"],
-                _preload_content=False,
-                _request_timeout=timeout,
-            )
+            try:
+                response: aiohttp.ClientResponse = await client.call_api(
+                    path,
+                    method,
+                    query_params=list((params or {}).items()),
+                    header_params={"Accept": JSON, "Content-Type": content_type},
+                    body=body,
+                    auth_settings=["BearerToken"],
+                    _preload_content=False,
+                    _request_timeout=timeout,
+                )
+            except aiohttp.ServerDisconnectedError:
+                # A pooled connection the server closed (e.g. it restarted): a read is safe
+                # to send again at once; a write is left to the caller.
+                if method != "GET" or attempt == 2:
+                    raise
+                continue
             if self.on_response is not None:
                 self.on_response(method, resource, response.status)
             if response.status == 401 and attempt == 1:

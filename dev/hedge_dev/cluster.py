@@ -9,6 +9,7 @@ Everything lives under ``$HEDGE_CACHE_DIR/clusters/<name>/``.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -474,6 +475,55 @@ class LocalCluster:
         if state is None:
             raise ClusterError(f"cluster {self.name!r} is not up")
         self._start(state, name, cmd, port, env)
+
+    def restart_apiserver(
+        self, while_down: Callable[[], None] | None = None, timeout: float = 60.0
+    ) -> None:
+        """Stops kube-apiserver (SIGTERM, as a rolling control-plane upgrade does) and starts
+        it again with the same flags; `while_down` runs in between."""
+        state = self.state()
+        comp = (
+            next((c for c in state.components if c.name == "kube-apiserver"), None)
+            if state
+            else None
+        )
+        if state is None or comp is None or comp.cmd is None:
+            raise ClusterError(f"cluster {self.name!r} has no restartable kube-apiserver")
+        # It stops listening at once but then lingers in shutdown hooks; do not wait 10 s.
+        self._stop_pid(comp.pid, grace=3.0)
+        proc = self._procs.pop(comp.name, None)
+        if proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)  # reap it
+        state.components.remove(comp)
+        if while_down is not None:
+            while_down()
+        self._start(state, comp.name, comp.cmd, comp.port)
+        with self.api() as api:
+            self._wait(
+                state, time.monotonic() + timeout, "kube-apiserver", lambda: self._readyz(api)
+            )
+
+    def compact_etcd(self) -> int:
+        """Writes a key to etcd and compacts its history up to it: once the API server has
+        restarted, every watch resuming from an older resourceVersion gets 410 Gone.
+        Returns the revision compacted to."""
+        state = self.state()
+        port = next((c.port for c in state.components if c.name == "etcd"), None) if state else None
+        if port is None:
+            raise ClusterError(f"cluster {self.name!r} has no etcd")
+
+        def call(path: str, body: dict[str, Any]) -> Any:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(), method="POST"
+            )
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                return json.loads(resp.read())
+
+        key = base64.b64encode(b"/hedge-dev/compaction").decode()
+        revision = int(call("/v3/kv/put", {"key": key, "value": key})["header"]["revision"])
+        call("/v3/kv/compaction", {"revision": revision, "physical": True})
+        return revision
 
     def assert_alive(self, name: str) -> None:
         """Raises ClusterError with the log tail if component ``name`` has exited."""

@@ -1,0 +1,77 @@
+"""The API server restarts under the operator and the gateway, and once comes back with
+etcd's history compacted, so that every watch resuming from its last resourceVersion gets
+410 Gone: both keep working without a restart of their own — new ModelDeployments are
+reconciled to Ready and the gateway's routes follow (added and removed)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from .conftest import E2ECluster, HedgeProcess, Operator, scrape, wait_for, wait_ready
+from .test_gateway import Gateway
+
+
+def model_deployment(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "hedge.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"source": f"hf://org/{name}"},
+            "resources": {"gpus": 1},
+            "engine": {"podAnnotations": {"sim.hedge.dev/ttft-ms": "1"}},
+        },
+    }
+
+
+def routed(gateway: Gateway) -> set[str]:
+    return {m["id"] for m in json.loads(scrape(gateway.url + "/v1/models", timeout=2))["data"]}
+
+
+def start_gateway(
+    cluster: E2ECluster, namespace: str, hedge_process: Callable[..., HedgeProcess]
+) -> Gateway:
+    return Gateway(
+        hedge_process(
+            "gateway",
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+            "--namespace",
+            namespace,
+            "--port",
+            "0",
+            "--admin-port",
+            "0",
+        )
+    )
+
+
+def test_operator_and_gateway_survive_api_server_restarts_and_410(
+    cluster: E2ECluster,
+    namespace: str,
+    operator: Operator,
+    hedge_process: Callable[..., HedgeProcess],
+) -> None:
+    gateway = start_gateway(cluster, namespace, hedge_process)
+    cluster.apply(model_deployment("one"), namespace)
+    wait_ready(cluster, namespace, "one")
+    wait_for(lambda: routed(gateway) == {"one"}, 30, "the gateway to route one")
+
+    # A plain restart: the watches reconnect from their resourceVersions.
+    cluster.cluster.restart_apiserver()
+    cluster.apply(model_deployment("two"), namespace)
+    wait_ready(cluster, namespace, "two", timeout=120)
+    wait_for(lambda: routed(gateway) == {"one", "two"}, 60, "the gateway to route two")
+
+    # History compacted while it is down: every resumed watch gets 410 Gone and lists again.
+    cluster.cluster.restart_apiserver(while_down=cluster.cluster.compact_etcd)
+    cluster.kubectl("delete", "-n", namespace, "md", "one", "--wait=false")
+    cluster.apply(model_deployment("three"), namespace)
+    wait_ready(cluster, namespace, "three", timeout=120)
+    wait_for(lambda: routed(gateway) == {"two", "three"}, 60, "the gateway's routes after 410")
+    assert "expired (410 Gone); listing again" in gateway.proc.log()
+    gateway.proc.assert_running()
+    assert operator.proc is not None
+    operator.proc.assert_running()
