@@ -77,6 +77,16 @@ class KubeAPI(Protocol):
     ) -> None: ...
 
 
+class _AnyKeys(frozenset[str]):
+    """The keys of a Secret the operator may not read: any key is taken to be there."""
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+
+UNCHECKED: frozenset[str] = _AnyKeys()
+
+
 class RetryableError(Exception):
     """The API server had trouble (5xx, throttling, conflict): reconcile again later."""
 
@@ -325,16 +335,32 @@ class Reconciler:
             return {}, 0
         now = self._clock()
         if mem.secrets is not None:
-            generation, found, at = mem.secrets
-            complete = all(found.get(n) is not None for n in names) and set(names) <= set(found)
+            generation, cached, at = mem.secrets
+            complete = all(cached.get(n) is not None for n in names) and set(names) <= set(cached)
             ttl = self.SECRETS_FOUND_TTL if complete else self.SECRETS_MISSING_TTL
             if generation == md.generation and now - at < ttl:
-                return found, 0
-        try:
-            keys = await asyncio.gather(*(self.kube.secret_keys(md.namespace, n) for n in names))
-        except (ApiError, aiohttp.ClientError, TimeoutError, OSError) as e:
-            raise RetryableError(f"looking up Secrets: {e}") from e
-        found = dict(zip(names, keys, strict=True))
+                return cached, 0
+        results = await asyncio.gather(
+            *(self.kube.secret_keys(md.namespace, n) for n in names), return_exceptions=True
+        )
+        found: dict[str, frozenset[str] | None] = {}
+        for name, result in zip(names, results, strict=True):
+            if isinstance(result, ApiError) and result.status == 403:
+                # Secret reads are granted only where keys are expected (the chart's
+                # rbac.secretNamespaces): elsewhere the reference is passed on unchecked.
+                log.warning(
+                    "%s/%s: may not read Secret %r (forbidden), so it is not checked",
+                    md.namespace,
+                    md.name,
+                    name,
+                )
+                found[name] = UNCHECKED
+            elif isinstance(result, ApiError | aiohttp.ClientError | TimeoutError | OSError):
+                raise RetryableError(f"looking up Secrets: {result}") from result
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                found[name] = result
         mem.secrets = (md.generation, found, now)
         return found, len(names)
 
