@@ -29,6 +29,7 @@ from typing import Any
 from hedge_core.kube import ApiError, BlockingKube
 from hedge_dev import tools
 from hedge_dev.pki import ClusterPKI, create_pki, write_kubeconfig
+from hedge_dev.volumes import storage_class
 
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
@@ -328,6 +329,7 @@ class LocalCluster:
             )
             for node in nodes:
                 api.request("POST", "/api/v1/nodes", node.manifest(octet))
+            api.request("POST", "/apis/storage.k8s.io/v1/storageclasses", storage_class())
             self._wait(state, deadline, "nodes Ready", lambda: self._nodes_ready(api, nodes))
             self._wait(
                 state,

@@ -34,6 +34,7 @@ import aiohttp
 
 from hedge_core.kube import STRATEGIC_MERGE_PATCH, Kube, ListWatch
 from hedge_dev.pki import write_kubeconfig
+from hedge_dev.volumes import DirectoryProvisioner
 
 log = logging.getLogger("hedge.podrunner")
 
@@ -115,6 +116,8 @@ class PodRunner:
         self.work_dir = work_dir
         self.runs: dict[str, PodRun] = {}
         self._probe_session: aiohttp.ClientSession | None = None
+        # The cluster's default StorageClass: claims become directories beside the pods'.
+        self.volumes = DirectoryProvisioner(self.kube, work_dir.parent / "volumes")
 
     async def run(self, ready_file: Path | None, stop: asyncio.Event) -> None:
         await self.kube.login()
@@ -134,6 +137,7 @@ class PodRunner:
             ),
             proxy.services,
             proxy.slices,
+            *self.volumes.watches,
         ]
         try:
             for watch in watches:

@@ -117,11 +117,12 @@ class Kube:
 
     async def patch_status(
         self, namespace: str, name: str, patch: Mapping[str, Any], resource_version: str
-    ) -> None:
+    ) -> str | None:
         """Merge-patches status, only if the object is still at `resource_version` (the
-        version the status was computed from); raises Conflict otherwise."""
+        version the status was computed from); raises Conflict otherwise. Returns the new
+        resourceVersion (None: the object is gone)."""
         try:
-            await self.client.patch(
+            result = await self.client.patch(
                 object_path(API_VERSION, KIND, namespace, name, "status"),
                 {"metadata": {"resourceVersion": resource_version}, "status": patch},
                 missing_ok=True,
@@ -131,6 +132,9 @@ class Kube:
             if exc.status == 409:
                 raise Conflict(exc.message) from exc
             raise
+        if not result:
+            return None
+        return str((result.get("metadata") or {}).get("resourceVersion") or "") or None
 
     async def post_event(
         self, involved: Mapping[str, Any], type_: str, reason: str, message: str

@@ -74,7 +74,7 @@ class KubeAPI(Protocol):
 
     async def patch_status(
         self, namespace: str, name: str, patch: Mapping[str, Any], resource_version: str
-    ) -> None: ...
+    ) -> str | None: ...
 
 
 class _AnyKeys(frozenset[str]):
@@ -115,6 +115,9 @@ class _Memory:
     in_flight: dict[tuple[str, str], tuple[str, float]] = field(default_factory=dict)
     secrets: tuple[int, dict[str, frozenset[str] | None], float] | None = None
     events: dict[tuple[str, str, str], float] = field(default_factory=dict)
+    #: The last status written: (resourceVersion it was computed from, resourceVersion the
+    #: write produced, the status). kopf's copy of the object lags behind our own writes.
+    written: tuple[str, str, dict[str, Any]] | None = None
 
 
 class Reconciler:
@@ -167,6 +170,8 @@ class Reconciler:
         result = "error"
         try:
             async with mem.lock:
+                if write_status:
+                    body = _caught_up(body, mem.written)
                 outcome = await self._reconcile(body, observed, mem)
                 if write_status:
                     outcome = await self._write_status(body, observed, mem, outcome)
@@ -250,15 +255,21 @@ class Reconciler:
     ) -> Outcome:
         requests = 0
         for _ in range(self.STATUS_ATTEMPTS):
+            if not outcome.patch and mem.written is not None and mem.written[2] != outcome.status:
+                # The copy in hand already shows this status, but our last write says
+                # otherwise: the copy is stale, or someone else wrote. Write; a stale copy
+                # gets a conflict, and the object is read again.
+                outcome.patch = status_patch(mem.written[2], outcome.status)
             if not outcome.patch:
                 break
             meta = body.get("metadata") or {}
             namespace, name = str(meta.get("namespace")), str(meta.get("name"))
+            version = str(meta.get("resourceVersion", ""))
             try:
-                await self.kube.patch_status(
-                    namespace, name, outcome.patch, str(meta.get("resourceVersion", ""))
-                )
+                written = await self.kube.patch_status(namespace, name, outcome.patch, version)
                 requests += 1
+                if written:
+                    mem.written = (version, written, outcome.status)
                 break
             except Conflict:
                 # Computed from an older version of the object: read it as it is now and
@@ -394,6 +405,18 @@ class Reconciler:
 
         await asyncio.gather(*(post(e) for e in fresh))
         return len(fresh)
+
+
+def _caught_up(
+    body: Mapping[str, Any], written: tuple[str, str, dict[str, Any]] | None
+) -> Mapping[str, Any]:
+    """The object as our last status write left it, when `body` is the very version that
+    write was computed from (kopf's index has not seen the write yet): reconciling the stale
+    copy would only conflict, or repeat the write."""
+    meta = body.get("metadata") or {}
+    if written is None or meta.get("resourceVersion") != written[0]:
+        return body
+    return {**body, "metadata": {**meta, "resourceVersion": written[1]}, "status": written[2]}
 
 
 def _shows(observed: Observed, key: tuple[str, str], token: str) -> bool:

@@ -61,7 +61,7 @@ class StatusKube(FakeKube):
 
     async def patch_status(
         self, namespace: str, name: str, patch: Any, resource_version: str
-    ) -> None:
+    ) -> str | None:
         if self.gate is not None:
             gate, self.gate = self.gate, None
             await gate.wait()
@@ -74,6 +74,7 @@ class StatusKube(FakeKube):
             merge(served.setdefault("status", {}), patch)
             self._bump(served)
         self.status_patches.append((namespace, name, dict(patch)))
+        return None if served is None else str(served["metadata"]["resourceVersion"])
 
     def apply_kopf_patch(self, namespace: str, name: str, patch: kopf.Patch) -> None:
         """What kopf does with a handler's patch once the handler returns: a merge patch
@@ -223,7 +224,7 @@ async def test_interleaved_status_writes_lose_nothing(
     kube: StatusKube, memo: dict[str, Any]
 ) -> None:
     """kopf's handler and a child nudge reconcile the same object at once. The handler saw
-    no ready pod, the nudge (later, from kopf's index, whose copy of the object is stale)
+    no ready replica, the nudge (later, from kopf's index, whose copy of the object is stale)
     saw one. Whatever order the writes land in, the newer status must stay."""
     rt: Runtime = memo["hedge"]
     obj = body()
@@ -231,9 +232,10 @@ async def test_interleaved_status_writes_lose_nothing(
     kube.serve(obj)
     await call_reconcile(obj, memo, indexes([obj]))  # creates the children, writes status
     obj = copy.deepcopy(kube.models[("team-a", "llama")])
-    children = [as_served(o) for o in kube.objects.values()]
-    not_ready = indexes([obj], children, [pod_body("p", "x", ready=False)])
-    rt.indexes = Indexes.from_kwargs(not_ready)
+    unready = [as_served(o, ready=0) for o in kube.objects.values()]
+    ready = [as_served(o) for o in kube.objects.values()]
+    seen_by_handler = indexes([obj], unready)
+    rt.indexes = Indexes.from_kwargs(seen_by_handler)
 
     # The handler computes "0 ready" and is held just before its status write …
     gate = kube.gate = asyncio.Event()
@@ -245,13 +247,13 @@ async def test_interleaved_status_writes_lose_nothing(
             name="llama",
             patch=patch,
             memo=memo,
-            **not_ready,
+            **seen_by_handler,
         )
     )
     await until(lambda: kube.gate is None, "the handler at its status write")
-    # … the pod turns ready and its event nudges a reconcile, from the index's copy, which
+    # … a replica turns ready and its event nudges a reconcile, from the index's copy, which
     # waits for the object's lock while the handler holds it.
-    rt.indexes = Indexes.from_kwargs(indexes([obj], children, [pod_body("p", "x", ready=True)]))
+    rt.indexes = Indexes.from_kwargs(indexes([obj], ready))
     nudge = asyncio.create_task(rt.reconcile_key(("team-a", "llama")))
     for _ in range(5):
         await asyncio.sleep(0)  # let the nudge start and block on the lock
@@ -260,12 +262,28 @@ async def test_interleaved_status_writes_lose_nothing(
     await asyncio.gather(handler, nudge)
     kube.apply_kopf_patch("team-a", "llama", patch)  # kopf's own patch lands last
 
-    status = kube.models[("team-a", "llama")]["status"]
-    assert status["readyReplicas"] == 1
-    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
-    assert ready["status"] == "True"
-    assert kube.conflicts == 1  # the stale write was refused, then redone on fresh data
+    def served() -> dict[str, Any]:
+        return dict(kube.models[("team-a", "llama")]["status"])
+
+    assert served()["readyReplicas"] == 1
+    assert condition_status(served(), "Ready") == "True"
+    # The nudge knew its copy predates the handler's write: nothing conflicted.
+    assert kube.conflicts == 0
+
+    # kopf's patch moved the object on (as its annotation writes do). The replica goes
+    # unready and a nudge reconciles from the index's copy, older than anything written
+    # since — a copy whose status happens to say "0 ready" already: the write must still
+    # happen, be refused, and be redone on the object as it is now.
+    rt.indexes = Indexes.from_kwargs(indexes([obj], unready))
+    await rt.reconcile_key(("team-a", "llama"))
+    assert kube.conflicts == 1
+    assert served()["readyReplicas"] == 0
+    assert condition_status(served(), "Ready") == "False"
     await rt.nudger.close()
+
+
+def condition_status(status: Mapping[str, Any], type_: str) -> str:
+    return str(next(c for c in status["conditions"] if c["type"] == type_)["status"])
 
 
 async def test_nudges_coalesce(monkeypatch: pytest.MonkeyPatch) -> None:
