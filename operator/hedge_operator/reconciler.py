@@ -17,6 +17,7 @@ import contextlib
 import datetime
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
@@ -115,9 +116,33 @@ class _Memory:
     in_flight: dict[tuple[str, str], tuple[str, float]] = field(default_factory=dict)
     secrets: tuple[int, dict[str, frozenset[str] | None], float] | None = None
     events: dict[tuple[str, str, str], float] = field(default_factory=dict)
-    #: The last status written: (resourceVersion it was computed from, resourceVersion the
-    #: write produced, the status). kopf's copy of the object lags behind our own writes.
-    written: tuple[str, str, dict[str, Any]] | None = None
+    #: The newest version of the object we know (its resourceVersion and status, from our
+    #: own last write or read) and versions known to be older. kopf's copy of the object
+    #: lags behind our writes; a copy at a superseded version is read as the newest one.
+    latest: tuple[str, dict[str, Any]] | None = None
+    superseded: deque[str] = field(default_factory=lambda: deque(maxlen=16))
+
+    def learn(self, older: str, version: str, status: dict[str, Any]) -> None:
+        """`version` (with `status`) is now the newest; `older` came before it."""
+        if self.latest is not None and self.latest[0] != version:
+            self.superseded.append(self.latest[0])
+        if older and older != version:
+            self.superseded.append(older)
+        self.latest = (version, status)
+
+    def caught_up(self, body: Mapping[str, Any]) -> Mapping[str, Any]:
+        """`body`, or the newest version we know when `body` is known to be older."""
+        meta = body.get("metadata") or {}
+        version = meta.get("resourceVersion")
+        if self.latest is None or version is None or version == self.latest[0]:
+            return body
+        if version not in self.superseded:
+            return body  # a version we never saw: someone else's write, newer than ours
+        return {
+            **body,
+            "metadata": {**meta, "resourceVersion": self.latest[0]},
+            "status": self.latest[1],
+        }
 
 
 class Reconciler:
@@ -171,7 +196,7 @@ class Reconciler:
         try:
             async with mem.lock:
                 if write_status:
-                    body = _caught_up(body, mem.written)
+                    body = mem.caught_up(body)
                 outcome = await self._reconcile(body, observed, mem)
                 if write_status:
                     outcome = await self._write_status(body, observed, mem, outcome)
@@ -255,11 +280,10 @@ class Reconciler:
     ) -> Outcome:
         requests = 0
         for _ in range(self.STATUS_ATTEMPTS):
-            if not outcome.patch and mem.written is not None and mem.written[2] != outcome.status:
-                # The copy in hand already shows this status, but our last write says
-                # otherwise: the copy is stale, or someone else wrote. Write; a stale copy
-                # gets a conflict, and the object is read again.
-                outcome.patch = status_patch(mem.written[2], outcome.status)
+            if not outcome.patch and mem.latest is not None and mem.latest[1] != outcome.status:
+                # The copy in hand already shows this status, but the newest version we know
+                # says otherwise: write; a stale copy gets a conflict and is read again.
+                outcome.patch = status_patch(mem.latest[1], outcome.status)
             if not outcome.patch:
                 break
             meta = body.get("metadata") or {}
@@ -269,7 +293,7 @@ class Reconciler:
                 written = await self.kube.patch_status(namespace, name, outcome.patch, version)
                 requests += 1
                 if written:
-                    mem.written = (version, written, outcome.status)
+                    mem.learn(version, written, outcome.status)
                 break
             except Conflict:
                 # Computed from an older version of the object: read it as it is now and
@@ -279,6 +303,8 @@ class Reconciler:
                 requests += 1
                 if fresh is None or (fresh.get("metadata") or {}).get("uid") != meta.get("uid"):
                     break  # deleted meanwhile
+                fresh_version = str((fresh.get("metadata") or {}).get("resourceVersion", ""))
+                mem.learn(version, fresh_version, dict(fresh.get("status") or {}))
                 body = fresh
                 again = await self._reconcile(body, observed, mem)
                 again.requests += outcome.requests
@@ -405,18 +431,6 @@ class Reconciler:
 
         await asyncio.gather(*(post(e) for e in fresh))
         return len(fresh)
-
-
-def _caught_up(
-    body: Mapping[str, Any], written: tuple[str, str, dict[str, Any]] | None
-) -> Mapping[str, Any]:
-    """The object as our last status write left it, when `body` is the very version that
-    write was computed from (kopf's index has not seen the write yet): reconciling the stale
-    copy would only conflict, or repeat the write."""
-    meta = body.get("metadata") or {}
-    if written is None or meta.get("resourceVersion") != written[0]:
-        return body
-    return {**body, "metadata": {**meta, "resourceVersion": written[1]}, "status": written[2]}
 
 
 def _shows(observed: Observed, key: tuple[str, str], token: str) -> bool:
