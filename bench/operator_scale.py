@@ -273,9 +273,11 @@ def run(count: int, idle: float, timeout: float) -> dict[str, Any]:
                 "total": own_requests,
                 "per_reconcile": round(own_requests / reconciles, 3) if reconciles else None,
                 "per_model_deployment": round(own_requests / count, 2),
-                "by_verb_resource": {
-                    f"{dict(lbl)['verb']} {dict(lbl)['resource']}": v - op_before.get((n, lbl), 0)
-                    for (n, lbl), v in op_ready.items()
+                # One entry per verb, resource and status code (a 409 and a 200 are two).
+                "by_verb_resource_code": {
+                    f"{dict(lbl)['verb']} {dict(lbl)['resource']} {dict(lbl)['code']}": v
+                    - op_before.get((n, lbl), 0)
+                    for (n, lbl), v in sorted(op_ready.items())
                     if n == "hedge_operator_api_requests_total" and v - op_before.get((n, lbl), 0)
                 },
             },
