@@ -399,35 +399,10 @@ class Kube:
         missing_ok: bool = False,
         timeout: aiohttp.ClientTimeout = REQUEST_TIMEOUT,
         resource: str = "",
+        raw: bool = False,
     ) -> Any:
-        """One API call; the decoded JSON body (None for a tolerated 404). Raises ApiError."""
-        text = await self.request_text(
-            method,
-            path,
-            params=params,
-            body=body,
-            content_type=content_type,
-            missing_ok=missing_ok,
-            timeout=timeout,
-            resource=resource,
-        )
-        if text is None:
-            return None
-        return json.loads(text) if text else {}
-
-    async def request_text(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: Mapping[str, str] | None = None,
-        body: Any = None,
-        content_type: str = JSON,
-        missing_ok: bool = False,
-        timeout: aiohttp.ClientTimeout = REQUEST_TIMEOUT,
-        resource: str = "",
-    ) -> str | None:
-        """Like `request`, for bodies that are not JSON (`/readyz`, `/metrics`)."""
+        """One API call; the decoded JSON body, or the text with `raw` (`/readyz`,
+        `/metrics`); None for a tolerated 404. Raises ApiError."""
         async with self._send(
             method,
             path,
@@ -442,7 +417,9 @@ class Kube:
             text = await response.text()
             if response.status >= 400:
                 raise ApiError.from_body(response.status, text)
+        if raw:
             return text
+        return json.loads(text) if text else {}
 
     async def get(self, path: str, *, missing_ok: bool = False, resource: str = "") -> Any:
         return await self.request("GET", path, missing_ok=missing_ok, resource=resource)
@@ -720,12 +697,15 @@ class BlockingKube:
 
     def request_text(self, method: str, path: str, timeout: float = 30.0) -> str:
         text = self._run(
-            self.kube.request_text(
-                method, path, timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=10)
+            self.kube.request(
+                method,
+                path,
+                raw=True,
+                timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=10),
             ),
             timeout,
         )
-        return text or ""
+        return str(text or "")
 
     def close(self) -> None:
         if self._loop.is_closed():

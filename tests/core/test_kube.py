@@ -97,8 +97,9 @@ async def test_bearer_token_and_errors(api: FakeKubeAPI, tmp_path: Path) -> None
 
 
 async def test_exec_plugin_runs_again_before_expiry_and_after_401(
-    api: FakeKubeAPI, tmp_path: Path
+    api: FakeKubeAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(kube_module, "OLD_CLIENT_GRACE", 0.05)
     token = tmp_path / "token"
     token.write_text("token-1")
     # Expires within the refresh margin: every request must log in again first.
@@ -119,8 +120,12 @@ async def test_exec_plugin_runs_again_before_expiry_and_after_401(
         assert runs(tmp_path) == before
         token.write_text("token-2")
         api.token = "token-2"
+        old = kube._client
+        assert old is not None
         assert (await kube.get(LIST))["items"] == []  # 401, the plugin again, then 200
         assert runs(tmp_path) == before + 1
+        # The refused credentials' connection pool is closed once requests on it are done.
+        await _until(lambda: old.rest_client.pool_manager.closed)
     finally:
         await kube.close()
 
