@@ -9,7 +9,16 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from .conftest import E2ECluster, HedgeProcess, Operator, scrape, wait_for, wait_ready
+from .conftest import (
+    E2ECluster,
+    HedgeProcess,
+    Operator,
+    current,
+    get_md,
+    scrape,
+    wait_for,
+    wait_ready,
+)
 from .test_gateway import Gateway
 
 
@@ -24,6 +33,20 @@ def model_deployment(name: str) -> dict[str, Any]:
             "engine": {"podAnnotations": {"sim.hedge.dev/ttft-ms": "1"}},
         },
     }
+
+
+def wait_reconciled(cluster: E2ECluster, namespace: str, name: str) -> None:
+    """The operator has handled this generation: its Deployment exists and status is current.
+    (Not Ready: after an API-server restart, kube-controller-manager's own informers can take
+    a minute to create the pods, which says nothing about Hedge.)"""
+
+    def done() -> bool:
+        md = get_md(cluster, namespace, name)
+        deployments = cluster.get_json("deployments", "-n", namespace, "-l",
+                                       f"hedge.dev/model-deployment={name}")["items"]  # fmt: skip
+        return current(md) and bool(deployments)
+
+    wait_for(done, 90, f"the operator to reconcile {name}")
 
 
 def routed(gateway: Gateway) -> set[str]:
@@ -62,16 +85,19 @@ def test_operator_and_gateway_survive_api_server_restarts_and_410(
     # A plain restart: the watches reconnect from their resourceVersions.
     cluster.cluster.restart_apiserver()
     cluster.apply(model_deployment("two"), namespace)
-    wait_ready(cluster, namespace, "two", timeout=120)
+    wait_reconciled(cluster, namespace, "two")
     wait_for(lambda: routed(gateway) == {"one", "two"}, 60, "the gateway to route two")
 
     # History compacted while it is down: every resumed watch gets 410 Gone and lists again.
     cluster.cluster.restart_apiserver(while_down=cluster.cluster.compact_etcd)
     cluster.kubectl("delete", "-n", namespace, "md", "one", "--wait=false")
     cluster.apply(model_deployment("three"), namespace)
-    wait_ready(cluster, namespace, "three", timeout=120)
+    wait_reconciled(cluster, namespace, "three")
     wait_for(lambda: routed(gateway) == {"two", "three"}, 60, "the gateway's routes after 410")
     assert "expired (410 Gone); listing again" in gateway.proc.log()
     gateway.proc.assert_running()
     assert operator.proc is not None
     operator.proc.assert_running()
+    # Leave the session's cluster as the next test expects it: the controller manager has
+    # caught up too (its informers back off after the restarts).
+    wait_ready(cluster, namespace, "three", timeout=180)

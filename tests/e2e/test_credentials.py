@@ -18,7 +18,7 @@ from hedge_core.kube import ApiError, BlockingKube
 from hedge_dev.cluster import free_port
 
 from .conftest import E2ECluster, HedgeProcess, scrape, wait_for, wait_ready
-from .test_api_server_restart import model_deployment, routed
+from .test_api_server_restart import model_deployment, routed, wait_reconciled
 from .test_gateway import Gateway
 
 ACCOUNT = "hedge-e2e"
@@ -227,12 +227,13 @@ def test_exec_plugin_split_kubeconfig_and_token_rotation(
     # are refused, and it logs in again too.
     cluster.cluster.restart_apiserver()
     cluster.apply(model_deployment("three"), namespace)
-    wait_ready(cluster, namespace, "three", timeout=120)
+    wait_reconciled(cluster, namespace, "three")
     wait_for(lambda: routed(gateway) == {"one", "two", "three"}, 60, "the gateway's routes")
     assert runs(tmp_path, "gateway") > gateway_logins
     assert "logging in again" in gateway.proc.log()
     operator.assert_running()
     gateway.proc.assert_running()
+    wait_ready(cluster, namespace, "three", timeout=180)  # the controller manager caught up
     for proc in (operator, gateway.proc):
         log = proc.log()
         assert first_token not in log and token_file.read_text().strip() not in log
