@@ -230,20 +230,26 @@ class PodRunner:
         argv = [*(container.get("command") or ["hedge"]), *(container.get("args") or [])]
         if not argv or Path(argv[0]).name != "hedge":
             raise ValueError(f"the pod runner only runs `hedge` containers, not {argv[:1]}")
+        pod_dir = self.work_dir / f"{run.namespace}_{run.name}"
+        pod_dir.mkdir(parents=True, exist_ok=True)
+        mounts = self._mounts(pod, container, pod_dir)
         argv = [
             sys.executable,
             "-m",
             "hedge_core.cli",
-            *[_bind_to_pod_ip(a, run.ip) for a in argv[1:]],
+            *[_at_mounts(_bind_to_pod_ip(a, run.ip), mounts) for a in argv[1:]],
         ]
-        pod_dir = self.work_dir / f"{run.namespace}_{run.name}"
-        pod_dir.mkdir(parents=True, exist_ok=True)
         env = {
             k: v
             for k, v in os.environ.items()
             if k in ("PATH", "HOME", "LANG", "PYTHONPATH", "VIRTUAL_ENV", "HEDGE_CACHE_DIR")
         }
-        env.update(await self._container_env(pod, container))
+        env.update(
+            {
+                k: _at_mounts(v, mounts)
+                for k, v in (await self._container_env(pod, container)).items()
+            }
+        )
         env["KUBECONFIG"] = str(await self._service_account_kubeconfig(pod, pod_dir))
         env["POD_IP"] = run.ip
         log_path = pod_dir / f"{container['name']}.log"
@@ -260,6 +266,29 @@ class PodRunner:
         finally:
             log_file.close()
         return ProcessWorkload(proc)
+
+    def _mounts(
+        self, pod: dict[str, Any], container: dict[str, Any], pod_dir: Path
+    ) -> list[tuple[str, Path]]:
+        """(mountPath, directory) of the container's claim and emptyDir volumes, deepest
+        first. There are no mount namespaces here: paths under a mountPath in the args and
+        env are rewritten to the directory, as 0.0.0.0 is to the pod IP."""
+        volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
+        found: list[tuple[str, Path]] = []
+        for mount in container.get("volumeMounts") or []:
+            volume = volumes.get(mount["name"]) or {}
+            directory: Path | None = None
+            if "persistentVolumeClaim" in volume:
+                claim = volume["persistentVolumeClaim"]["claimName"]
+                directory = self.volumes.path_for(pod["metadata"]["namespace"], claim)
+            elif "emptyDir" in volume:
+                directory = pod_dir / "volumes" / mount["name"]
+            if directory is None:
+                continue
+            directory = directory / mount.get("subPath", "")
+            directory.mkdir(parents=True, exist_ok=True)
+            found.append((mount["mountPath"].rstrip("/") or "/", directory))
+        return sorted(found, key=lambda m: -len(m[0]))
 
     async def _container_env(
         self, pod: dict[str, Any], container: dict[str, Any]
@@ -548,6 +577,15 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
     finally:
         with contextlib.suppress(Exception):
             writer.close()
+
+
+def _at_mounts(value: str, mounts: list[tuple[str, Path]]) -> str:
+    """`/models/x` (alone or as `--flag=/models/x`) → the directory behind `/models`."""
+    flag, eq, path = value.partition("=") if value.startswith("-") else ("", "", value)
+    for mount_path, directory in mounts:
+        if path == mount_path or path.startswith(mount_path + "/"):
+            return f"{flag}{eq}{directory}{path[len(mount_path) :]}"
+    return value
 
 
 def _bind_to_pod_ip(arg: str, pod_ip: str) -> str:

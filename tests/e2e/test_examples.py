@@ -5,14 +5,17 @@ StorageClass — a directory under the cluster's folder — which goes away with
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
-from .conftest import ROOT, E2ECluster, Operator, md_ready, wait_for
+from .conftest import ROOT, E2ECluster, Operator, md_ready, pod_ready, wait_for
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 SECRET_COMMAND = re.compile(r"^#\s+kubectl (create secret .*)$", re.M)
@@ -56,3 +59,72 @@ def test_every_example_becomes_ready(
         60,
         "the volume to be deleted",
     )
+
+
+def test_a_pods_process_sees_its_claim(cluster: E2ECluster, namespace: str) -> None:
+    """A claim of the default class is a directory; a `hedge` process the pod runner starts
+    for a pod that mounts it reads the files there through the mount path (its routes file
+    and client keys, here)."""
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "config"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Mi"}}},
+    }
+    cluster.apply(claim, namespace)
+
+    def bound_directory() -> Path | None:
+        pvc = cluster.get_json("pvc", "config", "-n", namespace)
+        if pvc["status"].get("phase") != "Bound":
+            return None
+        return Path(cluster.get_json("pv", pvc["spec"]["volumeName"])["spec"]["hostPath"]["path"])
+
+    directory = wait_for(bound_directory, 60, "the claim to be bound")
+    (directory / "routes.yaml").write_text(
+        yaml.safe_dump({"models": [{"name": "from-the-claim", "backends": ["http://127.0.0.1:9"]}]})
+    )
+    (directory / "keys").write_text("key-on-the-claim\n")
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "gateway", "labels": {"hedge.dev/component": "gateway"}},
+        "spec": {
+            "containers": [
+                {
+                    "name": "gateway",
+                    "image": "hedge:dev",
+                    "command": ["hedge"],
+                    "args": [
+                        "gateway",
+                        "--routes",
+                        "/etc/hedge/routes.yaml",
+                        "--api-keys-file=/etc/hedge/keys",
+                        "--host",
+                        "0.0.0.0",
+                        "--port",
+                        "8080",
+                        "--admin-port",
+                        "9090",
+                    ],
+                    "ports": [{"name": "http", "containerPort": 8080}],
+                    "readinessProbe": {"httpGet": {"path": "/readyz", "port": 9090}},
+                    "volumeMounts": [{"name": "config", "mountPath": "/etc/hedge"}],
+                }
+            ],
+            "volumes": [{"name": "config", "persistentVolumeClaim": {"claimName": "config"}}],
+        },
+    }
+    cluster.apply(pod, namespace)
+    ready = wait_for(
+        lambda: (p := cluster.get_json("pod", "gateway", "-n", namespace)) and pod_ready(p) and p,
+        60,
+        "the gateway pod to be Ready",
+    )
+    url = f"http://{ready['status']['podIP']}:8080/v1/models"
+    request = urllib.request.Request(url, headers={"Authorization": "Bearer key-on-the-claim"})
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        assert [m["id"] for m in json.loads(resp.read())["data"]] == ["from-the-claim"]
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(url, timeout=5)
+    assert refused.value.code == 401
+    refused.value.close()
