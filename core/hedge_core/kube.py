@@ -211,53 +211,50 @@ def _ssl_context(config: Configuration) -> ssl.SSLContext:
     return ctx
 
 
-class Login:
-    """Runs the loaders once: a fresh `Configuration` + `ApiClient` and the `Credentials`.
+async def log_in(
+    kubeconfig: str | None, user_agent: str, max_connections: int = 0
+) -> tuple[ApiClient, Credentials]:
+    """Runs the loaders once: a fresh `ApiClient` and the `Credentials` it uses.
 
-    The ApiClient's TLS context is built while the library's key files exist, then the
-    private directory holding them is deleted.
+    The TLS contexts are built while the library's key files exist; then the private
+    directory holding them is deleted.
     """
+    from kubernetes_asyncio.client import ApiClient
 
-    @staticmethod
-    async def run(
-        kubeconfig: str | None, user_agent: str, max_connections: int = 0
-    ) -> tuple[ApiClient, Credentials]:
-        from kubernetes_asyncio.client import ApiClient
-
-        key_dir = tempfile.mkdtemp(prefix="hedge-kube-")  # 0700: only this user
+    key_dir = tempfile.mkdtemp(prefix="hedge-kube-")  # 0700: only this user
+    try:
+        config, loader = await _load_configuration(kubeconfig, key_dir)
+        host = str(config.host).rstrip("/")
+        # The library defaults to 5 per CPU; every open watch holds one. 0: no limit.
+        config.connection_pool_maxsize = max_connections
         try:
-            config, loader = await _load_configuration(kubeconfig, key_dir)
-            host = str(config.host).rstrip("/")
-            # The library defaults to 5 per CPU; every open watch holds one. 0: no limit.
-            config.connection_pool_maxsize = max_connections
-            try:
-                client = ApiClient(configuration=config)
-                # kopf gets its own session on the same credentials (see handlers.login).
-                tls = _ssl_context(config) if host.startswith("https://") else None
-            except (ssl.SSLError, OSError) as exc:
-                raise KubeConfigError(f"TLS settings of {config.host}: {exc}") from None
-        finally:
-            shutil.rmtree(key_dir, ignore_errors=True)
-            _forget_library_temp_files(key_dir)
-        client.user_agent = user_agent
-        token = await config.get_api_key_with_prefix("BearerToken")
-        expiry = getattr(loader, "exec_plugin_expiry", None) if loader is not None else None
-        if isinstance(expiry, datetime.datetime) and expiry.tzinfo is None:
-            expiry = expiry.replace(tzinfo=datetime.UTC)
-        namespace = None
-        if loader is not None and loader.current_context:
-            namespace = (loader.current_context.get("context") or {}).get("namespace")
-        creds = Credentials(
-            server=host,
-            ssl_context=tls,
-            authorization=str(token) if token else None,
-            expiration=expiry if isinstance(expiry, datetime.datetime) else None,
-            namespace=str(namespace) if namespace else None,
-            proxy=config.proxy or None,
-            tls_server_name=config.tls_server_name or None,
-            source="in-cluster" if loader is None else _kubeconfig_paths(kubeconfig),
-        )
-        return client, creds
+            # kopf gets its own session on the same credentials (see handlers.login).
+            tls = _ssl_context(config) if host.startswith("https://") else None
+            client = ApiClient(configuration=config)
+        except (ssl.SSLError, OSError) as exc:
+            raise KubeConfigError(f"TLS settings of {config.host}: {exc}") from None
+    finally:
+        shutil.rmtree(key_dir, ignore_errors=True)
+        _forget_library_temp_files(key_dir)
+    client.user_agent = user_agent
+    token = await config.get_api_key_with_prefix("BearerToken")
+    expiry = getattr(loader, "exec_plugin_expiry", None) if loader is not None else None
+    if isinstance(expiry, datetime.datetime) and expiry.tzinfo is None:
+        expiry = expiry.replace(tzinfo=datetime.UTC)
+    namespace = None
+    if loader is not None and loader.current_context:
+        namespace = (loader.current_context.get("context") or {}).get("namespace")
+    creds = Credentials(
+        server=host,
+        ssl_context=tls,
+        authorization=str(token) if token else None,
+        expiration=expiry if isinstance(expiry, datetime.datetime) else None,
+        namespace=str(namespace) if namespace else None,
+        proxy=config.proxy or None,
+        tls_server_name=config.tls_server_name or None,
+        source="in-cluster" if loader is None else _kubeconfig_paths(kubeconfig),
+    )
+    return client, creds
 
 
 # ------------------------------------------------------------------------------ client
@@ -303,7 +300,7 @@ class Kube:
         return self.credentials
 
     async def _login_locked(self) -> None:
-        client, creds = await Login.run(self.kubeconfig, self.user_agent, self.max_connections)
+        client, creds = await log_in(self.kubeconfig, self.user_agent, self.max_connections)
         old, self._client, self._credentials = self._client, client, creds
         self._generation += 1
         self.logins += 1
