@@ -500,7 +500,7 @@ class Kube:
     ) -> AsyncIterator[dict[str, Any]]:
         """The events of one watch stream from `version`, until the server ends it. Raises
         Expired for 410 Gone. A line longer than aiohttp's buffer limit (4 MiB; etcd caps
-        objects at 1.5 MiB) raises ValueError rather than growing without bound."""
+        objects at 1.5 MiB) raises an error (LineTooLong) rather than growing the buffer."""
         query = {
             **params,
             "watch": "true",

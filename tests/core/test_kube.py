@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import aiohttp.http_exceptions
 import pytest
 import yaml
 
@@ -295,3 +297,18 @@ async def _until(check: Any, timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
         while not check():
             await asyncio.sleep(0.01)
+
+
+async def test_watch_lines_are_bounded(api: FakeKubeAPI, tmp_path: Path) -> None:
+    """A watch line past aiohttp's buffer bound (4 MiB; etcd caps objects at 1.5 MiB) is an
+    error, not an ever-growing buffer."""
+    kube = Kube(str(kubeconfig_for(api, tmp_path, {"token": "token-1"})))
+    try:
+        huge = model_deployment("huge")
+        huge["metadata"]["annotations"] = {"filler": "x" * (5 * 1024 * 1024)}
+        await api.put("ModelDeployment", huge)
+        with pytest.raises((ValueError, aiohttp.http_exceptions.LineTooLong)):
+            async for _ in kube.watch(LIST, {}, "0", timeout_s=5):
+                pass
+    finally:
+        await kube.close()
