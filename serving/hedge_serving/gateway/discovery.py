@@ -154,6 +154,8 @@ def route_specs(parsed: Mapping[Key, Parsed], backends: Mapping[Key, list[str]])
 
 
 class KubernetesDiscovery:
+    """The routing table's source in a cluster: one ListWatch per collection and scope."""
+
     def __init__(
         self,
         table: RoutingTable,
@@ -238,12 +240,6 @@ class KubernetesDiscovery:
         async with asyncio.timeout(timeout):
             for w in (*self._md_watches, *self._slice_watches):
                 await w.synced.wait()
-
-    @property
-    def relists(self) -> int:
-        """Lists done by the ModelDeployment and EndpointSlice loops (re-lists after 410s
-        and restarts included)."""
-        return sum(w.lists for w in (*self._md_watches, *self._slice_watches))
 
     # -- caches -> table ----------------------------------------------------------------
 
