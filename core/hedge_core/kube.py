@@ -465,6 +465,26 @@ class Kube:
             resource=resource,
         )
 
+    @contextlib.asynccontextmanager
+    async def _get(
+        self, path: str, query: Mapping[str, str], timeout: aiohttp.ClientTimeout, resource: str
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """A GET whose body the caller reads; 410 Gone raises Expired."""
+        async with self._send(
+            "GET",
+            path,
+            params=query,
+            body=None,
+            content_type=JSON,
+            timeout=timeout,
+            resource=resource,
+        ) as response:
+            if response.status == 410:
+                raise Expired()
+            if response.status >= 400:
+                raise ApiError.from_body(response.status, await response.text())
+            yield response
+
     async def list_all(
         self, path: str, params: Mapping[str, str] | None = None, page_size: int = PAGE_SIZE
     ) -> tuple[list[dict[str, Any]], str]:
@@ -474,20 +494,8 @@ class Kube:
         query = dict(params or {})
         query["limit"] = str(page_size)
         while True:
-            async with self._send(
-                "GET",
-                path,
-                params=query,
-                body=None,
-                content_type=JSON,
-                timeout=REQUEST_TIMEOUT,
-                resource="list",
-            ) as response:
-                if response.status == 410:
-                    raise Expired()
+            async with self._get(path, query, REQUEST_TIMEOUT, "list") as response:
                 text = await response.text()
-                if response.status >= 400:
-                    raise ApiError.from_body(response.status, text)
             page = json.loads(text)
             items.extend(page.get("items") or [])
             meta = page.get("metadata") or {}
@@ -509,19 +517,7 @@ class Kube:
             "timeoutSeconds": str(timeout_s),
         }
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=timeout_s + 30)
-        async with self._send(
-            "GET",
-            path,
-            params=query,
-            body=None,
-            content_type=JSON,
-            timeout=timeout,
-            resource="watch",
-        ) as response:
-            if response.status == 410:
-                raise Expired()
-            if response.status >= 400:
-                raise ApiError.from_body(response.status, await response.text())
+        async with self._get(path, query, timeout, "watch") as response:
             while line := await response.content.readline():
                 if line.strip():
                     yield json.loads(line)
@@ -634,8 +630,11 @@ class ListWatch:
             if kind == "ERROR":
                 if obj.get("code") == 410:
                     raise Expired()
-                raise ApiError(int(obj.get("code") or 0), str(obj.get("reason", "")),
-                               str(obj.get("message", obj)))  # fmt: skip
+                raise ApiError(
+                    int(obj.get("code") or 0),
+                    str(obj.get("reason", "")),
+                    str(obj.get("message", obj)),
+                )
             if kind in ("ADDED", "MODIFIED"):
                 self.items[object_key(obj)] = obj
             elif kind == "DELETED":

@@ -42,8 +42,9 @@ def wait_reconciled(cluster: E2ECluster, namespace: str, name: str) -> None:
 
     def done() -> bool:
         md = get_md(cluster, namespace, name)
-        deployments = cluster.get_json("deployments", "-n", namespace, "-l",
-                                       f"hedge.dev/model-deployment={name}")["items"]  # fmt: skip
+        deployments = cluster.get_json(
+            "deployments", "-n", namespace, "-l", f"hedge.dev/model-deployment={name}"
+        )["items"]
         return current(md) and bool(deployments)
 
     wait_for(done, 90, f"the operator to reconcile {name}")
@@ -54,19 +55,24 @@ def routed(gateway: Gateway) -> set[str]:
 
 
 def start_gateway(
-    cluster: E2ECluster, namespace: str, hedge_process: Callable[..., HedgeProcess]
+    hedge_process: Callable[..., HedgeProcess],
+    namespace: str,
+    kubeconfig: str,
+    env: dict[str, str] | None = None,
 ) -> Gateway:
+    """`hedge gateway --kubeconfig KUBECONFIG` for one namespace, on ephemeral ports."""
     return Gateway(
         hedge_process(
             "gateway",
             "--kubeconfig",
-            str(cluster.kubeconfig),
+            kubeconfig,
             "--namespace",
             namespace,
             "--port",
             "0",
             "--admin-port",
             "0",
+            env=env,
         )
     )
 
@@ -77,7 +83,7 @@ def test_operator_and_gateway_survive_api_server_restarts_and_410(
     operator: Operator,
     hedge_process: Callable[..., HedgeProcess],
 ) -> None:
-    gateway = start_gateway(cluster, namespace, hedge_process)
+    gateway = start_gateway(hedge_process, namespace, str(cluster.kubeconfig))
     cluster.apply(model_deployment("one"), namespace)
     wait_ready(cluster, namespace, "one")
     wait_for(lambda: routed(gateway) == {"one"}, 30, "the gateway to route one")

@@ -18,8 +18,7 @@ from hedge_core.kube import ApiError, BlockingKube
 from hedge_dev.cluster import free_port
 
 from .conftest import E2ECluster, HedgeProcess, scrape, wait_for, wait_ready
-from .test_api_server_restart import model_deployment, routed, wait_reconciled
-from .test_gateway import Gateway
+from .test_api_server_restart import model_deployment, routed, start_gateway, wait_reconciled
 
 ACCOUNT = "hedge-e2e"
 
@@ -189,19 +188,11 @@ def test_exec_plugin_split_kubeconfig_and_token_rotation(
     )
     wait_for(lambda: scrape(f"http://127.0.0.1:{metrics}/metrics", 2), 30, "operator metrics")
     # The gateway: --kubeconfig names the plugin's kubeconfig (KUBECONFIG points nowhere).
-    gateway = Gateway(
-        hedge_process(
-            "gateway",
-            "--kubeconfig",
-            str(combined),
-            "--namespace",
-            namespace,
-            "--port",
-            "0",
-            "--admin-port",
-            "0",
-            env={"KUBECONFIG": str(tmp_path / "nothing"), "HEDGE_E2E_WHO": "gateway"},
-        )
+    gateway = start_gateway(
+        hedge_process,
+        namespace,
+        str(combined),
+        env={"KUBECONFIG": str(tmp_path / "nothing"), "HEDGE_E2E_WHO": "gateway"},
     )
     cluster.apply(model_deployment("one"), namespace)
     wait_ready(cluster, namespace, "one")
