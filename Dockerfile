@@ -24,7 +24,6 @@ RUN scripts/install-image-deps /opt/hedge
 FROM python:3.11-slim-bookworm@sha256:2e32f7d302adc1c37428355c1e646897c0c53f4fd60b6a551245fb90ee129f91
 LABEL org.opencontainers.image.title="hedge" \
       org.opencontainers.image.description="Hedge operator and OpenAI-compatible gateway for open LLMs on Kubernetes" \
-      org.opencontainers.image.source="https://github.com/hedge-dev/hedge" \
       org.opencontainers.image.licenses="Apache-2.0"
 # A named user, not only a UID: kopf asks getpass.getuser() for its peering identity.
 RUN groupadd --system --gid 10001 hedge \

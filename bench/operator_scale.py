@@ -18,7 +18,6 @@ Usage: .venv/bin/python bench/operator_scale.py [--count 200] [--idle 30] [--jso
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import math
 import os
@@ -31,13 +30,12 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import yaml
 
+from hedge_core.kube import BlockingKube
 from hedge_dev import tools
 from hedge_dev.cluster import DEFAULT_NODES, LocalCluster, gpu_nodes
-from hedge_dev.kubeclient import KubeConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CRD = ROOT / "crds" / "hedge.dev_modeldeployments.yaml"
@@ -96,16 +94,10 @@ def operator_metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]],
         return prometheus(resp.read().decode())
 
 
-def apiserver_metrics(api: KubeConfig) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    url = urlsplit(api.server)
-    conn = http.client.HTTPSConnection(
-        url.hostname or "127.0.0.1", url.port or 443, context=api.ssl_context(), timeout=30
-    )
-    try:
-        conn.request("GET", "/metrics", headers=api.headers())
-        text = conn.getresponse().read().decode()
-    finally:
-        conn.close()
+def apiserver_metrics(
+    api: BlockingKube,
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = api.request_text("GET", "/metrics", timeout=30)
     return {k: v for k, v in prometheus(text).items() if k[0] == "apiserver_request_total"}
 
 
@@ -134,7 +126,7 @@ def proc_status(pid: int) -> dict[str, int]:
     return out
 
 
-def ready_times(api: KubeConfig, started: float, seen: dict[str, float]) -> int:
+def ready_times(api: BlockingKube, started: float, seen: dict[str, float]) -> int:
     items = api.request(
         "GET", f"/apis/hedge.dev/v1alpha1/namespaces/{NAMESPACE}/modeldeployments", timeout=30
     )["items"]
@@ -155,6 +147,7 @@ def run(count: int, idle: float, timeout: float) -> dict[str, Any]:
     nodes = [*DEFAULT_NODES, *gpu_nodes(math.ceil(count / 8))]
     kubectl = str(tools.ensure_tools(["kubectl"])["kubectl"])
     operator: subprocess.Popen[bytes] | None = None
+    api: BlockingKube | None = None
     log_file = Path(tempfile.mkstemp(prefix="hedge-operator-bench-", suffix=".log")[1])
     try:
         kubeconfig = cluster.up(nodes, timeout=300)
@@ -280,9 +273,11 @@ def run(count: int, idle: float, timeout: float) -> dict[str, Any]:
                 "total": own_requests,
                 "per_reconcile": round(own_requests / reconciles, 3) if reconciles else None,
                 "per_model_deployment": round(own_requests / count, 2),
-                "by_verb_resource": {
-                    f"{dict(lbl)['verb']} {dict(lbl)['resource']}": v - op_before.get((n, lbl), 0)
-                    for (n, lbl), v in op_ready.items()
+                # One entry per verb, resource and status code (a 409 and a 200 are two).
+                "by_verb_resource_code": {
+                    f"{dict(lbl)['verb']} {dict(lbl)['resource']} {dict(lbl)['code']}": v
+                    - op_before.get((n, lbl), 0)
+                    for (n, lbl), v in sorted(op_ready.items())
                     if n == "hedge_operator_api_requests_total" and v - op_before.get((n, lbl), 0)
                 },
             },
@@ -306,6 +301,8 @@ def run(count: int, idle: float, timeout: float) -> dict[str, Any]:
                 operator.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 operator.kill()
+        if api is not None:
+            api.close()
         cluster.down(quiet=True)
         print(f"operator log: {log_file}", file=sys.stderr)
 

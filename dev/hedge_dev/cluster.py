@@ -9,6 +9,7 @@ Everything lives under ``$HEDGE_CACHE_DIR/clusters/<name>/``.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -25,9 +26,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hedge_core.kube import ApiError, BlockingKube
 from hedge_dev import tools
-from hedge_dev.kubeclient import KubeAPIError, KubeConfig, write_kubeconfig
-from hedge_dev.pki import ClusterPKI, create_pki
+from hedge_dev.pki import ClusterPKI, create_pki, write_kubeconfig
+from hedge_dev.volumes import storage_class
 
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
@@ -109,6 +111,7 @@ class Component:
     pid: int
     log: str
     port: int | None = None
+    cmd: list[str] | None = None  # how it was started (restart_apiserver starts it again)
 
 
 @dataclass
@@ -177,8 +180,9 @@ class LocalCluster:
             return None
         return ClusterState.read(self.state_file)
 
-    def api(self) -> KubeConfig:
-        return KubeConfig.load(self.kubeconfig)
+    def api(self) -> BlockingKube:
+        """A blocking client on the admin kubeconfig (close it, or use it in `with`)."""
+        return BlockingKube(self.kubeconfig, user_agent="hedge-dev")
 
     def status(self) -> dict[str, Any]:
         """Which components run, and whether the API server answers /readyz."""
@@ -190,8 +194,8 @@ class LocalCluster:
             for c in state.components
         }
         ready = False
-        with contextlib.suppress(Exception):
-            ready = self._readyz(state.apiserver_port)
+        with contextlib.suppress(Exception), self.api() as api:
+            ready = self._readyz(api)
         return {
             "name": self.name,
             "running": ready and all(c["alive"] for c in comps.values()),
@@ -230,6 +234,7 @@ class LocalCluster:
         octet = self._free_octet()
         state = ClusterState(self.name, str(self.kubeconfig), ports["apiserver"], octet)
         state.write(self.state_file)
+        api: BlockingKube | None = None
         try:
             self._start(state, "etcd", self._etcd_cmd(binaries["etcd"], ports), ports["etcd"])
             self._wait(state, deadline, "etcd", lambda: self._etcd_healthy(ports["etcd"]))
@@ -247,7 +252,8 @@ class LocalCluster:
                 pki.admin_cert,
                 pki.admin_key,
             )
-            self._wait(state, deadline, "kube-apiserver", lambda: self._readyz(ports["apiserver"]))
+            api = self.api()
+            self._wait(state, deadline, "kube-apiserver", lambda: self._readyz(api))
             kubeconfig = str(self.kubeconfig)
             self._start(
                 state,
@@ -316,13 +322,14 @@ class LocalCluster:
                     "dev",
                     "podrunner",
                     f"--kubeconfig={kubeconfig}",
+                    f"--ca-file={pki.ca_cert}",
                     f"--ready-file={self.dir / 'podrunner.ready'}",
                     f"--work-dir={self.dir / 'pods'}",
                 ],
             )
-            api = self.api()
             for node in nodes:
                 api.request("POST", "/api/v1/nodes", node.manifest(octet))
+            api.request("POST", "/apis/storage.k8s.io/v1/storageclasses", storage_class())
             self._wait(state, deadline, "nodes Ready", lambda: self._nodes_ready(api, nodes))
             self._wait(
                 state,
@@ -338,8 +345,11 @@ class LocalCluster:
                 state, deadline, "pod runner", lambda: (self.dir / "podrunner.ready").exists()
             )
         except BaseException:
+            if api is not None:
+                api.close()
             self.down(quiet=True, keep_logs_in=self._failed_logs_dir())
             raise
+        api.close()
         say(
             f"cluster {self.name!r} up in {time.monotonic() - started:.1f}s "
             f"({len(nodes)} nodes, API server https://127.0.0.1:{ports['apiserver']})"
@@ -452,7 +462,7 @@ class LocalCluster:
                 env={**os.environ, **env} if env else None,
             )
         self._procs[name] = proc
-        state.components.append(Component(name, proc.pid, str(log_path), port))
+        state.components.append(Component(name, proc.pid, str(log_path), port, list(cmd)))
         state.write(self.state_file)
 
     def start_component(
@@ -467,6 +477,55 @@ class LocalCluster:
         if state is None:
             raise ClusterError(f"cluster {self.name!r} is not up")
         self._start(state, name, cmd, port, env)
+
+    def restart_apiserver(
+        self, while_down: Callable[[], None] | None = None, timeout: float = 60.0
+    ) -> None:
+        """Stops kube-apiserver (SIGTERM, as a rolling control-plane upgrade does) and starts
+        it again with the same flags; `while_down` runs in between."""
+        state = self.state()
+        comp = (
+            next((c for c in state.components if c.name == "kube-apiserver"), None)
+            if state
+            else None
+        )
+        if state is None or comp is None or comp.cmd is None:
+            raise ClusterError(f"cluster {self.name!r} has no restartable kube-apiserver")
+        # It stops listening at once but then lingers in shutdown hooks; do not wait 10 s.
+        self._stop_pid(comp.pid, grace=3.0)
+        proc = self._procs.pop(comp.name, None)
+        if proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)  # reap it
+        state.components.remove(comp)
+        if while_down is not None:
+            while_down()
+        self._start(state, comp.name, comp.cmd, comp.port)
+        with self.api() as api:
+            self._wait(
+                state, time.monotonic() + timeout, "kube-apiserver", lambda: self._readyz(api)
+            )
+
+    def compact_etcd(self) -> int:
+        """Writes a key to etcd and compacts its history up to it: once the API server has
+        restarted, every watch resuming from an older resourceVersion gets 410 Gone.
+        Returns the revision compacted to."""
+        state = self.state()
+        port = next((c.port for c in state.components if c.name == "etcd"), None) if state else None
+        if port is None:
+            raise ClusterError(f"cluster {self.name!r} has no etcd")
+
+        def call(path: str, body: dict[str, Any]) -> Any:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(), method="POST"
+            )
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                return json.loads(resp.read())
+
+        key = base64.b64encode(b"/hedge-dev/compaction").decode()
+        revision = int(call("/v3/kv/put", {"key": key, "value": key})["header"]["revision"])
+        call("/v3/kv/compaction", {"revision": revision, "physical": True})
+        return revision
 
     def assert_alive(self, name: str) -> None:
         """Raises ClusterError with the log tail if component ``name`` has exited."""
@@ -519,12 +578,9 @@ class LocalCluster:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as resp:
             return bool(json.loads(resp.read()).get("health") == "true")
 
-    def _readyz(self, port: int) -> bool:
-        ctx = KubeConfig.load(self.kubeconfig).ssl_context()
-        with urllib.request.urlopen(
-            f"https://127.0.0.1:{port}/readyz", timeout=2, context=ctx
-        ) as resp:
-            return bool(resp.status == 200)
+    @staticmethod
+    def _readyz(api: BlockingKube) -> bool:
+        return api.request_text("GET", "/readyz", timeout=2) == "ok"
 
     @staticmethod
     def _healthz(port: int) -> bool:
@@ -537,17 +593,17 @@ class LocalCluster:
             return bool(resp.status == 200)
 
     @staticmethod
-    def _exists(api: KubeConfig, path: str) -> bool:
+    def _exists(api: BlockingKube, path: str) -> bool:
         try:
             api.request("GET", path)
-        except KubeAPIError as exc:
+        except ApiError as exc:
             if exc.status == 404:
                 return False
             raise
         return True
 
     @staticmethod
-    def _nodes_ready(api: KubeConfig, nodes: tuple[NodeSpec, ...] | list[NodeSpec]) -> bool:
+    def _nodes_ready(api: BlockingKube, nodes: tuple[NodeSpec, ...] | list[NodeSpec]) -> bool:
         listed = api.request("GET", "/api/v1/nodes")["items"]
         ready = {
             n["metadata"]["name"]

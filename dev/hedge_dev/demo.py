@@ -18,12 +18,14 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from hedge_core.api import crd_yaml
 from hedge_dev import tools
 from hedge_dev.cluster import ClusterError, LocalCluster, free_port
 
-# The demo applies the repository's own example and CRD: it runs from a checkout.
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE = ROOT / "examples" / "quickstart.yaml"
+# The CRD comes from hedge_core.api and the example ships with this package (a copy of
+# examples/quickstart.yaml, kept identical by a test), so the demo runs from an installed
+# hedge-dev as well as from a checkout.
+EXAMPLE = Path(__file__).with_name("quickstart.yaml")
 MODEL = "llama-3-8b"
 
 
@@ -31,12 +33,15 @@ def _step(message: str) -> None:
     print(f"\n==> {message}", flush=True)
 
 
-def _kubectl(kubectl: Path, kubeconfig: Path, *args: str, check: bool = True) -> str:
+def _kubectl(
+    kubectl: Path, kubeconfig: Path, *args: str, check: bool = True, input: str | None = None
+) -> str:
     proc = subprocess.run(
         [str(kubectl), f"--kubeconfig={kubeconfig}", *args],
         capture_output=True,
         text=True,
         check=False,
+        input=input,
     )
     if check and proc.returncode != 0:
         raise ClusterError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
@@ -190,7 +195,7 @@ def _demo(cluster: LocalCluster, args: argparse.Namespace) -> int:
     print(_kubectl(kubectl, kubeconfig, "get", "nodes", "-L", "nvidia.com/gpu.product"))
 
     _step("Installing the ModelDeployment CRD")
-    print(_kubectl(kubectl, kubeconfig, "apply", "--server-side", "-f", str(ROOT / "crds")))
+    print(_kubectl(kubectl, kubeconfig, "apply", "--server-side", "-f", "-", input=crd_yaml()))
     _kubectl(
         kubectl,
         kubeconfig,
@@ -234,7 +239,7 @@ def _demo(cluster: LocalCluster, args: argparse.Namespace) -> int:
     print(f"operator log: {cluster.logs / 'operator.log'}")
     print(f"gateway: {gateway}/v1 (log: {cluster.logs / 'gateway.log'})")
 
-    _step(f"Applying {EXAMPLE.relative_to(ROOT)}")
+    _step("Applying examples/quickstart.yaml")
     print(EXAMPLE.read_text())
     print(_kubectl(kubectl, kubeconfig, "apply", "-f", str(EXAMPLE)))
     waited = _kubectl(

@@ -12,6 +12,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 API_SERVER_SANS = (
     "DNS:localhost",
     "DNS:kubernetes",
@@ -128,3 +130,36 @@ def create_pki(directory: Path) -> ClusterPKI:
         sa_key=directory / "sa.key",
         sa_pub=directory / "sa.pub",
     )
+
+
+def write_kubeconfig(
+    path: Path,
+    name: str,
+    server: str,
+    ca_file: Path,
+    cert_file: Path | None = None,
+    key_file: Path | None = None,
+    token: str | None = None,
+    namespace: str | None = None,
+) -> None:
+    """Writes a one-context kubeconfig that references (never embeds) key material."""
+    user: dict[str, str] = {}
+    if cert_file and key_file:
+        user = {"client-certificate": str(cert_file), "client-key": str(key_file)}
+    if token:
+        user["token"] = token
+    context: dict[str, str] = {"cluster": name, "user": name}
+    if namespace:
+        context["namespace"] = namespace
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {"name": name, "cluster": {"server": server, "certificate-authority": str(ca_file)}}
+        ],
+        "users": [{"name": name, "user": user}],
+        "contexts": [{"name": name, "context": context}],
+        "current-context": name,
+    }
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    path.chmod(0o600)

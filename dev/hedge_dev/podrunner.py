@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -35,7 +34,9 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from hedge_dev.kubeclient import KubeConfig, write_kubeconfig
+from hedge_core.kube import STRATEGIC_MERGE_PATCH, Kube, ListWatch
+from hedge_dev.pki import write_kubeconfig
+from hedge_dev.volumes import DirectoryProvisioner
 
 log = logging.getLogger("hedge.podrunner")
 
@@ -128,76 +129,49 @@ class VllmWorkload(ProcessWorkload):
 
 
 class PodRunner:
-    def __init__(self, kube: KubeConfig, work_dir: Path) -> None:
-        self.kube = kube
+    def __init__(self, kubeconfig: Path, ca_file: Path, work_dir: Path) -> None:
+        self.kube = Kube(str(kubeconfig), user_agent="hedge-podrunner", max_connections=50)
+        self.ca_file = ca_file
         self.work_dir = work_dir
         self.runs: dict[str, PodRun] = {}
-        self._session: aiohttp.ClientSession | None = None
         self._probe_session: aiohttp.ClientSession | None = None
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        assert self._session is not None
-        return self._session
+        # The cluster's default StorageClass: claims become directories beside the pods'.
+        self.volumes = DirectoryProvisioner(self.kube, work_dir.parent / "volumes")
 
     async def run(self, ready_file: Path | None, stop: asyncio.Event) -> None:
-        self._session = aiohttp.ClientSession(
-            base_url=self.kube.server,
-            headers=self.kube.headers(),
-            connector=aiohttp.TCPConnector(ssl=self.kube.ssl_context(), limit=50),
-        )
+        await self.kube.login()
         self._probe_session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=2), connector=aiohttp.TCPConnector(limit=0)
         )
-        proxy = ServiceProxy()
-        synced = {"pods": asyncio.Event(), "services": asyncio.Event(), "slices": asyncio.Event()}
-        watchers = [
-            asyncio.create_task(
-                watch_forever(
-                    self.session,
-                    "/api/v1/pods",
-                    {"labelSelector": RUNNER_LABEL},
-                    self._on_pod,
-                    self._on_pod_list,
-                    synced["pods"],
-                )
+        proxy = ServiceProxy(self.kube)
+        watches = [
+            ListWatch(
+                self.kube,
+                "/api/v1/pods",
+                params={"labelSelector": RUNNER_LABEL},
+                name="pods",
+                on_list=self._on_pod_list,
+                on_event=lambda kind, pod: self._on_pod(pod, deleted=kind == "DELETED"),
+                max_backoff_s=5.0,
             ),
-            asyncio.create_task(
-                watch_forever(
-                    self.session,
-                    "/api/v1/services",
-                    {},
-                    proxy.on_service,
-                    proxy.on_service_list,
-                    synced["services"],
-                )
-            ),
-            asyncio.create_task(
-                watch_forever(
-                    self.session,
-                    "/apis/discovery.k8s.io/v1/endpointslices",
-                    {},
-                    proxy.on_slice,
-                    proxy.on_slice_list,
-                    synced["slices"],
-                )
-            ),
+            proxy.services,
+            proxy.slices,
+            *self.volumes.watches,
         ]
         try:
-            await asyncio.gather(*(event.wait() for event in synced.values()))
+            for watch in watches:
+                watch.start()
+            await asyncio.gather(*(watch.synced.wait() for watch in watches))
             if ready_file is not None:
                 ready_file.write_text(str(os.getpid()))
             await stop.wait()
         finally:
-            for watcher in watchers:
-                watcher.cancel()
-            for watcher in watchers:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
+            for watch in watches:
+                await watch.stop()
             await proxy.close()
             await asyncio.gather(*(self._stop_run(key) for key in list(self.runs)))
-            await self._session.close()
             await self._probe_session.close()
+            await self.kube.close()
 
     async def _on_pod_list(self, pods: list[dict[str, Any]]) -> None:
         seen = set()
@@ -316,16 +290,22 @@ class PodRunner:
         argv = [*(container.get("command") or ["hedge"]), *(container.get("args") or [])]
         if not argv or Path(argv[0]).name != "hedge":
             raise ValueError(f"the pod runner only runs `hedge` containers, not {argv[:1]}")
+        pod_dir = self.work_dir / f"{run.namespace}_{run.name}"
+        pod_dir.mkdir(parents=True, exist_ok=True)
+        mounts = self._mounts(pod, container, pod_dir)
         argv = [
             sys.executable,
             "-m",
             "hedge_core.cli",
-            *[_bind_to_pod_ip(a, run.ip) for a in argv[1:]],
+            *[_at_mounts(_bind_to_pod_ip(a, run.ip), mounts) for a in argv[1:]],
         ]
-        pod_dir = self.work_dir / f"{run.namespace}_{run.name}"
-        pod_dir.mkdir(parents=True, exist_ok=True)
         env = _inherited_env()
-        env.update(await self._container_env(pod, container))
+        env.update(
+            {
+                k: _at_mounts(v, mounts)
+                for k, v in (await self._container_env(pod, container)).items()
+            }
+        )
         env["KUBECONFIG"] = str(await self._service_account_kubeconfig(pod, pod_dir))
         env["POD_IP"] = run.ip
         log_path = pod_dir / f"{container['name']}.log"
@@ -342,6 +322,29 @@ class PodRunner:
         finally:
             log_file.close()
         return ProcessWorkload(proc)
+
+    def _mounts(
+        self, pod: dict[str, Any], container: dict[str, Any], pod_dir: Path
+    ) -> list[tuple[str, Path]]:
+        """(mountPath, directory) of the container's claim and emptyDir volumes, deepest
+        first. There are no mount namespaces here: paths under a mountPath in the args and
+        env are rewritten to the directory, as 0.0.0.0 is to the pod IP."""
+        volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
+        found: list[tuple[str, Path]] = []
+        for mount in container.get("volumeMounts") or []:
+            volume = volumes.get(mount["name"]) or {}
+            directory: Path | None = None
+            if "persistentVolumeClaim" in volume:
+                claim = volume["persistentVolumeClaim"]["claimName"]
+                directory = self.volumes.path_for(pod["metadata"]["namespace"], claim)
+            elif "emptyDir" in volume:
+                directory = pod_dir / "volumes" / mount["name"]
+            if directory is None:
+                continue
+            directory = directory / mount.get("subPath", "")
+            directory.mkdir(parents=True, exist_ok=True)
+            found.append((mount["mountPath"].rstrip("/") or "/", directory))
+        return sorted(found, key=lambda m: -len(m[0]))
 
     async def _container_env(
         self, pod: dict[str, Any], container: dict[str, Any]
@@ -388,18 +391,16 @@ class PodRunner:
                 },
             },
         }
-        async with self.session.post(
-            f"/api/v1/namespaces/{meta['namespace']}/serviceaccounts/{sa}/token", json=body
-        ) as resp:
-            resp.raise_for_status()
-            token = (await resp.json())["status"]["token"]
+        answer = await self.kube.request(
+            "POST", f"/api/v1/namespaces/{meta['namespace']}/serviceaccounts/{sa}/token", body=body
+        )
+        token = answer["status"]["token"]
         path = pod_dir / "kubeconfig"
-        assert self.kube.ca_file is not None
         write_kubeconfig(
             path,
             "in-cluster",
-            self.kube.server,
-            self.kube.ca_file,
+            self.kube.credentials.server,
+            self.ca_file,
             token=token,
             namespace=meta["namespace"],
         )
@@ -514,19 +515,15 @@ class PodRunner:
         await self._patch_status(meta["namespace"], meta["name"], patch)
 
     async def _patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
-        async with self.session.patch(
+        await self.kube.patch(
             f"/api/v1/namespaces/{namespace}/pods/{name}/status",
-            data=json.dumps(patch),
-            headers={"Content-Type": "application/strategic-merge-patch+json"},
-        ) as resp:
-            if resp.status == 404:
-                return
-            resp.raise_for_status()
+            patch,
+            content_type=STRATEGIC_MERGE_PATCH,
+            missing_ok=True,
+        )
 
     async def _get(self, path: str) -> Any:
-        async with self.session.get(path) as resp:
-            resp.raise_for_status()
-            return await resp.json()
+        return await self.kube.get(path)
 
     async def _stop_run(self, key: str) -> None:
         run = self.runs.pop(key, None)
@@ -542,79 +539,6 @@ class PodRunner:
         log.info("stopped %s", key)
 
 
-class _Gone(Exception):
-    """The watch's resourceVersion expired (410 Gone): list again."""
-
-
-Handler = Callable[[dict[str, Any], bool], Awaitable[None]]
-ListHandler = Callable[[list[dict[str, Any]]], Awaitable[None]]
-
-
-async def watch_forever(
-    session: aiohttp.ClientSession,
-    path: str,
-    params: dict[str, str],
-    on_event: Handler,
-    on_list: ListHandler,
-    synced: asyncio.Event,
-) -> None:
-    """List, then watch from the list's resourceVersion; re-list on 410 Gone or errors."""
-    backoff = 0.2
-    while True:
-        try:
-            async with session.get(path, params=params) as resp:
-                resp.raise_for_status()
-                listing = await resp.json()
-            await on_list(listing["items"])
-            synced.set()
-            rv = listing["metadata"]["resourceVersion"]
-            backoff = 0.2
-            while True:
-                rv = await _watch_once(session, path, params, rv, on_event)
-        except asyncio.CancelledError:
-            raise
-        except _Gone:
-            continue
-        except Exception as exc:  # the runner must outlive API hiccups
-            log.warning("watch of %s failed (%s: %s); retrying", path, type(exc).__name__, exc)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
-
-
-async def _watch_once(
-    session: aiohttp.ClientSession,
-    path: str,
-    params: dict[str, str],
-    rv: str,
-    on_event: Handler,
-) -> str:
-    watch_params = {
-        **params,
-        "watch": "true",
-        "resourceVersion": rv,
-        "allowWatchBookmarks": "true",
-        "timeoutSeconds": "300",
-    }
-    timeout = aiohttp.ClientTimeout(total=None, sock_read=330)
-    async with session.get(path, params=watch_params, timeout=timeout) as resp:
-        if resp.status == 410:
-            raise _Gone
-        resp.raise_for_status()
-        async for line in resp.content:
-            if not line.strip():
-                continue
-            event = json.loads(line)
-            obj = event["object"]
-            if event["type"] == "ERROR":
-                if obj.get("code") == 410:
-                    raise _Gone
-                raise RuntimeError(f"watch error: {obj.get('message')}")
-            rv = obj["metadata"]["resourceVersion"]
-            if event["type"] != "BOOKMARK":
-                await on_event(obj, event["type"] == "DELETED")
-    return rv
-
-
 class ServiceProxy:
     """kube-proxy for the local cluster: ClusterIP:port (on loopback) → a ready endpoint.
 
@@ -623,35 +547,25 @@ class ServiceProxy:
     Service without ready endpoints refuses connections by closing them at once.
     """
 
-    def __init__(self) -> None:
-        self.services: dict[str, dict[str, Any]] = {}
-        self.slices: dict[str, dict[str, Any]] = {}
+    def __init__(self, kube: Kube) -> None:
+        self.services = ListWatch(
+            kube,
+            "/api/v1/services",
+            name="services",
+            on_list=lambda _items: self._sync_listeners(),
+            on_event=lambda _kind, _svc: self._sync_listeners(),
+            max_backoff_s=5.0,
+        )
+        self.slices = ListWatch(
+            kube, "/apis/discovery.k8s.io/v1/endpointslices", name="endpointslices",
+            max_backoff_s=5.0,
+        )  # fmt: skip
         self.listeners: dict[tuple[str, int], asyncio.Server] = {}
         self._turn = 0
 
-    async def on_service_list(self, items: list[dict[str, Any]]) -> None:
-        self.services = {_ns_name(s): s for s in items}
-        await self._sync_listeners()
-
-    async def on_service(self, svc: dict[str, Any], deleted: bool) -> None:
-        if deleted:
-            self.services.pop(_ns_name(svc), None)
-        else:
-            self.services[_ns_name(svc)] = svc
-        await self._sync_listeners()
-
-    async def on_slice_list(self, items: list[dict[str, Any]]) -> None:
-        self.slices = {_ns_name(s): s for s in items}
-
-    async def on_slice(self, eps: dict[str, Any], deleted: bool) -> None:
-        if deleted:
-            self.slices.pop(_ns_name(eps), None)
-        else:
-            self.slices[_ns_name(eps)] = eps
-
     def endpoints(self, namespace: str, service: str, port_name: str) -> list[tuple[str, int]]:
         found = []
-        for eps in self.slices.values():
+        for eps in self.slices.items.values():
             meta = eps["metadata"]
             if (
                 meta["namespace"] != namespace
@@ -669,7 +583,7 @@ class ServiceProxy:
 
     async def _sync_listeners(self) -> None:
         wanted: dict[tuple[str, int], tuple[str, str, str]] = {}
-        for svc in self.services.values():
+        for svc in self.services.items.values():
             ip = svc.get("spec", {}).get("clusterIP")
             if not ip or ip == "None":
                 continue
@@ -729,8 +643,13 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             writer.close()
 
 
-def _ns_name(obj: dict[str, Any]) -> str:
-    return f"{obj['metadata'].get('namespace', '')}/{obj['metadata']['name']}"
+def _at_mounts(value: str, mounts: list[tuple[str, Path]]) -> str:
+    """`/models/x` (alone or as `--flag=/models/x`) → the directory behind `/models`."""
+    flag, eq, path = value.partition("=") if value.startswith("-") else ("", "", value)
+    for mount_path, directory in mounts:
+        if path == mount_path or path.startswith(mount_path + "/"):
+            return f"{flag}{eq}{directory}{path[len(mount_path) :]}"
+    return value
 
 
 def _inherited_env() -> dict[str, str]:
@@ -770,6 +689,9 @@ def _named_port(container: dict[str, Any], name: str) -> int:
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kubeconfig", type=Path, required=True)
+    parser.add_argument(
+        "--ca-file", type=Path, required=True, help="the cluster CA, for the pods' kubeconfigs"
+    )
     parser.add_argument("--ready-file", type=Path)
     parser.add_argument("--work-dir", type=Path, required=True)
 
@@ -782,7 +704,7 @@ def run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        runner = PodRunner(KubeConfig.load(args.kubeconfig), args.work_dir)
+        runner = PodRunner(args.kubeconfig, args.ca_file, args.work_dir)
         await runner.run(args.ready_file, stop)
 
     asyncio.run(main())

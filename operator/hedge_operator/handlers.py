@@ -5,10 +5,14 @@
 - a resync timer repairs anything a lost watch event would have left behind;
 - kopf indexes keep the children (Deployments, Services, PDBs, cache PVCs, engine pods) in
   memory, so reconciles read nothing from the API server, and every change of a child
-  nudges its ModelDeployment: one coalesced reconcile shortly after, which writes status
-  through kube.py (there is no kopf handler of the parent to carry a patch then).
+  nudges its ModelDeployment: one coalesced reconcile shortly after.
 
-Status from kopf handlers goes through `patch.status`; handlers return None.
+Status has one writer, the reconciler (through kube.py, guarded by resourceVersion), for
+the kopf handlers and the nudges alike: kopf's own patch, applied after a handler returns,
+could otherwise land after a newer status and undo it. Handlers return None.
+
+kopf logs in with the same credentials as kube.py (`login`): one client, one notion of
+credentials, re-loaded (exec plugins run again) whenever kopf or kube.py gets a 401.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import aiohttp
 import kopf
 
 from hedge_core.api import (
@@ -163,9 +168,9 @@ class Runtime:
         body = self.indexes.model(key)
         if body is None:
             return
-        outcome = await self.reconciler.reconcile(body, self.indexes.observed(key), trigger="child")
-        if outcome.patch:
-            await self.kube.patch_status(key[0], key[1], outcome.patch)
+        outcome = await self.reconciler.reconcile(
+            body, self.indexes.observed(key), trigger="child", write_status=True
+        )
         self.recheck(key, outcome)
 
     def recheck(self, key: Key, outcome: Outcome) -> None:
@@ -178,12 +183,6 @@ def runtime(memo: Any, kwargs: Mapping[str, Any] | None = None) -> Runtime:
     if kwargs is not None and rt.indexes is None and "hedge_models" in kwargs:
         rt.indexes = Indexes.from_kwargs(kwargs)
     return rt
-
-
-def login_credentials(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo | None:
-    """In-cluster service account first, then the kubeconfig (kopf's own login helpers)."""
-    info = kopf.login_with_service_account(settings=settings)
-    return info or kopf.login_with_kubeconfig(settings=settings)
 
 
 # ----------------------------------------------------------------------- operator-level
@@ -211,11 +210,24 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
 
 
 @kopf.on.login()
-def login(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Any:
-    info = login_credentials(settings)
-    if info is not None:
-        runtime(memo).kube.use(info)
-    return info
+async def login(memo: Any, **_: Any) -> kopf.AiohttpSession:
+    """kopf's session on kube.py's credentials, loaded afresh: kopf calls this at start and
+    again when the API server refuses the current credentials or they expire."""
+    client = runtime(memo).kube.client
+    creds = await client.login()
+    log.info("logged in to %s (%s)", creds.server, creds.source)
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, ssl=creds.ssl_context or False),
+        headers={**creds.headers(), "User-Agent": "hedge-operator (kopf)"},
+        proxy=creds.proxy,
+        trust_env=True,
+    )
+    return kopf.AiohttpSession(
+        server=creds.server,
+        aiohttp_session=session,
+        default_namespace=creds.namespace,
+        expiration=creds.expiration,
+    )
 
 
 @kopf.on.cleanup()
@@ -292,17 +304,15 @@ def _raise_for(outcome: Outcome) -> None:
     raise kopf.PermanentError(f"{problem.reason}: {problem.message}")
 
 
-async def _reconcile_into(
-    rt: Runtime, body: kopf.Body, key: Key, patch: kopf.Patch, trigger: str
-) -> Outcome:
-    """One reconcile whose status goes out through kopf's own patch of this handler."""
+async def _reconcile_into(rt: Runtime, body: kopf.Body, key: Key, trigger: str) -> Outcome:
+    """One reconcile; the reconciler writes its status (see the module docstring)."""
     assert rt.indexes is not None
     try:
-        outcome = await rt.reconciler.reconcile(body, rt.indexes.observed(key), trigger=trigger)
+        return await rt.reconciler.reconcile(
+            body, rt.indexes.observed(key), trigger=trigger, write_status=True
+        )
     except RetryableError as e:
         raise kopf.TemporaryError(str(e), delay=RETRY_DELAY) from e
-    patch.status.update(outcome.patch)
-    return outcome
 
 
 @kopf.on.resume(*MD, id="reconcile")
@@ -312,13 +322,12 @@ async def reconcile(
     body: kopf.Body,
     namespace: str | None,
     name: str,
-    patch: kopf.Patch,
     memo: Any,
     **kwargs: Any,
 ) -> None:
     rt = runtime(memo, kwargs)
     key = (namespace or "", name)
-    outcome = await _reconcile_into(rt, body, key, patch, "spec")
+    outcome = await _reconcile_into(rt, body, key, "spec")
     rt.recheck(key, outcome)
     _raise_for(outcome)
 
@@ -328,11 +337,10 @@ async def resync(
     body: kopf.Body,
     namespace: str | None,
     name: str,
-    patch: kopf.Patch,
     memo: Any,
     **kwargs: Any,
 ) -> None:
-    await _reconcile_into(runtime(memo, kwargs), body, (namespace or "", name), patch, "resync")
+    await _reconcile_into(runtime(memo, kwargs), body, (namespace or "", name), "resync")
 
 
 # -------------------------------------------------------------------------------- nudges

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import logging
 import secrets
 from pathlib import Path
@@ -27,6 +26,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="NAMESPACE",
         help="watch only this namespace (repeatable; globs allowed); default: all namespaces",
+    )
+    parser.add_argument(
+        "--kubeconfig",
+        metavar="FILE",
+        help="kubeconfig file(s), separated like KUBECONFIG "
+        "(default: in-cluster, then $KUBECONFIG, then ~/.kube/config)",
     )
     parser.add_argument(
         "--gpu-types",
@@ -96,12 +101,19 @@ def build_config(args: argparse.Namespace) -> OperatorConfig:
     return config
 
 
-async def serve(args: argparse.Namespace, config: OperatorConfig) -> None:
+async def serve(args: argparse.Namespace, config: OperatorConfig) -> int:
+    from hedge_core.kube import KubeConfigError
     from hedge_operator import handlers  # registers the handlers on kopf's default registry
     from hedge_operator.kube import Kube
     from hedge_operator.reconciler import Reconciler
 
-    kube = Kube(functools.partial(handlers.login_credentials, kopf.OperatorSettings()))
+    kube = Kube(args.kubeconfig)
+    try:
+        await kube.client.login()  # fail fast and clearly; kopf would retry for ever
+    except KubeConfigError as exc:
+        await kube.close()
+        logging.error("%s", exc)
+        return 2
     rt = handlers.Runtime(
         config=config,
         kube=kube,
@@ -124,6 +136,7 @@ async def serve(args: argparse.Namespace, config: OperatorConfig) -> None:
         liveness_endpoint=liveness,
         memo=kopf.Memo(hedge=rt),
     )
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -142,5 +155,4 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.metrics_port:
         prometheus_client.start_http_server(args.metrics_port, addr=args.bind_address)
-    asyncio.run(serve(args, config))
-    return 0
+    return asyncio.run(serve(args, config))

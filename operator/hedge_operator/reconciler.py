@@ -3,6 +3,11 @@
 The decisions are the pure functions of api/validation/plan/status; this module sequences
 them and performs the writes through a `KubeAPI` (kube.Kube in the operator, a fake in tests).
 Reconciles of the same object are serialised; different objects run concurrently.
+
+Status has one writer: `reconcile(..., write_status=True)` writes it inside the object's
+lock, guarded by the resourceVersion the status was computed from. A stale body (kopf's
+index lagging behind a write) gets 409 Conflict, and the reconcile runs again on the object
+as the API server has it now, so a slower path can never overwrite newer status.
 """
 
 from __future__ import annotations
@@ -12,16 +17,17 @@ import contextlib
 import datetime
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 
 from hedge_core.api import ModelDeployment, SpecError
 from hedge_operator import metrics
 from hedge_operator.config import OperatorConfig
-from hedge_operator.kube import ApiError
+from hedge_operator.kube import ApiError, Conflict
 from hedge_operator.observed import Observed, owned_by
 from hedge_operator.plan import (
     APPLIED_HASH,
@@ -49,6 +55,7 @@ from hedge_operator.validation import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class KubeAPI(Protocol):
@@ -63,6 +70,22 @@ class KubeAPI(Protocol):
     async def post_event(
         self, involved: Mapping[str, Any], type_: str, reason: str, message: str
     ) -> None: ...
+
+    async def get_model(self, namespace: str, name: str) -> Mapping[str, Any] | None: ...
+
+    async def patch_status(
+        self, namespace: str, name: str, patch: Mapping[str, Any], resource_version: str
+    ) -> str | None: ...
+
+
+class _AnyKeys(frozenset[str]):
+    """The keys of a Secret the operator may not read: any key is taken to be there."""
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+
+UNCHECKED: frozenset[str] = _AnyKeys()
 
 
 class RetryableError(Exception):
@@ -93,6 +116,33 @@ class _Memory:
     in_flight: dict[tuple[str, str], tuple[str, float]] = field(default_factory=dict)
     secrets: tuple[int, dict[str, frozenset[str] | None], float] | None = None
     events: dict[tuple[str, str, str], float] = field(default_factory=dict)
+    #: The newest version of the object we know (its resourceVersion and status, from our
+    #: own last write or read) and versions known to be older. kopf's copy of the object
+    #: lags behind our writes; a copy at a superseded version is read as the newest one.
+    latest: tuple[str, dict[str, Any]] | None = None
+    superseded: deque[str] = field(default_factory=lambda: deque(maxlen=16))
+
+    def learn(self, older: str, version: str, status: dict[str, Any]) -> None:
+        """`version` (with `status`) is now the newest; `older` came before it."""
+        if self.latest is not None and self.latest[0] != version:
+            self.superseded.append(self.latest[0])
+        if older and older != version:
+            self.superseded.append(older)
+        self.latest = (version, status)
+
+    def caught_up(self, body: Mapping[str, Any]) -> Mapping[str, Any]:
+        """`body`, or the newest version we know when `body` is known to be older."""
+        meta = body.get("metadata") or {}
+        version = meta.get("resourceVersion")
+        if self.latest is None or version is None or version == self.latest[0]:
+            return body
+        if version not in self.superseded:
+            return body  # a version we never saw: someone else's write, newer than ours
+        return {
+            **body,
+            "metadata": {**meta, "resourceVersion": self.latest[0]},
+            "status": self.latest[1],
+        }
 
 
 class Reconciler:
@@ -103,6 +153,8 @@ class Reconciler:
     SECRETS_MISSING_TTL = 5.0
     #: The same Event is not posted twice within this many seconds.
     EVENT_DEDUP = 60.0
+    #: Status writes tried per reconcile when the object keeps changing underneath.
+    STATUS_ATTEMPTS = 3
 
     def __init__(
         self,
@@ -128,17 +180,26 @@ class Reconciler:
         return mem
 
     async def reconcile(
-        self, body: Mapping[str, Any], observed: Observed, *, trigger: str
+        self,
+        body: Mapping[str, Any],
+        observed: Observed,
+        *,
+        trigger: str,
+        write_status: bool = False,
     ) -> Outcome:
-        """Brings the children in line with the spec and returns the new status. Raises
-        RetryableError when the API server had trouble."""
+        """Brings the children in line with the spec and returns the new status (written
+        too, with `write_status`). Raises RetryableError when the API server had trouble."""
         uid = str((body.get("metadata") or {}).get("uid", ""))
         mem = self._mem(uid)
         started = time.perf_counter()
         result = "error"
         try:
             async with mem.lock:
+                if write_status:
+                    body = mem.caught_up(body)
                 outcome = await self._reconcile(body, observed, mem)
+                if write_status:
+                    outcome = await self._write_status(body, observed, mem, outcome)
             result = "ok" if outcome.problem is None else outcome.problem.reason
             if outcome.problem is not None:
                 metrics.RECONCILE_ERRORS.labels(outcome.problem.reason).inc()
@@ -214,6 +275,55 @@ class Reconciler:
             recheck_after=self.IN_FLIGHT_TTL + 1 if mem.in_flight else None,
         )
 
+    async def _write_status(
+        self, body: Mapping[str, Any], observed: Observed, mem: _Memory, outcome: Outcome
+    ) -> Outcome:
+        requests = 0
+        for _ in range(self.STATUS_ATTEMPTS):
+            if not outcome.patch and mem.latest is not None and mem.latest[1] != outcome.status:
+                # The copy in hand already shows this status, but the newest version we know
+                # says otherwise: write; a stale copy gets a conflict and is read again.
+                outcome.patch = status_patch(mem.latest[1], outcome.status)
+            if not outcome.patch:
+                break
+            meta = body.get("metadata") or {}
+            namespace, name = str(meta.get("namespace")), str(meta.get("name"))
+            version = str(meta.get("resourceVersion", ""))
+            try:
+                written = await self.kube.patch_status(namespace, name, outcome.patch, version)
+                requests += 1
+                if written:
+                    mem.learn(version, written, outcome.status)
+                break
+            except Conflict:
+                # Computed from an older version of the object: read it as it is now and
+                # reconcile again (writes already made are in flight, so not repeated).
+                requests += 1
+                fresh = await self._io(self.kube.get_model(namespace, name))
+                requests += 1
+                if fresh is None or (fresh.get("metadata") or {}).get("uid") != meta.get("uid"):
+                    break  # deleted meanwhile
+                fresh_version = str((fresh.get("metadata") or {}).get("resourceVersion", ""))
+                mem.learn(version, fresh_version, dict(fresh.get("status") or {}))
+                body = fresh
+                again = await self._reconcile(body, observed, mem)
+                again.requests += outcome.requests
+                again.actions = outcome.actions + again.actions
+                outcome = again
+            except (ApiError, aiohttp.ClientError, TimeoutError, OSError) as e:
+                raise RetryableError(f"writing status: {e}") from e
+        else:
+            raise RetryableError("status kept changing while it was written")
+        outcome.requests += requests
+        return outcome
+
+    @staticmethod
+    async def _io(call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except (ApiError, aiohttp.ClientError, TimeoutError, OSError) as e:
+            raise RetryableError(f"{type(e).__name__}: {e}") from e
+
     async def _execute(
         self, md: ModelDeployment, actions: list[Action], mem: _Memory
     ) -> tuple[int, Problem | None]:
@@ -262,16 +372,32 @@ class Reconciler:
             return {}, 0
         now = self._clock()
         if mem.secrets is not None:
-            generation, found, at = mem.secrets
-            complete = all(found.get(n) is not None for n in names) and set(names) <= set(found)
+            generation, cached, at = mem.secrets
+            complete = all(cached.get(n) is not None for n in names) and set(names) <= set(cached)
             ttl = self.SECRETS_FOUND_TTL if complete else self.SECRETS_MISSING_TTL
             if generation == md.generation and now - at < ttl:
-                return found, 0
-        try:
-            keys = await asyncio.gather(*(self.kube.secret_keys(md.namespace, n) for n in names))
-        except (ApiError, aiohttp.ClientError, TimeoutError, OSError) as e:
-            raise RetryableError(f"looking up Secrets: {e}") from e
-        found = dict(zip(names, keys, strict=True))
+                return cached, 0
+        results = await asyncio.gather(
+            *(self.kube.secret_keys(md.namespace, n) for n in names), return_exceptions=True
+        )
+        found: dict[str, frozenset[str] | None] = {}
+        for name, result in zip(names, results, strict=True):
+            if isinstance(result, ApiError) and result.status == 403:
+                # Secret reads are granted only where keys are expected (the chart's
+                # rbac.secretNamespaces): elsewhere the reference is passed on unchecked.
+                log.warning(
+                    "%s/%s: may not read Secret %r (forbidden), so it is not checked",
+                    md.namespace,
+                    md.name,
+                    name,
+                )
+                found[name] = UNCHECKED
+            elif isinstance(result, ApiError | aiohttp.ClientError | TimeoutError | OSError):
+                raise RetryableError(f"looking up Secrets: {result}") from result
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                found[name] = result
         mem.secrets = (md.generation, found, now)
         return found, len(names)
 

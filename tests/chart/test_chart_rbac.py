@@ -109,9 +109,16 @@ def test_no_wildcards_and_no_privilege_escalation(render: Render) -> None:
 def test_cluster_wide_install_grants_what_each_component_needs(render: Render) -> None:
     manifests = render(CHART / "ci" / "default-values.yaml")
     for verb, group, resource in OPERATOR_NEEDS:
-        assert allowed(manifests, OPERATOR, Request(verb, group, resource, ANY_NAMESPACE))
+        if resource != "secrets":
+            assert allowed(manifests, OPERATOR, Request(verb, group, resource, ANY_NAMESPACE))
     for verb, group, resource in GATEWAY_NEEDS:
-        assert allowed(manifests, GATEWAY, Request(verb, group, resource, ANY_NAMESPACE))
+        if resource != "secrets":
+            assert allowed(manifests, GATEWAY, Request(verb, group, resource, ANY_NAMESPACE))
+    # Secrets: nowhere, until the install names the namespaces that hold provider keys.
+    for subject in (OPERATOR, GATEWAY):
+        for verb in ("get", "list", "watch"):
+            assert not allowed(manifests, subject, Request(verb, "", "secrets", ANY_NAMESPACE))
+            assert not allowed(manifests, subject, Request(verb, "", "secrets", None))
     # kopf's cluster-wide needs: CRD discovery and the shared ClusterKopfPeering.
     for verb in ("get", "list", "watch"):
         req = Request(verb, "apiextensions.k8s.io", "customresourcedefinitions", None)
@@ -211,13 +218,36 @@ def test_secrets_are_readable_only_where_provider_keys_live(render: Render) -> N
     assert not allowed(manifests, OPERATOR, keys)
 
 
+# What the gateway's discovery sends, request by request (hedge_serving.gateway.discovery on
+# hedge_core.kube.ListWatch): list+watch of ModelDeployments and EndpointSlices, cluster-wide
+# in a cluster-wide install, and list+watch of each referenced Secret, by name
+# (fieldSelector=metadata.name), in its namespace.
+def gateway_requests(md_namespace: str | None, secret_namespace: str) -> list[Request]:
+    return [
+        Request(verb, group, resource, namespace)
+        for group, resource, namespace in (
+            ("hedge.dev", "modeldeployments", md_namespace),
+            ("discovery.k8s.io", "endpointslices", md_namespace),
+            ("", "secrets", secret_namespace),
+        )
+        for verb in ("list", "watch")
+    ]
+
+
 def test_narrowed_secrets_in_a_cluster_wide_install(render: Render) -> None:
-    manifests = render(set_values=("rbac.secretNamespaces={llm-keys}",))
-    assert allowed(manifests, GATEWAY, Request("list", "", "secrets", "llm-keys"))
-    assert not allowed(manifests, GATEWAY, Request("list", "", "secrets", ANY_NAMESPACE))
-    assert allowed(
-        manifests, GATEWAY, Request("list", "hedge.dev", "modeldeployments", ANY_NAMESPACE)
-    )
+    manifests = render(set_values=("rbac.secretNamespaces={llm-keys,shared-keys}",))
+    for secret_namespace in ("llm-keys", "shared-keys"):
+        for req in gateway_requests(None, secret_namespace):
+            assert allowed(manifests, GATEWAY, req), req
+    for verb in ("get", "list", "watch"):
+        assert not allowed(manifests, GATEWAY, Request(verb, "", "secrets", ANY_NAMESPACE))
+        assert not allowed(manifests, GATEWAY, Request(verb, "", "secrets", None))
+        assert not allowed(manifests, GATEWAY, Request(verb, "", "secrets", "hedge-system"))
+    assert allowed(manifests, OPERATOR, Request("get", "", "secrets", "llm-keys"))
+    assert not allowed(manifests, OPERATOR, Request("get", "", "secrets", ANY_NAMESPACE))
+    # Only Roles grant Secrets: no ClusterRole names them.
+    for role in by_kind(manifests, "ClusterRole"):
+        assert all("secrets" not in rule["resources"] for rule in role["rules"]), role
 
 
 @pytest.mark.parametrize(

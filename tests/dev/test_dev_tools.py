@@ -106,3 +106,11 @@ def test_service_range_does_not_overlap_pod_subnets() -> None:
     for node in DEFAULT_NODES:
         pods = ipaddress.ip_network(node.manifest(42)["spec"]["podCIDR"])
         assert not pods.overlaps(services)
+
+
+def test_demo_example_is_the_repository_quickstart() -> None:
+    """`hedge dev demo` ships its own copy of the example (it runs from an installed wheel)."""
+    from hedge_dev import demo
+
+    root = Path(__file__).resolve().parents[2]
+    assert demo.EXAMPLE.read_text() == (root / "examples" / "quickstart.yaml").read_text()

@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import aiohttp
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from hedge_core.kube import ApiError, BlockingKube
 from hedge_dev import tools
 from hedge_dev.cluster import LocalCluster, free_port
-from hedge_dev.kubeclient import KubeAPIError, KubeConfig
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +50,7 @@ def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval:
             result = check()
             if result:
                 return result
-        except (AssertionError, KubeAPIError, OSError) as exc:
+        except (AssertionError, ApiError, OSError, aiohttp.ClientError) as exc:
             last_error = exc
         if time.monotonic() > deadline:
             detail = f" (last error: {last_error})" if last_error else ""
@@ -63,9 +64,10 @@ class E2ECluster:
     def __init__(self, cluster: LocalCluster) -> None:
         self.cluster = cluster
         self.kubeconfig = cluster.kubeconfig
-        self.api: KubeConfig = cluster.api()
+        self.api: BlockingKube = cluster.api()
         host = urlsplit(self.api.server).hostname or ""
         if not host.startswith("127."):
+            self.api.close()
             raise RuntimeError(f"refusing to run e2e tests against {self.api.server}")
         self.kubectl_bin = tools.ensure_tools(["kubectl"])["kubectl"]
         self.helm_bin = tools.ensure_tools(["helm"])["helm"]
@@ -112,7 +114,11 @@ def cluster() -> Iterator[E2ECluster]:
     local = LocalCluster(f"e2e-{os.getpid()}")
     local.up()
     try:
-        yield E2ECluster(local)
+        e2e = E2ECluster(local)
+        try:
+            yield e2e
+        finally:
+            e2e.api.close()
     finally:
         local.down(quiet=True)
 

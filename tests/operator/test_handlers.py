@@ -4,7 +4,8 @@ coalesce child events into one reconcile per ModelDeployment."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import copy
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import kopf
@@ -13,6 +14,7 @@ import pytest
 from hedge_operator import handlers
 from hedge_operator.config import OperatorConfig
 from hedge_operator.handlers import Indexes, Nudger, Runtime
+from hedge_operator.kube import Conflict
 from hedge_operator.observed import summarize_pod
 from hedge_operator.reconciler import Reconciler, RetryableError
 from tests.operator.factories import as_served, body, pod_body, spec_with
@@ -22,16 +24,75 @@ from tests.operator.test_reconciler import FakeKube
 RECONCILE = cast(Any, handlers.reconcile)
 
 
+def merge(target: dict[str, Any], patch: Mapping[str, Any]) -> None:
+    """JSON merge patch (RFC 7386), as the API server applies it."""
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(target.get(key), dict):
+            merge(target[key], value)
+        else:
+            target[key] = copy.deepcopy(value)
+
+
 class StatusKube(FakeKube):
+    """FakeKube plus the ModelDeployments themselves, with resourceVersion preconditions
+    on status writes as the API server enforces them."""
+
     def __init__(self) -> None:
         super().__init__()
+        self.models: dict[tuple[str, str], dict[str, Any]] = {}
         self.status_patches: list[tuple[str, str, dict[str, Any]]] = []
+        self.gate: asyncio.Event | None = None  # holds the next status write until set
+        self.conflicts = 0
 
-    async def patch_status(self, namespace: str, name: str, patch: Any) -> None:
+    def serve(self, obj: dict[str, Any]) -> None:
+        meta = obj["metadata"]
+        self.models[(meta["namespace"], meta["name"])] = copy.deepcopy(obj)
+
+    def _bump(self, served: dict[str, Any]) -> None:
+        meta = served["metadata"]
+        meta["resourceVersion"] = str(int(meta["resourceVersion"]) + 1)
+
+    async def get_model(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.requests.append(("get", "ModelDeployment", name))
+        served = self.models.get((namespace, name))
+        return copy.deepcopy(served) if served is not None else None
+
+    async def patch_status(
+        self, namespace: str, name: str, patch: Any, resource_version: str
+    ) -> str | None:
+        if self.gate is not None:
+            gate, self.gate = self.gate, None
+            await gate.wait()
+        self.requests.append(("status", name))
+        served = self.models.get((namespace, name))
+        if served is not None:
+            if served["metadata"]["resourceVersion"] != resource_version:
+                self.conflicts += 1
+                raise Conflict(f"the object has been modified ({resource_version})")
+            merge(served.setdefault("status", {}), patch)
+            self._bump(served)
         self.status_patches.append((namespace, name, dict(patch)))
+        return None if served is None else str(served["metadata"]["resourceVersion"])
+
+    def apply_kopf_patch(self, namespace: str, name: str, patch: kopf.Patch) -> None:
+        """What kopf does with a handler's patch once the handler returns: a merge patch
+        without a resourceVersion."""
+        served = self.models[(namespace, name)]
+        if patch.get("status"):
+            merge(served.setdefault("status", {}), patch["status"])
+        self._bump(served)
 
     async def close(self) -> None:
         pass
+
+
+async def until(check: Callable[[], bool], what: str, timeout: float = 2.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.005)
+    assert check(), what
 
 
 def indexes(
@@ -95,19 +156,22 @@ async def call_reconcile(
     return patch
 
 
-async def test_reconcile_handler_writes_status_through_the_patch(
+async def test_reconcile_handler_writes_status_itself_not_through_kopf(
     kube: StatusKube, memo: dict[str, Any]
 ) -> None:
     obj = body()
     patch = await call_reconcile(obj, memo, indexes([obj]))
-    status = patch["status"]
+    assert "status" not in patch  # kopf would apply it later, without a resourceVersion
+    ((ns, name, status),) = kube.status_patches
+    assert (ns, name) == ("team-a", "llama")
     assert status["observedGeneration"] == 1
     assert {c["type"] for c in status["conditions"]} == {"Ready", "Progressing", "Degraded"}
     assert [w[1] for w in kube.writes()].count("Deployment") == 1
-    assert kube.status_patches == []  # the kopf path never writes status itself
 
 
-async def test_invalid_spec_is_a_permanent_error_with_status(memo: dict[str, Any]) -> None:
+async def test_invalid_spec_is_a_permanent_error_with_status(
+    kube: StatusKube, memo: dict[str, Any]
+) -> None:
     obj = body(spec_with(resources={"gpuType": "nvidia-b300"}))
     patch = kopf.Patch()
     with pytest.raises(kopf.PermanentError, match="UnknownGPUType"):
@@ -119,7 +183,8 @@ async def test_invalid_spec_is_a_permanent_error_with_status(memo: dict[str, Any
             memo=memo,
             **indexes([obj]),
         )
-    ready = next(c for c in patch["status"]["conditions"] if c["type"] == "Ready")
+    ((_, _, status),) = kube.status_patches
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "UnknownGPUType")
 
 
@@ -147,11 +212,78 @@ async def test_child_reconcile_writes_status_through_kube(
     children = [as_served(o) for o in kube.objects.values()]
     obj["status"] = {}
     rt.indexes = Indexes.from_kwargs(indexes([obj], children, [pod_body("p", "x", ready=True)]))
+    kube.status_patches.clear()
     await rt.reconcile_key(("team-a", "llama"))
     ((ns, name, patch),) = kube.status_patches
     assert (ns, name) == ("team-a", "llama")
     assert patch["readyReplicas"] == 1
     await rt.nudger.close()
+
+
+async def test_interleaved_status_writes_lose_nothing(
+    kube: StatusKube, memo: dict[str, Any]
+) -> None:
+    """kopf's handler and a child nudge reconcile the same object at once. The handler saw
+    no ready replica, the nudge (later, from kopf's index, whose copy of the object is stale)
+    saw one. Whatever order the writes land in, the newer status must stay."""
+    rt: Runtime = memo["hedge"]
+    obj = body()
+    obj["metadata"]["resourceVersion"] = "10"
+    kube.serve(obj)
+    await call_reconcile(obj, memo, indexes([obj]))  # creates the children, writes status
+    obj = copy.deepcopy(kube.models[("team-a", "llama")])
+    unready = [as_served(o, ready=0) for o in kube.objects.values()]
+    ready = [as_served(o) for o in kube.objects.values()]
+    seen_by_handler = indexes([obj], unready)
+    rt.indexes = Indexes.from_kwargs(seen_by_handler)
+
+    # The handler computes "0 ready" and is held just before its status write …
+    gate = kube.gate = asyncio.Event()
+    patch = kopf.Patch()
+    handler = asyncio.create_task(
+        RECONCILE(
+            body=kopf.Body(cast(Any, copy.deepcopy(obj))),
+            namespace="team-a",
+            name="llama",
+            patch=patch,
+            memo=memo,
+            **seen_by_handler,
+        )
+    )
+    await until(lambda: kube.gate is None, "the handler at its status write")
+    # … a replica turns ready and its event nudges a reconcile, from the index's copy, which
+    # waits for the object's lock while the handler holds it.
+    rt.indexes = Indexes.from_kwargs(indexes([obj], ready))
+    nudge = asyncio.create_task(rt.reconcile_key(("team-a", "llama")))
+    for _ in range(5):
+        await asyncio.sleep(0)  # let the nudge start and block on the lock
+    assert not nudge.done()
+    gate.set()
+    await asyncio.gather(handler, nudge)
+    kube.apply_kopf_patch("team-a", "llama", patch)  # kopf's own patch lands last
+
+    def served() -> dict[str, Any]:
+        return dict(kube.models[("team-a", "llama")]["status"])
+
+    assert served()["readyReplicas"] == 1
+    assert condition_status(served(), "Ready") == "True"
+    # The nudge knew its copy predates the handler's write: nothing conflicted.
+    assert kube.conflicts == 0
+
+    # kopf's patch moved the object on (as its annotation writes do). The replica goes
+    # unready and a nudge reconciles from the index's copy, older than anything written
+    # since — a copy whose status happens to say "0 ready" already: the write must still
+    # happen, be refused, and be redone on the object as it is now.
+    rt.indexes = Indexes.from_kwargs(indexes([obj], unready))
+    await rt.reconcile_key(("team-a", "llama"))
+    assert kube.conflicts == 1
+    assert served()["readyReplicas"] == 0
+    assert condition_status(served(), "Ready") == "False"
+    await rt.nudger.close()
+
+
+def condition_status(status: Mapping[str, Any], type_: str) -> str:
+    return str(next(c for c in status["conditions"] if c["type"] == type_)["status"])
 
 
 async def test_nudges_coalesce(monkeypatch: pytest.MonkeyPatch) -> None:

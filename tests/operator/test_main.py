@@ -46,3 +46,13 @@ def test_bad_gpu_table_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="expected a mapping"):
         main.build_config(parse("--gpu-types", str(table)))
     assert main.run(parse("--gpu-types", str(table), "--metrics-port", "0")) == 2
+
+
+def test_no_credentials_is_a_clear_error_not_a_retry_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    missing = tmp_path / "missing-kubeconfig"
+    args = parse("--kubeconfig", str(missing), "--metrics-port", "0", "--health-port", "0")
+    assert main.run(args) == 2
+    assert str(missing) in caplog.text

@@ -346,3 +346,19 @@ async def test_child_deleted_right_after_creation_is_recreated(
     kube.requests.clear()
     done = await settle(reconciler, kube, obj)
     assert kube.writes() == [] and done.recheck_after is None
+
+
+async def test_secret_the_operator_may_not_read_is_passed_on_unchecked(
+    reconciler: Reconciler, kube: FakeKube
+) -> None:
+    """Secret reads are granted only in the namespaces that hold keys (the chart's
+    rbac.secretNamespaces); elsewhere a reference is not a reason to stop."""
+    kube.fail["get"] = ApiError(403, "Forbidden", 'secrets "hf" is forbidden')
+    obj = body(spec_with(model={"credentialsSecretRef": {"name": "hf"}}))
+    outcome = await reconciler.reconcile(obj, kube.observed(), trigger="spec")
+    assert outcome.problem is None
+    assert [w[1] for w in kube.writes()].count("Deployment") == 1
+    kube.fail["get"] = ApiError(500, "InternalError", "etcd timeout")
+    other = body(spec_with(model={"credentialsSecretRef": {"name": "hf"}}), uid="uid-2")
+    with pytest.raises(RetryableError):
+        await reconciler.reconcile(other, kube.observed(), trigger="spec")

@@ -7,17 +7,11 @@ from pathlib import Path
 
 import openai
 import pytest
-import yaml
 
+from hedge_core.kube import Kube
 from hedge_serving.gateway.app import RunningGateway
 from hedge_serving.gateway.auth import ClientAuth
-from hedge_serving.gateway.discovery import (
-    KubeConfigError,
-    KubeCredentials,
-    KubernetesDiscovery,
-    load_credentials,
-    ready_endpoints,
-)
+from hedge_serving.gateway.discovery import KubernetesDiscovery, ready_endpoints
 from hedge_serving.gateway.keys import SecretCache
 from hedge_serving.gateway.routing import ProviderType, RoutingTable, SecretRef
 from tests.serving.gateway_stubs import Engine, OpenAIStub, reply_text
@@ -25,6 +19,7 @@ from tests.serving.gateway_stubs.harness import Clients, start_test_gateway, wai
 from tests.serving.gateway_stubs.kubeapi import (
     FakeKubeAPI,
     endpoint_slice,
+    kubeconfig_for,
     model_deployment,
     secret,
 )
@@ -33,17 +28,24 @@ NS = "team-a"
 
 
 @pytest.fixture
-async def api() -> AsyncIterator[FakeKubeAPI]:
+async def api(tmp_path: Path) -> AsyncIterator[FakeKubeAPI]:
     server = await FakeKubeAPI().start()
+    server.kubeconfig = kubeconfig_for(server, tmp_path)
     yield server
     await server.stop()
 
 
+@pytest.fixture
+async def kube(api: FakeKubeAPI) -> AsyncIterator[Kube]:
+    client = Kube(str(api.kubeconfig))
+    yield client
+    await client.close()
+
+
 def _discovery(
-    api: FakeKubeAPI, table: RoutingTable, secrets: SecretCache, **kw: object
+    kube: Kube, table: RoutingTable, secrets: SecretCache, **kw: object
 ) -> KubernetesDiscovery:
-    creds = KubeCredentials(api.url, ssl=False, token=api.token)
-    return KubernetesDiscovery(table, secrets, creds, min_backoff_s=0.05, max_backoff_s=0.2, **kw)  # type: ignore[arg-type]
+    return KubernetesDiscovery(table, secrets, kube, min_backoff_s=0.05, max_backoff_s=0.2, **kw)  # type: ignore[arg-type]
 
 
 def _backends(table: RoutingTable, model: str) -> list[str]:
@@ -51,7 +53,9 @@ def _backends(table: RoutingTable, model: str) -> list[str]:
     return [] if route is None else [b.url for b in route.backends]
 
 
-async def test_routes_follow_model_deployments_and_ready_endpoints(api: FakeKubeAPI) -> None:
+async def test_routes_follow_model_deployments_and_ready_endpoints(
+    api: FakeKubeAPI, kube: Kube
+) -> None:
     await api.put(
         "ModelDeployment",
         model_deployment(
@@ -68,7 +72,7 @@ async def test_routes_follow_model_deployments_and_ready_endpoints(api: FakeKube
     )
     await api.put("ModelDeployment", model_deployment("qwen", "team-b"))
     table, secrets = RoutingTable(), SecretCache()
-    d = _discovery(api, table, secrets)
+    d = _discovery(kube, table, secrets)
     await d.start()
     try:
         await d.wait_synced(5)
@@ -99,10 +103,10 @@ async def test_routes_follow_model_deployments_and_ready_endpoints(api: FakeKube
         await d.stop()
 
 
-async def test_relists_on_410_and_survives_api_server_restart(api: FakeKubeAPI) -> None:
+async def test_relists_on_410_and_survives_api_server_restart(api: FakeKubeAPI, kube: Kube) -> None:
     await api.put("ModelDeployment", model_deployment("m1", NS))
     table, secrets = RoutingTable(), SecretCache()
-    d = _discovery(api, table, secrets)
+    d = _discovery(kube, table, secrets)
     await d.start()
     try:
         await d.wait_synced(5)
@@ -130,7 +134,9 @@ async def test_relists_on_410_and_survives_api_server_restart(api: FakeKubeAPI) 
         await d.stop()
 
 
-async def test_fallback_keys_come_from_watched_secrets(api: FakeKubeAPI, client: Clients) -> None:
+async def test_fallback_keys_come_from_watched_secrets(
+    api: FakeKubeAPI, kube: Kube, client: Clients
+) -> None:
     provider = await OpenAIStub(api_key="sk-one").start()
     await api.put("Secret", secret("openai", NS, {"api-key": "sk-one"}))
     await api.put("Secret", secret("unrelated", NS, {"api-key": "nope"}))
@@ -150,7 +156,7 @@ async def test_fallback_keys_come_from_watched_secrets(api: FakeKubeAPI, client:
         ),
     )
     table, secrets = RoutingTable(), SecretCache()
-    d = _discovery(api, table, secrets)
+    d = _discovery(kube, table, secrets)
     await d.start()
     gw = await start_test_gateway([], keys=secrets, table=table)
     try:
@@ -201,7 +207,7 @@ async def test_fallback_keys_come_from_watched_secrets(api: FakeKubeAPI, client:
 
 
 async def test_gateway_serves_discovered_pods_and_client_keys_secret(
-    api: FakeKubeAPI, client: Clients
+    api: FakeKubeAPI, kube: Kube, client: Clients
 ) -> None:
     engines = [await Engine(f"e{i}", "llama-3-8b").start() for i in range(2)]
     await api.put("ModelDeployment", model_deployment("llama", NS, model_name="llama-3-8b"))
@@ -213,7 +219,7 @@ async def test_gateway_serves_discovered_pods_and_client_keys_secret(
     await api.put("Secret", secret("gateway-keys", "hedge-system", {"k": "client-key"}))
     table, secrets = RoutingTable(), SecretCache()
     auth = ClientAuth(required=True)
-    d = _discovery(api, table, secrets, client_keys_secret="hedge-system/gateway-keys", auth=auth)
+    d = _discovery(kube, table, secrets, client_keys_secret="hedge-system/gateway-keys", auth=auth)
     await d.start()
     gw: RunningGateway = await start_test_gateway([], keys=secrets, table=table, auth=auth)
     try:
@@ -254,24 +260,49 @@ def test_ready_endpoints_ipv6_and_not_ready() -> None:
     assert ready_endpoints(s) == ["http://[fd00::1]:8000", "http://[fd00::3]:8000"]
 
 
-def test_kubeconfig_token_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    cfg = {
-        "current-context": "local",
-        "contexts": [{"name": "local", "context": {"cluster": "c", "user": "u"}}],
-        "clusters": [{"name": "c", "cluster": {"server": "http://127.0.0.1:6443/"}}],
-        "users": [{"name": "u", "user": {"token": "abc"}}],
-    }
-    path = tmp_path / "kubeconfig"
-    path.write_text(yaml.safe_dump(cfg))
-    creds = load_credentials(str(path))
-    assert creds.server == "http://127.0.0.1:6443"
-    assert creds.headers() == {"Authorization": "Bearer abc"}
-    monkeypatch.setenv("KUBECONFIG", str(path))
-    assert load_credentials().server == "http://127.0.0.1:6443"
-    cfg["users"] = [{"name": "u", "user": {"exec": {"command": "x"}}}]
-    path.write_text(yaml.safe_dump(cfg))
-    with pytest.raises(KubeConfigError, match="exec"):
-        load_credentials(str(path))
-    with pytest.raises(KubeConfigError):
-        load_credentials(str(tmp_path / "missing"))
+async def test_model_deployments_are_read_by_the_api_module(
+    api: FakeKubeAPI, kube: Kube, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The gateway applies the API's defaults and rejects what the API rejects: one reader."""
+    from hedge_core.api import ServingSpec
+
+    await api.put("ModelDeployment", model_deployment("plain", NS))
+    broken = model_deployment(
+        "broken",
+        NS,
+        fallback=[{"type": "OpenAI", "model": "gpt-4o-mini", "apiKeySecretRef": {"name": "k"}}],
+    )  # the Secret key is required: the operator reports InvalidSpec, the gateway skips it
+    await api.put("ModelDeployment", broken)
+    table = RoutingTable()
+    d = _discovery(kube, table, SecretCache())
+    caplog.set_level("WARNING", logger="hedge.gateway.discovery")
+    await d.start()
+    try:
+        await d.wait_synced(5)
+        route = table.resolve("plain")
+        assert route is not None
+        defaults = ServingSpec()
+        assert route.options.request_timeout_s == defaults.request_timeout_seconds
+        assert route.options.max_queue_depth == defaults.max_queue_depth
+        assert table.resolve("broken") is None
+        # Unrelated changes rebuild the table; the invalid object is not logged again.
+        await api.put("EndpointSlice", endpoint_slice("plain", NS, [("127.0.0.2", 8000, True)]))
+        await wait_for(lambda: _backends(table, "plain") == ["http://127.0.0.2:8000"], what="slice")
+        logged = [r for r in caplog.records if "broken" in r.getMessage()]
+        assert len(logged) == 1 and "apiKeySecretRef.key" in logged[0].getMessage()
+        # Fixed: routed.
+        fixed = model_deployment(
+            "broken",
+            NS,
+            fallback=[
+                {
+                    "type": "OpenAI",
+                    "model": "gpt-4o-mini",
+                    "apiKeySecretRef": {"name": "k", "key": "api-key"},
+                }
+            ],
+        )
+        await api.put("ModelDeployment", fixed)
+        await wait_for(lambda: table.resolve("broken") is not None, what="fixed object routed")
+    finally:
+        await d.stop()

@@ -114,8 +114,9 @@ True ("true") when the release watches every namespace, so RBAC is cluster-wide.
 {{- end }}
 
 {{/*
-The namespaces where Hedge may read Secrets (fallback provider API keys), as a JSON list, or
-"[]" meaning cluster-wide (only possible when the release watches every namespace).
+The namespaces where Hedge may read Secrets (fallback provider API keys), as a JSON list:
+rbac.secretNamespaces, else the watched namespaces. "[]" (a cluster-wide install that names
+none) means nowhere.
 */}}
 {{- define "hedge.secretNamespaces" -}}
 {{- if .Values.rbac.secretNamespaces }}

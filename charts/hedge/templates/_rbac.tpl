@@ -191,44 +191,39 @@ subjects:
 {{- end }}
 {{- end }}
 {{- /*
-Secret reads sit in their own "-secrets" role so they are easy to find, narrow or audit:
-a ClusterRole when provider keys may live in any namespace, else a Role per listed namespace.
+Secret reads sit in their own "-secrets" Roles so they are easy to find, narrow or audit: one
+Role per namespace where fallback provider keys live (rbac.secretNamespaces, by default the
+watched namespaces). Never a ClusterRole: a cluster-wide install reads Secrets only in the
+namespaces it names.
 */}}
-{{- $secretScopes := $secretNamespaces }}
-{{- if not $secretNamespaces }}{{ $secretScopes = list "" }}{{ end }}
-{{- range $secretScopes }}
+{{- range $secretNamespaces }}
 ---
 # Read access to Secrets where fallback provider keys live (rbac.secretNamespaces).
 apiVersion: rbac.authorization.k8s.io/v1
-kind: {{ if . }}Role{{ else }}ClusterRole{{ end }}
+kind: Role
 metadata:
   name: {{ $secretsName }}
-  {{- with . }}
   namespace: {{ . }}
-  {{- end }}
   labels:
     {{- include "hedge.componentLabels" (list $root $component) | nindent 4 }}
 rules:
   {{- include "hedge.secretRules" $component | nindent 2 }}
 ---
 apiVersion: rbac.authorization.k8s.io/v1
-kind: {{ if . }}RoleBinding{{ else }}ClusterRoleBinding{{ end }}
+kind: RoleBinding
 metadata:
   name: {{ $secretsName }}
-  {{- with . }}
   namespace: {{ . }}
-  {{- end }}
   labels:
     {{- include "hedge.componentLabels" (list $root $component) | nindent 4 }}
   annotations:
     checkov.io/skip1: >-
       CKV2_K8S_5=Fallback providers' API keys are Secrets next to the ModelDeployments that
-      name them; {{ $component }} reads them {{ if . }}in this namespace only{{ else }}in every
-      namespace because the release watches every namespace (narrow with
-      rbac.secretNamespaces){{ end }}.
+      name them; {{ $component }} reads them in this namespace only, one of those listed in
+      rbac.secretNamespaces (or watchNamespaces).
 roleRef:
   apiGroup: rbac.authorization.k8s.io
-  kind: {{ if . }}Role{{ else }}ClusterRole{{ end }}
+  kind: Role
   name: {{ $secretsName }}
 subjects:
   - kind: ServiceAccount

@@ -177,19 +177,23 @@ async def _serve(args: argparse.Namespace) -> int:
         running = await start_gateway(table, settings, keys=LocalKeyStore(), auth=auth)
         watcher = None
     else:
-        from hedge_serving.gateway.discovery import KubeConfigError, KubernetesDiscovery
+        from hedge_core.kube import Kube, KubeConfigError
+        from hedge_serving.gateway.discovery import KubernetesDiscovery
 
         secrets = SecretCache()
+        kube = Kube(args.kubeconfig, user_agent="hedge-gateway")
         try:
-            watcher = KubernetesDiscovery.from_environment(
+            await kube.login()
+            watcher = KubernetesDiscovery(
                 table,
                 secrets,
-                kubeconfig=args.kubeconfig,
+                kube,
                 namespaces=args.namespace,
                 client_keys_secret=args.api_keys_secret,
                 auth=auth,
             )
         except KubeConfigError as exc:
+            await kube.close()
             print(f"hedge gateway: {exc} (or pass --routes FILE)", file=sys.stderr)
             return 2
         await watcher.start()
@@ -213,6 +217,7 @@ async def _serve(args: argparse.Namespace) -> int:
     await running.stop()
     if watcher is not None:
         await watcher.stop()
+        await watcher.kube.close()
     return 0
 
 

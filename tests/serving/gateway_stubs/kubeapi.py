@@ -12,8 +12,11 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import ssl
+from pathlib import Path
 from typing import Any
 
+import yaml
 from aiohttp import web
 
 RESOURCES = {
@@ -24,7 +27,7 @@ RESOURCES = {
 
 
 class FakeKubeAPI:
-    def __init__(self, token: str = "test-token") -> None:
+    def __init__(self, token: str | None = "test-token") -> None:
         self.token = token
         self.version = 100
         self.compacted = 0
@@ -38,6 +41,7 @@ class FakeKubeAPI:
         self.runner: web.AppRunner | None = None
         self.url = ""
         self.port = 0
+        self.kubeconfig: Path | None = None
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -46,14 +50,15 @@ class FakeKubeAPI:
             app.router.add_get(f"/{prefix}/namespaces/{{ns}}/{plural}", self._handle)
         return app
 
-    async def start(self, port: int = 0) -> FakeKubeAPI:
+    async def start(self, port: int = 0, tls: ssl.SSLContext | None = None) -> FakeKubeAPI:
+        """Serves on 127.0.0.1 (https:// with `tls`, e.g. one requiring client certs)."""
         runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=0.5)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", port, reuse_address=True)
+        site = web.TCPSite(runner, "127.0.0.1", port, reuse_address=True, ssl_context=tls)
         await site.start()
         self.runner = runner
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         return self
 
     async def stop(self) -> None:
@@ -114,7 +119,9 @@ class FakeKubeAPI:
         return True
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        if request.headers.get("Authorization") != f"Bearer {self.token}":
+        if self.token is not None and request.headers.get("Authorization") != (
+            f"Bearer {self.token}"
+        ):
             return web.json_response({"kind": "Status", "code": 401}, status=401)
         self.requests.append(request.path_qs)
         plural = request.path.rstrip("/").rsplit("/", 1)[1]
@@ -165,6 +172,21 @@ class FakeKubeAPI:
         if request.transport is not None:
             request.transport.close()  # end the stream abruptly, as a restarting server does
         return resp
+
+
+def kubeconfig_for(api: FakeKubeAPI, directory: Path, user: dict[str, Any] | None = None) -> Path:
+    """A kubeconfig for the fake server (plain http://); by default its bearer token."""
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "fake",
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+        "clusters": [{"name": "fake", "cluster": {"server": api.url}}],
+        "users": [{"name": "fake", "user": user if user is not None else {"token": api.token}}],
+    }
+    path = directory / "fake-kubeconfig"
+    path.write_text(yaml.safe_dump(doc))
+    return path
 
 
 def model_deployment(
