@@ -139,8 +139,11 @@ def test_quickstart_is_ready_on_an_a100_and_answers_through_the_service(
 
     # kubectl get md: the printer columns.
     out = cluster.kubectl("get", "md", "-n", namespace).stdout.splitlines()
-    assert out[0].split() == ["NAME", "MODEL", "READY", "REPLICAS", "REVISION", "FALLBACK", "AGE"]
-    row = out[1].split()
+    assert out[0].split() == [
+        "NAME", "MODEL", "READY", "REPLICAS", "DESIRED", "REVISION", "STEP", "WEIGHT",
+        "FALLBACK", "AGE",
+    ]  # fmt: skip
+    row = out[1].split()  # empty cells (no autoscaling, no rollout) print as blanks
     assert row[:5] == ["llama-3-8b", "llama-3-8b", "True", "1", status["revision"]]
 
     reasons = {r for _, r, _ in events(cluster, namespace, "llama-3-8b")}
