@@ -261,18 +261,36 @@ MODELS_RESPONSE = json.dumps(
 METRICS_RESPONSE = b'vllm:num_requests_waiting{model_name="llama-3-8b"} 0.0\n'
 
 
-def _chunk_event(i: int) -> bytes:
+def _event(data: bytes) -> bytes:
+    """One SSE event as one HTTP chunk."""
+    event = b"data: " + data + b"\n\n"
+    return b"%x\r\n%s\r\n" % (len(event), event)
+
+
+def _chunk_event(delta: dict[str, Any], finish: str | None = None) -> bytes:
     ev = {
         "id": "chatcmpl-bench",
         "object": "chat.completion.chunk",
         "created": 1700000000,
         "model": MODEL,
-        "choices": [
-            {"index": 0, "delta": {"content": f" t{i}"}, "logprobs": None, "finish_reason": None}
-        ],
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
     }
-    data = b"data: " + json.dumps(ev).encode() + b"\n\n"
-    return b"%x\r\n%s\r\n" % (len(data), data)
+    return _event(json.dumps(ev).encode())
+
+
+USAGE_EVENT = _event(
+    json.dumps(
+        {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion.chunk",
+            "created": 1700000000,
+            "model": MODEL,
+            "choices": [],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
+        }
+    ).encode()
+)
+DONE_EVENT = _event(b"[DONE]") + b"0\r\n\r\n"
 
 
 class BackendProtocol(asyncio.Protocol):
@@ -329,7 +347,12 @@ class BackendProtocol(asyncio.Protocol):
     def respond(self, path: bytes, body: bytes) -> None:
         if path.startswith(b"/v1/chat/completions") or path.startswith(b"/v1/completions"):
             if b'"stream": true' in body or b'"stream":true' in body:
-                self.stream()
+                # As vLLM: one event per token, `max_tokens` of them (the same tokens a
+                # non-streamed answer would carry), then the usage event if asked for.
+                req = json.loads(body)
+                tokens = int(req.get("max_tokens") or self.chunks)
+                usage = bool((req.get("stream_options") or {}).get("include_usage"))
+                self.stream(tokens, usage)
             else:
                 self._send(b"200 OK", CHAT_RESPONSE)
         elif path == b"/health":
@@ -341,12 +364,13 @@ class BackendProtocol(asyncio.Protocol):
         else:
             self._send(b"404 Not Found", b'{"error": {"message": "not found"}}')
 
-    def stream(self) -> None:
+    def stream(self, tokens: int, usage: bool) -> None:
         if self.transport is None:
             return
         self.transport.write(
             b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n"
+            + _chunk_event({"role": "assistant", "content": ""})
         )
         loop = asyncio.get_running_loop()
         start = loop.time()
@@ -354,12 +378,15 @@ class BackendProtocol(asyncio.Protocol):
         def send(i: int) -> None:
             if self.transport is None:
                 return
-            if i < self.chunks:
-                self.transport.write(_chunk_event(i))
+            last = i == tokens - 1
+            out = _chunk_event(
+                {"content": "ok" if tokens == 1 else f" t{i}"}, "stop" if last else None
+            )
+            if not last:
+                self.transport.write(out)
                 loop.call_at(start + (i + 1) * self.chunk_interval, send, i + 1)
-            else:
-                done = b"data: [DONE]\n\n"
-                self.transport.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(done), done))
+                return
+            self.transport.write(out + (USAGE_EVENT if usage else b"") + DONE_EVENT)
 
         send(0)
 
@@ -505,7 +532,8 @@ def start_vllm_router(procs: Procs, venv: Path, backends: list[str], policy: str
 
 # -------------------------------------------------------------------------- measures
 
-CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Say ok."}], "max_tokens": 4}
+# One token ("ok"): the backend answers at once whether asked to stream or not.
+CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Say ok."}], "max_tokens": 1}
 
 
 async def sequential_latency(port: int, n: int, budget_s: float) -> list[float]:
@@ -565,7 +593,7 @@ async def throughput(port: int, concurrency: int, seconds: float) -> tuple[float
 
 
 async def stream_gaps(port: int, concurrency: int, rounds: int) -> list[float]:
-    body = dict(CHAT, stream=True)
+    body = dict(CHAT, stream=True, max_tokens=20)
     req = post("/v1/chat/completions", body)
     gaps: list[float] = []
 
