@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hedge_serving.gateway.upstream import UpstreamPool, UpstreamProtocolError
+from tests.serving.gateway_stubs.harness import wait_for
 
 
 class ScriptedServer:
@@ -141,7 +142,7 @@ async def test_body_until_close_and_connection_close(pool: UpstreamPool) -> None
         r = await pool.post(srv.url, "/", b"")
         assert await r.read() == b"all of it"
         r.release()
-        assert not pool._idle.get(("127.0.0.1", int(srv.url.rsplit(":", 1)[1])))
+        assert pool.connections() == 0  # not kept for reuse
     finally:
         await srv.stop()
 
@@ -181,17 +182,36 @@ async def test_cut_body_raises_and_refused_connection_is_oserror(pool: UpstreamP
         await pool.post(srv.url, "/", b"")  # nothing listens any more
 
 
-async def test_stale_pooled_connection_is_retried_once_on_a_fresh_one(pool: UpstreamPool) -> None:
+async def test_pooled_connection_closed_by_the_backend_is_skipped(pool: UpstreamPool) -> None:
+    """A keep-alive connection the backend closed while idle is dropped from the pool, and
+    the next request opens a fresh one without anything failing."""
     srv = await ScriptedServer([[ok(b"1")]], close_after=True).start()
     try:
         r = await pool.post(srv.url, "/", b"")
         assert await r.read() == b"1"
-        r.release()  # the server closed it after answering: not pooled, or pooled then dead
+        r.release()
+        await wait_for(lambda: pool.connections() == 0, what="the closed connection to go")
         srv.responses.append([ok(b"2")])
         r = await pool.post(srv.url, "/", b"")
         assert await r.read() == b"2"
         r.release()
         assert srv.connections == 2
+    finally:
+        await srv.stop()
+
+
+async def test_a_written_request_is_never_sent_twice(pool: UpstreamPool) -> None:
+    """The backend takes the request on a reused connection and dies without answering:
+    the client reports the failure instead of re-sending the POST (a duplicate generation)."""
+    srv = await ScriptedServer([[ok(b"1")], []]).start()  # the 2nd request: no answer, close
+    try:
+        r = await pool.post(srv.url, "/", b"")
+        assert await r.read() == b"1"
+        r.release()
+        with pytest.raises(ConnectionError):
+            await pool.post(srv.url, "/", b'{"prompt": "once"}')
+        assert [q for q in srv.requests if q.endswith(b'"once"}')] == [srv.requests[-1]]
+        assert srv.connections == 1  # no second connection carried the request again
     finally:
         await srv.stop()
 

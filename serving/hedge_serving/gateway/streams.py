@@ -1,0 +1,433 @@
+"""Reading what engines answer: error bodies and events, stream ends, re-assembly.
+
+Engines report errors in two shapes, and the gateway reads both: OpenAI's
+`{"error": {"message", "type", "param", "code"}}` (vLLM today) and the older flat
+`{"object": "error", "message", "type", "param", "code"}`; inside a stream the same
+objects arrive as a `data:` event (Anthropic-style and Responses streams use
+`{"type": "error", ...}`). `classify_error` decides whose fault an error is: the
+client's (4xx: a too-long prompt, a bad parameter) goes straight back to the client
+and never counts against the engine; everything else is the engine's.
+
+`Reassembler` turns a chat or text completion stream (asked for with
+`stream_options.include_usage`) back into the non-streamed answer vLLM would have given:
+`id`, `object`, `created`, `model`, `choices` in index order (`n` > 1) with the message or
+text, tool calls, reasoning, logprobs, `finish_reason`, `stop_reason`, token ids, and
+`usage`. The fields vLLM always writes but a stream leaves out (`null`s, empty tool call
+lists) come from the `*_DEFAULTS` tables below, the one place to align with an engine
+version.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hedge_serving.gateway.errors import error_body
+from hedge_serving.gateway.upstream import ResponseTooLarge
+
+# Cheap prefixes that mark an event worth parsing as a possible error.
+_ERROR_PREFIXES = (
+    b'data: {"error"',
+    b'data: {"object":"error"',
+    b'data: {"object": "error"',
+    b'data: {"type":"error"',
+    b'data: {"type": "error"',
+    b"event: error",
+)
+_EVENT_ENDS = (b"\n\n", b"\r\n\r\n", b"\r\r")
+
+# HTTP statuses for the exception class names vLLM writes as the error `type`.
+_TYPE_STATUS = {
+    "badrequesterror": 400,
+    "invalid_request_error": 400,
+    "authenticationerror": 401,
+    "authentication_error": 401,
+    "permissiondeniederror": 403,
+    "permission_error": 403,
+    "notfounderror": 404,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "ratelimiterror": 429,
+    "rate_limit_error": 429,
+    "internalservererror": 500,
+    "server_error": 500,
+    "api_error": 500,
+    "overloaded_error": 529,
+    "serviceunavailableerror": 503,
+}
+# 4xx that are not the client's: the engine is busy or slow, another pod may serve.
+ENGINE_BUSY = frozenset({408, 429})
+
+
+def last_event_end(data: bytes | bytearray) -> int:
+    """Index just past the last complete SSE event in `data`, or 0."""
+    end = 0
+    for sep in _EVENT_ENDS:
+        i = data.rfind(sep)
+        if i >= 0 and i + len(sep) > end:
+            end = i + len(sep)
+    return end
+
+
+def split_events(data: bytes) -> list[bytes]:
+    """Complete events of `data` (which must end at an event boundary), without blanks."""
+    data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    return [e for e in data.split(b"\n\n") if e.strip()]
+
+
+def event_data(event: bytes) -> bytes:
+    """The `data:` payload of one event (lines joined), or b""."""
+    lines = [
+        line[5:].lstrip(b" ") if line.startswith(b"data:") else None for line in event.split(b"\n")
+    ]
+    return b"\n".join(x for x in lines if x is not None)
+
+
+def is_stream_end(event: bytes, markers: tuple[bytes, ...]) -> bool:
+    """Whether `event` (one complete event) is one that ends a stream."""
+    for marker in markers:
+        if marker == b"[DONE]":
+            if event_data(event).strip() == b"[DONE]":
+                return True
+        elif event.startswith(b"event: " + marker) or (
+            b'"type"' in event and _json_type(event) == marker.decode()
+        ):
+            return True
+    return False
+
+
+def _json_type(event: bytes) -> str | None:
+    try:
+        doc = json.loads(event_data(event))
+    except ValueError:
+        return None
+    kind = doc.get("type") if isinstance(doc, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
+def looks_like_error_event(event: bytes) -> bool:
+    return event.lstrip().startswith(_ERROR_PREFIXES)
+
+
+class EngineError(Exception):
+    """An error answered by an engine (HTTP status or error event), with its status."""
+
+    def __init__(self, status: int, message: str, body: bytes) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.body = body  # in the OpenAI error shape
+
+    @property
+    def is_client_error(self) -> bool:
+        return 400 <= self.status < 500 and self.status not in ENGINE_BUSY
+
+
+def parse_error(body: bytes, http_status: int | None = None) -> EngineError:
+    """An engine error from a JSON body or an event's data, in either shape.
+
+    The status is the HTTP status when there is one, else the error's numeric `code`,
+    else what its `type` names, else 500 (unknown errors are the engine's).
+    """
+    try:
+        doc: Any = json.loads(body)
+    except ValueError:
+        doc = None
+    err: Any = None
+    if isinstance(doc, dict):
+        err = doc.get("error")
+        if not isinstance(err, dict):
+            err = doc if (doc.get("object") == "error" or doc.get("type") == "error") else {}
+    if not isinstance(err, dict):
+        err = {}
+    message = err.get("message")
+    if not isinstance(message, str):
+        message = f"the engine answered HTTP {http_status}" if http_status else "engine error"
+    kind = err.get("type") if isinstance(err.get("type"), str) else None
+    if kind == "error":  # Responses/Anthropic event: the detail is one level down
+        kind = err.get("code") if isinstance(err.get("code"), str) else None
+    code = err.get("code")
+    status = http_status
+    if status is None and isinstance(code, int) and not isinstance(code, bool):
+        status = code if 400 <= code < 600 else None
+    if status is None and isinstance(code, str) and code.isdigit():
+        status = int(code) if 400 <= int(code) < 600 else None
+    if status is None and kind is not None:
+        status = _TYPE_STATUS.get(kind.lower())
+    status = status or 500
+    param = err.get("param") if isinstance(err.get("param"), str) else None
+    out_type = kind or ("invalid_request_error" if 400 <= status < 500 else "server_error")
+    out_code: Any = code if isinstance(code, str | int) and not isinstance(code, bool) else None
+    normalized = json.dumps(
+        {"error": {"message": message, "type": out_type, "param": param, "code": out_code}}
+    ).encode()
+    return EngineError(status, message, normalized)
+
+
+def error_event_of(event: bytes) -> EngineError | None:
+    """The error an event carries, if it is an error event."""
+    if not looks_like_error_event(event):
+        return None
+    data = event_data(event)
+    return parse_error(data) if data else EngineError(500, "engine error", b"")
+
+
+# -- re-assembly -------------------------------------------------------------------------
+
+# vLLM's non-streamed answers carry these keys even when a stream leaves them out.
+RESPONSE_DEFAULTS: dict[str, Any] = {
+    "service_tier": None,
+    "system_fingerprint": None,
+}
+RESPONSE_TAIL_DEFAULTS: dict[str, Any] = {  # after `usage`
+    "prompt_logprobs": None,
+    "prompt_token_ids": None,
+    "kv_transfer_params": None,
+}
+CHAT_CHOICE_DEFAULTS: dict[str, Any] = {"logprobs": None, "finish_reason": None}
+COMPLETION_CHOICE_DEFAULTS: dict[str, Any] = {"logprobs": None, "finish_reason": None}
+MESSAGE_DEFAULTS: dict[str, Any] = {"refusal": None, "tool_calls": []}
+_TOP_ORDER = ("id", "object", "created", "model", "choices")
+
+
+class IncompleteStream(Exception):
+    """The engine's stream ended before `data: [DONE]`."""
+
+
+class _Choice:
+    __slots__ = ("extra", "finish", "index", "logprobs", "message", "stop", "text", "tools")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.text: list[str] = []  # completions text, or chat content
+        self.message: dict[str, Any] = {}  # chat: role and any other delta fields
+        self.tools: dict[int, dict[str, Any]] = {}
+        self.logprobs: Any = None
+        self.finish: Any = None
+        self.stop: Any = None
+        self.extra: dict[str, Any] = {}  # other choice keys (token_ids, ...)
+
+
+class Reassembler:
+    """Feeds on the engine's stream bytes; `result()` is the non-streamed body."""
+
+    def __init__(self, chat: bool, max_bytes: int) -> None:
+        self.chat = chat
+        self.max_bytes = max_bytes
+        self._size = 0
+        self._pending = b""
+        self._top: dict[str, Any] = {}
+        self._choices: dict[int, _Choice] = {}
+        self._usage: Any = None
+        self.done = False
+
+    def feed(self, chunk: bytes) -> None:
+        """Raises `EngineError` for an error event, `ValueError` for unreadable data,
+        `ResponseTooLarge` past `max_bytes`."""
+        self._size += len(chunk)
+        if self._size > self.max_bytes:
+            raise ResponseTooLarge(self.max_bytes)
+        data = self._pending + chunk if self._pending else chunk
+        end = last_event_end(data)
+        self._pending = data[end:]
+        if not end:
+            return
+        for event in split_events(data[:end]):
+            if self.done:
+                break
+            payload = event_data(event)
+            if not payload:
+                continue
+            if payload.strip() == b"[DONE]":
+                self.done = True
+                break
+            err = error_event_of(event)
+            if err is not None:
+                raise err
+            doc = json.loads(payload)
+            if not isinstance(doc, dict):
+                raise ValueError("a stream event is not a JSON object")
+            self._take(doc)
+
+    def _take(self, doc: dict[str, Any]) -> None:
+        top = self._top
+        for key, value in doc.items():
+            if key == "choices":
+                continue
+            if key == "usage":
+                if value is not None:
+                    self._usage = value
+            elif key not in top or top[key] is None:
+                top[key] = value
+        for raw in doc.get("choices") or ():
+            if not isinstance(raw, dict):
+                continue
+            index = raw.get("index", 0)
+            choice = self._choices.get(index)
+            if choice is None:
+                choice = self._choices[index] = _Choice(index)
+            for key, value in raw.items():
+                if key == "index":
+                    continue
+                if key == "delta":
+                    self._delta(choice, value)
+                elif key == "text":
+                    if isinstance(value, str):
+                        choice.text.append(value)
+                elif key == "logprobs":
+                    choice.logprobs = _merge_logprobs(choice.logprobs, value)
+                elif key == "finish_reason":
+                    if value is not None:
+                        choice.finish = value
+                elif key == "stop_reason":
+                    if value is not None:
+                        choice.stop = value
+                elif isinstance(value, list) and isinstance(choice.extra.get(key), list):
+                    choice.extra[key] = choice.extra[key] + value
+                elif value is not None or key not in choice.extra:
+                    choice.extra[key] = value
+
+    def _delta(self, choice: _Choice, delta: Any) -> None:
+        if not isinstance(delta, dict):
+            return
+        message = choice.message
+        for key, value in delta.items():
+            if key == "content":
+                if isinstance(value, str):
+                    choice.text.append(value)
+                elif "content" not in message:
+                    message["content"] = value
+            elif key == "tool_calls":
+                for call in value or ():
+                    _merge_tool_call(choice.tools, call)
+            elif isinstance(value, str) and isinstance(message.get(key), str):
+                message[key] += value
+            elif value is not None or key not in message:
+                message[key] = value
+
+    def result(self) -> bytes:
+        if not self.done:
+            raise IncompleteStream("the engine's stream ended before it was complete")
+        top = self._top
+        out: dict[str, Any] = {}
+        for key in _TOP_ORDER:
+            if key == "choices":
+                out["choices"] = [self._choice(self._choices[i]) for i in sorted(self._choices)]
+            elif key == "object":
+                out["object"] = "chat.completion" if self.chat else "text_completion"
+            else:
+                out[key] = top.get(key)
+        for key, default in RESPONSE_DEFAULTS.items():
+            out[key] = top.get(key, default)
+        out["usage"] = self._usage
+        for key, default in RESPONSE_TAIL_DEFAULTS.items():
+            out[key] = top.get(key, default)
+        for key, value in top.items():
+            if key not in out:
+                out[key] = value
+        return json.dumps(out, ensure_ascii=False, separators=(",", ":")).encode()
+
+    def _choice(self, c: _Choice) -> dict[str, Any]:
+        out: dict[str, Any] = {"index": c.index}
+        if self.chat:
+            message: dict[str, Any] = {"role": c.message.get("role", "assistant")}
+            content = "".join(c.text) if c.text else c.message.get("content")
+            message["content"] = content
+            for key, default in MESSAGE_DEFAULTS.items():
+                message[key] = c.message.get(key, default)
+            if c.tools:
+                message["tool_calls"] = [c.tools[i] for i in sorted(c.tools)]
+            for key, value in c.message.items():
+                if key not in message:
+                    message[key] = value
+            out["message"] = message
+            defaults = CHAT_CHOICE_DEFAULTS
+        else:
+            out["text"] = "".join(c.text)
+            defaults = COMPLETION_CHOICE_DEFAULTS
+        out["logprobs"] = c.logprobs if c.logprobs is not None else defaults["logprobs"]
+        out["finish_reason"] = c.finish
+        out["stop_reason"] = c.stop
+        out.update(c.extra)
+        return out
+
+
+def _merge_logprobs(have: Any, new: Any) -> Any:
+    if new is None:
+        return have
+    if have is None:
+        return json.loads(json.dumps(new)) if isinstance(new, dict) else new
+    if isinstance(have, dict) and isinstance(new, dict):
+        for key, value in new.items():
+            if isinstance(value, list) and isinstance(have.get(key), list):
+                have[key].extend(value)
+            elif value is not None:
+                have[key] = value
+    return have
+
+
+def _merge_tool_call(tools: dict[int, dict[str, Any]], call: Any) -> None:
+    if not isinstance(call, dict):
+        return
+    index = call.get("index", len(tools))
+    have = tools.get(index)
+    if have is None:
+        have = tools[index] = {"id": None, "type": "function", "function": {"name": None}}
+        have["function"]["arguments"] = ""
+    if call.get("id"):
+        have["id"] = call["id"]
+    if call.get("type"):
+        have["type"] = call["type"]
+    fn = call.get("function")
+    if isinstance(fn, dict):
+        if fn.get("name"):
+            have["function"]["name"] = fn["name"]
+        if isinstance(fn.get("arguments"), str):
+            have["function"]["arguments"] += fn["arguments"]
+
+
+def streamed_body(body: bytes, payload: dict[str, Any]) -> bytes:
+    """The request asking the engine to stream, usage included.
+
+    The client's bytes are kept and the two keys appended (no re-serialization of a large
+    prompt); a body that already names `stream` is re-serialized so no key is doubled.
+    """
+    if "stream" not in payload and "stream_options" not in payload:
+        head = body.rstrip()
+        if head.endswith(b"}") and len(payload) > 0:
+            return head[:-1] + b',"stream":true,"stream_options":{"include_usage":true}}'
+    out = dict(payload)
+    out["stream"] = True
+    out["stream_options"] = {"include_usage": True}
+    return json.dumps(out).encode()
+
+
+def can_reassemble(payload: dict[str, Any]) -> bool:
+    """Whether the engine can stream this request and give the same answer.
+
+    vLLM refuses `prompt_logprobs` on streams and `stream_options` on requests that do not
+    stream (the client must see that 400), and beam search does not stream token by token:
+    those requests keep the plain path.
+    """
+    return (
+        payload.get("prompt_logprobs") is None
+        and "stream_options" not in payload
+        and not payload.get("use_beam_search")
+    )
+
+
+def classify_error(status: int, body: bytes) -> EngineError:
+    """An engine's non-2xx answer as an `EngineError` (see `EngineError.is_client_error`)."""
+    return parse_error(body, status)
+
+
+__all__ = [
+    "EngineError",
+    "IncompleteStream",
+    "Reassembler",
+    "can_reassemble",
+    "classify_error",
+    "error_body",
+    "parse_error",
+    "streamed_body",
+]
