@@ -99,6 +99,8 @@ class _Server:
         return self
 
     async def stop(self) -> None:
+        if isinstance(self, Engine):
+            self._unstall.set()
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
@@ -119,10 +121,13 @@ class _Server:
 @dataclass
 class EngineFaults:
     status: int | None = None  # answer every inference request with this status
+    error_body: dict[str, Any] | None = None  # ... with this body (default: a generic error)
     cut_after: int | None = None  # streams: close the connection after this many events
     delay_s: float = 0.0  # before the response starts
     chunk_delay_s: float = 0.0  # between stream events
     error_event_first: bool = False  # streams: 200, then an error event as the first event
+    error_event: dict[str, Any] | None = None  # the error event's data (default: a 500's)
+    stall_after: int | None = None  # streams: after this many events, silence (not closed)
 
 
 class Engine(_Server):
@@ -135,6 +140,7 @@ class Engine(_Server):
         self.faults = EngineFaults()
         self.in_flight = 0
         self.waiting = 0.0  # what /metrics reports as vllm:num_requests_waiting
+        self._unstall = asyncio.Event()  # set by stop(): stalled handlers end
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -174,6 +180,8 @@ class Engine(_Server):
         if f.delay_s:
             await asyncio.sleep(f.delay_s)
         if f.status is not None:
+            if f.error_body is not None:
+                return web.json_response(f.error_body, status=f.status)
             return _openai_error(f.status, f"injected HTTP {f.status}", "server_error")
         if body.get("model") != self.model:
             return _openai_error(
@@ -214,7 +222,8 @@ class Engine(_Server):
         if f.error_event_first:
             await resp.write(
                 _sse(
-                    {
+                    f.error_event
+                    or {
                         "error": {
                             "message": "engine error",
                             "type": "server_error",
@@ -244,11 +253,17 @@ class Engine(_Server):
                     "choices": [choice],
                 }
             )
+        options = body.get("stream_options") or {}
+        if options.get("include_usage"):  # as vLLM: one more event, no choices
+            events.append({**events[0], "choices": [], "usage": usage})
         try:
             for n, ev in enumerate(events):
                 if f.cut_after is not None and n >= f.cut_after:
                     assert request.transport is not None
                     request.transport.close()
+                    return resp
+                if f.stall_after is not None and n >= f.stall_after:
+                    await self._unstall.wait()
                     return resp
                 await resp.write(_sse(ev))
                 if f.chunk_delay_s:
