@@ -442,7 +442,12 @@ class Router:
 
 
 def start_hedge(
-    procs: Procs, backends: list[str], *, fallback: str | None = None, name: str = "hedge"
+    procs: Procs,
+    backends: list[str],
+    *,
+    fallback: str | None = None,
+    name: str = "hedge",
+    extra: tuple[str, ...] = (),
 ) -> Router:
     port = free_port()
     routes = procs.logdir / f"{name}-routes.yaml"
@@ -468,6 +473,7 @@ def start_hedge(
         "0",
         "--log-level",
         "WARNING",
+        *extra,
     ]
     p = procs.start(name, cmd)
     return Router(name, port, p, health="/v1/models")
@@ -710,7 +716,14 @@ async def bench(args: argparse.Namespace) -> Results:
             for p in bports:
                 await wait_http(p)
             urls = [f"http://{HOST}:{p}" for p in bports]
-            routers = [start_hedge(procs, urls)]
+            # The same gateway with aiohttp's client on the engine path: the measurement that
+            # keeps (or retires) the hand-written pooled client.
+            routers = [
+                start_hedge(procs, urls),
+                start_hedge(
+                    procs, urls, name="hedge-aiohttp", extra=("--upstream-client", "aiohttp")
+                ),
+            ]
             if venv is not None:
                 routers.append(start_vllm_router(procs, venv, urls, "round_robin"))
                 routers.append(start_litellm(procs, venv, urls))
@@ -901,6 +914,11 @@ def report(res: Results) -> None:
     r2 = h / vr if h and vr else None
     line("throughput hedge / litellm", r1, ">= 30", None if r1 is None else r1 >= 30)
     line("throughput hedge / vllm-router", r2, ">= 0.25", None if r2 is None else r2 >= 0.25)
+    ha = get("hedge-aiohttp_rps")
+    r3 = ha / vr if ha and vr else None
+    line("throughput hedge (aiohttp client) / vllm-router", r3, ">= 0.25", None)
+    r4 = h / ha if h and ha else None
+    line("throughput pooled client / aiohttp client", r4, "> 1", None if r4 is None else r4 > 1)
     ttft = d.get("_ttft") or {}
     hh, ca, rr = (
         ttft.get("hedge-routing"),

@@ -40,7 +40,7 @@ from hedge_serving.gateway.keys import KeyStore, LocalKeyStore
 from hedge_serving.gateway.metrics import SERVED_BY_GATEWAY, UNKNOWN_MODEL, GatewayMetrics
 from hedge_serving.gateway.proxy import Proxy, ProxySettings, RequestState
 from hedge_serving.gateway.routing import RoutingTable
-from hedge_serving.gateway.upstream import UpstreamPool
+from hedge_serving.gateway.upstream import AiohttpUpstream, Upstream, UpstreamPool
 
 log = logging.getLogger("hedge.gateway")
 
@@ -65,6 +65,7 @@ class GatewaySettings:
     engine_metrics_interval_s: float = 1.0  # 0 disables scraping vLLM /metrics
     upstream_keepalive_s: float = 4.0  # below uvicorn's 5 s so pooled sockets are not stale
     upstream_max_conns: int = 1024  # per backend; more requests wait for a connection
+    upstream_client: str = "pooled"  # or "aiohttp" (measured in bench/gateway_bench.py)
     proxy: ProxySettings = field(default_factory=ProxySettings)
 
 
@@ -320,7 +321,7 @@ class RunningGateway:
     _runner: web.ServerRunner
     _admin_runner: web.AppRunner | None
     _scraper: EngineMetricsScraper
-    upstream: UpstreamPool | None = None
+    upstream: Upstream | None = None
     _on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     @property
@@ -340,7 +341,9 @@ class RunningGateway:
         await self._runner.cleanup()
         await self._scraper.stop()
         if self.upstream is not None:
-            self.upstream.close()
+            closing = self.upstream.close()
+            if closing is not None:
+                await closing
         await self.session.close()
         await self._scrape_session.close()
         if self._admin_runner is not None:
@@ -378,9 +381,19 @@ async def start_gateway(
         timeout=aiohttp.ClientTimeout(total=None),
         trust_env=False,
     )
-    upstream = UpstreamPool(
-        settings.proxy.connect_timeout_s, settings.upstream_keepalive_s, settings.upstream_max_conns
-    )
+    upstream: Upstream
+    if settings.upstream_client == "aiohttp":
+        upstream = AiohttpUpstream(
+            settings.proxy.connect_timeout_s,
+            settings.upstream_keepalive_s,
+            settings.upstream_max_conns,
+        )
+    else:
+        upstream = UpstreamPool(
+            settings.proxy.connect_timeout_s,
+            settings.upstream_keepalive_s,
+            settings.upstream_max_conns,
+        )
     proxy = Proxy(
         session,
         upstream,

@@ -136,6 +136,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="largest answer held in memory; larger ones are a 502 (default: %(default)s)",
     )
     hung.add_argument(
+        "--upstream-client",
+        choices=("pooled", "aiohttp"),
+        default="pooled",
+        help="HTTP client for self-hosted backends: the lean pooled one, or aiohttp's "
+        "(slower; kept to measure against) (default: %(default)s)",
+    )
+    hung.add_argument(
         "--upstream-max-connections",
         type=int,
         default=1024,
@@ -184,6 +191,7 @@ def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
         drain_timeout_s=args.drain_timeout,
         drain_delay_s=args.drain_delay,
         upstream_max_conns=args.upstream_max_connections,
+        upstream_client=args.upstream_client,
         breaker_failures=args.breaker_failures,
         breaker_open_s=args.breaker_open_seconds,
         affinity_slack=args.affinity_slack,

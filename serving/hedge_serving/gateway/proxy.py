@@ -59,12 +59,7 @@ from hedge_serving.gateway.streams import (
     last_event_end,
     streamed_body,
 )
-from hedge_serving.gateway.upstream import (
-    ResponseTooLarge,
-    UpstreamPool,
-    UpstreamResponse,
-    UpstreamStalled,
-)
+from hedge_serving.gateway.upstream import Answer, ResponseTooLarge, Upstream, UpstreamStalled
 
 log = logging.getLogger("hedge.gateway")
 
@@ -245,7 +240,7 @@ class Proxy:
     def __init__(
         self,
         session: aiohttp.ClientSession,
-        upstream: UpstreamPool,
+        upstream: Upstream,
         balancer: Balancer,
         metrics: GatewayMetrics,
         keys: KeyStore,
@@ -390,7 +385,7 @@ class Proxy:
         verdict: bool | None = None  # True success, False failure, None neither
         backend.outstanding += 1
         state.backend = backend.url
-        up: UpstreamResponse | None = None
+        up: Answer | None = None
         try:
             try:
                 up = await self._upstream.post(backend.url, endpoint.value, body, first_s, idle_s)
@@ -461,7 +456,7 @@ class Proxy:
         )
 
     async def _reassembled(
-        self, up: UpstreamResponse, endpoint: Endpoint, state: RequestState
+        self, up: Answer, endpoint: Endpoint, state: RequestState
     ) -> web.Response:
         """Read the engine's stream to its end and answer as vLLM does unstreamed."""
         assembler = Reassembler(endpoint is Endpoint.CHAT, self.settings.max_response_bytes)

@@ -39,7 +39,8 @@ import re
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 _MAX_HEAD = 64 * 1024
@@ -53,6 +54,37 @@ _DIGITS = re.compile(rb"[0-9]+")
 _HEX = re.compile(rb"[0-9a-fA-F]{1,16}")
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: [^\r\n]*)?")
 _FORBIDDEN_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+class Answer(Protocol):
+    """A response whose head is in: what the proxy reads."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def content_type(self) -> str: ...
+
+    async def readany(self) -> bytes: ...
+
+    async def read(self, limit: int | None = None) -> bytes: ...
+
+    def release(self) -> None: ...
+
+
+class Upstream(Protocol):
+    """A client for self-hosted backends (`UpstreamPool`, or `AiohttpUpstream`)."""
+
+    async def post(
+        self,
+        base_url: str,
+        path: str,
+        body: bytes,
+        first_s: float | None = None,
+        idle_s: float | None = None,
+    ) -> Answer: ...
+
+    def close(self) -> Awaitable[None] | None: ...
 
 
 class UpstreamProtocolError(ConnectionError):
@@ -686,6 +718,7 @@ class UpstreamPool:
         return UpstreamResponse(host, conn)
 
     def close(self) -> None:
+        """Close idle connections; connections in use close when released."""
         self._closed = True
         if self._reaper is not None:
             self._reaper.cancel()
@@ -696,3 +729,84 @@ class UpstreamPool:
                 if conn.transport is not None:
                     conn.transport.close()
             host.idle.clear()
+
+
+class AiohttpUpstream:
+    """The same contract as `UpstreamPool`, on aiohttp's client: the measured alternative.
+
+    `hedge gateway --upstream-client aiohttp` selects it, and `bench/gateway_bench.py`
+    runs it beside the pooled client, so the choice of the hand-written client above stays
+    a measurement, not a belief. Stalls are bounded with aiohttp's per-read timeout.
+    """
+
+    def __init__(
+        self, connect_timeout_s: float = 2.0, keepalive_s: float = 4.0, max_conns: int = 1024
+    ) -> None:
+        import aiohttp
+
+        self._aiohttp = aiohttp
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=0, limit_per_host=max_conns, keepalive_timeout=keepalive_s
+            ),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
+            trust_env=False,
+        )
+        self._connect_timeout_s = connect_timeout_s
+        self._headers = {"Content-Type": "application/json"}
+
+    async def post(
+        self,
+        base_url: str,
+        path: str,
+        body: bytes,
+        first_s: float | None = None,
+        idle_s: float | None = None,
+    ) -> _AiohttpResponse:
+        limits = [x for x in (first_s, idle_s) if x is not None]
+        timeout = self._aiohttp.ClientTimeout(
+            total=None, sock_connect=self._connect_timeout_s, sock_read=max(limits, default=None)
+        )
+        try:
+            resp = await self._session.post(
+                base_url + path, data=body, headers=self._headers, timeout=timeout
+            )
+        except self._aiohttp.ClientError as exc:
+            raise ConnectionError(str(exc)) from exc
+        return _AiohttpResponse(resp)
+
+    def close(self) -> Awaitable[None]:
+        return self._session.close()
+
+
+class _AiohttpResponse:
+    def __init__(self, resp: Any) -> None:
+        self._resp = resp
+        self.status: int = resp.status
+        self.content_type: str = resp.headers.get("Content-Type", "application/json")
+
+    async def readany(self) -> bytes:
+        try:
+            return bytes(await self._resp.content.readany())
+        except TimeoutError as exc:
+            raise UpstreamStalled("idle", 0.0) from exc
+        except Exception as exc:  # aiohttp.ClientError
+            raise ConnectionError(str(exc)) from exc
+
+    async def read(self, limit: int | None = None) -> bytes:
+        parts: list[bytes] = []
+        size = 0
+        while chunk := await self.readany():
+            size += len(chunk)
+            if limit is not None and size > limit:
+                self._resp.close()
+                raise ResponseTooLarge(limit)
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def watch(self, first_s: float | None, idle_s: float | None) -> None:
+        pass  # bounded by the per-read timeout given at post()
+
+    def release(self) -> None:
+        self._resp.release()
