@@ -481,14 +481,13 @@ async def test_connections_per_backend_are_capped() -> None:
 
 
 async def test_silent_backend_is_a_stall_within_the_first_byte_limit(pool: UpstreamPool) -> None:
-    srv = await ScriptedServer([[]]).start()  # takes the request, never answers
-    srv.close_after = False
-    srv.responses = []
+    done = asyncio.Event()
 
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read(1000)
-        await asyncio.sleep(5)
+        await reader.read(1000)  # takes the request, never answers
+        await done.wait()
         writer.close()
+        await writer.wait_closed()
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
@@ -499,8 +498,9 @@ async def test_silent_backend_is_a_stall_within_the_first_byte_limit(pool: Upstr
         assert info.value.phase == "first"
         assert time.monotonic() - started < 1.0
     finally:
-        await srv.stop()
+        done.set()
         server.close()
+        await server.wait_closed()
 
 
 async def test_idle_connections_of_gone_backends_are_closed_and_forgotten() -> None:

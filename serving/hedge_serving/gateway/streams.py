@@ -20,6 +20,7 @@ version.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from hedge_serving.gateway.errors import error_body
@@ -71,12 +72,15 @@ def last_event_end(data: bytes | bytearray) -> int:
 
 def split_events(data: bytes) -> list[bytes]:
     """Complete events of `data` (which must end at an event boundary), without blanks."""
-    data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    if b"\r" in data:
+        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
     return [e for e in data.split(b"\n\n") if e.strip()]
 
 
 def event_data(event: bytes) -> bytes:
     """The `data:` payload of one event (lines joined), or b""."""
+    if event.startswith(b"data: ") and b"\n" not in event:  # the usual one-line event
+        return event[6:]
     lines = [
         line[5:].lstrip(b" ") if line.startswith(b"data:") else None for line in event.split(b"\n")
     ]
@@ -188,6 +192,15 @@ CHAT_CHOICE_DEFAULTS: dict[str, Any] = {"logprobs": None, "finish_reason": None}
 COMPLETION_CHOICE_DEFAULTS: dict[str, Any] = {"logprobs": None, "finish_reason": None}
 MESSAGE_DEFAULTS: dict[str, Any] = {"refusal": None, "tool_calls": []}
 _TOP_ORDER = ("id", "object", "created", "model", "choices")
+_CHOICE_KEYS = frozenset({"index", "delta", "text", "logprobs", "finish_reason", "stop_reason"})
+_decode = json.JSONDecoder().decode
+# vLLM's token chunks are compact JSON ending in one of these two shapes; their text is
+# taken without decoding the event (other shapes, and other engines, take the full parse).
+_CHOICES_AT = b'"choices":[{"index":'
+_TOKEN_CHUNK = re.compile(
+    rb'"choices":\[\{"index":(\d+),(?:"delta":\{"content":|"text":)"((?:[^"\\]|\\.)*)"\}?,'
+    rb'"logprobs":null,"finish_reason":null\}\]\}'
+)
 
 
 class IncompleteStream(Exception):
@@ -241,51 +254,77 @@ class Reassembler:
             if payload.strip() == b"[DONE]":
                 self.done = True
                 break
-            err = error_event_of(event)
-            if err is not None:
-                raise err
-            doc = json.loads(payload)
-            if not isinstance(doc, dict):
+            if self._top and payload.endswith(b'"finish_reason":null}]}'):
+                at = payload.find(_CHOICES_AT)
+                token = _TOKEN_CHUNK.fullmatch(payload, at) if at > 0 else None
+                if token is not None and self._token(token):
+                    continue
+            if payload[:1] != b"{" or looks_like_error_event(event):
+                err = error_event_of(event)
+                if err is not None:
+                    raise err
+            doc = _decode(payload.decode())
+            if type(doc) is not dict:
                 raise ValueError("a stream event is not a JSON object")
             self._take(doc)
 
+    def _token(self, match: re.Match[bytes]) -> bool:
+        """A plain token chunk of a choice already seen; False: use the full parse."""
+        choice = self._choices.get(int(match.group(1)))
+        if choice is None or choice.tools:
+            return False
+        raw = match.group(2)
+        text = raw.decode() if b"\\" not in raw else _decode('"' + raw.decode() + '"')
+        choice.text.append(text)
+        return True
+
     def _take(self, doc: dict[str, Any]) -> None:
+        # Per token: a few dict lookups. Fields other than the usual ones take the slow path.
+        choices = doc.pop("choices", None)
+        usage = doc.pop("usage", None)
+        if usage is not None:
+            self._usage = usage
         top = self._top
-        for key, value in doc.items():
-            if key == "choices":
-                continue
-            if key == "usage":
-                if value is not None:
-                    self._usage = value
-            elif key not in top or top[key] is None:
-                top[key] = value
-        for raw in doc.get("choices") or ():
-            if not isinstance(raw, dict):
+        if not top:
+            self._top = doc
+        elif len(doc) != len(top) or any(top.get(k) is None for k in doc):
+            for key, value in doc.items():
+                if top.get(key) is None:
+                    top[key] = value
+        for raw in choices or ():
+            if type(raw) is not dict:
                 continue
             index = raw.get("index", 0)
             choice = self._choices.get(index)
             if choice is None:
                 choice = self._choices[index] = _Choice(index)
-            for key, value in raw.items():
-                if key == "index":
-                    continue
-                if key == "delta":
-                    self._delta(choice, value)
-                elif key == "text":
-                    if isinstance(value, str):
-                        choice.text.append(value)
-                elif key == "logprobs":
-                    choice.logprobs = _merge_logprobs(choice.logprobs, value)
-                elif key == "finish_reason":
-                    if value is not None:
-                        choice.finish = value
-                elif key == "stop_reason":
-                    if value is not None:
-                        choice.stop = value
-                elif isinstance(value, list) and isinstance(choice.extra.get(key), list):
-                    choice.extra[key] = choice.extra[key] + value
-                elif value is not None or key not in choice.extra:
-                    choice.extra[key] = value
+            delta = raw.get("delta")
+            if delta is not None:
+                content = delta.get("content") if type(delta) is dict else None
+                if type(content) is str and len(delta) == 1:
+                    choice.text.append(content)
+                else:
+                    self._delta(choice, delta)
+            text = raw.get("text")
+            if type(text) is str:
+                choice.text.append(text)
+            logprobs = raw.get("logprobs")
+            if logprobs is not None:
+                choice.logprobs = _merge_logprobs(choice.logprobs, logprobs)
+            finish = raw.get("finish_reason")
+            if finish is not None:
+                choice.finish = finish
+            stop = raw.get("stop_reason")
+            if stop is not None:
+                choice.stop = stop
+            if len(raw) > 5 or not raw.keys() <= _CHOICE_KEYS:
+                for key in raw.keys() - _CHOICE_KEYS:
+                    value = raw[key]
+                    have = choice.extra.get(key)
+                    if isinstance(value, list) and isinstance(have, list):
+                        choice.extra[key] = have + value
+                    elif value is not None or key not in choice.extra:
+                        choice.extra[key] = value
 
     def _delta(self, choice: _Choice, delta: Any) -> None:
         if not isinstance(delta, dict):

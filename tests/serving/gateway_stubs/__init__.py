@@ -118,6 +118,14 @@ class _Server:
         return body
 
 
+# vLLM endpoints besides chat, completions and embeddings, and the events ending streams.
+OTHER_VLLM_PATHS = (
+    "/v1/responses", "/v1/messages", "/v1/messages/count_tokens", "/pooling", "/classify",
+    "/score", "/v1/score", "/rerank", "/v1/rerank", "/v2/rerank", "/tokenize", "/detokenize",
+)  # fmt: skip
+STREAM_ENDS = {"/v1/responses": "response.completed", "/v1/messages": "message_stop"}
+
+
 @dataclass
 class EngineFaults:
     status: int | None = None  # answer every inference request with this status
@@ -148,7 +156,37 @@ class Engine(_Server):
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/metrics", self._metrics)
+        for path in OTHER_VLLM_PATHS:
+            app.router.add_post(path, self._other)
         return app
+
+    async def _other(self, request: web.Request) -> web.StreamResponse:
+        """vLLM's other endpoints: an echo of what arrived, streamed for Responses and
+        Messages when asked (each with its own final event)."""
+        body = await self._record(request)
+        if isinstance(body, web.Response):
+            return body
+        f = self.faults
+        if f.status is not None:
+            return _openai_error(f.status, f"injected HTTP {f.status}", "server_error")
+        answer = {"object": "echo", "path": request.path, "model": body.get("model"),
+                  "engine": self.name}  # fmt: skip
+        if not body.get("stream") or request.path not in STREAM_ENDS:
+            return web.json_response(answer)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        events = [("start", answer), ("delta", {"text": "hi"}), ("delta", {"text": " there"})]
+        events.append((STREAM_ENDS[request.path], {}))
+        for n, (kind, data) in enumerate(events):
+            if f.cut_after is not None and n >= f.cut_after:
+                assert request.transport is not None
+                request.transport.close()
+                return resp
+            await resp.write(
+                f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n".encode()
+            )
+        await resp.write_eof()
+        return resp
 
     async def _metrics(self, request: web.Request) -> web.Response:
         text = (
@@ -320,7 +358,40 @@ class OpenAIStub(_ProviderBase):
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_post("/v1/responses", self._responses)
         return app
+
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        """The Responses API: `input` in, an `output` message out; streams as typed events
+        ending with `response.completed`."""
+        denied = self._auth(request)
+        if denied:
+            return denied
+        body = await self._record(request)
+        if isinstance(body, web.Response):
+            return body
+        text = body.get("input")
+        prompt = text if isinstance(text, str) else json.dumps(text)
+        reply = reply_text(prompt)
+        done = {
+            "id": "resp_stub", "object": "response", "status": "completed",
+            "model": body.get("model"),
+            "output": [{"type": "message", "role": "assistant",
+                        "content": [{"type": "output_text", "text": reply}]}],
+        }  # fmt: skip
+        if not body.get("stream"):
+            return web.json_response(done)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        events = [("response.created", {"response": {**done, "status": "in_progress"}})]
+        events += [("response.output_text.delta", {"delta": t}) for t in tokens_of(reply)]
+        events.append(("response.completed", {"response": done}))
+        for kind, data in events:
+            await resp.write(
+                f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n".encode()
+            )
+        await resp.write_eof()
+        return resp
 
     def _auth(self, request: web.Request) -> web.Response | None:
         if request.headers.get("Authorization") != f"Bearer {self.api_key}":
@@ -525,7 +596,17 @@ class AnthropicStub(_ProviderBase):
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/messages", self._messages)
+        app.router.add_post("/v1/messages/count_tokens", self._count_tokens)
         return app
+
+    async def _count_tokens(self, request: web.Request) -> web.Response:
+        if request.headers.get("x-api-key") != self.api_key:
+            return _anthropic_error(401, "authentication_error", "invalid x-api-key")
+        body = await request.json()
+        self.received.append(
+            Received(request.path, dict(request.query), dict(request.headers), body)
+        )
+        return web.json_response({"input_tokens": len(prompt_of_chat(body["messages"]).split())})
 
     def _validate(self, body: dict[str, Any]) -> str | None:
         if not isinstance(body.get("model"), str):
