@@ -88,17 +88,22 @@ class SimulatorWorkload:
 
 
 class ProcessWorkload:
-    """A real child process (the hedge operator or gateway of a chart pod)."""
+    """A real child process (the hedge operator or gateway of a chart pod).
 
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+    Stopping follows the kubelet: SIGTERM, then SIGKILL once the pod's
+    `terminationGracePeriodSeconds` (default 30) have passed.
+    """
+
+    def __init__(self, proc: asyncio.subprocess.Process, grace_s: float = 30.0) -> None:
         self.proc = proc
+        self.grace_s = grace_s
 
     async def stop(self) -> None:
         if self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.terminate()
             try:
-                await asyncio.wait_for(self.proc.wait(), 10)
+                await asyncio.wait_for(self.proc.wait(), self.grace_s)
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     self.proc.kill()
@@ -285,7 +290,8 @@ class PodRunner:
             )
         finally:
             log_file.close()
-        return ProcessWorkload(proc)
+        grace = pod["spec"].get("terminationGracePeriodSeconds")
+        return ProcessWorkload(proc, 30.0 if grace is None else float(grace))
 
     async def _container_env(
         self, pod: dict[str, Any], container: dict[str, Any]
