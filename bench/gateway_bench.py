@@ -293,6 +293,12 @@ USAGE_EVENT = _event(
     ).encode()
 )
 DONE_EVENT = _event(b"[DONE]") + b"0\r\n\r\n"
+STREAM_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+)
+ROLE_EVENT = _chunk_event({"role": "assistant", "content": ""})
+# A one-token answer, all of it ready at once (the common case in the throughput test).
+ONE_TOKEN_STREAM = (STREAM_HEAD + ROLE_EVENT + _chunk_event({"content": "ok"}, "stop"), DONE_EVENT)
 
 
 _MAX_TOKENS = re.compile(rb'"max_tokens": ?(\d+)')
@@ -373,11 +379,11 @@ class BackendProtocol(asyncio.Protocol):
     def stream(self, tokens: int, usage: bool) -> None:
         if self.transport is None:
             return
-        self.transport.write(
-            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-            b"Transfer-Encoding: chunked\r\n\r\n"
-            + _chunk_event({"role": "assistant", "content": ""})
-        )
+        if tokens == 1:
+            first, done = ONE_TOKEN_STREAM
+            self.transport.write(first + (USAGE_EVENT if usage else b"") + done)
+            return
+        self.transport.write(STREAM_HEAD + ROLE_EVENT)
         loop = asyncio.get_running_loop()
         start = loop.time()
 

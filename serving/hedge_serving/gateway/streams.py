@@ -199,7 +199,8 @@ _decode = json.JSONDecoder().decode
 _CHOICES_AT = b'"choices":[{"index":'
 _TOKEN_CHUNK = re.compile(
     rb'"choices":\[\{"index":(\d+),(?:"delta":\{"content":|"text":)"((?:[^"\\]|\\.)*)"\}?,'
-    rb'"logprobs":null,"finish_reason":null\}\]\}'
+    rb'"logprobs":null,"finish_reason":(null|"[a-z_]+")'
+    rb'(?:,"stop_reason":(null|\d+|"(?:[^"\\]|\\.)*"))?\}\]\}'
 )
 
 
@@ -254,7 +255,7 @@ class Reassembler:
             if payload.strip() == b"[DONE]":
                 self.done = True
                 break
-            if self._top and payload.endswith(b'"finish_reason":null}]}'):
+            if self._top and payload.endswith(b"}]}"):
                 at = payload.find(_CHOICES_AT)
                 token = _TOKEN_CHUNK.fullmatch(payload, at) if at > 0 else None
                 if token is not None and self._token(token):
@@ -276,6 +277,12 @@ class Reassembler:
         raw = match.group(2)
         text = raw.decode() if b"\\" not in raw else _decode('"' + raw.decode() + '"')
         choice.text.append(text)
+        finish = match.group(3)
+        if finish != b"null":
+            choice.finish = finish[1:-1].decode()
+        stop = match.group(4)
+        if stop is not None and stop != b"null":
+            choice.stop = _decode(stop.decode())
         return True
 
     def _take(self, doc: dict[str, Any]) -> None:

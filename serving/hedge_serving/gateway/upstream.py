@@ -52,6 +52,8 @@ _MAX_TARGETS = 4096  # cached request prefixes (one per backend URL seen)
 _TOKEN = re.compile(rb"[0-9A-Za-z!#$%&'*+\-.^_`|~]+")
 _DIGITS = re.compile(rb"[0-9]+")
 _HEX = re.compile(rb"[0-9a-fA-F]{1,16}")
+# A whole chunk-size line: size, optional extensions (no CR/LF inside), CRLF.
+_CHUNK_LINE = re.compile(rb"([0-9a-fA-F]{1,16})(?:;[^\r\n]*)?\r\n")
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: [^\r\n]*)?")
 _FORBIDDEN_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
@@ -340,6 +342,21 @@ class _Conn(asyncio.Protocol):
         n = len(buf)
         while pos < n and not self._done:
             state = self._chunk_state
+            if state == 0:
+                # Fast path: a whole chunk (size line, data, CRLF) in one regex match and
+                # one copy; a partial one falls through to the line-by-line states below.
+                line = _CHUNK_LINE.match(buf, pos)
+                if line is not None:
+                    size = int(line.group(1), 16)
+                    start = line.end()
+                    stop = start + size
+                    if size and stop + 2 <= n:
+                        if buf[stop : stop + 2] != b"\r\n":
+                            self._fail(UpstreamProtocolError("malformed chunk end"))
+                            return
+                        self._data += buf[start:stop]
+                        pos = stop + 2
+                        continue
             if state == 1:
                 take = min(self._chunk_left, n - pos)
                 self._data += buf[pos : pos + take]
