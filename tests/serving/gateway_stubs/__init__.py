@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -59,12 +60,16 @@ def prompt_of_chat(messages: list[dict[str, Any]]) -> str:
     return "\n".join(parts)
 
 
-async def start_app(app: web.Application) -> tuple[web.AppRunner, str]:
+async def start_app(
+    app: web.Application, ssl_context: ssl.SSLContext | None = None
+) -> tuple[web.AppRunner, str]:
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    if ssl_context is not None:  # the certificate names localhost
+        return runner, f"https://localhost:{port}"
     return runner, f"http://127.0.0.1:{port}"
 
 
@@ -94,8 +99,8 @@ class _Server:
     def app(self) -> web.Application:
         raise NotImplementedError
 
-    async def start(self) -> _Server:
-        self.runner, self.url = await start_app(self.app())
+    async def start(self, ssl_context: ssl.SSLContext | None = None) -> _Server:
+        self.runner, self.url = await start_app(self.app(), ssl_context)
         return self
 
     async def stop(self) -> None:
