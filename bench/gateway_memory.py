@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -133,8 +134,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     failed += 1
                     statuses[status] = statuses.get(status, 0) + 1
 
+        snapshot: Any = None
+
         async def churn() -> None:
-            nonlocal first
+            nonlocal first, snapshot
             next_sample = 10_000
             while sent < args.requests and time.monotonic() < deadline:
                 if sent >= (first + 1) * step and first + WINDOW < args.backends + WINDOW:
@@ -144,6 +147,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     gc.collect()
                     samples.append((sent, rss_mib()))
                     print(f"  {sent:>7} requests  rss {samples[-1][1]:7.1f} MiB", flush=True)
+                    if args.tracemalloc and next_sample == 20_000:
+                        snapshot = tracemalloc.take_snapshot()
                     next_sample += 10_000
                 await asyncio.sleep(0.005)
 
@@ -152,6 +157,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             c.close()
         gc.collect()
         samples.append((sent, rss_mib()))
+        if snapshot is not None:
+            print("# biggest allocation growth since 20,000 requests")
+            for stat in tracemalloc.take_snapshot().compare_to(snapshot, "lineno")[:12]:
+                print("  ", stat)
         pool = gw.upstream
         result = {
             "requests": sent,
@@ -187,6 +196,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--max-seconds", type=float, default=600)
     parser.add_argument("--json", help="also write the numbers to this file")
+    parser.add_argument("--tracemalloc", action="store_true", help="print where memory grew (slow)")
     args = parser.parse_args()
     import uvloop
 
@@ -194,6 +204,8 @@ def main() -> int:
         uvloop.run(serve_many(args.backends, args.port))
         return 0
     print(f"# gateway RSS, {args.requests} requests, {args.backends} models/backends churned")
+    if args.tracemalloc:
+        tracemalloc.start(4)
     result = uvloop.run(run(args))
     print(json.dumps(result, indent=2))
     if args.json:

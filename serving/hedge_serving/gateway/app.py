@@ -408,6 +408,8 @@ async def start_gateway(
         routes = t.routes()
         metrics.prune(r.model for r in routes)
         proxy.prune_providers(spec for r in routes for spec in r.fallback)
+        if isinstance(upstream, UpstreamPool):
+            upstream.retain({b.url for b in t.backends()})
 
     table.subscribe(prune)
     if ready is not None:

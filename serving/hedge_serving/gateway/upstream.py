@@ -345,10 +345,10 @@ class _Conn(asyncio.Protocol):
             if state == 0:
                 # Fast path: a whole chunk (size line, data, CRLF) in one regex match and
                 # one copy; a partial one falls through to the line-by-line states below.
-                line = _CHUNK_LINE.match(buf, pos)
-                if line is not None:
-                    size = int(line.group(1), 16)
-                    start = line.end()
+                sized = _CHUNK_LINE.match(buf, pos)
+                if sized is not None:
+                    size = int(sized.group(1), 16)
+                    start = sized.end()
                     stop = start + size
                     if size and stop + 2 <= n:
                         if buf[stop : stop + 2] != b"\r\n":
@@ -377,11 +377,11 @@ class _Conn(asyncio.Protocol):
                 self._fail(UpstreamProtocolError("bare LF in a chunked body"))
                 return
             if state == 0:
-                size = line.split(b";", 1)[0]
-                if _HEX.fullmatch(size) is None:
+                size_field = line.split(b";", 1)[0]
+                if _HEX.fullmatch(size_field) is None:
                     self._fail(UpstreamProtocolError("malformed chunk size"))
                     return
-                self._chunk_left = int(size, 16)
+                self._chunk_left = int(size_field, 16)
                 self._chunk_state = 1 if self._chunk_left else 3
             elif state == 2:
                 if line:
@@ -577,6 +577,12 @@ class UpstreamPool:
 
     def connections(self) -> int:
         return sum(h.live for h in self._hosts.values())
+
+    def retain(self, base_urls: set[str]) -> None:
+        """Forget request prefixes of backends that left the routing table (their idle
+        connections go with the keep-alive reaper)."""
+        for url in [u for u in self._targets if u not in base_urls]:
+            del self._targets[url]
 
     def _target(self, base_url: str) -> tuple[tuple[str, int], bytes]:
         cached = self._targets.get(base_url)
