@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import json
 import signal
@@ -107,6 +108,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         table = RoutingTable()
         table.replace(specs(0, args.backends, port))
         settings = GatewaySettings(port=0, admin_port=None, engine_metrics_interval_s=0)
+        if hasattr(settings, "drain_delay_s"):  # (run against older gateways too)
+            settings = dataclasses.replace(settings, drain_delay_s=0)
         gw = await start_gateway(table, settings, keys=LocalKeyStore({"BENCH_KEY": "sk"}))
         gc.collect()
         samples: list[tuple[int, float]] = [(0, rss_mib())]
@@ -178,7 +181,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "provider_clients_cached": len(gw.gateway.proxy._providers),
             "metric_models": len({k[0] for k in gw.gateway.metrics._request_children}),
         }
-        await gw.stop(drain_delay_s=0)
+        await gw.stop()
         return result
     finally:
         child.send_signal(signal.SIGTERM)
