@@ -453,6 +453,19 @@ class Router:
     health: str = "/health"
 
 
+def hedge_flags() -> str:
+    """`hedge gateway --help`: what the gateway under test accepts (an older one, for a
+    before/after run, lacks some flags)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "hedge_core.cli", "gateway", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
+    return out.stdout
+
+
 def start_hedge(
     procs: Procs,
     backends: list[str],
@@ -487,6 +500,8 @@ def start_hedge(
         "WARNING",
         *extra,
     ]
+    if "--drain-delay" in hedge_flags():
+        cmd += ["--drain-delay", "0"]  # stopping a contender need not wait for endpoints
     p = procs.start(name, cmd)
     return Router(name, port, p, health="/v1/models")
 
@@ -730,12 +745,13 @@ async def bench(args: argparse.Namespace) -> Results:
             urls = [f"http://{HOST}:{p}" for p in bports]
             # The same gateway with aiohttp's client on the engine path: the measurement that
             # keeps (or retires) the hand-written pooled client.
-            routers = [
-                start_hedge(procs, urls),
-                start_hedge(
-                    procs, urls, name="hedge-aiohttp", extra=("--upstream-client", "aiohttp")
-                ),
-            ]
+            routers = [start_hedge(procs, urls)]
+            if "--upstream-client" in hedge_flags():
+                routers.append(
+                    start_hedge(
+                        procs, urls, name="hedge-aiohttp", extra=("--upstream-client", "aiohttp")
+                    )
+                )
             if venv is not None:
                 routers.append(start_vllm_router(procs, venv, urls, "round_robin"))
                 routers.append(start_litellm(procs, venv, urls))
