@@ -46,7 +46,7 @@ def write_values(tmp_path: Path, namespace: str, **overrides: Any) -> Path:
     values: dict[str, Any] = {
         "watchNamespaces": [namespace],
         "operator": {"metricsPort": free_port(), "healthPort": free_port()},
-        "gateway": {"replicaCount": 1, "drainTimeoutSeconds": 1},
+        "gateway": {"replicaCount": 1, "drainTimeoutSeconds": 1, "drainDelaySeconds": 1},
     }
     for key, value in overrides.items():
         values.setdefault(key, {}).update(value)
