@@ -453,14 +453,21 @@ class Router:
     health: str = "/health"
 
 
-def hedge_flags() -> str:
-    """`hedge gateway --help`: what the gateway under test accepts (an older one, for a
-    before/after run, lacks some flags)."""
+def source_env(src: Path | None) -> dict[str, str]:
+    """Environment that runs `hedge` from another checkout (`--compare-with`)."""
+    if src is None:
+        return {}
+    return {"PYTHONPATH": os.pathsep.join(str(src / d) for d in ("core", "serving", "operator"))}
+
+
+def hedge_flags(src: Path | None = None) -> str:
+    """`hedge gateway --help`: what a gateway accepts (an older one lacks some flags)."""
     out = subprocess.run(
         [sys.executable, "-m", "hedge_core.cli", "gateway", "--help"],
         capture_output=True,
         text=True,
-        cwd=ROOT,
+        cwd=src or ROOT,
+        env={**os.environ, **source_env(src)},
         check=True,
     )
     return out.stdout
@@ -473,6 +480,7 @@ def start_hedge(
     fallback: str | None = None,
     name: str = "hedge",
     extra: tuple[str, ...] = (),
+    src: Path | None = None,
 ) -> Router:
     port = free_port()
     routes = procs.logdir / f"{name}-routes.yaml"
@@ -500,9 +508,9 @@ def start_hedge(
         "WARNING",
         *extra,
     ]
-    if "--drain-delay" in hedge_flags():
+    if "--drain-delay" in hedge_flags(src):
         cmd += ["--drain-delay", "0"]  # stopping a contender need not wait for endpoints
-    p = procs.start(name, cmd)
+    p = procs.start(name, cmd, source_env(src))
     return Router(name, port, p, health="/v1/models")
 
 
@@ -746,6 +754,9 @@ async def bench(args: argparse.Namespace) -> Results:
             # The same gateway with aiohttp's client on the engine path: the measurement that
             # keeps (or retires) the hand-written pooled client.
             routers = [start_hedge(procs, urls)]
+            if args.compare_with:
+                # The same gateway at another revision, measured in this same run.
+                routers.append(start_hedge(procs, urls, name="hedge-before", src=args.compare_with))
             if "--upstream-client" in hedge_flags():
                 routers.append(
                     start_hedge(
@@ -792,6 +803,14 @@ async def bench(args: argparse.Namespace) -> Results:
                     "hedge_added_gap_p99_ms", round(pct(hedge_gaps, 99) - pct(direct_gaps, 99), 3)
                 )
                 res.put("stream_gaps_measured", len(hedge_gaps))
+                if args.compare_with:
+                    before = next(r for r in routers if r.name == "hedge-before")
+                    before_gaps = await stream_gaps(before.port, 64, rounds)
+                    res.put("hedge-before_gap_p99_ms", round(pct(before_gaps, 99), 3))
+                    res.put(
+                        "hedge-before_added_gap_p99_ms",
+                        round(pct(before_gaps, 99) - pct(direct_gaps, 99), 3),
+                    )
             for r in routers:
                 procs.stop(r.proc)
 
@@ -942,6 +961,11 @@ def report(res: Results) -> None:
     r2 = h / vr if h and vr else None
     line("throughput hedge / litellm", r1, ">= 30", None if r1 is None else r1 >= 30)
     line("throughput hedge / vllm-router", r2, ">= 0.25", None if r2 is None else r2 >= 0.25)
+    hb = get("hedge-before_rps")
+    if hb is not None:
+        line("throughput hedge / hedge before (same run)", h / hb if h else None, "", None)
+        for k in ("added_p50_ms", "added_p99_ms", "added_gap_p99_ms"):
+            line(f"hedge before: {k}", get(f"hedge-before_{k}"), "", None)
     ha = get("hedge-aiohttp_rps")
     r3 = ha / vr if ha and vr else None
     line("throughput hedge (aiohttp client) / vllm-router", r3, ">= 0.25", None)
@@ -983,6 +1007,13 @@ def main() -> int:
     parser.add_argument("--only", help="comma list of: latency,throughput,stream,routing,failover")
     parser.add_argument("--no-peers", action="store_true", help="skip LiteLLM and vllm-router")
     parser.add_argument("--json", help="also write the numbers to this file")
+    parser.add_argument(
+        "--compare-with",
+        type=Path,
+        metavar="DIR",
+        help="also run the gateway from this checkout (e.g. `git archive main | tar -x -C DIR`) "
+        "in the latency, throughput and stream sections, side by side",
+    )
     args = parser.parse_args()
     try:
         import uvloop
