@@ -196,3 +196,29 @@ def test_a_stream_without_its_end_is_incomplete() -> None:
     r.feed(_events(_choice(0, {"content": "x"}))[: -len(b"data: [DONE]\n\n")])
     with pytest.raises(Exception, match="ended before it was complete"):
         r.result()
+
+
+@pytest.mark.parametrize(
+    "text", ["plain", 'quote " and \\ backslash', "naïve ✓ 漢字", "line\nbreak"]
+)
+def test_fast_paths_agree_with_the_full_parse(text: str) -> None:
+    """vLLM's compact chunks take regex fast paths; the same events with spaces (another
+    engine) take the full JSON parse. Both give the same answer."""
+    chunks = [
+        _choice(0, {"role": "assistant", "content": ""}),
+        _choice(0, {"content": text}),
+        _choice(0, {"content": text}, finish_reason="length", stop_reason=None),
+        {"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3,
+                                  "prompt_tokens_details": None}},
+    ]  # fmt: skip
+    compact = _events(*chunks)
+    spaced = compact.replace(b'":', b'": ').replace(b',"', b', "')
+    results = []
+    for data in (compact, spaced):
+        r = Reassembler(chat=True, max_bytes=1 << 20)
+        r.feed(data)
+        results.append(json.loads(r.result()))
+    assert results[0] == results[1]
+    assert results[0]["choices"][0]["message"]["content"] == text * 2
+    assert results[0]["choices"][0]["finish_reason"] == "length"
+    assert results[0]["usage"]["total_tokens"] == 3

@@ -197,6 +197,25 @@ _decode = json.JSONDecoder().decode
 # vLLM's token chunks are compact JSON ending in one of these two shapes; their text is
 # taken without decoding the event (other shapes, and other engines, take the full parse).
 _CHOICES_AT = b'"choices":[{"index":'
+_STR = rb'"(?:[^"\\]|\\.)*"'
+# The first chunk of a vLLM chat stream: the answer's identity and the assistant's role.
+_ROLE_CHUNK = re.compile(
+    rb'\{"id":('
+    + _STR
+    + rb'),"object":"chat\.completion\.chunk","created":(\d+),"model":('
+    + _STR
+    + rb'),"choices":\[\{"index":(\d+),"delta":\{"role":"assistant","content":""\},'
+    rb'"logprobs":null,"finish_reason":null\}\]\}'
+)
+_USAGE_AT = b',"choices":[],"usage":'
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def _string(literal: bytes) -> str:
+    """A JSON string literal (quotes included) as text; escapes are rare, so decoded rarely."""
+    return literal[1:-1].decode() if b"\\" not in literal else str(_decode(literal.decode()))
+
+
 _TOKEN_CHUNK = re.compile(
     rb'"choices":\[\{"index":(\d+),(?:"delta":\{"content":|"text":)"((?:[^"\\]|\\.)*)"\}?,'
     rb'"logprobs":null,"finish_reason":(null|"[a-z_]+")'
@@ -255,10 +274,21 @@ class Reassembler:
             if payload.strip() == b"[DONE]":
                 self.done = True
                 break
-            if self._top and payload.endswith(b"}]}"):
-                at = payload.find(_CHOICES_AT)
-                token = _TOKEN_CHUNK.fullmatch(payload, at) if at > 0 else None
-                if token is not None and self._token(token):
+            if self._top:
+                if payload.endswith(b"}]}"):
+                    at = payload.find(_CHOICES_AT)
+                    token = _TOKEN_CHUNK.fullmatch(payload, at) if at > 0 else None
+                    if token is not None and self._token(token):
+                        continue
+                elif payload.endswith(b"}}"):  # the usage chunk: decode only its usage
+                    at = payload.find(_USAGE_AT)
+                    if at > 0:
+                        self._usage = _decode(payload[at + len(_USAGE_AT) : -1].decode())
+                        continue
+            elif self.chat:
+                role = _ROLE_CHUNK.fullmatch(payload)
+                if role is not None:
+                    self._role(role)
                     continue
             if payload[:1] != b"{" or looks_like_error_event(event):
                 err = error_event_of(event)
@@ -268,6 +298,18 @@ class Reassembler:
             if type(doc) is not dict:
                 raise ValueError("a stream event is not a JSON object")
             self._take(doc)
+
+    def _role(self, match: re.Match[bytes]) -> None:
+        self._top = {
+            "id": _string(match.group(1)),
+            "object": "chat.completion.chunk",
+            "created": int(match.group(2)),
+            "model": _string(match.group(3)),
+        }
+        index = int(match.group(4))
+        choice = self._choices[index] = _Choice(index)
+        choice.message["role"] = "assistant"
+        choice.text.append("")
 
     def _token(self, match: re.Match[bytes]) -> bool:
         """A plain token chunk of a choice already seen; False: use the full parse."""
@@ -371,7 +413,7 @@ class Reassembler:
         for key, value in top.items():
             if key not in out:
                 out[key] = value
-        return json.dumps(out, ensure_ascii=False, separators=(",", ":")).encode()
+        return _encode(out).encode()
 
     def _choice(self, c: _Choice) -> dict[str, Any]:
         out: dict[str, Any] = {"index": c.index}
