@@ -261,11 +261,16 @@ class Reassembler:
         if self._size > self.max_bytes:
             raise ResponseTooLarge(self.max_bytes)
         data = self._pending + chunk if self._pending else chunk
-        end = last_event_end(data)
-        self._pending = data[end:]
-        if not end:
-            return
-        for event in split_events(data[:end]):
+        if data.find(b"\n\n") == len(data) - 2 and b"\r" not in data:
+            events = [data[:-2]]  # the usual read: exactly one whole event
+            self._pending = b""
+        else:
+            end = last_event_end(data)
+            self._pending = data[end:]
+            if not end:
+                return
+            events = split_events(data[:end])
+        for event in events:
             if self.done:
                 break
             payload = event_data(event)
