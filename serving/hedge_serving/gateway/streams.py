@@ -178,34 +178,48 @@ def error_event_of(event: bytes) -> EngineError | None:
 
 # -- re-assembly -------------------------------------------------------------------------
 
-# vLLM's non-streamed answers carry these keys even when a stream leaves them out.
-RESPONSE_DEFAULTS: dict[str, Any] = {
-    "service_tier": None,
-    "system_fingerprint": None,
-}
-RESPONSE_TAIL_DEFAULTS: dict[str, Any] = {  # after `usage`
-    "prompt_logprobs": None,
-    "prompt_token_ids": None,
-    "kv_transfer_params": None,
-}
-CHAT_CHOICE_DEFAULTS: dict[str, Any] = {"logprobs": None, "finish_reason": None}
-COMPLETION_CHOICE_DEFAULTS: dict[str, Any] = {"logprobs": None, "finish_reason": None}
-MESSAGE_DEFAULTS: dict[str, Any] = {"refusal": None, "tool_calls": []}
+# The keys vLLM (0.32) writes in its unstreamed answers, in its order, with what they hold
+# when a stream does not say (a stream leaves nulls out). The one place to align with an
+# engine version: tests/serving/data holds vLLM 0.32's answers both ways, and a test holds the
+# re-assembled answer to the unstreamed one, key by key and in order.
+CHAT_TOP: tuple[tuple[str, Any], ...] = (
+    ("service_tier", None), ("system_fingerprint", None), ("usage", None),
+    ("prompt_logprobs", None), ("prompt_token_ids", None), ("prompt_text", None),
+    ("kv_transfer_params", None), ("ec_transfer_params", None), ("metrics", None),
+)  # fmt: skip
+COMPLETION_TOP: tuple[tuple[str, Any], ...] = (
+    ("service_tier", None), ("system_fingerprint", None), ("usage", None),
+    ("kv_transfer_params", None), ("ec_transfer_params", None), ("metrics", None),
+)  # fmt: skip
+CHAT_CHOICE: tuple[tuple[str, Any], ...] = (
+    ("logprobs", None), ("finish_reason", None), ("stop_reason", None), ("token_ids", None),
+    ("routed_experts", None),
+)  # fmt: skip
+COMPLETION_CHOICE: tuple[tuple[str, Any], ...] = (
+    ("logprobs", None), ("finish_reason", None), ("stop_reason", None), ("token_ids", None),
+    ("prompt_logprobs", None), ("prompt_token_ids", None), ("routed_experts", None),
+)  # fmt: skip
+# `tool_calls` is written only when there are some (between `function_call` and `reasoning`).
+MESSAGE: tuple[tuple[str, Any], ...] = (
+    ("refusal", None), ("annotations", None), ("audio", None), ("function_call", None),
+    ("reasoning", None),
+)  # fmt: skip
+USAGE: tuple[tuple[str, Any], ...] = (
+    ("prompt_tokens_details", None), ("completion_tokens_details", None),
+)  # fmt: skip
 _TOP_ORDER = ("id", "object", "created", "model", "choices")
 _CHOICE_KEYS = frozenset({"index", "delta", "text", "logprobs", "finish_reason", "stop_reason"})
 _decode = json.JSONDecoder().decode
-# vLLM's token chunks are compact JSON ending in one of these two shapes; their text is
-# taken without decoding the event (other shapes, and other engines, take the full parse).
+# vLLM's token chunks are compact JSON of a few shapes; their text is taken without
+# decoding the event (other shapes, and other engines, take the full parse).
 _CHOICES_AT = b'"choices":[{"index":'
 _STR = rb'"(?:[^"\\]|\\.)*"'
 # The first chunk of a vLLM chat stream: the answer's identity and the assistant's role.
 _ROLE_CHUNK = re.compile(
-    rb'\{"id":('
-    + _STR
-    + rb'),"object":"chat\.completion\.chunk","created":(\d+),"model":('
+    rb'\{"id":(' + _STR + rb'),"object":"chat\.completion\.chunk","created":(\d+),"model":('
     + _STR
     + rb'),"choices":\[\{"index":(\d+),"delta":\{"role":"assistant","content":""\},'
-    rb'"logprobs":null,"finish_reason":null\}\]\}'
+    rb'"logprobs":null,"finish_reason":null\}\](,"prompt_token_ids":null,"prompt_text":null)?\}'
 )
 _USAGE_AT = b',"choices":[],"usage":'
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -217,9 +231,10 @@ def _string(literal: bytes) -> str:
 
 
 _TOKEN_CHUNK = re.compile(
-    rb'"choices":\[\{"index":(\d+),(?:"delta":\{"content":|"text":)"((?:[^"\\]|\\.)*)"\}?,'
+    rb'"choices":\[\{"index":(\d+),(?:"delta":\{"content":|"text":)(' + _STR + rb')\}?,'
     rb'"logprobs":null,"finish_reason":(null|"[a-z_]+")'
-    rb'(?:,"stop_reason":(null|\d+|"(?:[^"\\]|\\.)*"))?\}\]\}'
+    rb'(?:,"stop_reason":(null|\d+|' + _STR + rb'))?'
+    rb'(?:,"prompt_token_ids":null)?(?:,"token_ids":null)?\}\]\}'
 )
 
 
@@ -261,7 +276,7 @@ class Reassembler:
         if self._size > self.max_bytes:
             raise ResponseTooLarge(self.max_bytes)
         data = self._pending + chunk if self._pending else chunk
-        if data.find(b"\n\n") == len(data) - 2 and b"\r" not in data:
+        if len(data) > 2 and data.find(b"\n\n") == len(data) - 2 and b"\r" not in data:
             events = [data[:-2]]  # the usual read: exactly one whole event
             self._pending = b""
         else:
@@ -311,6 +326,8 @@ class Reassembler:
             "created": int(match.group(2)),
             "model": _string(match.group(3)),
         }
+        if match.group(5):  # vLLM 0.32 says these on its first chunk, as nulls
+            self._top["prompt_token_ids"] = self._top["prompt_text"] = None
         index = int(match.group(4))
         choice = self._choices[index] = _Choice(index)
         choice.message["role"] = "assistant"
@@ -321,9 +338,7 @@ class Reassembler:
         choice = self._choices.get(int(match.group(1)))
         if choice is None or choice.tools:
             return False
-        raw = match.group(2)
-        text = raw.decode() if b"\\" not in raw else _decode('"' + raw.decode() + '"')
-        choice.text.append(text)
+        choice.text.append(_string(match.group(2)))
         finish = match.group(3)
         if finish != b"null":
             choice.finish = finish[1:-1].decode()
@@ -410,12 +425,12 @@ class Reassembler:
                 out["object"] = "chat.completion" if self.chat else "text_completion"
             else:
                 out[key] = top.get(key)
-        for key, default in RESPONSE_DEFAULTS.items():
-            out[key] = top.get(key, default)
-        out["usage"] = self._usage
-        for key, default in RESPONSE_TAIL_DEFAULTS.items():
-            out[key] = top.get(key, default)
-        for key, value in top.items():
+        usage = self._usage
+        if isinstance(usage, dict):
+            usage = _with_defaults(usage, USAGE)
+        for key, default in CHAT_TOP if self.chat else COMPLETION_TOP:
+            out[key] = usage if key == "usage" else top.get(key, default)
+        for key, value in top.items():  # what a newer engine adds, at the end
             if key not in out:
                 out[key] = value
         return _encode(out).encode()
@@ -424,25 +439,32 @@ class Reassembler:
         out: dict[str, Any] = {"index": c.index}
         if self.chat:
             message: dict[str, Any] = {"role": c.message.get("role", "assistant")}
-            content = "".join(c.text) if c.text else c.message.get("content")
-            message["content"] = content
-            for key, default in MESSAGE_DEFAULTS.items():
+            message["content"] = "".join(c.text) if c.text else c.message.get("content")
+            for key, default in MESSAGE:
+                if key == "reasoning" and c.tools:
+                    message["tool_calls"] = [c.tools[i] for i in sorted(c.tools)]
                 message[key] = c.message.get(key, default)
-            if c.tools:
-                message["tool_calls"] = [c.tools[i] for i in sorted(c.tools)]
             for key, value in c.message.items():
                 if key not in message:
                     message[key] = value
             out["message"] = message
-            defaults = CHAT_CHOICE_DEFAULTS
         else:
             out["text"] = "".join(c.text)
-            defaults = COMPLETION_CHOICE_DEFAULTS
-        out["logprobs"] = c.logprobs if c.logprobs is not None else defaults["logprobs"]
+        out["logprobs"] = c.logprobs
         out["finish_reason"] = c.finish
         out["stop_reason"] = c.stop
-        out.update(c.extra)
+        for key, default in CHAT_CHOICE if self.chat else COMPLETION_CHOICE:
+            if key not in out:
+                out[key] = c.extra.get(key, default)
+        for key, value in c.extra.items():
+            if key not in out:
+                out[key] = value
         return out
+
+
+def _with_defaults(doc: dict[str, Any], defaults: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+    missing = [(k, v) for k, v in defaults if k not in doc]
+    return {**doc, **dict(missing)} if missing else doc
 
 
 def _merge_logprobs(have: Any, new: Any) -> Any:
@@ -499,13 +521,15 @@ def can_reassemble(payload: dict[str, Any]) -> bool:
     """Whether the engine can stream this request and give the same answer.
 
     vLLM refuses `prompt_logprobs` on streams and `stream_options` on requests that do not
-    stream (the client must see that 400), and beam search does not stream token by token:
-    those requests keep the plain path.
+    stream (the client must see that 400); beam search does not stream token by token; and
+    an echoed prompt streams differently (no prompt logprobs, token ids on the first
+    chunk): those requests keep the plain path.
     """
     return (
         payload.get("prompt_logprobs") is None
         and "stream_options" not in payload
         and not payload.get("use_beam_search")
+        and not payload.get("echo")
     )
 
 
