@@ -216,7 +216,9 @@ _CHOICES_AT = b'"choices":[{"index":'
 _STR = rb'"(?:[^"\\]|\\.)*"'
 # The first chunk of a vLLM chat stream: the answer's identity and the assistant's role.
 _ROLE_CHUNK = re.compile(
-    rb'\{"id":(' + _STR + rb'),"object":"chat\.completion\.chunk","created":(\d+),"model":('
+    rb'\{"id":('
+    + _STR
+    + rb'),"object":"chat\.completion\.chunk","created":(\d+),"model":('
     + _STR
     + rb'),"choices":\[\{"index":(\d+),"delta":\{"role":"assistant","content":""\},'
     rb'"logprobs":null,"finish_reason":null\}\](,"prompt_token_ids":null,"prompt_text":null)?\}'
@@ -231,9 +233,9 @@ def _string(literal: bytes) -> str:
 
 
 _TOKEN_CHUNK = re.compile(
-    rb'"choices":\[\{"index":(\d+),(?:"delta":\{"content":|"text":)(' + _STR + rb')\}?,'
+    rb'"choices":\[\{"index":(\d+),(?:"delta":\{"content":|"text":)(' + _STR + rb")\}?,"
     rb'"logprobs":null,"finish_reason":(null|"[a-z_]+")'
-    rb'(?:,"stop_reason":(null|\d+|' + _STR + rb'))?'
+    rb'(?:,"stop_reason":(null|\d+|' + _STR + rb"))?"
     rb'(?:,"prompt_token_ids":null)?(?:,"token_ids":null)?\}\]\}'
 )
 
