@@ -48,6 +48,7 @@ _MAX_HEADERS = 128
 _PAUSE_AT = 512 * 1024  # buffered, unread body bytes before reading from the socket pauses
 _MAX_CHUNK_LINE = 4096  # a chunk-size line or trailer line (aiohttp's default is 8190)
 _MAX_TARGETS = 4096  # cached request prefixes (one per backend URL seen)
+_SWEEP_S = 0.25  # how often stalls are looked for: a stall is seen at most this late
 
 _TOKEN = re.compile(rb"[0-9A-Za-z!#$%&'*+\-.^_`|~]+")
 _DIGITS = re.compile(rb"[0-9]+")
@@ -55,6 +56,11 @@ _HEX = re.compile(rb"[0-9a-fA-F]{1,16}")
 # A whole chunk-size line: size, optional extensions (no CR/LF inside), CRLF.
 _CHUNK_LINE = re.compile(rb"([0-9a-fA-F]{1,16})(?:;[^\r\n]*)?\r\n")
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: [^\r\n]*)?")
+# What uvicorn (vLLM) sends: known tokens, so their names need no validation.
+_COMMON_HEADERS = frozenset(
+    {b"date", b"server", b"content-type", b"content-length", b"transfer-encoding",
+     b"connection", b"x-request-id"}
+)  # fmt: skip
 _FORBIDDEN_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
@@ -131,9 +137,9 @@ class _Conn(asyncio.Protocol):
         "_loop",
         "_mode",
         "_paused",
-        "_timer",
         "_waiter",
         "_watch_start",
+        "_watched",
         "content_type",
         "idle_since",
         "keep_alive",
@@ -148,7 +154,7 @@ class _Conn(asyncio.Protocol):
         self.pooled = False  # in its host's idle deque
         self._host = host
         self._loop = asyncio.get_running_loop()
-        self._timer: asyncio.TimerHandle | None = None
+        self._watched = False  # in the pool's set of connections whose silence is timed
         self._reset()
 
     def _reset(self) -> None:
@@ -170,7 +176,7 @@ class _Conn(asyncio.Protocol):
         self._idle_s: float | None = None
         self._watch_start = 0.0
         self._last_rx = 0.0
-        self._cancel_timer()
+        self._unwatch()
         self.status = 0
         self.content_type = "application/json"
         self.keep_alive = True
@@ -187,7 +193,7 @@ class _Conn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self.keep_alive = False
-        self._cancel_timer()
+        self._unwatch()
         self._host.forget(self)
         if self._head and self._mode == 3 and exc is None:
             self._done = True
@@ -197,7 +203,7 @@ class _Conn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._got_bytes = True
-        if self._timer is not None:
+        if self._watched:
             self._last_rx = self._loop.time()
         if not self._head:
             self._buf += data
@@ -264,12 +270,12 @@ class _Conn(asyncio.Protocol):
         seen_type = False
         for line in lines[1:]:
             name, sep, value = line.partition(b":")
-            if not sep or _TOKEN.fullmatch(name) is None:
+            lname = name.lower()
+            if not sep or (lname not in _COMMON_HEADERS and _TOKEN.fullmatch(name) is None):
                 raise ValueError("bad header line")  # includes obs-fold (leading space)
             value = value.strip(b" \t")
             if _FORBIDDEN_CTL.search(value):
                 raise ValueError("control character in a header value")
-            lname = name.lower()
             if lname == b"content-length":
                 # Digits only: no sign, no list (RFC 9110 8.6 would allow a list of equal
                 # values; aiohttp refuses it too), and never twice.
@@ -401,7 +407,7 @@ class _Conn(asyncio.Protocol):
         if self._exc is None:
             self._exc = exc
         self.keep_alive = False
-        self._cancel_timer()
+        self._unwatch()
         if self.transport is not None:
             self.transport.abort()
         self._wake()
@@ -419,39 +425,35 @@ class _Conn(asyncio.Protocol):
     def watch(self, first_s: float | None, idle_s: float | None) -> None:
         """Fail with `UpstreamStalled` unless a body byte arrives within `first_s` of now,
         and each later read within `idle_s` of the one before (None: no limit)."""
-        self._cancel_timer()
         self._first_s, self._idle_s = first_s, idle_s
-        now = self._loop.time()
-        self._watch_start = self._last_rx = now
-        deadline = self._deadline()
-        if deadline is not None:
-            self._timer = self._loop.call_at(deadline, self._check)
+        self._watch_start = self._last_rx = self._loop.time()
+        if not self._watched and (first_s is not None or idle_s is not None):
+            self._watched = True
+            self._host.pool._watch(self)
 
     def _deadline(self) -> float | None:
         if not self._got_body:
             return None if self._first_s is None else self._watch_start + self._first_s
         return None if self._idle_s is None else self._last_rx + self._idle_s
 
-    def _check(self) -> None:
-        # One timer per silence, not per read: a read only stores its time, and the timer,
-        # when it fires early, moves itself to the new deadline.
-        self._timer = None
+    def _check(self, now: float) -> None:
+        """Called by the pool's sweep: fail the exchange if its silence ran out. (No timer
+        per request: a read only stores its time, and one sweep checks every watched
+        connection a few times a second.)"""
         if self._done or self._exc is not None:
+            self._unwatch()
             return
         deadline = self._deadline()
-        if deadline is None:
-            return
-        if self._loop.time() < deadline:
-            self._timer = self._loop.call_at(deadline, self._check)
+        if deadline is None or now < deadline:
             return
         phase = "idle" if self._got_body else "first"
         seconds = self._idle_s if self._got_body else self._first_s
         self._fail(UpstreamStalled(phase, seconds or 0.0))
 
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    def _unwatch(self) -> None:
+        if self._watched:
+            self._watched = False
+            self._host.pool._watching.discard(self)
 
     # -- the response ---------------------------------------------------------------------
 
@@ -461,7 +463,7 @@ class _Conn(asyncio.Protocol):
             if self._exc is not None:
                 raise self._exc
             if self._done:
-                self._cancel_timer()
+                self._unwatch()
                 return b""
             self._waiter = self._loop.create_future()
             try:
@@ -541,7 +543,7 @@ class UpstreamResponse:
             return
         self._released = True
         conn = self._conn
-        conn._cancel_timer()
+        conn._unwatch()
         if conn._done and conn.keep_alive and conn.transport is not None and not conn._data:
             self._host.pool._release(self._host, conn)
             return
@@ -567,6 +569,8 @@ class UpstreamPool:
         self._hosts: dict[tuple[str, int], _Host] = {}
         self._targets: dict[str, tuple[tuple[str, int], bytes]] = {}
         self._reaper: asyncio.TimerHandle | None = None
+        self._watching: set[_Conn] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
 
     # -- bookkeeping ----------------------------------------------------------------------
@@ -625,6 +629,19 @@ class UpstreamPool:
             if not waiter.done():
                 waiter.set_result(None)
                 return
+
+    def _watch(self, conn: _Conn) -> None:
+        self._watching.add(conn)
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(_SWEEP_S, self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        now = asyncio.get_running_loop().time()
+        for conn in list(self._watching):
+            conn._check(now)
+        if self._watching:
+            self._sweeper = asyncio.get_running_loop().call_later(_SWEEP_S, self._sweep)
 
     def _schedule_reaper(self) -> None:
         if self._reaper is None:
@@ -734,7 +751,7 @@ class UpstreamPool:
             await waiter
         except BaseException:
             conn.keep_alive = False
-            conn._cancel_timer()
+            conn._unwatch()
             if conn.transport is not None:
                 conn.transport.close()
             raise
@@ -746,6 +763,9 @@ class UpstreamPool:
         if self._reaper is not None:
             self._reaper.cancel()
             self._reaper = None
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for host in list(self._hosts.values()):
             for conn in list(host.idle):
                 conn.pooled = False
