@@ -37,6 +37,14 @@ BODIES: dict[Endpoint, dict[str, Any]] = {
     Endpoint.RERANK_V2: {"query": "q", "documents": ["a", "b"]},
     Endpoint.TOKENIZE: {"prompt": "hi there"},
     Endpoint.DETOKENIZE: {"tokens": [1, 2]},
+    Endpoint.CHAT_RENDER: {"messages": [{"role": "user", "content": "hi"}]},
+    Endpoint.COMPLETIONS_RENDER: {"prompt": "hi"},
+    Endpoint.MESSAGES_RENDER: {"max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]},
+    Endpoint.RESPONSES_RENDER: {"input": "hi"},
+    Endpoint.CHAT_BATCH: {"messages": [[{"role": "user", "content": "hi"}]]},
+    Endpoint.GENERATIVE_SCORING: {"query": "q", "items": ["a"], "label_token_ids": [1, 2]},
+    Endpoint.COHERE_CHAT: {"messages": [{"role": "user", "content": "hi"}]},
+    Endpoint.COHERE_EMBED: {"texts": ["hi"], "input_type": "search_query"},
 }
 
 
@@ -100,7 +108,9 @@ async def test_retried_on_another_pod_and_counted(
         await gw.stop()
 
 
-@pytest.mark.parametrize("endpoint", [Endpoint.RESPONSES, Endpoint.MESSAGES], ids=str)
+@pytest.mark.parametrize(
+    "endpoint", [Endpoint.RESPONSES, Endpoint.MESSAGES, Endpoint.COHERE_CHAT], ids=str
+)
 async def test_streams_end_with_their_own_final_event(
     engines: list[Engine], endpoint: Endpoint
 ) -> None:

@@ -14,8 +14,11 @@ read, which bounds a hung engine:
 
 `STREAM_END` names the event that completes a stream of that endpoint; a stream that ends
 without it was cut, and the client gets an error event rather than a silent truncation.
-Paths vLLM serves that carry no `model` (health, metrics, LoRA admin, /invocations) and
-multipart uploads (audio transcription) are not routed.
+The list follows vLLM 0.32's API routers. Not routed: paths without a `model` (health,
+metrics, LoRA and weight admin, `/v1/responses/{id}`), `/invocations` (SageMaker picks the
+endpoint from the body), the disaggregated-serving `/inference/v1/generate`, the
+`/v1/realtime` websocket, and multipart uploads (`/v1/audio/transcriptions`,
+`/v1/audio/translations`).
 """
 
 from __future__ import annotations
@@ -41,6 +44,16 @@ class Endpoint(enum.StrEnum):
     RERANK_V2 = "/v2/rerank"
     TOKENIZE = "/tokenize"
     DETOKENIZE = "/detokenize"
+    # vLLM 0.32 besides: prompt rendering (chat template, tokens) without generating,
+    # batched chat, generative scoring, and Cohere's v2 chat and embed APIs.
+    CHAT_RENDER = "/v1/chat/completions/render"
+    COMPLETIONS_RENDER = "/v1/completions/render"
+    MESSAGES_RENDER = "/v1/messages/render"
+    RESPONSES_RENDER = "/v1/responses/render"
+    CHAT_BATCH = "/v1/chat/completions/batch"
+    GENERATIVE_SCORING = "/generative_scoring"
+    COHERE_CHAT = "/cohere/v2/chat"
+    COHERE_EMBED = "/v2/embed"
 
 
 class Mode(enum.Enum):
@@ -54,7 +67,7 @@ MODE: dict[Endpoint, Mode] = {
         Mode.GENERATE
         if e in (Endpoint.CHAT, Endpoint.COMPLETIONS)
         else Mode.STREAM
-        if e in (Endpoint.RESPONSES, Endpoint.MESSAGES)
+        if e in (Endpoint.RESPONSES, Endpoint.MESSAGES, Endpoint.COHERE_CHAT)
         else Mode.UNARY
     )
     for e in Endpoint
@@ -66,6 +79,7 @@ STREAM_END: dict[Endpoint, tuple[bytes, ...]] = {
     Endpoint.COMPLETIONS: (b"[DONE]",),
     Endpoint.RESPONSES: (b"response.completed", b"response.incomplete", b"response.failed"),
     Endpoint.MESSAGES: (b"message_stop",),
+    Endpoint.COHERE_CHAT: (b"message-end",),
 }
 
 BY_PATH: dict[str, Endpoint] = {e.value: e for e in Endpoint}

@@ -127,8 +127,15 @@ class _Server:
 OTHER_VLLM_PATHS = (
     "/v1/responses", "/v1/messages", "/v1/messages/count_tokens", "/pooling", "/classify",
     "/score", "/v1/score", "/rerank", "/v1/rerank", "/v2/rerank", "/tokenize", "/detokenize",
+    "/v1/chat/completions/render", "/v1/completions/render", "/v1/messages/render",
+    "/v1/responses/render", "/v1/chat/completions/batch", "/generative_scoring",
+    "/cohere/v2/chat", "/v2/embed",
 )  # fmt: skip
-STREAM_ENDS = {"/v1/responses": "response.completed", "/v1/messages": "message_stop"}
+STREAM_ENDS = {
+    "/v1/responses": "response.completed",
+    "/v1/messages": "message_stop",
+    "/cohere/v2/chat": "message-end",
+}
 
 
 @dataclass
