@@ -232,7 +232,7 @@ def test_rolling_restart_under_load_refuses_no_one(
     values = write_values(
         tmp_path,
         namespace,
-        gateway={"replicaCount": 2, "drainDelaySeconds": 3, "drainTimeoutSeconds": 10},
+        gateway={"replicaCount": 2, "drainDelaySeconds": 5, "drainTimeoutSeconds": 10},
     )
     helm(cluster, "install", release, str(CHART), "-n", namespace, "-f", str(values),
          "--wait", "--timeout=180s")  # fmt: skip
