@@ -570,14 +570,10 @@ class Proxy:
     ) -> web.StreamResponse | None:
         s = self.settings
         stream = stream and MODE[endpoint] is not Mode.UNARY
-        # Providers are slow to start answering when unstreamed; bound the silence only
-        # where an answer arrives piece by piece or in one short piece.
-        if stream:
-            read_s: float | None = max(s.first_token_limit(0, 0), s.idle_timeout_s)
-        elif MODE[endpoint] is Mode.UNARY:
-            read_s = s.head_limit(0)
-        else:
-            read_s = None
+        # Providers' generations are bounded by the request timeout only: a reasoning model
+        # may think for minutes before its first visible token, streamed or not. Answers in
+        # one piece (embeddings) get the response-head limit.
+        read_s = s.head_limit(0) if MODE[endpoint] is Mode.UNARY else None
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=s.provider_connect_timeout_s, sock_read=read_s
         )
