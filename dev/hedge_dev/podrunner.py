@@ -48,6 +48,7 @@ WAITING_REASONS = {
     "CreateContainerConfigError",
 }
 PROBE_INTERVAL = 0.5
+SHUTDOWN_GRACE_S = 5.0
 RESTART_BACKOFF = (1.0, 2.0, 4.0, 8.0, 10.0)
 
 
@@ -56,7 +57,7 @@ def _now() -> str:
 
 
 class Workload(Protocol):
-    async def stop(self) -> None: ...
+    async def stop(self, grace_s: float | None = None) -> None: ...
 
     def alive(self) -> bool: ...
 
@@ -80,7 +81,7 @@ class SimulatorWorkload:
     def __init__(self, running: Any) -> None:
         self._running = running
 
-    async def stop(self) -> None:
+    async def stop(self, grace_s: float | None = None) -> None:
         await self._running.stop()
 
     def alive(self) -> bool:
@@ -98,12 +99,12 @@ class ProcessWorkload:
         self.proc = proc
         self.grace_s = grace_s
 
-    async def stop(self) -> None:
+    async def stop(self, grace_s: float | None = None) -> None:
         if self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.terminate()
             try:
-                await asyncio.wait_for(self.proc.wait(), self.grace_s)
+                await asyncio.wait_for(self.proc.wait(), grace_s or self.grace_s)
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     self.proc.kill()
@@ -181,7 +182,11 @@ class PodRunner:
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
             await proxy.close()
-            await asyncio.gather(*(self._stop_run(key) for key in list(self.runs)))
+            # The runner itself is stopping (cluster down, within its 10 s): pods get a short
+            # grace, so no process outlives it even if its own grace period is longer.
+            await asyncio.gather(
+                *(self._stop_run(key, SHUTDOWN_GRACE_S) for key in list(self.runs))
+            )
             await self._session.close()
             await self._probe_session.close()
 
@@ -470,7 +475,7 @@ class PodRunner:
             resp.raise_for_status()
             return await resp.json()
 
-    async def _stop_run(self, key: str) -> None:
+    async def _stop_run(self, key: str, grace_s: float | None = None) -> None:
         run = self.runs.pop(key, None)
         if run is None:
             return
@@ -480,7 +485,7 @@ class PodRunner:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if run.workload is not None:
-            await run.workload.stop()
+            await run.workload.stop(grace_s)
         log.info("stopped %s", key)
 
 
