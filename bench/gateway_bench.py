@@ -26,6 +26,7 @@ import itertools
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -261,18 +262,47 @@ MODELS_RESPONSE = json.dumps(
 METRICS_RESPONSE = b'vllm:num_requests_waiting{model_name="llama-3-8b"} 0.0\n'
 
 
-def _chunk_event(i: int) -> bytes:
+def _event(data: bytes) -> bytes:
+    """One SSE event as one HTTP chunk."""
+    event = b"data: " + data + b"\n\n"
+    return b"%x\r\n%s\r\n" % (len(event), event)
+
+
+def _chunk_event(delta: dict[str, Any], finish: str | None = None) -> bytes:
     ev = {
         "id": "chatcmpl-bench",
         "object": "chat.completion.chunk",
         "created": 1700000000,
         "model": MODEL,
-        "choices": [
-            {"index": 0, "delta": {"content": f" t{i}"}, "logprobs": None, "finish_reason": None}
-        ],
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
     }
-    data = b"data: " + json.dumps(ev).encode() + b"\n\n"
-    return b"%x\r\n%s\r\n" % (len(data), data)
+    return _event(json.dumps(ev, separators=(",", ":")).encode())  # compact, as vLLM writes
+
+
+USAGE_EVENT = _event(
+    json.dumps(
+        {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion.chunk",
+            "created": 1700000000,
+            "model": MODEL,
+            "choices": [],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
+        },
+        separators=(",", ":"),
+    ).encode()
+)
+DONE_EVENT = _event(b"[DONE]") + b"0\r\n\r\n"
+STREAM_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+)
+ROLE_EVENT = _chunk_event({"role": "assistant", "content": ""})
+# A one-token answer, all of it ready at once (the common case in the throughput test).
+ONE_TOKEN_STREAM = (STREAM_HEAD + ROLE_EVENT + _chunk_event({"content": "ok"}, "stop"), DONE_EVENT)
+
+
+_MAX_TOKENS = re.compile(rb'"max_tokens": ?(\d+)')
+_INCLUDE_USAGE = re.compile(rb'"include_usage": ?true')
 
 
 class BackendProtocol(asyncio.Protocol):
@@ -329,7 +359,12 @@ class BackendProtocol(asyncio.Protocol):
     def respond(self, path: bytes, body: bytes) -> None:
         if path.startswith(b"/v1/chat/completions") or path.startswith(b"/v1/completions"):
             if b'"stream": true' in body or b'"stream":true' in body:
-                self.stream()
+                # As vLLM: one event per token, `max_tokens` of them (the same tokens a
+                # non-streamed answer would carry), then the usage event if asked for.
+                # Read without parsing the JSON: the backend stays cheap, the routers are measured.
+                found = _MAX_TOKENS.search(body)
+                tokens = int(found.group(1)) if found else self.chunks
+                self.stream(tokens, _INCLUDE_USAGE.search(body) is not None)
             else:
                 self._send(b"200 OK", CHAT_RESPONSE)
         elif path == b"/health":
@@ -341,25 +376,29 @@ class BackendProtocol(asyncio.Protocol):
         else:
             self._send(b"404 Not Found", b'{"error": {"message": "not found"}}')
 
-    def stream(self) -> None:
+    def stream(self, tokens: int, usage: bool) -> None:
         if self.transport is None:
             return
-        self.transport.write(
-            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-            b"Transfer-Encoding: chunked\r\n\r\n"
-        )
+        if tokens == 1:
+            first, done = ONE_TOKEN_STREAM
+            self.transport.write(first + (USAGE_EVENT if usage else b"") + done)
+            return
+        self.transport.write(STREAM_HEAD + ROLE_EVENT)
         loop = asyncio.get_running_loop()
         start = loop.time()
 
         def send(i: int) -> None:
             if self.transport is None:
                 return
-            if i < self.chunks:
-                self.transport.write(_chunk_event(i))
+            last = i == tokens - 1
+            out = _chunk_event(
+                {"content": "ok" if tokens == 1 else f" t{i}"}, "stop" if last else None
+            )
+            if not last:
+                self.transport.write(out)
                 loop.call_at(start + (i + 1) * self.chunk_interval, send, i + 1)
-            else:
-                done = b"data: [DONE]\n\n"
-                self.transport.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(done), done))
+                return
+            self.transport.write(out + (USAGE_EVENT if usage else b"") + DONE_EVENT)
 
         send(0)
 
@@ -414,8 +453,34 @@ class Router:
     health: str = "/health"
 
 
+def source_env(src: Path | None) -> dict[str, str]:
+    """Environment that runs `hedge` from another checkout (`--compare-with`)."""
+    if src is None:
+        return {}
+    return {"PYTHONPATH": os.pathsep.join(str(src / d) for d in ("core", "serving", "operator"))}
+
+
+def hedge_flags(src: Path | None = None) -> str:
+    """`hedge gateway --help`: what a gateway accepts (an older one lacks some flags)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "hedge_core.cli", "gateway", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=src or ROOT,
+        env={**os.environ, **source_env(src)},
+        check=True,
+    )
+    return out.stdout
+
+
 def start_hedge(
-    procs: Procs, backends: list[str], *, fallback: str | None = None, name: str = "hedge"
+    procs: Procs,
+    backends: list[str],
+    *,
+    fallback: str | None = None,
+    name: str = "hedge",
+    extra: tuple[str, ...] = (),
+    src: Path | None = None,
 ) -> Router:
     port = free_port()
     routes = procs.logdir / f"{name}-routes.yaml"
@@ -441,8 +506,11 @@ def start_hedge(
         "0",
         "--log-level",
         "WARNING",
+        *extra,
     ]
-    p = procs.start(name, cmd)
+    if "--drain-delay" in hedge_flags(src):
+        cmd += ["--drain-delay", "0"]  # stopping a contender need not wait for endpoints
+    p = procs.start(name, cmd, source_env(src))
     return Router(name, port, p, health="/v1/models")
 
 
@@ -505,7 +573,8 @@ def start_vllm_router(procs: Procs, venv: Path, backends: list[str], policy: str
 
 # -------------------------------------------------------------------------- measures
 
-CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Say ok."}], "max_tokens": 4}
+# One token ("ok"): the backend answers at once whether asked to stream or not.
+CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Say ok."}], "max_tokens": 1}
 
 
 async def sequential_latency(port: int, n: int, budget_s: float) -> list[float]:
@@ -565,7 +634,7 @@ async def throughput(port: int, concurrency: int, seconds: float) -> tuple[float
 
 
 async def stream_gaps(port: int, concurrency: int, rounds: int) -> list[float]:
-    body = dict(CHAT, stream=True)
+    body = dict(CHAT, stream=True, max_tokens=20)
     req = post("/v1/chat/completions", body)
     gaps: list[float] = []
 
@@ -682,7 +751,18 @@ async def bench(args: argparse.Namespace) -> Results:
             for p in bports:
                 await wait_http(p)
             urls = [f"http://{HOST}:{p}" for p in bports]
+            # The same gateway with aiohttp's client on the engine path: the measurement that
+            # keeps (or retires) the hand-written pooled client.
             routers = [start_hedge(procs, urls)]
+            if args.compare_with:
+                # The same gateway at another revision, measured in this same run.
+                routers.append(start_hedge(procs, urls, name="hedge-before", src=args.compare_with))
+            if "--upstream-client" in hedge_flags():
+                routers.append(
+                    start_hedge(
+                        procs, urls, name="hedge-aiohttp", extra=("--upstream-client", "aiohttp")
+                    )
+                )
             if venv is not None:
                 routers.append(start_vllm_router(procs, venv, urls, "round_robin"))
                 routers.append(start_litellm(procs, venv, urls))
@@ -723,6 +803,14 @@ async def bench(args: argparse.Namespace) -> Results:
                     "hedge_added_gap_p99_ms", round(pct(hedge_gaps, 99) - pct(direct_gaps, 99), 3)
                 )
                 res.put("stream_gaps_measured", len(hedge_gaps))
+                if args.compare_with:
+                    before = next(r for r in routers if r.name == "hedge-before")
+                    before_gaps = await stream_gaps(before.port, 64, rounds)
+                    res.put("hedge-before_gap_p99_ms", round(pct(before_gaps, 99), 3))
+                    res.put(
+                        "hedge-before_added_gap_p99_ms",
+                        round(pct(before_gaps, 99) - pct(direct_gaps, 99), 3),
+                    )
             for r in routers:
                 procs.stop(r.proc)
 
@@ -873,6 +961,16 @@ def report(res: Results) -> None:
     r2 = h / vr if h and vr else None
     line("throughput hedge / litellm", r1, ">= 30", None if r1 is None else r1 >= 30)
     line("throughput hedge / vllm-router", r2, ">= 0.25", None if r2 is None else r2 >= 0.25)
+    hb = get("hedge-before_rps")
+    if hb is not None:
+        line("throughput hedge / hedge before (same run)", h / hb if h else None, "", None)
+        for k in ("added_p50_ms", "added_p99_ms", "added_gap_p99_ms"):
+            line(f"hedge before: {k}", get(f"hedge-before_{k}"), "", None)
+    ha = get("hedge-aiohttp_rps")
+    r3 = ha / vr if ha and vr else None
+    line("throughput hedge (aiohttp client) / vllm-router", r3, ">= 0.25", None)
+    r4 = h / ha if h and ha else None
+    line("throughput pooled client / aiohttp client", r4, "> 1", None if r4 is None else r4 > 1)
     ttft = d.get("_ttft") or {}
     hh, ca, rr = (
         ttft.get("hedge-routing"),
@@ -909,6 +1007,13 @@ def main() -> int:
     parser.add_argument("--only", help="comma list of: latency,throughput,stream,routing,failover")
     parser.add_argument("--no-peers", action="store_true", help="skip LiteLLM and vllm-router")
     parser.add_argument("--json", help="also write the numbers to this file")
+    parser.add_argument(
+        "--compare-with",
+        type=Path,
+        metavar="DIR",
+        help="also run the gateway from this checkout (e.g. `git archive main | tar -x -C DIR`) "
+        "in the latency, throughput and stream sections, side by side",
+    )
     args = parser.parse_args()
     try:
         import uvloop

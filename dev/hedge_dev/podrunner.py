@@ -54,6 +54,7 @@ WAITING_REASONS = {
     "CreateContainerConfigError",
 }
 PROBE_INTERVAL = 0.5
+SHUTDOWN_GRACE_S = 5.0
 RESTART_BACKOFF = (1.0, 2.0, 4.0, 8.0, 10.0)
 
 
@@ -62,7 +63,7 @@ def _now() -> str:
 
 
 class Workload(Protocol):
-    async def stop(self) -> None: ...
+    async def stop(self, grace_s: float | None = None) -> None: ...
 
     def alive(self) -> bool: ...
 
@@ -87,7 +88,7 @@ class SimulatorWorkload:
     def __init__(self, running: Any) -> None:
         self._running = running
 
-    async def stop(self) -> None:
+    async def stop(self, grace_s: float | None = None) -> None:
         await self._running.stop()
 
     def alive(self) -> bool:
@@ -95,17 +96,22 @@ class SimulatorWorkload:
 
 
 class ProcessWorkload:
-    """A real child process (the hedge operator or gateway of a chart pod)."""
+    """A real child process (the hedge operator or gateway of a chart pod).
 
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+    Stopping follows the kubelet: SIGTERM, then SIGKILL once the pod's
+    `terminationGracePeriodSeconds` (default 30) have passed.
+    """
+
+    def __init__(self, proc: asyncio.subprocess.Process, grace_s: float = 30.0) -> None:
         self.proc = proc
+        self.grace_s = grace_s
 
-    async def stop(self) -> None:
+    async def stop(self, grace_s: float | None = None) -> None:
         if self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.terminate()
             try:
-                await asyncio.wait_for(self.proc.wait(), 10)
+                await asyncio.wait_for(self.proc.wait(), grace_s or self.grace_s)
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     self.proc.kill()
@@ -119,12 +125,15 @@ class VllmWorkload(ProcessWorkload):
     """A real `vllm serve`: its API server, engine core and workers are one process group,
     all stopped together (as the container's cgroup would be)."""
 
-    async def stop(self) -> None:
+    async def stop(self, grace_s: float | None = None) -> None:
         from hedge_dev.vllm import stop_process_group
 
         if self.proc.returncode is None:
             exited = lambda: self.proc.returncode is not None  # noqa: E731
-            await asyncio.to_thread(stop_process_group, self.proc.pid, exited, 20.0)
+            # The pod's grace period, but at least 20 s: vLLM frees its shared memory on
+            # SIGTERM, and a SIGKILL before that leaves it behind in /dev/shm.
+            timeout = max(20.0, grace_s or self.grace_s)
+            await asyncio.to_thread(stop_process_group, self.proc.pid, exited, timeout)
             await self.proc.wait()
 
 
@@ -169,7 +178,11 @@ class PodRunner:
             for watch in watches:
                 await watch.stop()
             await proxy.close()
-            await asyncio.gather(*(self._stop_run(key) for key in list(self.runs)))
+            # The runner itself is stopping (cluster down, within its 10 s): pods get a short
+            # grace, so no process outlives it even if its own grace period is longer.
+            await asyncio.gather(
+                *(self._stop_run(key, SHUTDOWN_GRACE_S) for key in list(self.runs))
+            )
             await self._probe_session.close()
             await self.kube.close()
 
@@ -321,7 +334,8 @@ class PodRunner:
             )
         finally:
             log_file.close()
-        return ProcessWorkload(proc)
+        grace = pod["spec"].get("terminationGracePeriodSeconds")
+        return ProcessWorkload(proc, 30.0 if grace is None else float(grace))
 
     def _mounts(
         self, pod: dict[str, Any], container: dict[str, Any], pod_dir: Path
@@ -525,7 +539,7 @@ class PodRunner:
     async def _get(self, path: str) -> Any:
         return await self.kube.get(path)
 
-    async def _stop_run(self, key: str) -> None:
+    async def _stop_run(self, key: str, grace_s: float | None = None) -> None:
         run = self.runs.pop(key, None)
         if run is None:
             return
@@ -535,7 +549,7 @@ class PodRunner:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if run.workload is not None:
-            await run.workload.stop()
+            await run.workload.stop(grace_s)
         log.info("stopped %s", key)
 
 

@@ -35,6 +35,11 @@ def test_gateway_accepts_the_chart_args(render: Render, values: Path) -> None:
     assert args.routes is None, "in a cluster, routes come from ModelDeployments"
     for probe in ("livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"]["port"] == "admin"  # /healthz and /readyz live there
+    # SIGTERM: unready and serving for the drain delay, then draining; then the kubelet kills.
+    grace = one(manifests, "Deployment", "hedge-gateway")["spec"]["template"]["spec"][
+        "terminationGracePeriodSeconds"
+    ]
+    assert grace > args.drain_delay + args.drain_timeout
 
 
 def test_gateway_namespaces_and_client_keys(render: Render) -> None:

@@ -105,9 +105,9 @@ def test_default_install(render: Render) -> None:
     ]
     assert gw["args"] == [
         "gateway", "--host", "0.0.0.0", "--port=8080",
-        "--admin-port=9090", "--drain-timeout=30", "--log-level=INFO",
+        "--admin-port=9090", "--drain-delay=5", "--drain-timeout=30", "--log-level=INFO",
     ]  # fmt: skip
-    # Drain first, then exit: the grace period outlasts the drain timeout.
+    # Unready and still serving, then draining, then exit: the grace period outlasts both.
     assert gateway["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 45
     assert operator["spec"]["template"]["spec"]["serviceAccountName"] == "hedge-operator"
     assert gateway["spec"]["template"]["spec"]["serviceAccountName"] == "hedge-gateway"

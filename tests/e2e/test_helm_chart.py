@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +46,7 @@ def write_values(tmp_path: Path, namespace: str, **overrides: Any) -> Path:
     values: dict[str, Any] = {
         "watchNamespaces": [namespace],
         "operator": {"metricsPort": free_port(), "healthPort": free_port()},
-        "gateway": {"replicaCount": 1, "drainTimeoutSeconds": 1},
+        "gateway": {"replicaCount": 1, "drainTimeoutSeconds": 1, "drainDelaySeconds": 1},
     }
     for key, value in overrides.items():
         values.setdefault(key, {}).update(value)
@@ -176,6 +178,102 @@ def test_install_serve_upgrade_and_uninstall(
     crds = cluster.kubectl("get", "crd", "-o", "name").stdout.split()
     assert "customresourcedefinition.apiextensions.k8s.io/modeldeployments.hedge.dev" in crds
     assert "customresourcedefinition.apiextensions.k8s.io/kopfpeerings.kopf.dev" in crds
+
+
+class Load:
+    """Clients calling the gateway Service in a loop from threads, bounded in time and count;
+    every failed request is kept with its error."""
+
+    def __init__(self, base_url: str, workers: int = 4, max_requests: int = 20_000) -> None:
+        self.base_url = base_url
+        self.workers = workers
+        self.max_requests = max_requests
+        self.served = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(workers)]
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(30)
+
+    def _run(self) -> None:
+        client = openai.OpenAI(base_url=self.base_url, api_key="unused", max_retries=0, timeout=30)
+        try:
+            while not self._stop.is_set() and self.served + len(self.failures) < self.max_requests:
+                try:
+                    client.chat.completions.create(
+                        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2
+                    )
+                    with self._lock:
+                        self.served += 1
+                except (openai.APIError, OSError) as exc:
+                    with self._lock:
+                        self.failures.append(f"{time.strftime('%X')} {type(exc).__name__}: {exc}")
+        finally:
+            client.close()
+
+
+@pytest.mark.timeout(600)
+def test_rolling_restart_under_load_refuses_no_one(
+    cluster: E2ECluster, namespace: str, tmp_path: Path
+) -> None:
+    """Two gateway replicas restarted one by one while clients call the Service: every
+    request is answered (the old pod turns unready, serves through the drain delay while
+    endpoints drop it, then drains)."""
+    release = f"hedge-{namespace[2:]}"
+    values = write_values(
+        tmp_path,
+        namespace,
+        gateway={"replicaCount": 2, "drainDelaySeconds": 5, "drainTimeoutSeconds": 10},
+    )
+    helm(cluster, "install", release, str(CHART), "-n", namespace, "-f", str(values),
+         "--wait", "--timeout=180s")  # fmt: skip
+    try:
+        cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLE))
+        wait_for(lambda: md_ready(cluster, namespace, MODEL), 180, "the model to become Ready")
+        wait_for(lambda: try_chat(cluster, namespace, release), 60, "a first chat completion")
+        old = {p["metadata"]["name"] for p in ready_pods(cluster, namespace, release, "gateway")}
+        assert len(old) == 2
+        service = cluster.get_json("service", "-n", namespace, f"{release}-gateway")
+        url = f"http://{service['spec']['clusterIP']}:{service['spec']['ports'][0]['port']}/v1"
+
+        with Load(url) as load:
+            wait_for(lambda: load.served >= 20, 60, "the load to get going")
+            cluster.kubectl("rollout", "restart", "-n", namespace, f"deployment/{release}-gateway")
+            deployment = f"deployment/{release}-gateway"
+            cluster.kubectl(
+                "rollout", "status", "-n", namespace, deployment, "--timeout=240s", timeout=260
+            )
+            wait_for(
+                lambda: not {
+                    p["metadata"]["name"]
+                    for p in cluster.get_json(
+                        "pods", "-n", namespace, "-l",
+                        f"app.kubernetes.io/instance={release},"
+                        "app.kubernetes.io/component=gateway",
+                    )["items"]
+                } & old,
+                120,
+                "the old gateway pods to be gone",
+            )  # fmt: skip
+            served_during_rollout = load.served
+            wait_for(lambda: load.served >= served_during_rollout + 20, 60, "serving afterwards")
+        assert load.failures == [], load.failures[:10]
+        assert load.served > 100, load.served
+
+        cluster.kubectl(
+            "delete", "-n", namespace, "-f", str(EXAMPLE), "--wait=true", "--timeout=60s"
+        )
+    finally:
+        helm(cluster, "uninstall", release, "-n", namespace, "--wait", "--timeout=120s")
 
 
 def rbac_without_deployment_writes(rendered: str) -> list[dict[str, Any]]:

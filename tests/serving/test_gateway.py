@@ -408,3 +408,25 @@ async def test_metrics(client: Clients, engines: list[Engine], gw: RunningGatewa
     )
     assert f'hedge_gateway_circuit_state{{backend="{engines[0].url}"}} 0.0' in text
     assert "zzz" not in text  # client input never becomes a label value
+
+
+async def test_stop_turns_unready_first_and_serves_through_the_drain_delay(
+    client: Clients, engines: list[Engine]
+) -> None:
+    gw = await start_test_gateway([RouteSpec(MODEL, (engines[0].url,))], drain_delay_s=0.5)
+    ready_url = f"http://127.0.0.1:{gw.admin_port}/readyz"
+    async with aiohttp.ClientSession() as s:
+        async with s.get(ready_url) as r:
+            assert r.status == 200
+        stopping = asyncio.create_task(gw.stop())
+        await wait_for(lambda: gw.gateway.draining, what="draining")
+        async with s.get(ready_url) as r:
+            assert r.status == 503  # endpoints drop the pod ...
+        done = await client(gw).chat.completions.create(  # ... while it still serves
+            model=MODEL, messages=[{"role": "user", "content": "late"}]
+        )
+        assert done.choices[0].message.content == reply_text("late")
+        assert not stopping.done()
+        await stopping
+    with pytest.raises(openai.APIConnectionError):
+        await client(gw).models.list()

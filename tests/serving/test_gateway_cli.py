@@ -9,6 +9,8 @@ import signal
 import sys
 from pathlib import Path
 
+import aiohttp
+
 from tests.serving.gateway_stubs import Engine, OpenAIStub, reply_text
 from tests.serving.gateway_stubs.harness import Clients
 
@@ -61,6 +63,8 @@ async def test_routes_file_serves_and_sigterm_drains(tmp_path: Path, client: Cli
         "0",
         "--admin-port",
         "-1",
+        "--drain-delay",
+        "1",
         env={"TEST_OPENAI_KEY": "sk-cli"},
     )
     try:
@@ -82,6 +86,13 @@ async def test_routes_file_serves_and_sigterm_drains(tmp_path: Path, client: Cli
             )
             first = await stream.__anext__()
             proc.send_signal(signal.SIGTERM)
+            # During the drain delay a new client is still served (told to reconnect
+            # elsewhere next time), and the stream in flight runs to its end.
+            async with aiohttp.ClientSession() as s:
+                body = {"model": MODEL, "messages": [{"role": "user", "content": "late"}]}
+                async with s.post(url + "/v1/chat/completions", json=body) as r:
+                    assert r.status == 200
+                    assert r.headers["Connection"] == "close"
             rest = [x async for x in stream]
             text = "".join(x.choices[0].delta.content or "" for x in [first, *rest])
             assert text == reply_text("drain")

@@ -5,6 +5,11 @@ middleware: the hot path is a dict lookup, auth, body read, one `json.loads`, th
 Every answer it makes itself, including the HTTP parser's own rejections (oversized
 headers, garbage request lines), is in the OpenAI error shape. The admin port serves
 `/metrics`, `/healthz` and `/readyz`.
+
+Stopping (SIGTERM) drains without refusing anyone: `/readyz` turns 503 at once while the API
+keeps serving for `drain_delay_s` (endpoints take that long to drop the pod; answers now
+carry `Connection: close` so clients reconnect elsewhere), then the listener closes and
+in-flight requests and streams get up to `drain_timeout_s` to finish.
 """
 
 from __future__ import annotations
@@ -29,21 +34,16 @@ from hedge_serving.gateway import errors
 from hedge_serving.gateway.auth import ClientAuth
 from hedge_serving.gateway.balancer import Balancer
 from hedge_serving.gateway.breaker import CircuitBreaker
+from hedge_serving.gateway.endpoints import BY_PATH, Endpoint
 from hedge_serving.gateway.engine_metrics import EngineMetricsScraper
 from hedge_serving.gateway.keys import KeyStore, LocalKeyStore
 from hedge_serving.gateway.metrics import SERVED_BY_GATEWAY, UNKNOWN_MODEL, GatewayMetrics
-from hedge_serving.gateway.providers import Endpoint
 from hedge_serving.gateway.proxy import Proxy, ProxySettings, RequestState
 from hedge_serving.gateway.routing import RoutingTable
-from hedge_serving.gateway.upstream import UpstreamPool
+from hedge_serving.gateway.upstream import AiohttpUpstream, Upstream, UpstreamPool
 
 log = logging.getLogger("hedge.gateway")
 
-_ENDPOINTS = {
-    "/v1/chat/completions": Endpoint.CHAT,
-    "/v1/completions": Endpoint.COMPLETIONS,
-    "/v1/embeddings": Endpoint.EMBEDDINGS,
-}
 _JSON = "application/json"
 _CLIENT_GONE = 499
 
@@ -57,12 +57,15 @@ class GatewaySettings:
     max_body_bytes: int = 4 * 1024 * 1024
     body_timeout_s: float = 30.0
     drain_timeout_s: float = 30.0
+    drain_delay_s: float = 5.0  # keep serving after SIGTERM while endpoints drop the pod
     breaker_failures: int = 3
     breaker_open_s: float = 1.0
     affinity_slack: int = 4
     affinity_ratio: float = 1.5
     engine_metrics_interval_s: float = 1.0  # 0 disables scraping vLLM /metrics
     upstream_keepalive_s: float = 4.0  # below uvicorn's 5 s so pooled sockets are not stale
+    upstream_max_conns: int = 1024  # per backend; more requests wait for a connection
+    upstream_client: str = "pooled"  # or "aiohttp" (measured in bench/gateway_bench.py)
     proxy: ProxySettings = field(default_factory=ProxySettings)
 
 
@@ -143,8 +146,14 @@ class Gateway:
         self._models_cache: tuple[int, bytes] = (-1, b"")
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        response = await self._handle(request)
+        if self.draining and not response.prepared:
+            response.force_close()  # the client's next request opens a connection elsewhere
+        return response
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         path = request.path
-        endpoint = _ENDPOINTS.get(path)
+        endpoint = BY_PATH.get(path)
         if endpoint is not None:
             if request.method != "POST":
                 return self._reject(errors.MethodNotAllowed(f"Use POST for {path}."), request)
@@ -243,7 +252,11 @@ class Gateway:
             )
         finally:
             self.metrics.request_done(
-                state.model, state.served_by, state.status, time.perf_counter() - started
+                state.model,
+                state.served_by,
+                state.status,
+                time.perf_counter() - started,
+                state.mean_gap,
             )
 
     def _models(self, model_id: str | None) -> web.Response:
@@ -304,27 +317,35 @@ class RunningGateway:
     port: int
     admin_port: int | None
     session: aiohttp.ClientSession
+    _scrape_session: aiohttp.ClientSession
     _runner: web.ServerRunner
     _admin_runner: web.AppRunner | None
     _scraper: EngineMetricsScraper
-    upstream: UpstreamPool | None = None
+    upstream: Upstream | None = None
     _on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     @property
     def url(self) -> str:
         return f"http://{self.gateway.settings.host}:{self.port}"
 
-    async def stop(self) -> None:
-        """Stop accepting connections, let in-flight requests and streams finish (up to the
-        drain timeout), then close everything."""
+    async def stop(self, drain_delay_s: float | None = None) -> None:
+        """Turn unready and keep serving for the drain delay, then stop accepting
+        connections, let in-flight requests and streams finish (up to the drain timeout),
+        and close everything."""
         self.gateway.draining = True
+        delay = self.gateway.settings.drain_delay_s if drain_delay_s is None else drain_delay_s
+        if delay > 0:
+            await asyncio.sleep(delay)
         for hook in self._on_stop:
             await hook()
         await self._runner.cleanup()
         await self._scraper.stop()
         if self.upstream is not None:
-            self.upstream.close()
+            closing = self.upstream.close()
+            if closing is not None:
+                await closing
         await self.session.close()
+        await self._scrape_session.close()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
 
@@ -344,16 +365,35 @@ async def start_gateway(
             lambda: CircuitBreaker(settings.breaker_failures, settings.breaker_open_s)
         )
     metrics = GatewayMetrics(table)
-    connector = aiohttp.TCPConnector(
-        limit=0, keepalive_timeout=settings.upstream_keepalive_s, ttl_dns_cache=300
-    )
+    # Provider calls honour HTTPS_PROXY / HTTP_PROXY / NO_PROXY (trust_env), as corporate
+    # egress requires; engine pods are reached directly (pooled client, scraper session).
     session = aiohttp.ClientSession(
-        connector=connector,
+        connector=aiohttp.TCPConnector(
+            limit=0, keepalive_timeout=settings.upstream_keepalive_s, ttl_dns_cache=300
+        ),
         auto_decompress=False,
         skip_auto_headers=("User-Agent",),
         timeout=aiohttp.ClientTimeout(total=None),
+        trust_env=True,
     )
-    upstream = UpstreamPool(settings.proxy.connect_timeout_s, settings.upstream_keepalive_s)
+    scrape_session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=settings.upstream_keepalive_s),
+        timeout=aiohttp.ClientTimeout(total=None),
+        trust_env=False,
+    )
+    upstream: Upstream
+    if settings.upstream_client == "aiohttp":
+        upstream = AiohttpUpstream(
+            settings.proxy.connect_timeout_s,
+            settings.upstream_keepalive_s,
+            settings.upstream_max_conns,
+        )
+    else:
+        upstream = UpstreamPool(
+            settings.proxy.connect_timeout_s,
+            settings.upstream_keepalive_s,
+            settings.upstream_max_conns,
+        )
     proxy = Proxy(
         session,
         upstream,
@@ -363,6 +403,15 @@ async def start_gateway(
         settings.proxy,
     )
     gateway = Gateway(table, proxy, metrics, auth or ClientAuth(), settings)
+
+    def prune(t: RoutingTable) -> None:
+        routes = t.routes()
+        metrics.prune(r.model for r in routes)
+        proxy.prune_providers(spec for r in routes for spec in r.fallback)
+        if isinstance(upstream, UpstreamPool):
+            upstream.retain({b.url for b in t.backends()})
+
+    table.subscribe(prune)
     if ready is not None:
         gateway.ready = ready
     limit = settings.max_body_bytes
@@ -409,10 +458,10 @@ async def start_gateway(
         )
         await admin_site.start()
         admin_port = _bound_port(admin_site)
-    scraper = EngineMetricsScraper(table, session, settings.engine_metrics_interval_s)
+    scraper = EngineMetricsScraper(table, scrape_session, settings.engine_metrics_interval_s)
     scraper.start()
     running = RunningGateway(
-        gateway, table, port, admin_port, session, runner, admin_runner, scraper
+        gateway, table, port, admin_port, session, scrape_session, runner, admin_runner, scraper
     )
     running.upstream = upstream
     return running

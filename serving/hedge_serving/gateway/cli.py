@@ -76,6 +76,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="seconds to let in-flight requests finish on shutdown",
     )
     tune.add_argument(
+        "--drain-delay",
+        type=float,
+        default=5.0,
+        help="seconds to keep serving after SIGTERM, unready, while endpoints drop the pod "
+        "(default: %(default)s)",
+    )
+    tune.add_argument(
         "--max-attempts",
         type=int,
         default=3,
@@ -86,6 +93,60 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=2.0,
         help="seconds to connect to a self-hosted backend",
+    )
+    hung = parser.add_argument_group("hung engines (self-hosted backends)")
+    hung.add_argument(
+        "--first-token-timeout",
+        type=float,
+        default=10.0,
+        help="seconds to the first token of a short prompt before the engine counts as stalled "
+        "(default: %(default)s)",
+    )
+    hung.add_argument(
+        "--first-token-timeout-per-1k-tokens",
+        type=float,
+        default=1.0,
+        help="seconds added per 1,000 prompt tokens, estimated from the request's size "
+        "(default: %(default)s)",
+    )
+    hung.add_argument(
+        "--first-token-timeout-per-queued",
+        type=float,
+        default=1.0,
+        help="seconds added per request waiting in the engine's queue (default: %(default)s)",
+    )
+    hung.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=15.0,
+        help="seconds of silence between tokens before a stream counts as stalled "
+        "(default: %(default)s)",
+    )
+    hung.add_argument(
+        "--response-head-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to the answer of endpoints that cannot stream (embeddings, pooling, "
+        "tokenizer), plus the per-1k-tokens allowance (default: %(default)s)",
+    )
+    hung.add_argument(
+        "--max-response-bytes",
+        type=int,
+        default=64 * 1024 * 1024,
+        help="largest answer held in memory; larger ones are a 502 (default: %(default)s)",
+    )
+    hung.add_argument(
+        "--upstream-client",
+        choices=("pooled", "aiohttp"),
+        default="pooled",
+        help="HTTP client for self-hosted backends: the lean pooled one, or aiohttp's "
+        "(slower; kept to measure against) (default: %(default)s)",
+    )
+    hung.add_argument(
+        "--upstream-max-connections",
+        type=int,
+        default=1024,
+        help="open connections per backend; more requests wait for one (default: %(default)s)",
     )
     tune.add_argument(
         "--breaker-failures",
@@ -128,6 +189,9 @@ def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
         admin_port=None if args.admin_port < 0 else args.admin_port,
         max_body_bytes=args.max_body_bytes,
         drain_timeout_s=args.drain_timeout,
+        drain_delay_s=args.drain_delay,
+        upstream_max_conns=args.upstream_max_connections,
+        upstream_client=args.upstream_client,
         breaker_failures=args.breaker_failures,
         breaker_open_s=args.breaker_open_seconds,
         affinity_slack=args.affinity_slack,
@@ -136,6 +200,12 @@ def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
             max_attempts=max(1, args.max_attempts),
             connect_timeout_s=args.connect_timeout,
             affinity_prefix_chars=args.affinity_prefix_chars,
+            first_token_timeout_s=args.first_token_timeout,
+            first_token_timeout_per_1k_tokens_s=args.first_token_timeout_per_1k_tokens,
+            first_token_timeout_per_queued_s=args.first_token_timeout_per_queued,
+            idle_timeout_s=args.idle_timeout,
+            response_head_timeout_s=args.response_head_timeout,
+            max_response_bytes=args.max_response_bytes,
         ),
     )
 
@@ -213,7 +283,12 @@ async def _serve(args: argparse.Namespace) -> int:
         len(table.routes()),
     )
     await stop.wait()
-    log.info("draining in-flight requests (up to %.0fs)", settings.drain_timeout_s)
+    log.info(
+        "stopping: unready, serving %.0fs more while endpoints update, then draining in-flight "
+        "requests (up to %.0fs)",
+        settings.drain_delay_s,
+        settings.drain_timeout_s,
+    )
     await running.stop()
     if watcher is not None:
         await watcher.stop()

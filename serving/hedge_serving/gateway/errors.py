@@ -20,8 +20,10 @@ traceback)::
         └── UpstreamTimeout            504  the model's request timeout ran out
 
 `BackendFailure` is not a client-facing error: the proxy raises it inside one attempt
-against one backend (connection refused, reset, 502/503 before the first byte) so that
-the attempt is retried elsewhere or the request falls back.
+against one backend (connection refused or reset, a 5xx, a stall, a cut stream, an engine
+error event, before anything reached the client) so that the attempt is retried elsewhere
+or the request falls back. What engines answer is read in `streams` (`EngineError`: whose
+fault an error is) and `upstream` (`UpstreamStalled`, `ResponseTooLarge`).
 """
 
 from __future__ import annotations

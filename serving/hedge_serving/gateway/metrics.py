@@ -8,12 +8,19 @@ backends disappear because they are read from the table at scrape time), `reason
 
 Per-backend gauges cost nothing per request: a collector reads the live counters when
 Prometheus scrapes. Labelled children of the counters and histograms are cached, so the
-request path does a dict lookup and an increment.
+request path does a dict lookup and an increment; when a model leaves the routing table its
+series (and cache entries) are removed, so memory follows the table, not its history.
+
+Time to first token and the inter-token gap are observed for every request that reached
+a model, streamed or not (the gateway reads every generation as a stream); the gap is the
+request's mean time between upstream reads after the first, one observation per request.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -29,6 +36,7 @@ _LATENCY_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 )  # fmt: skip
 _TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+_ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 5.0)
 
 
 class _TableCollector(Collector):
@@ -84,9 +92,16 @@ class GatewayMetrics:
         )
         self._ttft = Histogram(
             "hedge_gateway_time_to_first_token_seconds",
-            "Streaming requests: time from receiving the request to the first event sent.",
+            "Time from receiving the request to the model's first token (every generation).",
             ["model", "served_by"],
             buckets=_TTFT_BUCKETS,
+            registry=r,
+        )
+        self._itl = Histogram(
+            "hedge_gateway_inter_token_latency_seconds",
+            "Mean time between the model's tokens, one observation per request.",
+            ["model", "served_by"],
+            buckets=_ITL_BUCKETS,
             registry=r,
         )
         self._fallbacks = Counter(
@@ -104,8 +119,13 @@ class GatewayMetrics:
         r.register(_TableCollector(table))
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._ttft_children: dict[tuple[str, str], Histogram] = {}
+        self._itl_children: dict[tuple[str, str], Histogram] = {}
+        self._fallback_children: dict[tuple[str, str, str], Counter] = {}
+        self._retry_children: dict[str, Counter] = {}
 
-    def request_done(self, model: str, served_by: str, status: int, seconds: float) -> None:
+    def request_done(
+        self, model: str, served_by: str, status: int, seconds: float, gap: float | None = None
+    ) -> None:
         key = (model, served_by, status)
         children = self._request_children.get(key)
         if children is None:
@@ -115,6 +135,11 @@ class GatewayMetrics:
             )
         children[0].inc()
         children[1].observe(seconds)
+        if gap is not None:
+            hist = self._itl_children.get(key[:2])
+            if hist is None:
+                hist = self._itl_children[key[:2]] = self._itl.labels(model, served_by)
+            hist.observe(gap)
 
     def first_token(self, model: str, served_by: str, seconds: float) -> None:
         key = (model, served_by)
@@ -124,7 +149,38 @@ class GatewayMetrics:
         hist.observe(seconds)
 
     def fallback(self, model: str, provider: str, reason: str) -> None:
-        self._fallbacks.labels(model, provider, reason).inc()
+        key = (model, provider, reason)
+        child = self._fallback_children.get(key)
+        if child is None:
+            child = self._fallback_children[key] = self._fallbacks.labels(*key)
+        child.inc()
 
     def retry(self, model: str) -> None:
-        self._retries.labels(model).inc()
+        child = self._retry_children.get(model)
+        if child is None:
+            child = self._retry_children[model] = self._retries.labels(model)
+        child.inc()
+
+    def prune(self, models: Iterable[str]) -> None:
+        """Drop the series of models that are no longer routed."""
+        keep = set(models)
+        keep.add(UNKNOWN_MODEL)
+        caches: list[tuple[dict[Any, Any], list[Any]]] = [
+            (self._request_children, [self._requests, self._duration]),
+            (self._ttft_children, [self._ttft]),
+            (self._itl_children, [self._itl]),
+            (self._fallback_children, [self._fallbacks]),
+        ]
+        for cache, families in caches:
+            for key in [k for k in cache if k[0] not in keep]:
+                del cache[key]
+                for family in families:
+                    labels = key if family is not self._duration else key[:2]
+                    if family is self._requests:
+                        labels = (key[0], key[1], str(key[2]))
+                    # KeyError: already removed through another cached key.
+                    with contextlib.suppress(KeyError):
+                        family.remove(*labels)
+        for model in [m for m in self._retry_children if m not in keep]:
+            del self._retry_children[model]
+            self._retries.remove(model)

@@ -1,17 +1,24 @@
 """Serving one routed request: self-hosted backends first, then the fallback providers.
 
-    pick a backend (balancer) ──► forward the client's bytes unchanged
-        │  connection error, 502/503, or a first event that is an error: breaker failure,
-        │  retry on another backend (nothing has reached the client yet)
+    pick a backend (balancer) ──► send the client's request (chat and completions: always
+        │                          as a stream, re-assembled for clients that did not ask)
+        │  connection error, 5xx, a stall (no first token in time, silence between tokens),
+        │  a cut stream, or an engine error event: breaker failure, retry on another
+        │  backend while nothing has reached the client
+        │  a client error (4xx, or an error event naming one): straight back to the client,
+        │  breaker untouched, no fallback
         ▼
     no ready backend (Unavailable) / all queues full (Overloaded) / all attempts failed
-    (Error) ──► providers in `spec.fallback` order, translated by their wire format
+    (Error) ──► providers in `spec.fallback` order that serve the endpoint, translated by
+        │        their wire format
         ▼
-    nothing could serve ──► 503 with Retry-After
+    nothing could serve ──► 503 with Retry-After (naming the endpoint if no provider has it)
 
 Streams are relayed one upstream read at a time: the response is started only once the
 first event is in hand (so a failure before it is still retried), and a stream that breaks
-afterwards ends with an OpenAI error event.
+or stalls afterwards ends with an OpenAI error event. Every request keeps a record of its
+time to first token and the gaps between reads (`RequestState`), whether the client
+streamed or not, for the metrics the autoscaler and rollout analysis read.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -27,24 +34,32 @@ import aiohttp
 from aiohttp import web
 
 from hedge_serving.gateway.balancer import stable_hash
+from hedge_serving.gateway.endpoints import MODE, Endpoint, Mode
 from hedge_serving.gateway.errors import (
     BackendFailure,
     GatewayError,
     NoCapacity,
+    UpstreamFailed,
     UpstreamTimeout,
     error_event,
 )
 from hedge_serving.gateway.keys import KeyStore
 from hedge_serving.gateway.metrics import SERVED_BY_SELF, GatewayMetrics
-from hedge_serving.gateway.providers import Endpoint, MissingKey, Provider, make_provider
+from hedge_serving.gateway.providers import MissingKey, Provider, make_provider
 from hedge_serving.gateway.providers.base import PassthroughRelay, StreamRelay
-from hedge_serving.gateway.routing import (
-    Backend,
-    FallbackReason,
-    ProviderSpec,
-    Route,
+from hedge_serving.gateway.routing import Backend, FallbackReason, ProviderSpec, Route
+from hedge_serving.gateway.streams import (
+    ENGINE_BUSY,
+    EngineError,
+    IncompleteStream,
+    Reassembler,
+    can_reassemble,
+    classify_error,
+    error_event_of,
+    last_event_end,
+    streamed_body,
 )
-from hedge_serving.gateway.upstream import UpstreamPool, UpstreamResponse
+from hedge_serving.gateway.upstream import Answer, ResponseTooLarge, Upstream, UpstreamStalled
 
 log = logging.getLogger("hedge.gateway")
 
@@ -52,11 +67,11 @@ HEADER_SERVED_BY = "x-hedge-served-by"
 HEADER_FALLBACK_REASON = "x-hedge-fallback-reason"
 
 _SELF_HEADERS = {HEADER_SERVED_BY: SERVED_BY_SELF}
-_SELF_RETRY_STATUSES = frozenset({502, 503})
+_JSON = "application/json"
 # A provider answering these cannot serve this request but the next provider may.
 _PROVIDER_NEXT_STATUSES = frozenset({401, 403, 404, 408, 409, 429})
-_ERROR_EVENT_PREFIX = b'data: {"error"'
 _CLIENT_GONE = 499  # nginx's convention, for metrics only
+_MAX_ERROR_BYTES = 1024 * 1024
 
 
 class Balancer(Protocol):
@@ -68,18 +83,47 @@ class Balancer(Protocol):
 @dataclass(frozen=True, slots=True)
 class ProxySettings:
     max_attempts: int = 3  # self-hosted backends tried per request
-    connect_timeout_s: float = 2.0  # self-hosted; a silent pod is skipped after this
+    connect_timeout_s: float = 2.0  # self-hosted; a pod that does not accept is skipped
     provider_connect_timeout_s: float = 10.0
     retry_after_s: int = 2
     affinity_prefix_chars: int = 256
+    # A hung engine: no first token within base + per 1k prompt tokens (estimated from the
+    # body's size) + per request queued on the backend, or no bytes for `idle_timeout_s`.
+    first_token_timeout_s: float = 10.0
+    first_token_timeout_per_1k_tokens_s: float = 1.0
+    first_token_timeout_per_queued_s: float = 1.0
+    idle_timeout_s: float = 15.0
+    # Endpoints that answer in one piece (pooling, tokenizer): the whole answer's head.
+    response_head_timeout_s: float = 30.0
+    max_response_bytes: int = 64 * 1024 * 1024  # one answer held in memory
+
+    def first_token_limit(self, body_bytes: int, queued: float) -> float:
+        tokens_k = body_bytes / 4000  # ~4 bytes of JSON per prompt token, rounding up
+        return (
+            self.first_token_timeout_s
+            + self.first_token_timeout_per_1k_tokens_s * tokens_k
+            + self.first_token_timeout_per_queued_s * queued
+        )
+
+    def head_limit(self, body_bytes: int) -> float:
+        return self.response_head_timeout_s + self.first_token_timeout_per_1k_tokens_s * (
+            body_bytes / 4000
+        )
 
 
 class RequestState:
-    """What a request has done so far; read by metrics and the timeout handler."""
+    """What a request has done so far: read by metrics, the timeout handler and (later)
+    the autoscaler's and rollout analysis' per-request records."""
 
     __slots__ = (
+        "backend",
         "fallback_reason",
+        "first_token_at",
+        "gap_max",
+        "gap_sum",
+        "last_read_at",
         "model",
+        "reads",
         "response",
         "served_by",
         "started",
@@ -95,6 +139,59 @@ class RequestState:
         self.status = 0
         self.response: web.StreamResponse | None = None  # set once a stream has started
         self.upstream_broke = False  # a started stream lost its upstream
+        self.backend: str | None = None  # the last self-hosted backend tried
+        self.first_token_at: float | None = None  # perf_counter() of the first event read
+        self.last_read_at = 0.0
+        self.reads = 0  # upstream reads after the first event (about one per token)
+        self.gap_sum = 0.0
+        self.gap_max = 0.0
+
+    def token(self) -> None:
+        """One upstream read of a stream: the first is the first token, the rest are gaps."""
+        now = time.perf_counter()
+        if self.first_token_at is None:
+            self.first_token_at = now
+        else:
+            gap = now - self.last_read_at
+            self.reads += 1
+            self.gap_sum += gap
+            if gap > self.gap_max:
+                self.gap_max = gap
+        self.last_read_at = now
+
+    def restart(self) -> None:
+        """A new attempt: timings of a failed one do not count."""
+        self.first_token_at = None
+        self.reads = 0
+        self.gap_sum = self.gap_max = 0.0
+
+    @property
+    def ttft(self) -> float | None:
+        return None if self.first_token_at is None else self.first_token_at - self.started
+
+    @property
+    def mean_gap(self) -> float | None:
+        return self.gap_sum / self.reads if self.reads else None
+
+
+def _text_parts(value: Any, out: list[str], budget: int) -> int:
+    """Append the text of a prompt-like value (str, content parts, messages) to `out`."""
+    if budget <= 0:
+        return budget
+    if type(value) is str:
+        out.append(value)
+        return budget - len(value)
+    if type(value) is list:
+        for item in value:
+            budget = _text_parts(item, out, budget)
+            if budget <= 0:
+                break
+        return budget
+    if type(value) is dict:
+        for key in ("content", "text", "input"):
+            if key in value:
+                return _text_parts(value[key], out, budget)
+    return budget
 
 
 def affinity_key(endpoint: Endpoint, payload: dict[str, Any], chars: int) -> int | None:
@@ -128,6 +225,14 @@ def affinity_key(endpoint: Endpoint, payload: dict[str, Any], chars: int) -> int
             text = prompt[:chars]
         elif type(prompt) is list:  # token ids
             text = ",".join(str(t) for t in prompt[:chars])
+    elif endpoint is Endpoint.MESSAGES or endpoint is Endpoint.RESPONSES:
+        # Anthropic-style: system, then messages; Responses: instructions, then input.
+        out: list[str] = []
+        budget = chars
+        for key in ("system", "instructions", "messages", "input"):
+            if key in payload:
+                budget = _text_parts(payload[key], out, budget)
+        text = "".join(out)[:chars]
     return stable_hash(text) if text else None
 
 
@@ -135,7 +240,7 @@ class Proxy:
     def __init__(
         self,
         session: aiohttp.ClientSession,
-        upstream: UpstreamPool,
+        upstream: Upstream,
         balancer: Balancer,
         metrics: GatewayMetrics,
         keys: KeyStore,
@@ -150,9 +255,12 @@ class Proxy:
         self.settings = settings or ProxySettings()
         self._provider_factory = provider_factory
         self._providers: dict[ProviderSpec, Provider] = {}
-        self._provider_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=self.settings.provider_connect_timeout_s
-        )
+
+    def prune_providers(self, specs: Iterable[ProviderSpec]) -> None:
+        """Forget providers no route lists any more (the routing table changed)."""
+        keep = set(specs)
+        for spec in [s for s in self._providers if s not in keep]:
+            del self._providers[spec]
 
     async def serve(
         self,
@@ -202,16 +310,16 @@ class Proxy:
                 if len(candidates) > 1 and self.settings.affinity_prefix_chars > 0
                 else None
             )
-            url_path = "/v1/" + endpoint.value
             for attempt in range(self.settings.max_attempts):
                 backend = self._balancer.pick(candidates, key)
                 if backend is None:
                     break
                 if attempt:
                     self._metrics.retry(route.model)
+                    state.restart()
                 try:
                     return await self._self_hosted(
-                        request, backend, url_path, body, payload, stream, state
+                        request, backend, endpoint, body, payload, stream, state
                     )
                 except BackendFailure as exc:
                     failures.append(f"{backend.url}: {exc.reason}")
@@ -219,13 +327,19 @@ class Proxy:
                         b for b in candidates if b is not backend and b.breaker.available()
                     ]
             reason = FallbackReason.ERROR if route.backends else FallbackReason.UNAVAILABLE
+        skipped: list[str] = []
         if route.fallback and options.falls_back_on(reason):
             response = await self._fallback(
-                request, route, endpoint, payload, stream, state, reason
+                request, route, endpoint, payload, stream, state, reason, skipped
             )
             if response is not None:
                 return response
             detail = "no self-hosted backend could serve it and every fallback provider failed"
+            if len(skipped) == len(route.fallback):
+                detail = (
+                    "no self-hosted backend could serve it and no fallback provider serves "
+                    f"{endpoint.value} ({'; '.join(skipped)})"
+                )
         else:
             detail = {
                 FallbackReason.UNAVAILABLE: "no ready self-hosted backend",
@@ -239,58 +353,129 @@ class Proxy:
             headers={"Retry-After": str(self.settings.retry_after_s)},
         )
 
+    # -- self-hosted ------------------------------------------------------------------------
+
     async def _self_hosted(
         self,
         request: web.BaseRequest,
         backend: Backend,
-        url_path: str,
+        endpoint: Endpoint,
         body: bytes,
         payload: dict[str, Any],
         stream: bool,
         state: RequestState,
     ) -> web.StreamResponse:
+        s = self.settings
+        mode = MODE[endpoint]
+        reassemble = mode is Mode.GENERATE and not stream and can_reassemble(payload)
+        upstream_stream = stream and mode is not Mode.UNARY
+        first_s: float | None = None
+        idle_s: float | None = None
+        if reassemble:
+            body = streamed_body(body, payload)
+            upstream_stream = True
+        if upstream_stream:
+            first_s = s.first_token_limit(len(body), backend.queue_estimate())
+            idle_s = s.idle_timeout_s
+        elif mode is Mode.UNARY:
+            first_s = idle_s = s.head_limit(len(body))
+        # else: a plain non-streamed generation; only the request timeout bounds it.
         breaker = backend.breaker
         probe = breaker.acquire()
-        verdict = False
+        verdict: bool | None = None  # True success, False failure, None neither
         backend.outstanding += 1
-        up: UpstreamResponse | None = None
+        state.backend = backend.url
+        up: Answer | None = None
         try:
             try:
-                up = await self._upstream.post(backend.url, url_path, body)
+                up = await self._upstream.post(backend.url, endpoint.value, body, first_s, idle_s)
                 status = up.status
-                if status in _SELF_RETRY_STATUSES:
+                if status >= 300:
+                    err = classify_error(status, await up.read(_MAX_ERROR_BYTES))
+                    if err.is_client_error:
+                        verdict = True if probe else None  # it answered: alive, not at fault
+                        return self._client_error(err, state)
+                    if status not in ENGINE_BUSY:
+                        verdict = False
                     raise BackendFailure(f"HTTP {status}", status)
                 state.served_by = SERVED_BY_SELF
-                if not stream or status != 200:
-                    data = await up.read()
-                    breaker.record_failure() if status >= 500 else breaker.record_success()
-                    verdict = True
-                    state.status = status
-                    return web.Response(
-                        status=status,
-                        body=data,
-                        headers={"Content-Type": up.content_type, HEADER_SERVED_BY: SERVED_BY_SELF},
+                if upstream_stream and up.content_type.startswith("text/event-stream"):
+                    if reassemble:
+                        answer = await self._reassembled(up, endpoint, state)
+                        verdict = True
+                        return answer
+                    relay = PassthroughRelay(endpoint)
+                    response = await self._relay(
+                        request, up.readany, relay, state, _SELF_HEADERS, classify=True
                     )
-                response = await self._relay(
-                    request, up.readany, PassthroughRelay(), state, _SELF_HEADERS
+                    verdict = not state.upstream_broke
+                    return response
+                try:
+                    data = await up.read(s.max_response_bytes)
+                except ResponseTooLarge as exc:
+                    verdict = True if probe else None
+                    raise UpstreamFailed(f"the model's answer is too large: {exc}") from None
+                verdict = True
+                state.status = status
+                return web.Response(
+                    status=status,
+                    body=data,
+                    headers={"Content-Type": up.content_type, HEADER_SERVED_BY: SERVED_BY_SELF},
                 )
-                breaker.record_failure() if state.upstream_broke else breaker.record_success()
-                verdict = True
-                return response
-            except BackendFailure:
-                breaker.record_failure()
-                verdict = True
-                raise
-            except (OSError, TimeoutError) as exc:
-                breaker.record_failure()
-                verdict = True
-                raise BackendFailure(type(exc).__name__) from None
+            except EngineError as err:  # an error event before anything reached the client
+                if err.is_client_error:
+                    verdict = True if probe else None
+                    return self._client_error(err, state)
+                verdict = False
+                raise BackendFailure(f"error event: {err.message[:200]}", err.status) from None
+            except UpstreamStalled as exc:
+                verdict = False
+                log.warning("backend %s stalled: %s", backend.url, exc)
+                raise BackendFailure(f"stalled ({exc})") from None
+            except (OSError, IncompleteStream, ValueError, ResponseTooLarge) as exc:
+                verdict = False
+                raise BackendFailure(str(exc)[:200] or type(exc).__name__) from None
         finally:
             backend.outstanding -= 1
             if up is not None:
                 up.release()
-            if not verdict:
+            if verdict is True:
+                breaker.record_success()
+            elif verdict is False:
+                breaker.record_failure()
+            else:
                 breaker.release(probe)
+
+    def _client_error(self, err: EngineError, state: RequestState) -> web.Response:
+        state.served_by = SERVED_BY_SELF
+        state.status = err.status
+        return web.Response(
+            status=err.status,
+            body=err.body,
+            headers={"Content-Type": _JSON, HEADER_SERVED_BY: SERVED_BY_SELF},
+        )
+
+    async def _reassembled(
+        self, up: Answer, endpoint: Endpoint, state: RequestState
+    ) -> web.Response:
+        """Read the engine's stream to its end and answer as vLLM does unstreamed."""
+        assembler = Reassembler(endpoint is Endpoint.CHAT, self.settings.max_response_bytes)
+        readany = up.readany
+        while not assembler.done:
+            chunk = await readany()
+            if not chunk:
+                break
+            state.token()
+            try:
+                assembler.feed(chunk)
+            except ResponseTooLarge as exc:
+                raise UpstreamFailed(f"the model's answer is too large: {exc}") from None
+        data = assembler.result()
+        if state.first_token_at is not None:
+            ttft = state.first_token_at - state.started
+            self._metrics.first_token(state.model, state.served_by, ttft)
+        state.status = 200
+        return web.Response(status=200, body=data, headers={"Content-Type": _JSON, **_SELF_HEADERS})
 
     async def _relay(
         self,
@@ -299,11 +484,13 @@ class Proxy:
         relay: StreamRelay,
         state: RequestState,
         headers: dict[str, str],
+        classify: bool = False,
     ) -> web.StreamResponse:
-        """Stream `up` to the client through `relay`.
+        """Stream the upstream to the client through `relay`.
 
-        A failure before the first event raises `BackendFailure` (the caller moves on); a
-        later upstream failure ends the stream with an error event and sets
+        A failure before the first event raises `BackendFailure`, or `EngineError` when
+        `classify` is set and the first event is an error (the caller decides whose); a
+        later upstream failure or stall ends the stream with an error event and sets
         `state.upstream_broke`; a client that goes away just ends the relay.
         """
         first = b""
@@ -311,8 +498,13 @@ class Proxy:
             chunk = await readany()
             if not chunk:
                 raise BackendFailure("stream ended before its first event")
+            state.token()
             first = relay.feed(chunk)
-        if first.startswith(_ERROR_EVENT_PREFIX):
+        end = last_event_end(first[:4096]) or len(first)
+        err = error_event_of(first[:end])
+        if err is not None:
+            if classify:
+                raise err
             raise BackendFailure("stream began with an error event")
         response = web.StreamResponse(
             status=200,
@@ -321,7 +513,10 @@ class Proxy:
         await response.prepare(request)
         state.response = response
         state.status = 200
-        self._metrics.first_token(state.model, state.served_by, time.perf_counter() - state.started)
+        if state.first_token_at is not None:
+            self._metrics.first_token(
+                state.model, state.served_by, state.first_token_at - state.started
+            )
         out = first
         while True:
             if out:
@@ -332,19 +527,29 @@ class Proxy:
                     return response
             try:
                 chunk = await readany()
-            except (aiohttp.ClientError, OSError) as exc:
+                if chunk:
+                    state.token()
+                    out = relay.feed(chunk)
+            except UpstreamStalled as exc:
+                log.warning("upstream stream stalled after its first event: %s", exc)
+                state.upstream_broke = True
+                message = f"the model stopped answering: {exc}"
+                await _end_stream_with(response, error_event(message, code="stream_stalled"))
+                return response
+            except (aiohttp.ClientError, OSError, ValueError) as exc:
                 log.warning("upstream stream broke after its first event: %s", type(exc).__name__)
                 state.upstream_broke = True
                 await _end_stream_with(response, error_event("the upstream stream broke"))
                 return response
             if not chunk:
                 break
-            out = relay.feed(chunk)
         tail = relay.finish()
-        if tail.startswith(_ERROR_EVENT_PREFIX):
+        if error_event_of(tail) is not None:
             state.upstream_broke = True
         await _end_stream_with(response, tail)
         return response
+
+    # -- fallback ---------------------------------------------------------------------------
 
     def _provider(self, spec: ProviderSpec) -> Provider:
         provider = self._providers.get(spec)
@@ -361,16 +566,28 @@ class Proxy:
         stream: bool,
         state: RequestState,
         reason: FallbackReason,
+        skipped: list[str],
     ) -> web.StreamResponse | None:
+        s = self.settings
+        stream = stream and MODE[endpoint] is not Mode.UNARY
+        # Providers' generations are bounded by the request timeout only: a reasoning model
+        # may think for minutes before its first visible token, streamed or not. Answers in
+        # one piece (embeddings) get the response-head limit.
+        read_s = s.head_limit(0) if MODE[endpoint] is Mode.UNARY else None
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=s.provider_connect_timeout_s, sock_read=read_s
+        )
         for spec in route.fallback:
             try:
                 provider = self._provider(spec)
             except ValueError as exc:
                 log.warning("model %s: fallback %s misconfigured: %s", route.model, spec.label, exc)
+                skipped.append(f"{spec.label}: misconfigured")
                 continue
             why = provider.unsupported(endpoint, payload)
             if why is not None:
                 log.info("model %s: fallback %s skipped: %s", route.model, provider.label, why)
+                skipped.append(why)
                 continue
             try:
                 call = provider.build(endpoint, payload, stream)
@@ -383,13 +600,14 @@ class Proxy:
             headers = {HEADER_SERVED_BY: provider.label, HEADER_FALLBACK_REASON: reason.value}
             state.served_by = provider.label
             state.fallback_reason = reason.value
+            state.restart()
             try:
                 async with self._session.post(
-                    call.url, data=call.body, headers=call.headers, timeout=self._provider_timeout
+                    call.url, data=call.body, headers=call.headers, timeout=timeout
                 ) as up:
                     status = up.status
                     if status >= 400:
-                        data = await up.read()
+                        data = await _read_limited(up, _MAX_ERROR_BYTES)
                         if status >= 500 or status in _PROVIDER_NEXT_STATUSES:
                             # The body is not passed on: it may describe our credentials.
                             log.warning(
@@ -402,25 +620,28 @@ class Proxy:
                         state.status = status
                         return web.Response(
                             status=status,
-                            body=provider.translate_error(status, data),
-                            headers={"Content-Type": "application/json", **headers},
+                            body=provider.translate_error(endpoint, status, data),
+                            headers={"Content-Type": _JSON, **headers},
                         )
                     if stream:
                         return await self._relay(
-                            request, up.content.readany, provider.relay(payload), state, headers
+                            request,
+                            up.content.readany,
+                            provider.relay(endpoint, payload),
+                            state,
+                            headers,
                         )
-                    data = provider.translate_body(await up.read())
+                    raw = await _read_limited(up, s.max_response_bytes)
+                    data = provider.translate_body(endpoint, raw)
                     state.status = status
                     return web.Response(
-                        status=status,
-                        body=data,
-                        headers={"Content-Type": "application/json", **headers},
+                        status=status, body=data, headers={"Content-Type": _JSON, **headers}
                     )
             except BackendFailure as exc:
                 log.warning(
                     "model %s: fallback %s failed: %s", route.model, provider.label, exc.reason
                 )
-            except (aiohttp.ClientError, OSError, ValueError) as exc:
+            except (aiohttp.ClientError, OSError, ValueError, ResponseTooLarge) as exc:
                 log.warning(
                     "model %s: fallback %s failed: %s",
                     route.model,
@@ -430,6 +651,20 @@ class Proxy:
         state.served_by = "gateway"
         state.fallback_reason = None
         return None
+
+
+async def _read_limited(up: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, or `ResponseTooLarge` past `limit` bytes (never more in memory)."""
+    if up.content_length is not None and up.content_length > limit:
+        raise ResponseTooLarge(limit)
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in up.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise ResponseTooLarge(limit)
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 async def _end_stream_with(response: web.StreamResponse, data: bytes) -> None:

@@ -173,7 +173,9 @@ class RoutingTable:
         self._breaker_factory = breaker_factory
         self._routes: dict[str, Route] = {}
         self._backends: dict[str, Backend] = {}
-        self._on_change = on_change
+        self._listeners: list[Callable[[RoutingTable], None]] = []
+        if on_change is not None:
+            self._listeners.append(on_change)
         self.version = 0
         self.updated_at = time.monotonic()
 
@@ -207,5 +209,10 @@ class RoutingTable:
         self._backends = backends
         self.version += 1
         self.updated_at = time.monotonic()
-        if self._on_change is not None:
-            self._on_change(self)
+        for listener in self._listeners:
+            listener(self)
+
+    def subscribe(self, listener: Callable[[RoutingTable], None]) -> None:
+        """Call `listener(table)` after every `replace` (state keyed by model or backend is
+        pruned this way, so it never outlives the table)."""
+        self._listeners.append(listener)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -59,12 +60,16 @@ def prompt_of_chat(messages: list[dict[str, Any]]) -> str:
     return "\n".join(parts)
 
 
-async def start_app(app: web.Application) -> tuple[web.AppRunner, str]:
+async def start_app(
+    app: web.Application, ssl_context: ssl.SSLContext | None = None
+) -> tuple[web.AppRunner, str]:
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    if ssl_context is not None:  # the certificate names localhost
+        return runner, f"https://localhost:{port}"
     return runner, f"http://127.0.0.1:{port}"
 
 
@@ -94,11 +99,13 @@ class _Server:
     def app(self) -> web.Application:
         raise NotImplementedError
 
-    async def start(self) -> _Server:
-        self.runner, self.url = await start_app(self.app())
+    async def start(self, ssl_context: ssl.SSLContext | None = None) -> _Server:
+        self.runner, self.url = await start_app(self.app(), ssl_context)
         return self
 
     async def stop(self) -> None:
+        if isinstance(self, Engine):
+            self._unstall.set()
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
@@ -116,13 +123,31 @@ class _Server:
         return body
 
 
+# vLLM endpoints besides chat, completions and embeddings, and the events ending streams.
+OTHER_VLLM_PATHS = (
+    "/v1/responses", "/v1/messages", "/v1/messages/count_tokens", "/pooling", "/classify",
+    "/score", "/v1/score", "/rerank", "/v1/rerank", "/v2/rerank", "/tokenize", "/detokenize",
+    "/v1/chat/completions/render", "/v1/completions/render", "/v1/messages/render",
+    "/v1/responses/render", "/v1/chat/completions/batch", "/generative_scoring",
+    "/cohere/v2/chat", "/v2/embed",
+)  # fmt: skip
+STREAM_ENDS = {
+    "/v1/responses": "response.completed",
+    "/v1/messages": "message_stop",
+    "/cohere/v2/chat": "message-end",
+}
+
+
 @dataclass
 class EngineFaults:
     status: int | None = None  # answer every inference request with this status
+    error_body: dict[str, Any] | None = None  # ... with this body (default: a generic error)
     cut_after: int | None = None  # streams: close the connection after this many events
     delay_s: float = 0.0  # before the response starts
     chunk_delay_s: float = 0.0  # between stream events
     error_event_first: bool = False  # streams: 200, then an error event as the first event
+    error_event: dict[str, Any] | None = None  # the error event's data (default: a 500's)
+    stall_after: int | None = None  # streams: after this many events, silence (not closed)
 
 
 class Engine(_Server):
@@ -135,6 +160,7 @@ class Engine(_Server):
         self.faults = EngineFaults()
         self.in_flight = 0
         self.waiting = 0.0  # what /metrics reports as vllm:num_requests_waiting
+        self._unstall = asyncio.Event()  # set by stop(): stalled handlers end
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -142,7 +168,37 @@ class Engine(_Server):
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/metrics", self._metrics)
+        for path in OTHER_VLLM_PATHS:
+            app.router.add_post(path, self._other)
         return app
+
+    async def _other(self, request: web.Request) -> web.StreamResponse:
+        """vLLM's other endpoints: an echo of what arrived, streamed for Responses and
+        Messages when asked (each with its own final event)."""
+        body = await self._record(request)
+        if isinstance(body, web.Response):
+            return body
+        f = self.faults
+        if f.status is not None:
+            return _openai_error(f.status, f"injected HTTP {f.status}", "server_error")
+        answer = {"object": "echo", "path": request.path, "model": body.get("model"),
+                  "engine": self.name}  # fmt: skip
+        if not body.get("stream") or request.path not in STREAM_ENDS:
+            return web.json_response(answer)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        events = [("start", answer), ("delta", {"text": "hi"}), ("delta", {"text": " there"})]
+        events.append((STREAM_ENDS[request.path], {}))
+        for n, (kind, data) in enumerate(events):
+            if f.cut_after is not None and n >= f.cut_after:
+                assert request.transport is not None
+                request.transport.close()
+                return resp
+            await resp.write(
+                f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n".encode()
+            )
+        await resp.write_eof()
+        return resp
 
     async def _metrics(self, request: web.Request) -> web.Response:
         text = (
@@ -174,6 +230,8 @@ class Engine(_Server):
         if f.delay_s:
             await asyncio.sleep(f.delay_s)
         if f.status is not None:
+            if f.error_body is not None:
+                return web.json_response(f.error_body, status=f.status)
             return _openai_error(f.status, f"injected HTTP {f.status}", "server_error")
         if body.get("model") != self.model:
             return _openai_error(
@@ -214,7 +272,8 @@ class Engine(_Server):
         if f.error_event_first:
             await resp.write(
                 _sse(
-                    {
+                    f.error_event
+                    or {
                         "error": {
                             "message": "engine error",
                             "type": "server_error",
@@ -244,11 +303,17 @@ class Engine(_Server):
                     "choices": [choice],
                 }
             )
+        options = body.get("stream_options") or {}
+        if options.get("include_usage"):  # as vLLM: one more event, no choices
+            events.append({**events[0], "choices": [], "usage": usage})
         try:
             for n, ev in enumerate(events):
                 if f.cut_after is not None and n >= f.cut_after:
                     assert request.transport is not None
                     request.transport.close()
+                    return resp
+                if f.stall_after is not None and n >= f.stall_after:
+                    await self._unstall.wait()
                     return resp
                 await resp.write(_sse(ev))
                 if f.chunk_delay_s:
@@ -305,7 +370,40 @@ class OpenAIStub(_ProviderBase):
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_post("/v1/responses", self._responses)
         return app
+
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        """The Responses API: `input` in, an `output` message out; streams as typed events
+        ending with `response.completed`."""
+        denied = self._auth(request)
+        if denied:
+            return denied
+        body = await self._record(request)
+        if isinstance(body, web.Response):
+            return body
+        text = body.get("input")
+        prompt = text if isinstance(text, str) else json.dumps(text)
+        reply = reply_text(prompt)
+        done = {
+            "id": "resp_stub", "object": "response", "status": "completed",
+            "model": body.get("model"),
+            "output": [{"type": "message", "role": "assistant",
+                        "content": [{"type": "output_text", "text": reply}]}],
+        }  # fmt: skip
+        if not body.get("stream"):
+            return web.json_response(done)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        events = [("response.created", {"response": {**done, "status": "in_progress"}})]
+        events += [("response.output_text.delta", {"delta": t}) for t in tokens_of(reply)]
+        events.append(("response.completed", {"response": done}))
+        for kind, data in events:
+            await resp.write(
+                f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n".encode()
+            )
+        await resp.write_eof()
+        return resp
 
     def _auth(self, request: web.Request) -> web.Response | None:
         if request.headers.get("Authorization") != f"Bearer {self.api_key}":
@@ -510,7 +608,17 @@ class AnthropicStub(_ProviderBase):
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/messages", self._messages)
+        app.router.add_post("/v1/messages/count_tokens", self._count_tokens)
         return app
+
+    async def _count_tokens(self, request: web.Request) -> web.Response:
+        if request.headers.get("x-api-key") != self.api_key:
+            return _anthropic_error(401, "authentication_error", "invalid x-api-key")
+        body = await request.json()
+        self.received.append(
+            Received(request.path, dict(request.query), dict(request.headers), body)
+        )
+        return web.json_response({"input_tokens": len(prompt_of_chat(body["messages"]).split())})
 
     def _validate(self, body: dict[str, Any]) -> str | None:
         if not isinstance(body.get("model"), str):

@@ -27,7 +27,13 @@ async def start_test_gateway(
     **overrides: Any,
 ) -> RunningGateway:
     settings = dataclasses.replace(
-        GatewaySettings(host="127.0.0.1", port=0, admin_port=0, engine_metrics_interval_s=0),
+        GatewaySettings(
+            host="127.0.0.1",
+            port=0,
+            admin_port=0,
+            engine_metrics_interval_s=0,
+            drain_delay_s=0,  # tests that drain set their own
+        ),
         **overrides,
     )
     if table is None:

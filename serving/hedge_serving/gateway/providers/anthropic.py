@@ -13,6 +13,10 @@ Response: text blocks joined into `message.content`, `stop_reason` mapped to
 `content_block_delta` (text) -> content chunks, `message_delta` -> the chunk carrying
 `finish_reason`, `message_stop` -> optional usage chunk and `data: [DONE]`, `error` ->
 an OpenAI error event; `ping` and unknown events are skipped.
+
+Clients of the gateway's own `/v1/messages` (and `/v1/messages/count_tokens`) already
+speak the Messages API: those requests go to Anthropic unchanged but for the model name,
+and the answers, errors and streams come back unchanged.
 """
 
 from __future__ import annotations
@@ -23,7 +27,15 @@ from typing import Any
 
 from hedge_serving.gateway.errors import error_body, error_event
 from hedge_serving.gateway.keys import KeyStore
-from hedge_serving.gateway.providers.base import Endpoint, MissingKey, UpstreamCall
+from hedge_serving.gateway.providers.base import (
+    MAX_EVENT_BYTES,
+    Endpoint,
+    MissingKey,
+    PassthroughRelay,
+    StreamRelay,
+    UpstreamCall,
+    with_model,
+)
 from hedge_serving.gateway.routing import ProviderSpec
 
 DEFAULT_ANTHROPIC_BASE_URL = "https://api.anthropic.com"
@@ -258,8 +270,14 @@ def _sse(obj: dict[str, Any]) -> bytes:
 class AnthropicStreamRelay:
     """Anthropic's stream events -> OpenAI `chat.completion.chunk` events."""
 
-    def __init__(self, include_usage: bool = False, created: int | None = None) -> None:
+    def __init__(
+        self,
+        include_usage: bool = False,
+        created: int | None = None,
+        max_event_bytes: int = MAX_EVENT_BYTES,
+    ) -> None:
         self._buffer = b""
+        self._max = max_event_bytes
         self._include_usage = include_usage
         self._created = int(time.time()) if created is None else created
         self._id = "msg"
@@ -279,6 +297,10 @@ class AnthropicStreamRelay:
             raw, data = data[:end], data[end + 2 :]
             out.append(self._event(raw))
         self._buffer = data
+        if len(data) > self._max and not self._finished:
+            self._finished = True
+            self._buffer = b""
+            out.append(error_event("an Anthropic stream event was too large", code="bad_stream"))
         return b"".join(out)
 
     def finish(self) -> bytes:
@@ -382,6 +404,9 @@ class AnthropicStreamRelay:
         return b""  # ping, content_block_stop and event types added later
 
 
+_NATIVE = (Endpoint.MESSAGES, Endpoint.MESSAGES_COUNT_TOKENS)
+
+
 class AnthropicProvider:
     def __init__(self, spec: ProviderSpec, keys: KeyStore) -> None:
         self.spec = spec
@@ -389,6 +414,7 @@ class AnthropicProvider:
         base = (spec.base_url or DEFAULT_ANTHROPIC_BASE_URL).rstrip("/")
         if base.endswith("/v1"):
             base = base[:-3]
+        self._base = base
         self._url = base + "/v1/messages"
 
     @property
@@ -396,8 +422,10 @@ class AnthropicProvider:
         return self.spec.label
 
     def unsupported(self, endpoint: Endpoint, payload: dict[str, Any]) -> str | None:
+        if endpoint in _NATIVE:
+            return None
         if endpoint is not Endpoint.CHAT:
-            return f"anthropic serves chat completions only, not /v1/{endpoint.value}"
+            return f"anthropic has no {endpoint.value} endpoint"
         try:
             chat_to_messages(payload, self.spec.model, self.spec.max_tokens)
         except Untranslatable as exc:
@@ -415,19 +443,28 @@ class AnthropicProvider:
             if not key:
                 raise MissingKey(self.spec.api_key.describe())
             headers["x-api-key"] = key
+        if endpoint in _NATIVE:
+            native = with_model(payload, self.spec.model)
+            return UpstreamCall(self._base + endpoint.value, headers, json.dumps(native).encode())
         body = chat_to_messages(payload, self.spec.model, self.spec.max_tokens)
         return UpstreamCall(self._url, headers, json.dumps(body).encode())
 
-    def translate_body(self, body: bytes) -> bytes:
+    def translate_body(self, endpoint: Endpoint, body: bytes) -> bytes:
+        if endpoint in _NATIVE:
+            return body
         message = json.loads(body)  # ValueError: the proxy treats it as a failed attempt
         if not isinstance(message, dict):
             raise ValueError("the Anthropic response was not a JSON object")
         return json.dumps(message_to_chat(message)).encode()
 
-    def translate_error(self, status: int, body: bytes) -> bytes:
+    def translate_error(self, endpoint: Endpoint, status: int, body: bytes) -> bytes:
+        if endpoint in _NATIVE:
+            return body
         return anthropic_error_to_openai(status, body)
 
-    def relay(self, payload: dict[str, Any]) -> AnthropicStreamRelay:
+    def relay(self, endpoint: Endpoint, payload: dict[str, Any]) -> StreamRelay:
+        if endpoint in _NATIVE:
+            return PassthroughRelay(endpoint)
         options = payload.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
         return AnthropicStreamRelay(include_usage=include_usage)

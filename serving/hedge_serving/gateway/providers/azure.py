@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 from hedge_serving.gateway.keys import KeyStore
 from hedge_serving.gateway.providers.base import Endpoint
-from hedge_serving.gateway.providers.openai import OpenAIProvider
+from hedge_serving.gateway.providers.openai import OPENAI_PATHS, OpenAIProvider
 from hedge_serving.gateway.routing import ProviderSpec
 
 DEFAULT_API_VERSION = "2024-10-21"
@@ -18,6 +18,9 @@ DEFAULT_API_VERSION = "2024-10-21"
 
 class AzureOpenAIProvider(OpenAIProvider):
     """OpenAI's wire format at a deployment URL, authenticated with the `api-key` header."""
+
+    # Azure's Responses API lives outside the deployment URLs: not offered as a fallback.
+    paths = {e: p for e, p in OPENAI_PATHS.items() if e is not Endpoint.RESPONSES}
 
     def __init__(self, spec: ProviderSpec, keys: KeyStore) -> None:
         if not spec.base_url:
@@ -36,7 +39,7 @@ class AzureOpenAIProvider(OpenAIProvider):
         return {"api-key": key}
 
     def _url(self, endpoint: Endpoint) -> str:
-        return self._prefix + endpoint.value + self._query
+        return self._prefix + self.paths[endpoint] + self._query
 
     def _body(self, payload: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in payload.items() if k != "model"}

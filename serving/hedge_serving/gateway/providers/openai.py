@@ -1,4 +1,9 @@
-"""OpenAI and any OpenAI-compatible API: same wire format, the model name swapped."""
+"""OpenAI and any OpenAI-compatible API: same wire format, the model name swapped.
+
+Serves chat and text completions, embeddings and the Responses API (`/v1/responses`),
+the endpoints OpenAI has; vLLM's own extras (rerank, score, pooling, tokenizer) are not
+sent to a provider.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,14 @@ from hedge_serving.gateway.providers.base import (
 from hedge_serving.gateway.routing import ProviderSpec, ProviderType
 
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
+
+# Gateway endpoint -> path under the provider's base URL (which ends in /v1).
+OPENAI_PATHS: dict[Endpoint, str] = {
+    Endpoint.CHAT: "chat/completions",
+    Endpoint.COMPLETIONS: "completions",
+    Endpoint.EMBEDDINGS: "embeddings",
+    Endpoint.RESPONSES: "responses",
+}
 
 
 def openai_error_body(status: int, body: bytes) -> bytes:
@@ -51,7 +64,11 @@ class OpenAIProvider:
     def label(self) -> str:
         return self.spec.label
 
+    paths = OPENAI_PATHS
+
     def unsupported(self, endpoint: Endpoint, payload: dict[str, Any]) -> str | None:
+        if endpoint not in self.paths:
+            return f"{self.spec.type.value} has no {endpoint.value} endpoint"
         return None
 
     def build(self, endpoint: Endpoint, payload: dict[str, Any], stream: bool) -> UpstreamCall:
@@ -68,16 +85,16 @@ class OpenAIProvider:
         return {"Authorization": "Bearer " + key}
 
     def _url(self, endpoint: Endpoint) -> str:
-        return f"{self._base}/{endpoint.value}"
+        return f"{self._base}/{self.paths[endpoint]}"
 
     def _body(self, payload: dict[str, Any]) -> dict[str, Any]:
         return with_model(payload, self.spec.model)
 
-    def translate_body(self, body: bytes) -> bytes:
+    def translate_body(self, endpoint: Endpoint, body: bytes) -> bytes:
         return body
 
-    def translate_error(self, status: int, body: bytes) -> bytes:
+    def translate_error(self, endpoint: Endpoint, status: int, body: bytes) -> bytes:
         return openai_error_body(status, body)
 
-    def relay(self, payload: dict[str, Any]) -> PassthroughRelay:
-        return PassthroughRelay()
+    def relay(self, endpoint: Endpoint, payload: dict[str, Any]) -> PassthroughRelay:
+        return PassthroughRelay(endpoint)
