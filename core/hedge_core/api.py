@@ -44,6 +44,17 @@ ENGINE_COMPONENT = "engine"
 ENGINE_PORT = 8000
 PORT_NAME = "http"
 
+# Rollout commands, as annotations on the ModelDeployment whose value names the revision
+# (`hedge.dev/promote: 5d41402abc`), so plain `kubectl annotate` and GitOps can give them and
+# a stale one never touches another revision. promote/abort/retry act once per value (the
+# handled values are kept in status.rollout.handledCommands); add anything after a slash to
+# give the same command again (`5d41402abc/2`). pause holds while it names the revision
+# being rolled out; removing it resumes.
+PROMOTE_ANNOTATION = f"{GROUP}/promote"
+ABORT_ANNOTATION = f"{GROUP}/abort"
+RETRY_ANNOTATION = f"{GROUP}/retry"
+PAUSE_ANNOTATION = f"{GROUP}/pause"
+
 #: The upstream vLLM OpenAI-server image, pinned so a restart never changes the engine.
 DEFAULT_ENGINE_IMAGE = "vllm/vllm-openai:v0.32.0"
 
@@ -1188,7 +1199,11 @@ def check_name(name: str) -> str | None:
 class Condition:
     """One aspect of the ModelDeployment's state."""
 
-    type: str = prop("Condition type: Ready, Progressing or Degraded.", maxLength=64)
+    type: str = prop(
+        "Condition type: Ready, Progressing, Degraded, and kstatus' Reconciling and Stalled "
+        "(what Flux and Helm read).",
+        maxLength=64,
+    )
     status: Literal["True", "False", "Unknown"] = prop("True, False or Unknown.")
     reason: str = prop("One CamelCase word saying why.", maxLength=128)
     message: str = prop("Details for humans.", maxLength=4096)
@@ -1308,6 +1323,12 @@ class RolloutStatus:
     )
     abort_reason: str | None = prop("Why it was aborted.", default=None, maxLength=1024)
     last_analysis: AnalysisStatus | None = prop("The last judgement.", default=None)
+    handled_commands: dict[str, str] = prop(
+        "The command annotations already acted on (promote, abort, retry -> the value seen), "
+        "so each value acts once.",
+        default_factory=dict,
+        maxProperties=8,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -1346,7 +1367,7 @@ class ModelDeploymentStatus:
     )
     rollout: RolloutStatus | None = prop("Where the rollout stands.", default=None)
     conditions: list[Condition] = prop(
-        "Ready, Progressing and Degraded.",
+        "Ready, Progressing, Degraded, Reconciling and Stalled.",
         default_factory=list,
         maxItems=16,
         list_map_keys=("type",),

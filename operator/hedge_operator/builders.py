@@ -437,6 +437,30 @@ def build_service(md: ModelDeployment) -> dict[str, Any]:
     }
 
 
+def revision_service_name(md_name: str, revision: str) -> str:
+    return f"{md_name}-{revision}"
+
+
+def build_revision_service(md: ModelDeployment, revision: str) -> dict[str, Any]:
+    """A headless Service per revision, `<md>-<revision>`, labelled with the revision: the
+    EndpointSlice controller copies the label onto its slices, so the gateway learns which
+    revision each ready endpoint serves (the shared Service's slices cannot say) and splits
+    a canary's traffic by weight. Headless: it takes no ClusterIP, nothing proxies it."""
+    labels = {**common_labels(md.name), REVISION_LABEL: revision}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(md, revision_service_name(md.name, revision), labels),
+        "spec": {
+            "clusterIP": "None",
+            "selector": {**engine_selector(md.name), REVISION_LABEL: revision},
+            "ports": [
+                {"name": PORT_NAME, "port": ENGINE_PORT, "targetPort": PORT_NAME, "protocol": "TCP"}
+            ],
+        },
+    }
+
+
 def build_pdb(md: ModelDeployment) -> dict[str, Any]:
     """At most one engine pod evicted at a time; broken pods never block a drain."""
     return {

@@ -36,6 +36,7 @@ from hedge_core.api import (
     PLURAL,
     VERSION,
 )
+from hedge_operator import metrics
 from hedge_operator.config import OperatorConfig
 from hedge_operator.kube import Kube
 from hedge_operator.observed import Observed, PodSummary, strip, summarize_pod
@@ -359,6 +360,7 @@ async def model_event(
     rt = runtime(memo, kwargs)
     if type == "DELETED":
         rt.reconciler.forget(uid)
+        metrics.forget_rollout(namespace or "", name)
         return
     # Spec changes go to `reconcile`; this re-checks status after other writes settle (a
     # status written by a slower path must not stay stale).

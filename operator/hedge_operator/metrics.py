@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+import contextlib
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from prometheus_client import Counter, Gauge, Histogram
+
+if TYPE_CHECKING:  # the rollout modules import this one
+    from hedge_operator.rollout import Decision
+    from hedge_operator.signals import RevisionStats
 
 RECONCILES = Counter(
     "hedge_operator_reconciles_total",
@@ -31,3 +39,101 @@ API_REQUESTS = Counter(
     "Requests to the Kubernetes API made by the operator's own client (watches excluded).",
     ["verb", "resource", "code"],
 )
+
+
+# ------------------------------------------------------------------------------ rollouts
+# Per ModelDeployment and revision, from each reconcile's rollout decision: the pods each
+# revision is given, the canary's step and weight, and the analysis window's numbers (what
+# the gateways measured since the step began). A revision's series go when it has no pods
+# and no window any more, and all of a ModelDeployment's when it is deleted.
+
+_MD_REVISION = ["namespace", "model_deployment", "revision"]
+ROLLOUT_PODS = Gauge(
+    "hedge_operator_rollout_pods",
+    "Engine pods the rollout gives each revision.",
+    _MD_REVISION,
+)
+ROLLOUT_WEIGHT = Gauge(
+    "hedge_operator_rollout_canary_weight",
+    "Percent of the traffic the gateways send to the canary revision.",
+    _MD_REVISION,
+)
+ROLLOUT_STEP = Gauge(
+    "hedge_operator_rollout_step",
+    "Canary step (1-based; 0 while the first step's pods start).",
+    _MD_REVISION,
+)
+WINDOW_REQUESTS = Gauge(
+    "hedge_operator_rollout_window_requests",
+    "Requests each revision served since the canary step began (all gateways).",
+    _MD_REVISION,
+)
+WINDOW_ERROR_RATIO = Gauge(
+    "hedge_operator_rollout_window_error_ratio",
+    "Engine errors per request of each revision since the canary step began.",
+    _MD_REVISION,
+)
+WINDOW_TTFT = Gauge(
+    "hedge_operator_rollout_window_ttft_seconds",
+    "Mean time to first token of each revision since the canary step began.",
+    _MD_REVISION,
+)
+WINDOW_ITL = Gauge(
+    "hedge_operator_rollout_window_itl_seconds",
+    "Mean inter-token latency of each revision since the canary step began.",
+    _MD_REVISION,
+)
+ROLLOUT_EVENTS = Counter(
+    "hedge_operator_rollout_events_total",
+    "Rollout transitions, by Event reason (RolloutStarted, RolloutStep, RolloutPromoted, "
+    "RolloutAborted, ...).",
+    ["reason"],
+)
+_PER_REVISION = (
+    ROLLOUT_PODS,
+    ROLLOUT_WEIGHT,
+    ROLLOUT_STEP,
+    WINDOW_REQUESTS,
+    WINDOW_ERROR_RATIO,
+    WINDOW_TTFT,
+    WINDOW_ITL,
+)
+_rollout_series: dict[tuple[str, str], set[tuple[Gauge, str]]] = {}
+
+
+def record_rollout(
+    namespace: str, name: str, decision: Decision, windows: Mapping[str, RevisionStats]
+) -> None:
+    """The gauges of one ModelDeployment after a rollout decision."""
+    now: dict[tuple[Gauge, str], float] = {}
+    for revision, pods in decision.replicas.items():
+        now[(ROLLOUT_PODS, revision)] = pods
+    canary = decision.state.canary
+    if canary is not None and decision.weight is not None:
+        now[(ROLLOUT_WEIGHT, canary)] = decision.weight
+        now[(ROLLOUT_STEP, canary)] = decision.state.step
+    for revision, stats in windows.items():
+        now[(WINDOW_REQUESTS, revision)] = stats.requests
+        for gauge, value in (
+            (WINDOW_ERROR_RATIO, stats.error_rate),
+            (WINDOW_TTFT, stats.ttft_mean),
+            (WINDOW_ITL, stats.itl_mean),
+        ):
+            if value is not None:
+                now[(gauge, revision)] = value
+    for (gauge, revision), value in now.items():
+        gauge.labels(namespace, name, revision).set(value)
+    before = _rollout_series.get((namespace, name), set())
+    for gauge, revision in before - set(now):
+        with contextlib.suppress(KeyError):
+            gauge.remove(namespace, name, revision)
+    _rollout_series[(namespace, name)] = set(now)
+    for event in decision.events:
+        ROLLOUT_EVENTS.labels(event.reason).inc()
+
+
+def forget_rollout(namespace: str, name: str) -> None:
+    """A deleted ModelDeployment's series go with it."""
+    for gauge, revision in _rollout_series.pop((namespace, name), set()):
+        with contextlib.suppress(KeyError):
+            gauge.remove(namespace, name, revision)

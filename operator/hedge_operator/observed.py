@@ -37,6 +37,12 @@ class PodSummary:
     ready: bool
     deleting: bool
     problem: PodProblem | None
+    #: When the problem began, where the pod says (an Unschedulable pod's PodScheduled
+    #: lastTransitionTime); the rollout's GPU wait counts from it.
+    problem_since: str | None = None
+    #: Succeeded or Failed: it holds no GPU any more.
+    finished: bool = False
+    created: str = ""  # creationTimestamp
 
 
 @dataclass(frozen=True)
@@ -75,12 +81,20 @@ def summarize_pod(body: Mapping[str, Any]) -> PodSummary:
     status = body.get("status") or {}
     conditions = {c.get("type"): c for c in status.get("conditions") or []}
     ready = (conditions.get("Ready") or {}).get("status") == "True"
+    problem = None if ready else pod_problem(meta.get("name", ""), status)
+    since = None
+    if problem is not None and problem.reason == "Unschedulable":
+        scheduled = conditions.get("PodScheduled") or {}
+        since = str(scheduled.get("lastTransitionTime") or meta.get("creationTimestamp") or "")
     return PodSummary(
         name=str(meta.get("name", "")),
         revision=str((meta.get("labels") or {}).get(REVISION_LABEL, "")),
         ready=ready,
         deleting=bool(meta.get("deletionTimestamp")),
-        problem=None if ready else pod_problem(meta.get("name", ""), status),
+        problem=problem,
+        problem_since=since or None,
+        finished=status.get("phase") in ("Succeeded", "Failed"),
+        created=str(meta.get("creationTimestamp") or ""),
     )
 
 

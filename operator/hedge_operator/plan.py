@@ -1,5 +1,10 @@
 """Pure planning: desired children + observed children -> the writes to make.
 
+How many pods each revision gets is the rollout state machine's answer
+(`hedge_operator.rollout.decide`); this module turns it into writes: the spec's revision is
+applied whole, older revisions are scaled (or deleted once at zero), and each revision with
+pods has its headless Service so the gateway can tell the revisions apart.
+
 A second reconcile with nothing changed plans nothing: each applied child carries a hash of
 what was applied (`hedge.dev/applied-hash`), and a child is re-applied only when that hash
 differs (the spec changed) or when the live object no longer contains what was applied
@@ -14,16 +19,17 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from hedge_core.api import ModelDeployment
+from hedge_core.api import REVISION_LABEL, ModelDeployment
 from hedge_operator.builders import (
     build_cache_pvc,
     build_engine_deployment,
     build_pdb,
+    build_revision_service,
     build_service,
     content_hash,
 )
 from hedge_operator.config import OperatorConfig
-from hedge_operator.observed import DeploymentSummary, Observed
+from hedge_operator.observed import Observed
 
 APPLIED_HASH = "hedge.dev/applied-hash"
 
@@ -69,17 +75,34 @@ Action = Apply | Scale | Delete
 @dataclass(frozen=True)
 class Desired:
     revision: str
-    children: Sequence[Mapping[str, Any]]  # current Deployment, Service, PDB[, PVC]
+    #: The spec's Deployment, the Service, the PDB[, the PVC], then each revision's Service.
+    children: Sequence[Mapping[str, Any]]
+    #: Pods per revision (the spec's revision included); a revision not listed has none.
+    replicas: Mapping[str, int]
 
 
-def desired_children(md: ModelDeployment, config: OperatorConfig) -> Desired:
+def desired_children(
+    md: ModelDeployment, config: OperatorConfig, replicas: Mapping[str, int] | None = None
+) -> Desired:
+    """The children for `replicas` pods per revision (default: every pod at the spec's
+    revision, spec.replicas of them)."""
     deployment = build_engine_deployment(md, config)
+    revision = str(deployment["metadata"]["labels"][REVISION_LABEL])
+    wanted = dict(replicas) if replicas is not None else {revision: md.spec.replicas}
+    wanted.setdefault(revision, 0)
+    deployment["spec"]["replicas"] = wanted[revision]
     children = [deployment, build_service(md), build_pdb(md)]
     pvc = build_cache_pvc(md)
     if pvc is not None:
         children.append(pvc)
-    revision = deployment["metadata"]["labels"]["hedge.dev/revision"]
-    return Desired(revision=revision, children=[with_applied_hash(c) for c in children])
+    for name in sorted(wanted, key=lambda r: (r != revision, r)):
+        if name == revision or wanted[name] > 0:
+            children.append(build_revision_service(md, name))
+    return Desired(
+        revision=revision,
+        children=[with_applied_hash(c) for c in children],
+        replicas=wanted,
+    )
 
 
 def with_applied_hash(manifest: Mapping[str, Any]) -> dict[str, Any]:
@@ -169,29 +192,6 @@ def _applied_part(manifest: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in manifest.items() if k not in ("apiVersion", "kind")}
 
 
-# ------------------------------------------------------------------------------ rollouts
-
-
-def old_revision_replicas(
-    desired: int, new_available: int, olds: Sequence[DeploymentSummary]
-) -> dict[str, int]:
-    """How many pods each old revision keeps while the new one comes up.
-
-    Like a Deployment's rolling update with maxUnavailable 25% (rounded down): old revisions
-    keep only as many *ready* pods as are needed to hold availability at
-    desired - maxUnavailable, newest revision first. Pods that are not ready are let go at
-    once, so a broken old revision frees its GPUs for the new one.
-    """
-    max_unavailable = desired // 4
-    budget = max(0, desired - new_available - max_unavailable)
-    targets: dict[str, int] = {}
-    for d in sorted(olds, key=lambda d: (d.created, d.name), reverse=True):
-        keep = max(0, min(d.spec_replicas, d.ready, budget))
-        targets[d.name] = keep
-        budget -= keep
-    return targets
-
-
 # ---------------------------------------------------------------------------- the planner
 
 
@@ -199,7 +199,6 @@ def plan(
     desired: Desired,
     observed: Observed,
     *,
-    desired_replicas: int,
     in_flight: Mapping[tuple[str, str], str] | None = None,
 ) -> list[Action]:
     """The writes that take `observed` to `desired`.
@@ -219,13 +218,11 @@ def plan(
             continue
         actions.append(Apply(child, why))
 
-    # Old revisions: scale down as the new one becomes available, delete when done.
-    summaries = observed.deployment_summaries()
-    current = next((d for d in summaries if d.revision == desired.revision), None)
-    olds = [d for d in summaries if d.revision != desired.revision]
-    targets = old_revision_replicas(desired_replicas, current.available if current else 0, olds)
+    # Other revisions: scaled as the rollout decided, deleted at zero (their pods may still be
+    # terminating; the garbage collector removes them, and they keep counting as GPUs held).
+    olds = [d for d in observed.deployment_summaries() if d.revision != desired.revision]
     for old in olds:
-        target = targets[old.name]
+        target = desired.replicas.get(old.revision, 0)
         if target == 0:
             if in_flight.get(("Deployment", old.name)) != "delete":
                 actions.append(Delete("apps/v1", "Deployment", old.name))
@@ -233,6 +230,19 @@ def plan(
             in_flight.get(("Deployment", old.name)) != f"scale:{target}"
         ):
             actions.append(Scale(old.name, target))
+
+    # Services of revisions that have no pods to serve any more.
+    wanted_services = {
+        str(c["metadata"]["name"]) for c in desired.children if c["kind"] == "Service"
+    }
+    for name, svc in observed.services.items():
+        labels = (svc.get("metadata") or {}).get("labels") or {}
+        if (
+            REVISION_LABEL in labels
+            and name not in wanted_services
+            and in_flight.get(("Service", name)) != "delete"
+        ):
+            actions.append(Delete("v1", "Service", name))
 
     # A cache claim the spec no longer asks for.
     wanted_pvcs = {

@@ -1,8 +1,18 @@
-"""One reconcile of one ModelDeployment: parse, validate, plan, write, compute status.
+"""One reconcile of one ModelDeployment: parse, validate, decide the rollout, plan, write,
+compute status.
 
-The decisions are the pure functions of api/validation/plan/status; this module sequences
-them and performs the writes through a `KubeAPI` (kube.Kube in the operator, a fake in tests).
-Reconciles of the same object are serialised; different objects run concurrently.
+The decisions are the pure functions of api/validation/rollout/plan/status; this module
+sequences them and performs the writes through a `KubeAPI` (kube.Kube in the operator, a
+fake in tests). Reconciles of the same object are serialised; different objects run
+concurrently.
+
+Rollouts: every reconcile asks `rollout.decide` how many pods each revision gets, from the
+state in status.rollout, the observed pods, the command annotations and the canary's
+analysis window (the gateways' counters since the step began, from `RevisionSource`; the
+baseline of that window is kept in memory, so after an operator restart the window of the
+step in progress starts again from the restart). While a rollout is under way the object is
+reconciled again every `ROLLOUT_TICK` seconds (`Outcome.recheck_after`), which is how step
+pauses end, waits time out and the tripwire is checked.
 
 Status has one writer: `reconcile(..., write_status=True)` writes it inside the object's
 lock, guarded by the resourceVersion the status was computed from. A stale body (kopf's
@@ -25,7 +35,8 @@ from typing import Any, Protocol, TypeVar
 import aiohttp
 
 from hedge_core.api import ModelDeployment, SpecError
-from hedge_operator import metrics
+from hedge_operator import metrics, rollout, rollout_io
+from hedge_operator.builders import revision_of
 from hedge_operator.config import OperatorConfig
 from hedge_operator.kube import ApiError, Conflict
 from hedge_operator.observed import Observed, owned_by
@@ -38,9 +49,11 @@ from hedge_operator.plan import (
     in_flight_token,
     plan,
 )
+from hedge_operator.signals import RevisionStats
 from hedge_operator.status import (
     EventSpec,
     ObjectRef,
+    RolloutReport,
     compute_status,
     status_patch,
     transition_events,
@@ -76,6 +89,11 @@ class KubeAPI(Protocol):
     async def patch_status(
         self, namespace: str, name: str, patch: Mapping[str, Any], resource_version: str
     ) -> str | None: ...
+
+
+#: Each revision's cumulative numbers as the gateways counted them, for one ModelDeployment
+#: (None: no gateway could be read). The operator's `signals.Scraper` provides it.
+RevisionSource = Callable[[str, str], Awaitable[Mapping[str, RevisionStats] | None]]
 
 
 class _AnyKeys(frozenset[str]):
@@ -121,6 +139,10 @@ class _Memory:
     #: lags behind our writes; a copy at a superseded version is read as the newest one.
     latest: tuple[str, dict[str, Any]] | None = None
     superseded: deque[str] = field(default_factory=lambda: deque(maxlen=16))
+    #: The canary analysis window: which step it belongs to (canary revision, step start as
+    #: in status) and each revision's cumulative numbers when it began (None: no numbers yet,
+    #: the first ones read become the baseline).
+    window: tuple[tuple[str | None, str | None], dict[str, RevisionStats] | None] | None = None
 
     def learn(self, older: str, version: str, status: dict[str, Any]) -> None:
         """`version` (with `status`) is now the newest; `older` came before it."""
@@ -155,6 +177,9 @@ class Reconciler:
     EVENT_DEDUP = 60.0
     #: Status writes tried per reconcile when the object keeps changing underneath.
     STATUS_ATTEMPTS = 3
+    #: Seconds between reconciles while a rollout is under way (steps end, waits time out and
+    #: the tripwire is checked on this beat).
+    ROLLOUT_TICK = 1.0
 
     def __init__(
         self,
@@ -163,11 +188,15 @@ class Reconciler:
         *,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], str] = utc_now,
+        wall: Callable[[], float] = time.time,
+        revisions: RevisionSource | None = None,
     ) -> None:
         self.kube = kube
         self.config = config
         self._clock = clock
         self._now = now
+        self._wall = wall
+        self.revision_source = revisions
         self._memory: dict[str, _Memory] = {}
 
     def forget(self, uid: str) -> None:
@@ -231,6 +260,7 @@ class Reconciler:
         revision: str | None = None
         md: ModelDeployment | None = None
         problem: Problem | None = None
+        moved: _RolloutMove | None = None
         try:
             md = ModelDeployment.from_body(body)
         except SpecError as e:
@@ -243,14 +273,10 @@ class Reconciler:
                 requests += looked_up
                 problem = check_secrets(md, secrets)
             if problem is None:
-                desired = desired_children(md, self.config)
-                revision = desired.revision
-                actions = plan(
-                    desired,
-                    observed,
-                    desired_replicas=md.spec.replicas,
-                    in_flight=self._in_flight(mem, observed),
-                )
+                revision = revision_of(md, self.config)
+                moved = await self._move(md, meta, previous, observed, mem, revision)
+                desired = desired_children(md, self.config, moved.decision.replicas)
+                actions = plan(desired, observed, in_flight=self._in_flight(mem, observed))
                 done, problem = await self._execute(md, actions, mem)
                 requests += done
 
@@ -262,18 +288,89 @@ class Reconciler:
             problem=problem,
             previous=previous,
             now=self._now(),
+            rollout=moved.status if moved else None,
+            report=moved.report if moved else None,
         )
-        events = transition_events(previous, status)
+        events = [EventSpec(e.type, e.reason, e.message) for e in (moved.events if moved else [])]
+        events += transition_events(previous, status)
         events += _drift_events(actions, previous, ref)
         requests += await self._post_events(meta, events, mem)
+        recheck = self.IN_FLIGHT_TTL + 1 if mem.in_flight else None
+        if moved is not None and moved.report.active:
+            recheck = min(recheck or self.ROLLOUT_TICK, self.ROLLOUT_TICK)
         return Outcome(
             status=status,
             patch=status_patch(previous, status),
             problem=problem,
             actions=actions,
             requests=requests,
-            recheck_after=self.IN_FLIGHT_TTL + 1 if mem.in_flight else None,
+            recheck_after=recheck,
         )
+
+    async def _move(
+        self,
+        md: ModelDeployment,
+        meta: Mapping[str, Any],
+        previous: Mapping[str, Any],
+        observed: Observed,
+        mem: _Memory,
+        revision: str,
+    ) -> _RolloutMove:
+        """The rollout's next move (pods per revision, canary weight, status.rollout)."""
+        spec = md.spec.rollout
+        before: Mapping[str, Any] = previous.get("rollout") or {}
+        handled = before.get("handledCommands") or {}
+        seen = rollout_io.read_commands(meta.get("annotations") or {}, handled, revision)
+        desired = md.spec.replicas
+        policy = rollout.Policy.from_spec(spec, desired, paused=seen.paused)
+        state = rollout_io.state_from(before)
+        now = self._wall()
+
+        numbers: Mapping[str, RevisionStats] | None = None
+        if self.revision_source is not None:
+            try:
+                numbers = await self.revision_source(md.namespace, md.name)
+            except Exception:  # the analysis waits rather than the reconcile failing
+                log.exception("%s/%s: reading the gateways' numbers", md.namespace, md.name)
+        key = (state.canary, before.get("stepStartTime"))
+        if mem.window is None or mem.window[0] != key:
+            mem.window = (key, dict(numbers) if numbers is not None else None)
+        elif mem.window[1] is None and numbers is not None:
+            mem.window = (key, dict(numbers))
+        baseline = mem.window[1]
+        windows = (
+            rollout_io.windows(numbers, baseline)
+            if numbers is not None and baseline is not None
+            else {}
+        )
+
+        decision = rollout.decide(
+            policy,
+            state,
+            revision,
+            desired,
+            rollout_io.revisions_from(observed),
+            windows,
+            seen.commands,
+            now,
+        )
+        paused = policy.paused
+        status, report = rollout_io.rollout_status(
+            decision,
+            spec.strategy,
+            revision,
+            paused=paused,
+            handled=seen.handled,
+            previous=before,
+            now=self._now(),
+        )
+        report = replace(report, stable=decision.state.stable)
+        new_key = (decision.state.canary, status.get("stepStartTime"))
+        if new_key != key:  # a new step: its window starts now
+            mem.window = (new_key, dict(numbers) if numbers is not None else None)
+        metrics.record_rollout(md.namespace, md.name, decision, windows)
+        events = rollout_io.events_for(decision, seen, before, report.paused)
+        return _RolloutMove(decision, status, report, events)
 
     async def _write_status(
         self, body: Mapping[str, Any], observed: Observed, mem: _Memory, outcome: Outcome
@@ -431,6 +528,14 @@ class Reconciler:
 
         await asyncio.gather(*(post(e) for e in fresh))
         return len(fresh)
+
+
+@dataclass
+class _RolloutMove:
+    decision: rollout.Decision
+    status: dict[str, Any]  # status.rollout
+    report: RolloutReport
+    events: list[rollout.Event]
 
 
 def _shows(observed: Observed, key: tuple[str, str], token: str) -> bool:

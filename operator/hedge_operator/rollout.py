@@ -22,6 +22,11 @@ operator carries on where it was and nothing is ever left half-promoted.
                  scaled to zero, stable untouched. An aborted revision stays aborted until the
                  spec changes again or a person asks for a retry; a newer spec replaces a
                  rollout in progress (the intermediate revision is scaled away)
+
+GPUs: a pod holds its GPU until it is gone, not when its Deployment is scaled down (a
+terminating pod still counts for the scheduler). So the budget counts every pod that still
+exists (`Revision.pods`), not only what the Deployments ask for: a new pod is asked for only
+once the pod it replaces has left, and a rollout never needs more free GPUs than maxSurge.
 """
 
 from __future__ import annotations
@@ -115,9 +120,13 @@ class Revision:
     replicas: int = 0  # what its Deployment is asked for
     ready: int = 0
     starting: int = 0  # scheduled, not ready, nothing wrong yet
+    pods: int = 0  # pods that exist (terminating ones too): they hold their GPUs
     unschedulable_since: float | None = None  # earliest pod still waiting for a node
     failing: str | None = None  # e.g. "CrashLoopBackOff: pod x container engine: …"
     created: float | None = None  # when its Deployment was created
+    #: Creation of its oldest pod that is not ready yet (the progress deadline counts from
+    #: there: a later step's pods get the whole deadline to load their model too).
+    loading_since: float | None = None
 
 
 @dataclass(frozen=True)
@@ -140,6 +149,7 @@ class Commands:
     promote: bool = False
     abort: bool = False
     retry: bool = False
+    by: str = "a person"  # who asked, for the Events (e.g. the annotation)
 
 
 # ------------------------------------------------------------------------------ outputs
@@ -252,10 +262,11 @@ def shift(
 ) -> dict[str, int]:
     """One move of pods from the old revisions to the new one within the budgets.
 
-    The new revision grows as far as the surge allows (total asked-for pods <= desired +
-    maxSurge: the GPUs a rollout may use); old revisions shrink as far as availability
-    allows (ready pods >= desired - maxUnavailable). Old pods that are not ready serve
-    nothing and go at once. `olds` are (revision, target) pairs, the first to shrink first.
+    The new revision grows as far as the surge allows (pods asked for or still there, over
+    every revision, <= desired + maxSurge: the GPUs a rollout may use); old revisions shrink
+    as far as availability allows (ready pods >= desired - maxUnavailable). Old pods that are
+    not ready serve nothing and go at once. `olds` are (revision, target) pairs, the first to
+    shrink first.
     """
     floor = max(0, desired - policy.max_unavailable)
     ready_total = new.ready + sum(r.ready for r, _ in olds)
@@ -267,7 +278,8 @@ def shift(
         removable -= drop
         out[old.name] = max(target, keep - drop)
     ceiling = desired + policy.max_surge
-    room = ceiling - sum(out.values())
+    # A pod scaled away keeps its GPU until it has terminated.
+    room = ceiling - sum(max(out[old.name], old.pods) for old, _ in olds)
     out[new.name] = max(0, min(new_target, max(new.replicas, room)))
     if new.replicas > new_target:
         out[new.name] = new_target
@@ -297,7 +309,7 @@ def decide(
     """The next move. `target` is the spec's revision; `windows` hold each revision's
     numbers since the current step began."""
     stable = state.stable
-    if stable is None or (stable not in revisions and stable != target):
+    if stable is None or (stable not in revisions and stable != target and state.canary is None):
         # First reconcile (or status lost): the oldest revision with ready pods is stable.
         running = sorted(
             (r for r in revisions.values() if r.ready > 0 and r.name != target),
@@ -320,9 +332,11 @@ def decide(
     events: list[Event] = []
     if state.aborted == target:
         if not commands.retry:
-            return _aborted(state, stable, target, desired, revisions)
+            return _aborted(policy, state, stable, target, desired, revisions)
         state = replace(state, aborted=None, abort_reason=None, canary=None)
-        events.append(Event("Normal", "RolloutRetried", f"retrying revision {target}"))
+        events.append(
+            Event("Normal", "RolloutRetried", f"retrying revision {target} ({commands.by})")
+        )
 
     if state.canary != target:
         if state.canary is not None:
@@ -333,7 +347,11 @@ def decide(
                     f"revision {target} replaces the rollout of {state.canary}",
                 )
             )
-        state = replace(state, canary=target, step=0, weight=0, step_started=None)
+        # A new spec: an earlier abort (of another revision) is history now.
+        state = replace(
+            state, canary=target, step=0, weight=0, step_started=None, aborted=None,
+            abort_reason=None,
+        )  # fmt: skip
         events.append(
             Event(
                 "Normal",
@@ -346,16 +364,28 @@ def decide(
     new = revisions.get(target) or Revision(target)
     why = None if commands.promote else _cannot_start(policy, new, now)
     if commands.abort:
-        why = "aborted by a person"
+        why = f"aborted by {commands.by}"
     if why is None and policy.strategy == CANARY and state.weight > 0 and not commands.promote:
         why = tripped(windows.get(target, RevisionStats()), policy.thresholds)
     if why is not None:
-        return _abort(state, stable, target, desired, revisions, why, events)
+        return _abort(policy, state, stable, target, desired, revisions, why, events)
 
     leftovers = [(revisions[name], 0) for name in sorted(revisions) if name not in (stable, target)]
-    if policy.strategy != CANARY or commands.promote:
+    if policy.strategy == CANARY and stable not in revisions and not commands.promote:
+        # The stable revision is gone (deleted by hand): nothing to compare with or fall back
+        # to, so the canary takes over.
+        commands = replace(commands, promote=True, by=f"revision {stable} has no pods left")
+    if commands.promote:
         return _promote_or_roll(policy, state, stable, target, desired, revisions, leftovers,
-                                events, commands.promote)  # fmt: skip
+                                events, commands.by)  # fmt: skip
+    if policy.strategy != CANARY:
+        if policy.paused:  # hold every revision where it is
+            held = {name: r.replicas for name, r in revisions.items()}
+            held.setdefault(target, 0)
+            message = f"paused: revision {target} has {new.ready} of {desired} pod(s) ready"
+            return Decision(held, None, state, events, progressing=True, message=message)
+        return _promote_or_roll(policy, state, stable, target, desired, revisions, leftovers,
+                                events, None)  # fmt: skip
     return _canary(policy, state, stable, target, desired, revisions, leftovers, windows,
                    events, now)  # fmt: skip
 
@@ -396,20 +426,17 @@ def _cannot_start(policy: Policy, new: Revision, now: float) -> str | None:
             f"revision {new.name}: a pod waited {now - new.unschedulable_since:.0f}s for a node "
             f"(gpuWaitSeconds {policy.gpu_wait:.0f})"
         )
-    if (
-        new.created is not None
-        and new.replicas > 0
-        and new.ready < new.replicas
-        and now - new.created >= policy.progress_deadline
-    ):
+    if new.loading_since is not None and now - new.loading_since >= policy.progress_deadline:
         return (
-            f"revision {new.name}: {new.ready} of {new.replicas} pod(s) ready after "
-            f"{now - new.created:.0f}s (progressDeadlineSeconds {policy.progress_deadline:.0f})"
+            f"revision {new.name}: a pod is not ready {now - new.loading_since:.0f}s after it "
+            f"was created ({new.ready} of {new.replicas} ready; progressDeadlineSeconds "
+            f"{policy.progress_deadline:.0f})"
         )
     return None
 
 
 def _abort(
+    policy: Policy,
     state: State,
     stable: str,
     target: str,
@@ -423,16 +450,28 @@ def _abort(
     )
     aborted = State(stable=stable, aborted=target, abort_reason=why)
     return replace(
-        _aborted(aborted, stable, target, desired, revisions), events=events, progressing=False
+        _aborted(policy, aborted, stable, target, desired, revisions),
+        events=events,
+        progressing=False,
     )
 
 
 def _aborted(
-    state: State, stable: str, target: str, desired: int, revisions: Mapping[str, Revision]
+    policy: Policy,
+    state: State,
+    stable: str,
+    target: str,
+    desired: int,
+    revisions: Mapping[str, Revision],
 ) -> Decision:
-    replicas = {name: 0 for name in revisions if name != stable}
-    replicas[stable] = desired
-    replicas[target] = 0
+    """The aborted revision at zero at once (its GPUs are freed, it gets no traffic); the
+    stable revision grows back to the desired count as those GPUs come free."""
+    current = revisions.get(stable) or Revision(stable)
+    others = [(revisions[name], 0) for name in sorted(revisions) if name != stable]
+    if target not in revisions:
+        others.append((Revision(target), 0))
+    gone = replace(policy, max_unavailable=desired)  # nothing else serves: no floor to keep
+    replicas = shift(desired, gone, current, desired, others)
     return Decision(
         replicas,
         0,
@@ -450,19 +489,25 @@ def _promote_or_roll(
     revisions: Mapping[str, Revision],
     leftovers: list[tuple[Revision, int]],
     events: list[Event],
-    promote: bool,
+    promoted_by: str | None,
 ) -> Decision:
-    """A promoted canary, or a RollingUpdate step. Promotion makes the canary's pods the
-    stable revision's as they are (no weights reloaded); the old revision then shrinks as
-    the new one fills up (`_settle` from the next reconcile on). A RollingUpdate moves pods
+    """A promoted canary (`promoted_by` says who or what), or a RollingUpdate step.
+    Promotion makes the canary's pods the stable revision's as they are (no weights
+    reloaded); the old revision then shrinks as the new one fills up (`_settle` from the
+    next reconcile on). A RollingUpdate moves pods
     from the old revision to the new one and becomes stable once it is complete. Neither
     splits traffic: every ready pod serves."""
     new = revisions.get(target) or Revision(target)
     olds = [*leftovers, (revisions.get(stable) or Revision(stable), 0)]
     replicas = shift(desired, policy, new, desired, olds)
-    if promote:
+    if promoted_by is not None:
         events.append(
-            Event("Normal", "RolloutPromoted", f"revision {target} promoted over {stable}")
+            Event(
+                "Normal",
+                "RolloutPromoted",
+                f"revision {target} promoted over {stable} ({promoted_by}); {stable} scales "
+                f"down as {target} fills up",
+            )
         )
         settled = _settle(policy, State(stable=target), target, desired, revisions)
         return replace(settled, events=events)
@@ -518,12 +563,16 @@ def _canary(
         )
         return Decision(replicas, state.weight, state, events, progressing=True, message=message)
 
+    # Messages go into status: they say nothing that changes every tick (no write per tick).
     held = now - state.step_started
     if policy.paused:
         message = f"paused at step {index} of {len(steps)} ({step.weight}%)"
         return Decision(replicas, state.weight, state, events, progressing=True, message=message)
     if held < step.pause:
-        message = f"step {index} of {len(steps)} ({step.weight}%): {held:.0f}s of {step.pause:.0f}s"
+        message = (
+            f"step {index} of {len(steps)}: {step.weight}% of the traffic to {target} for "
+            f"{step.pause:.0f}s, then judged"
+        )
         return Decision(replicas, state.weight, state, events, progressing=True, message=message)
 
     if step.pause > 0:
@@ -534,11 +583,14 @@ def _canary(
         )
         if verdict.verdict == FAIL:
             return replace(
-                _abort(state, stable, target, desired, revisions, verdict.message, events),
+                _abort(policy, state, stable, target, desired, revisions, verdict.message, events),
                 verdict=verdict,
             )
         if verdict.verdict == INCONCLUSIVE:
-            message = f"step {index} of {len(steps)} ({step.weight}%): {verdict.message}"
+            message = (
+                f"step {index} of {len(steps)} ({step.weight}%): waiting for "
+                f"{policy.thresholds.min_requests} canary requests to judge"
+            )
             return Decision(
                 replicas, state.weight, state, events, verdict, progressing=True, message=message
             )
@@ -552,7 +604,15 @@ def _canary(
     if index >= len(steps):
         return replace(
             _promote_or_roll(
-                policy, state, stable, target, desired, revisions, leftovers, events, True
+                policy,
+                state,
+                stable,
+                target,
+                desired,
+                revisions,
+                leftovers,
+                events,
+                f"all {len(steps)} step(s) passed",
             ),
             verdict=verdict,
         )

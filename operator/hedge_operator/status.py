@@ -3,7 +3,11 @@ the Events that a status transition deserves.
 
 Conditions follow the Kubernetes API conventions: Ready, Progressing and Degraded are always
 present, each with reason, message, lastTransitionTime and observedGeneration;
-lastTransitionTime only moves when the condition's status changes.
+lastTransitionTime only moves when the condition's status changes. Reconciling and Stalled
+follow them for kstatus (Flux's health checks, Helm's --wait), which reads only those two on
+a custom resource: Reconciling=True while anything moves (a rollout, a paused one included),
+Stalled=True when nothing will until the spec changes or a person acts (an aborted rollout,
+an invalid spec, a progress deadline passed).
 """
 
 from __future__ import annotations
@@ -20,7 +24,15 @@ from hedge_operator.validation import Problem
 READY = "Ready"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
-CONDITION_TYPES = (READY, PROGRESSING, DEGRADED)
+RECONCILING = "Reconciling"
+STALLED = "Stalled"
+CONDITION_TYPES = (READY, PROGRESSING, DEGRADED, RECONCILING, STALLED)
+
+ROLLING_OUT = "RollingOut"
+ROLLOUT_ABORTED = "RolloutAborted"
+ROLLOUT_PAUSED = "RolloutPaused"
+#: Degraded reasons that nothing but a change of spec (or a person) will clear.
+STALLED_REASONS = frozenset({ROLLOUT_ABORTED, "ProgressDeadlineExceeded"})
 
 # Which pod problem to report when pods show several: the most actionable first.
 PROBLEM_ORDER = (
@@ -37,6 +49,17 @@ class ObjectRef:
     name: str
     namespace: str
     generation: int
+
+
+@dataclass(frozen=True)
+class RolloutReport:
+    """What the rollout state machine says, for the conditions."""
+
+    active: bool  # pods are moving between revisions, or a canary runs
+    paused: bool  # held by spec.rollout.paused or the pause annotation
+    aborted: str | None  # why the spec's revision was aborted (None: it was not)
+    message: str  # the state machine's one line
+    stable: str | None = None
 
 
 @dataclass(frozen=True)
@@ -95,9 +118,13 @@ def compute_status(
     problem: Problem | None,
     previous: Mapping[str, Any] | None,
     now: str,
+    rollout: Mapping[str, Any] | None = None,
+    report: RolloutReport | None = None,
 ) -> dict[str, Any]:
     """The full `.status` for this generation. `md` is None when the spec does not parse;
-    `problem` is the spec-level problem (invalid spec, missing Secret, failed apply)."""
+    `problem` is the spec-level problem (invalid spec, missing Secret, failed apply);
+    `rollout` is status.rollout as the rollout state machine left it (None: keep what was
+    there) and `report` what it says for the conditions."""
     previous = previous or {}
     prev_conditions = {
         str(c.get("type")): c for c in previous.get("conditions") or [] if isinstance(c, Mapping)
@@ -128,6 +155,11 @@ def compute_status(
             if previous.get(key):
                 status[key] = previous[key]
 
+    if rollout is not None:
+        status["rollout"] = dict(rollout)
+    elif previous.get("rollout"):
+        status["rollout"] = previous["rollout"]
+
     def cond(type_: str, value: str, reason: str, message: str) -> dict[str, Any]:
         return _condition(type_, value, reason, message, ref.generation, prev_conditions, now)
 
@@ -143,10 +175,62 @@ def compute_status(
             ),
             cond(DEGRADED, "True", problem.reason, problem.message),
         ]
+        # Waiting on something outside the spec (a Secret) is progress still to come.
+        conditions += [
+            cond(RECONCILING, str(problem.waiting), problem.reason, problem.message),
+            cond(STALLED, str(not problem.waiting), problem.reason, problem.message),
+        ]
     else:
         conditions = _conditions(md, current, olds, observed, revision, cond)
+        if report is not None:
+            conditions = _rollout_conditions(conditions, report, revision, status, cond)
+        conditions += _kstatus_conditions(conditions, cond)
     status["conditions"] = conditions
     return status
+
+
+def _rollout_conditions(
+    conditions: list[dict[str, Any]],
+    report: RolloutReport,
+    revision: str | None,
+    status: Mapping[str, Any],
+    cond: Any,
+) -> list[dict[str, Any]]:
+    """Ready, Progressing and Degraded as the rollout state machine sees them: an aborted
+    revision is not ready and degrades the object (what Argo CD shows as Degraded); a paused
+    rollout is neither progressing nor done (Progressing=Unknown, as a paused Deployment)."""
+    ready, progressing, degraded = conditions
+    if report.aborted is not None:
+        what = f"the rollout of revision {revision} was aborted: {report.aborted}"
+        serving = f"{status.get('readyReplicas', 0)} replica(s) ready"
+        if report.stable:
+            serving += f" at revision {report.stable}"
+        return [
+            cond(READY, "False", ROLLOUT_ABORTED, f"{what}; {serving}"),
+            cond(PROGRESSING, "False", ROLLOUT_ABORTED, what),
+            cond(DEGRADED, "True", ROLLOUT_ABORTED, what),
+        ]
+    if report.paused:
+        progressing = cond(PROGRESSING, "Unknown", ROLLOUT_PAUSED, report.message)
+    elif report.active and report.message:
+        progressing = cond(PROGRESSING, "True", ROLLING_OUT, report.message)
+    return [ready, progressing, degraded]
+
+
+def _kstatus_conditions(conditions: list[dict[str, Any]], cond: Any) -> list[dict[str, Any]]:
+    by_type = {c["type"]: c for c in conditions}
+    progressing, degraded = by_type[PROGRESSING], by_type[DEGRADED]
+    moving = progressing["status"] != "False"
+    stalled = degraded["status"] == "True" and degraded["reason"] in STALLED_REASONS
+    return [
+        cond(RECONCILING, str(moving), progressing["reason"], progressing["message"]),
+        cond(
+            STALLED,
+            str(stalled),
+            degraded["reason"] if stalled else "AsExpected",
+            degraded["message"] if stalled else "nothing is stuck",
+        ),
+    ]
 
 
 def _conditions(
@@ -174,7 +258,7 @@ def _conditions(
     elif pod_problem is not None:
         ready = cond(READY, "False", pod_problem.reason, f"{counts}; {pod_problem.message}")
     elif olds:
-        ready = cond(READY, "False", "RollingOut", counts)
+        ready = cond(READY, "False", ROLLING_OUT, counts)
     else:
         ready = cond(READY, "False", "ReplicasNotReady", counts)
 
@@ -189,7 +273,7 @@ def _conditions(
         progressing = cond(
             PROGRESSING,
             "True",
-            "RollingOut",
+            ROLLING_OUT,
             f"rolling out revision {revision}, replacing {old_names}; {counts}",
         )
     elif total > desired:
@@ -244,7 +328,9 @@ def transition_events(
         )
     ready, degraded, progressing = after.get(READY), after.get(DEGRADED), after.get(PROGRESSING)
     if degraded is not None and changed(DEGRADED):
-        if degraded["status"] == "True":
+        if degraded["reason"] == ROLLOUT_ABORTED:
+            pass  # the rollout posts its own Event, with the numbers
+        elif degraded["status"] == "True":
             events.append(EventSpec("Warning", degraded["reason"], degraded["message"]))
         elif before.get(DEGRADED, {}).get("status") == "True":
             events.append(EventSpec("Normal", "Recovered", degraded["message"]))
@@ -254,7 +340,7 @@ def transition_events(
         progressing is not None
         and changed(PROGRESSING)
         and progressing["reason"] == "RolloutComplete"
-        and before.get(PROGRESSING, {}).get("reason") == "RollingOut"
+        and before.get(PROGRESSING, {}).get("reason") == ROLLING_OUT
     ):
         events.append(EventSpec("Normal", "RolloutComplete", progressing["message"]))
     return events

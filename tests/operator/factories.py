@@ -186,7 +186,7 @@ def as_served(manifest: Mapping[str, Any], *, ready: int | None = None) -> dict[
             "updatedReplicas": replicas,
         }
     elif kind == "Service":
-        obj["spec"]["clusterIP"] = "10.96.0.10"
+        obj["spec"].setdefault("clusterIP", "10.96.0.10")  # "None" (headless) stays
         obj["spec"]["sessionAffinity"] = "None"
     elif kind == "PersistentVolumeClaim":
         obj["spec"]["volumeMode"] = "Filesystem"

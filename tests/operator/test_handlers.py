@@ -165,7 +165,13 @@ async def test_reconcile_handler_writes_status_itself_not_through_kopf(
     ((ns, name, status),) = kube.status_patches
     assert (ns, name) == ("team-a", "llama")
     assert status["observedGeneration"] == 1
-    assert {c["type"] for c in status["conditions"]} == {"Ready", "Progressing", "Degraded"}
+    assert {c["type"] for c in status["conditions"]} == {
+        "Ready",
+        "Progressing",
+        "Degraded",
+        "Reconciling",
+        "Stalled",
+    }
     assert [w[1] for w in kube.writes()].count("Deployment") == 1
 
 

@@ -1,11 +1,11 @@
-"""Planning writes: idempotence, drift repair, rolling between revisions."""
+"""Planning writes: idempotence, drift repair, pods per revision as the rollout decided."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from hedge_operator.config import OperatorConfig
-from hedge_operator.observed import Observed, summarize_deployment
+from hedge_operator.observed import Observed
 from hedge_operator.plan import (
     APPLIED_HASH,
     Apply,
@@ -14,11 +14,10 @@ from hedge_operator.plan import (
     Scale,
     contains,
     desired_children,
-    old_revision_replicas,
     plan,
     quantity_value,
 )
-from tests.operator.factories import as_served, deployment_body, model, spec_with
+from tests.operator.factories import as_served, model, spec_with
 
 CONFIG = OperatorConfig()
 
@@ -47,16 +46,24 @@ def served(desired: Desired, **kwargs: Any) -> list[dict[str, Any]]:
 def test_first_plan_creates_every_child() -> None:
     md = model(spec_with(cache={"size": "50Gi"}))
     desired = desired_children(md, CONFIG)
-    actions = plan(desired, Observed(), desired_replicas=1)
+    actions = plan(desired, Observed())
     assert [(type(a).__name__, a.key, getattr(a, "why", None)) for a in actions] == [
         ("Apply", ("Deployment", f"llama-{desired.revision}"), "create"),
         ("Apply", ("Service", "llama"), "create"),
         ("Apply", ("PodDisruptionBudget", "llama"), "create"),
         ("Apply", ("PersistentVolumeClaim", "llama-cache"), "create"),
+        ("Apply", ("Service", f"llama-{desired.revision}"), "create"),
     ]
     for a in actions:
         assert isinstance(a, Apply)
         assert len(a.manifest["metadata"]["annotations"][APPLIED_HASH]) == 16
+    # The revision's Service is headless, selects only its pods and carries the revision
+    # label the EndpointSlice controller copies onto its slices (the gateway reads it there).
+    revision_svc = actions[-1].manifest  # type: ignore[union-attr]
+    assert revision_svc["spec"]["clusterIP"] == "None"
+    assert revision_svc["spec"]["selector"]["hedge.dev/revision"] == desired.revision
+    assert revision_svc["metadata"]["labels"]["hedge.dev/revision"] == desired.revision
+    assert revision_svc["metadata"]["labels"]["hedge.dev/model-deployment"] == "llama"
 
 
 def test_unchanged_observed_state_plans_no_write() -> None:
@@ -70,10 +77,10 @@ def test_unchanged_observed_state_plans_no_write() -> None:
     ):
         md = model(spec)
         desired = desired_children(md, CONFIG)
-        assert plan(desired, observe(*served(desired)), desired_replicas=md.spec.replicas) == []
+        assert plan(desired, observe(*served(desired))) == []
         # Recomputing from the same spec is deterministic.
         again = desired_children(model(spec), CONFIG)
-        assert plan(again, observe(*served(desired)), desired_replicas=md.spec.replicas) == []
+        assert plan(again, observe(*served(desired))) == []
 
 
 def test_canonicalised_quantities_are_not_drift() -> None:
@@ -83,7 +90,7 @@ def test_canonicalised_quantities_are_not_drift() -> None:
     resources = live[0]["spec"]["template"]["spec"]["containers"][0]["resources"]
     resources["requests"]["cpu"] = "1"
     resources["requests"]["memory"] = "32Gi"
-    assert plan(desired, observe(*live), desired_replicas=1) == []
+    assert plan(desired, observe(*live)) == []
 
 
 def test_edited_child_is_repaired() -> None:
@@ -91,7 +98,7 @@ def test_edited_child_is_repaired() -> None:
     live = served(desired)
     live[0]["spec"]["template"]["spec"]["containers"][0]["image"] = "evil/image:latest"
     live[1]["spec"]["selector"] = {"app": "other"}
-    actions = plan(desired, observe(*live), desired_replicas=1)
+    actions = plan(desired, observe(*live))
     assert [(a.key, getattr(a, "why", None)) for a in actions] == [
         (("Deployment", f"llama-{desired.revision}"), "repair"),
         (("Service", "llama"), "repair"),
@@ -102,14 +109,14 @@ def test_scaled_deployment_is_repaired() -> None:
     desired = desired_children(model(), CONFIG)
     live = served(desired)
     live[0]["spec"]["replicas"] = 5
-    (action,) = plan(desired, observe(*live), desired_replicas=1)
+    (action,) = plan(desired, observe(*live))
     assert isinstance(action, Apply) and action.why == "repair"
 
 
 def test_deleted_child_is_recreated() -> None:
     desired = desired_children(model(), CONFIG)
     live = [c for c in served(desired) if c["kind"] != "PodDisruptionBudget"]
-    (action,) = plan(desired, observe(*live), desired_replicas=1)
+    (action,) = plan(desired, observe(*live))
     assert isinstance(action, Apply)
     assert (action.key, action.why) == (("PodDisruptionBudget", "llama"), "create")
 
@@ -118,7 +125,7 @@ def test_spec_change_updates_children_in_place_when_the_name_stays() -> None:
     before = desired_children(model(spec_with(replicas=1)), CONFIG)
     after = desired_children(model(spec_with(replicas=3)), CONFIG)
     assert before.revision == after.revision  # replicas are not in the template
-    (action,) = plan(after, observe(*served(before)), desired_replicas=3)
+    (action,) = plan(after, observe(*served(before)))
     assert isinstance(action, Apply) and action.why == "update"
     assert action.manifest["spec"]["replicas"] == 3
 
@@ -129,56 +136,47 @@ def test_in_flight_writes_are_not_repeated() -> None:
         (str(c["kind"]), str(c["metadata"]["name"])): c["metadata"]["annotations"][APPLIED_HASH]
         for c in desired.children
     }
-    assert plan(desired, Observed(), desired_replicas=1, in_flight=in_flight) == []
+    assert plan(desired, Observed(), in_flight=in_flight) == []
 
 
-def test_rollout_to_a_new_revision() -> None:
+def test_pods_per_revision_follow_the_rollout() -> None:
     old_spec = spec_with(replicas=4)
     new_spec = spec_with(replicas=4, engine={"maxModelLen": 4096})
     old = desired_children(model(old_spec), CONFIG)
-    new = desired_children(model(new_spec), CONFIG)
-    assert old.revision != new.revision
-    old_live = served(old)  # 4 ready pods at the old revision
+    old_live = served(old)  # 4 ready pods at the old revision, with its Service
     old_name = f"llama-{old.revision}"
-    new_name = f"llama-{new.revision}"
+    revision = desired_children(model(new_spec), CONFIG).revision
+    new_name = f"llama-{revision}"
 
-    # The new Deployment is created at full size; the old one keeps serving with
-    # maxUnavailable (25%, so one pod here) let go, which frees GPUs for the new pods.
-    actions = plan(new, observe(*old_live), desired_replicas=4)
+    # The rollout gives the new revision 1 pod and leaves the old one 3: the new Deployment
+    # and its Service are created, the old revision is scaled (its template untouched).
+    new = desired_children(model(new_spec), CONFIG, {old.revision: 3, revision: 1})
+    actions = plan(new, observe(*old_live))
     assert [(a.key, getattr(a, "why", None)) for a in actions] == [
         (("Deployment", new_name), "create"),
+        (("Service", new_name), "create"),
         (("Deployment", old_name), None),
     ]
-    assert actions[1] == Scale(old_name, 3)
+    assert actions[0].manifest["spec"]["replicas"] == 1  # type: ignore[union-attr]
+    assert actions[2] == Scale(old_name, 3)
 
-    # Two new pods ready: old keeps 4 - 2 - 1 (maxUnavailable 25%) = 1.
-    new_live = as_served(new.children[0], ready=2)
-    actions = plan(new, observe(new_live, *old_live[1:], old_live[0]), desired_replicas=4)
-    assert actions == [Scale(old_name, 1)]
+    # Every pod at the new revision: the old Deployment and its Service go.
+    new = desired_children(model(new_spec), CONFIG, {revision: 4})
+    new_live = [as_served(c) for c in new.children]
+    actions = plan(new, observe(*new_live, old_live[0], old_live[-1]))
+    assert actions == [
+        Delete("apps/v1", "Deployment", old_name),
+        Delete("v1", "Service", old_name),
+    ]
 
-    # All new pods ready: the old revision goes.
-    new_live = as_served(new.children[0], ready=4)
-    actions = plan(new, observe(new_live, *old_live[1:], old_live[0]), desired_replicas=4)
-    assert actions == [Delete("apps/v1", "Deployment", old_name)]
-
-
-def test_old_revision_arithmetic() -> None:
-    def old(name: str, replicas: int, ready: int, created: str) -> Any:
-        return summarize_deployment(
-            deployment_body(name, name, spec_replicas=replicas, ready=ready, created=created)
-        )
-
-    a = old("a", 4, 4, "2026-01-01T00:00:00Z")
-    b = old("b", 2, 2, "2026-01-02T00:00:00Z")
-    # Nothing new ready yet: keep availability (4 - 1 = 3), newest old revision first.
-    assert old_revision_replicas(4, 0, [a, b]) == {"b": 2, "a": 1}
-    assert old_revision_replicas(4, 3, [a, b]) == {"b": 0, "a": 0}
-    assert old_revision_replicas(1, 0, [old("c", 1, 1, "x")]) == {"c": 1}
-    assert old_revision_replicas(1, 1, [old("c", 1, 1, "x")]) == {"c": 0}
-    # A broken old revision (pods not ready) lets go of its pods (and GPUs) at once.
-    assert old_revision_replicas(2, 0, [old("d", 2, 0, "x")]) == {"d": 0}
-    # Scaling to zero ends every old revision.
-    assert old_revision_replicas(0, 0, [old("e", 3, 3, "x")]) == {"e": 0}
+    # An aborted spec revision keeps its Deployment, at zero pods.
+    new = desired_children(model(new_spec), CONFIG, {old.revision: 4, revision: 0})
+    actions = plan(new, observe(*old_live))
+    assert [(a.key, getattr(a, "why", None)) for a in actions] == [
+        (("Deployment", new_name), "create"),
+        (("Service", new_name), "create"),
+    ]
+    assert actions[0].manifest["spec"]["replicas"] == 0  # type: ignore[union-attr]
 
 
 def test_cache_claim_no_longer_wanted_is_deleted() -> None:
@@ -186,7 +184,7 @@ def test_cache_claim_no_longer_wanted_is_deleted() -> None:
     without = desired_children(model(), CONFIG)
     assert with_cache.revision != without.revision
     live = served(with_cache)
-    actions = plan(without, observe(*live), desired_replicas=1)
+    actions = plan(without, observe(*live))
     assert Delete("v1", "PersistentVolumeClaim", "llama-cache") in actions
 
 

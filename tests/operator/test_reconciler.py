@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from hedge_operator.config import OperatorConfig
 from hedge_operator.kube import ApiError
-from hedge_operator.observed import Observed
+from hedge_operator.observed import Observed, summarize_pod
 from hedge_operator.reconciler import Outcome, Reconciler, RetryableError
-from tests.operator.factories import as_served, body, spec_with
+from tests.operator.factories import as_served, body, pod_body, spec_with
 
 
 class FakeKube:
@@ -115,9 +116,18 @@ async def test_first_reconcile_creates_children_then_nothing(
         "PersistentVolumeClaim",
         "PodDisruptionBudget",
         "Service",
+        "Service",  # the revision's own (headless), for the gateway
     ]
     assert first.patch["observedGeneration"] == 1
-    assert {c["type"] for c in first.patch["conditions"]} == {"Ready", "Progressing", "Degraded"}
+    assert {c["type"] for c in first.patch["conditions"]} == {
+        "Ready",
+        "Progressing",
+        "Degraded",
+        "Reconciling",
+        "Stalled",
+    }
+    revision = first.status["revision"]
+    assert first.status["rollout"] == {"strategy": "RollingUpdate", "stableRevision": revision}
     assert [e[1] for e in kube.events] == ["NewRevision"]
 
     # Second reconcile: the children are as applied, so no write; the pods became ready,
@@ -200,12 +210,48 @@ async def test_spec_edit_rolls_a_new_revision(
     new_keys = [k for k in kube.objects if k[0] == "Deployment" and k != old_key]
     assert len(new_keys) == 1
     assert outcome.status["revision"] == new_keys[0][1].removeprefix("llama-")
-    # The next reconcile sees the new revision ready (as_served) and ends the old one.
+    # maxSurge 0, maxUnavailable 1 (the defaults): the old revision's one pod may go first,
+    # and this fake has no pods holding GPUs, so the new one is asked for at once.
+    assert ("delete", *old_key) in kube.writes()
+    assert kube.objects[new_keys[0]]["spec"]["replicas"] == 1
+    assert ("Normal", "NewRevision") in [(t, r) for t, r, _ in kube.events]
+    assert ("Normal", "RolloutStarted") in [(t, r) for t, r, _ in kube.events]
+    # The next reconcile sees the new revision ready (as_served): the rollout is complete.
     clock.t += 60
     kube.requests.clear()
+    outcome = await settle(reconciler, kube, obj)
+    assert kube.writes() == []
+    assert outcome.status["rollout"]["stableRevision"] == outcome.status["revision"]
+    assert ("Normal", "RolloutCompleted") in [(t, r) for t, r, _ in kube.events]
+
+
+async def test_a_new_pod_waits_for_the_gpu_of_the_pod_it_replaces(
+    reconciler: Reconciler, kube: FakeKube, clock: Clock
+) -> None:
+    obj = body()
     await settle(reconciler, kube, obj)
-    assert kube.writes() == [("delete", *old_key)]
-    assert ("Normal", "NewRevision") in [(t, r) for t, r, _ in kube.events]
+    (old_key,) = [k for k in kube.objects if k[0] == "Deployment"]
+    old_revision = old_key[1].removeprefix("llama-")
+    obj["spec"]["engine"] = {"maxModelLen": 4096}
+    obj["metadata"]["generation"] = 2
+    clock.t += 60
+    # The old pod is still there (and will terminate for a while after its Deployment goes).
+    pod = summarize_pod(pod_body("llama-old-1", old_revision, ready=True))
+    outcome = await reconciler.reconcile(obj, replace(kube.observed(), pods=[pod]), trigger="t")
+    obj["status"] = outcome.status
+    new_key = next(k for k in kube.objects if k[0] == "Deployment" and k != old_key)
+    assert ("delete", *old_key) in kube.writes()
+    assert kube.objects[new_key]["spec"]["replicas"] == 0  # its GPU is not free yet
+    assert outcome.recheck_after == Reconciler.ROLLOUT_TICK  # the rollout ticks on
+
+    terminating = summarize_pod(pod_body("llama-old-1", old_revision, deleting=True))
+    clock.t += 60
+    await reconciler.reconcile(obj, replace(kube.observed(), pods=[terminating]), trigger="t")
+    assert kube.objects[new_key]["spec"]["replicas"] == 0  # terminating: it holds the GPU
+
+    clock.t += 60
+    await reconciler.reconcile(obj, kube.observed(), trigger="t")  # the pod is gone
+    assert kube.objects[new_key]["spec"]["replicas"] == 1
 
 
 @pytest.mark.parametrize(
@@ -271,7 +317,12 @@ async def test_missing_secret_waits_then_proceeds(
     clock.t += Reconciler.SECRETS_MISSING_TTL + 1
     outcome = await settle(reconciler, kube, obj)
     assert outcome.problem is None
-    assert [w[1] for w in kube.writes()] == ["Deployment", "Service", "PodDisruptionBudget"]
+    assert [w[1] for w in kube.writes()] == [
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "Service",
+    ]
     assert ("Normal", "Recovered") in [(t, r) for t, r, _ in kube.events]
 
 
@@ -307,7 +358,7 @@ async def test_children_of_a_deleted_namesake_are_not_ours(
     fresh = body(uid="new-uid")
     await settle(reconciler, kube, fresh)
     applied = kube.writes()
-    assert len(applied) == 3  # re-applied: the new owner reference must be set
+    assert len(applied) == 4  # re-applied: the new owner reference must be set
     for obj in kube.objects.values():
         assert obj["metadata"]["ownerReferences"][0]["uid"] == "new-uid"
 

@@ -1,9 +1,10 @@
 """The rollout state machine as pure functions, driven through a small world of GPUs and pods.
 
 Each tick the world applies the decision's replicas (a ReplicaSet removes pods that are not
-ready first), gives waiting pods free GPUs, and lets pods that got one become ready on the
-next tick (unless their revision crashes); traffic is split by the decision's weight and
-each revision's errors and latencies are counted into the current step's window.
+ready first; a removed pod that had a GPU terminates for a tick and holds its GPU meanwhile,
+as the scheduler counts it), gives waiting pods free GPUs, and lets pods that got one become
+ready on the next tick (unless their revision crashes); traffic is split by the decision's
+weight and each revision's errors and latencies are counted into the current step's window.
 """
 
 from __future__ import annotations
@@ -38,10 +39,15 @@ class Pods:
     starting: int = 0  # has a GPU, ready next tick
     ready: int = 0
     replicas: int = 0
+    terminating: int = 0  # scaled away, still holding a GPU until the next tick
 
     @property
     def total(self) -> int:
         return self.waiting + self.starting + self.ready
+
+    @property
+    def gpus(self) -> int:
+        return self.starting + self.ready + self.terminating
 
 
 @dataclass
@@ -60,6 +66,7 @@ class World:
     behaviour: dict[str, Behaviour] = field(default_factory=dict)
     created: dict[str, float] = field(default_factory=dict)
     waiting_since: dict[str, float] = field(default_factory=dict)
+    loading_since: dict[str, float] = field(default_factory=dict)  # oldest unready pod
     windows: dict[str, RevisionStats] = field(default_factory=dict)
     max_gpus: int = 0
     client_failures: int = 0  # requests that no revision could serve
@@ -86,19 +93,27 @@ class World:
                 unschedulable_since=self.waiting_since.get(name) if p.waiting else None,
                 failing=failing,
                 created=self.created.get(name),
+                pods=p.total + p.terminating,
+                loading_since=self.loading_since.get(name) if p.total > p.ready else None,
             )
         return out
 
     def apply(self, decision: rollout.Decision, now: float) -> None:
+        for p in self.pods.values():  # last tick's terminating pods are gone now
+            p.terminating = 0
         for name, want in {**{n: 0 for n in self.pods}, **decision.replicas}.items():
             p = self.pods.setdefault(name, Pods())
             self.created.setdefault(name, now)
             p.replicas = want
-            extra = p.total - want
+            extra = max(0, p.total - want)
             for attr in ("waiting", "starting", "ready"):  # unready pods go first
                 take = min(extra, getattr(p, attr))
                 setattr(p, attr, getattr(p, attr) - take)
+                if attr != "waiting":
+                    p.terminating += take
                 extra -= take
+            if want > p.total and (p.total == p.ready):
+                self.loading_since[name] = now  # the oldest unready pod is a new one
             p.waiting += max(0, want - p.total)
         # Pods that got a GPU last tick are ready now (unless their revision crashes).
         for name, p in self.pods.items():
@@ -106,7 +121,7 @@ class World:
             if not (b.crashes or b.never_ready):
                 p.ready += p.starting
                 p.starting = 0
-        free = self.gpus - sum(p.starting + p.ready for p in self.pods.values())
+        free = self.gpus - sum(p.gpus for p in self.pods.values())
         for name, p in sorted(self.pods.items()):
             got = min(free, p.waiting)
             p.waiting -= got
@@ -116,7 +131,7 @@ class World:
                 self.waiting_since[name] = now
             if not p.waiting:
                 self.waiting_since.pop(name, None)
-        self.max_gpus = max(self.max_gpus, sum(p.starting + p.ready for p in self.pods.values()))
+        self.max_gpus = max(self.max_gpus, sum(p.gpus for p in self.pods.values()))
 
     def traffic(self, decision: rollout.Decision, canary: str | None) -> None:
         """One tick of requests: the weight's share to the canary, the rest to the other
@@ -273,7 +288,10 @@ def test_too_few_requests_wait_instead_of_judging() -> None:
     world.start_with(OLD, 4)
     state, decisions, _ = run(world, canary_policy(), NEW, 4, 60)
     assert state.canary == NEW and state.step == 1 and state.aborted is None
-    assert "waiting for 20 canary requests (0 so far)" in decisions[-1].message
+    assert "waiting for 20 canary requests to judge" in decisions[-1].message
+    verdict = decisions[-1].verdict
+    assert verdict is not None and verdict.verdict == rollout.INCONCLUSIVE
+    assert "waiting for 20 canary requests (0 so far)" in verdict.message
 
 
 def test_a_crash_looping_canary_is_aborted_and_frees_its_gpu() -> None:
@@ -301,6 +319,7 @@ def test_a_canary_not_ready_within_the_progress_deadline_is_aborted() -> None:
     world.start_with(OLD, 2)
     state, _, _ = run(world, canary_policy(progress_deadline=100.0, max_surge=1), NEW, 2, 120)
     assert state.aborted == NEW and "progressDeadlineSeconds 100" in (state.abort_reason or "")
+    assert "a pod is not ready 100s after it was created" in (state.abort_reason or "")
 
 
 def test_an_aborted_revision_stays_aborted_until_a_retry() -> None:

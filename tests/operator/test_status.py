@@ -76,6 +76,8 @@ def test_all_replicas_ready() -> None:
         "Ready": ("True", "ReplicasReady"),
         "Progressing": ("False", "RolloutComplete"),
         "Degraded": ("False", "AsExpected"),
+        "Reconciling": ("False", "RolloutComplete"),  # kstatus: Current
+        "Stalled": ("False", "AsExpected"),
     }
     assert status["observedGeneration"] == 3
     assert (status["replicas"], status["readyReplicas"]) == (2, 2)
@@ -98,6 +100,8 @@ def test_first_reconcile_sets_every_condition() -> None:
         "Ready": ("False", "ReplicasNotReady"),
         "Progressing": ("True", "Creating"),
         "Degraded": ("False", "AsExpected"),
+        "Reconciling": ("True", "Creating"),  # kstatus: InProgress
+        "Stalled": ("False", "AsExpected"),
     }
     assert status["replicas"] == 0 and "fallback" not in status
 
@@ -222,6 +226,8 @@ def test_spec_problem_sets_ready_false_with_its_reason() -> None:
         "Ready": ("False", "UnknownGPUType"),
         "Progressing": ("False", "UnknownGPUType"),
         "Degraded": ("True", "UnknownGPUType"),
+        "Reconciling": ("False", "UnknownGPUType"),
+        "Stalled": ("True", "UnknownGPUType"),  # kstatus: Failed, until the spec changes
     }
     assert conditions(status)["Ready"]["message"] == problem.message
     # What still runs is still reported.
