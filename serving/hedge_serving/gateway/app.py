@@ -234,6 +234,7 @@ class Gateway:
                     param="model",
                 )
             state.model = route.model
+            state.arrive(route.demand)
             response = await self.proxy.serve(request, route, endpoint, body, payload, state)
             return response
         except errors.GatewayError as err:
@@ -251,6 +252,7 @@ class Gateway:
                 errors.InternalError("The server had an error while processing your request.")
             )
         finally:
+            state.leave()
             self.metrics.request_done(
                 state.model,
                 state.served_by,

@@ -83,7 +83,8 @@ def parse(body: Mapping[str, Any]) -> Parsed:
 
 
 def routes_for(md: ModelDeployment, backends: Iterable[str], created: int = 0) -> list[RouteSpec]:
-    """The RouteSpecs one ModelDeployment contributes (its model and each adapter)."""
+    """The RouteSpecs one ModelDeployment contributes (its model and each adapter, all owned
+    by it: they share its demand)."""
     spec = md.spec
     providers = []
     if spec.fallback is not None:
@@ -112,7 +113,15 @@ def routes_for(md: ModelDeployment, backends: Iterable[str], created: int = 0) -
     urls = tuple(sorted(set(backends)))
     names = [md.served_model, *(a.name for a in spec.adapters)]
     return [
-        RouteSpec(n, urls, tuple(providers), options, owner=md.namespace, created=created)
+        RouteSpec(
+            n,
+            urls,
+            tuple(providers),
+            options,
+            owner=md.namespace,
+            created=created,
+            deployment=(md.namespace, md.name),
+        )
         for n in names
     ]
 

@@ -5,6 +5,11 @@ Sources (the static routes file, the Kubernetes watcher) hand the table a comple
 keeps the live state (`Backend`: outstanding count, circuit breaker, scraped queue depth)
 of every backend URL that is still listed, so a table update never resets load counts.
 Requests only read the table: one dict lookup per request.
+
+Every route knows the ModelDeployment it belongs to (`RouteSpec.deployment`; a model and its
+adapters share one), and the table keeps one `Demand` per ModelDeployment, reused across
+updates like the backends: the requests in flight for it by state and the arrivals, which the
+metrics read at scrape time and the operator's autoscaler sums over every gateway replica.
 """
 
 from __future__ import annotations
@@ -16,6 +21,36 @@ from dataclasses import dataclass, field
 
 from hedge_serving.gateway.balancer import stable_hash
 from hedge_serving.gateway.breaker import CircuitBreaker
+
+ModelKey = tuple[str, str]
+"""(namespace, ModelDeployment name); a static route's namespace is empty."""
+
+
+class DemandState(enum.IntEnum):
+    """Where a request in flight is (the `state` label of hedge_gateway_demand_in_flight)."""
+
+    SELF_HOSTED = 0  # routed to (or choosing) a self-hosted backend
+    HELD = 1  # waiting for a backend to become ready (scale from zero)
+    FALLBACK = 2  # served by a fallback provider
+
+
+DEMAND_STATE_LABELS = ("self_hosted", "held", "fallback")
+
+
+class Demand:
+    """One ModelDeployment's live demand at this gateway. The request path bumps plain
+    integers (no label lookups); the metrics collector reads them when scraped."""
+
+    __slots__ = ("arrivals", "fallback_tokens", "in_flight", "key")
+
+    def __init__(self, key: ModelKey) -> None:
+        self.key = key
+        self.in_flight = [0, 0, 0]  # indexed by DemandState
+        self.arrivals = 0
+        self.fallback_tokens: dict[str, int] = {}  # provider label -> tokens
+
+    def __repr__(self) -> str:
+        return f"Demand({self.key!r}, in_flight={self.in_flight}, arrivals={self.arrivals})"
 
 
 class ProviderType(enum.StrEnum):
@@ -104,6 +139,12 @@ class RouteSpec:
     options: ServingOptions = field(default_factory=ServingOptions)
     owner: str = "hedge"  # namespace (Kubernetes) or "hedge"; shown as `owned_by`
     created: int = 0  # unix seconds; shown as `created` in /v1/models
+    # The owning ModelDeployment; None (a static route without one): ("", model).
+    deployment: ModelKey | None = None
+
+    @property
+    def deployment_key(self) -> ModelKey:
+        return self.deployment if self.deployment is not None else ("", self.model)
 
 
 def normalize_backend_url(url: str) -> str:
@@ -153,15 +194,26 @@ class Backend:
 class Route:
     """One model name as the request path sees it."""
 
-    __slots__ = ("backends", "created", "fallback", "model", "options", "owner")
+    __slots__ = (
+        "backends",
+        "created",
+        "demand",
+        "deployment",
+        "fallback",
+        "model",
+        "options",
+        "owner",
+    )
 
-    def __init__(self, spec: RouteSpec, backends: tuple[Backend, ...]) -> None:
+    def __init__(self, spec: RouteSpec, backends: tuple[Backend, ...], demand: Demand) -> None:
         self.model = spec.model
         self.backends = backends
         self.fallback = spec.fallback
         self.options = spec.options
         self.owner = spec.owner
         self.created = spec.created
+        self.deployment = demand.key
+        self.demand = demand
 
 
 class RoutingTable:
@@ -173,6 +225,7 @@ class RoutingTable:
         self._breaker_factory = breaker_factory
         self._routes: dict[str, Route] = {}
         self._backends: dict[str, Backend] = {}
+        self._demand: dict[ModelKey, Demand] = {}
         self._listeners: list[Callable[[RoutingTable], None]] = []
         if on_change is not None:
             self._listeners.append(on_change)
@@ -188,13 +241,23 @@ class RoutingTable:
     def backends(self) -> list[Backend]:
         return list(self._backends.values())
 
+    def demands(self) -> list[Demand]:
+        """The live demand of every ModelDeployment in the table."""
+        return list(self._demand.values())
+
     def replace(self, specs: Iterable[RouteSpec]) -> None:
         """Swap in a complete new table. The first spec listed for a model name wins."""
         backends: dict[str, Backend] = {}
         routes: dict[str, Route] = {}
+        demand: dict[ModelKey, Demand] = {}
         for spec in specs:
             if spec.model in routes:
                 continue
+            key = spec.deployment_key
+            d = demand.get(key) or self._demand.get(key)
+            if d is None:
+                d = Demand(key)
+            demand[key] = d
             live: list[Backend] = []
             for raw in spec.backends:
                 url = normalize_backend_url(raw)
@@ -204,9 +267,10 @@ class RoutingTable:
                 backends[url] = b
                 if b not in live:
                     live.append(b)
-            routes[spec.model] = Route(spec, tuple(live))
+            routes[spec.model] = Route(spec, tuple(live), d)
         self._routes = routes
         self._backends = backends
+        self._demand = demand
         self.version += 1
         self.updated_at = time.monotonic()
         for listener in self._listeners:
