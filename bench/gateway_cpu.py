@@ -6,7 +6,11 @@ used (utime + stime from /proc) per request do not, so this is how a change to t
 path is costed. Each gateway serves 20,000 requests (16 at a time, one-token answers from
 the canned backend of gateway_bench.py), after 2,000 to warm up; gateways alternate, twice.
 
-    .venv/bin/python bench/gateway_cpu.py [--compare-with DIR] [--requests 20000]
+    .venv/bin/python bench/gateway_cpu.py [--compare-with DIR] [--requests 20000] [--canary]
+
+`--canary` adds this checkout's gateway once more with the two backends labelled as two
+revisions and 20 % of the requests split to the second (a canary rollout's request path:
+the weighted choice and the per-revision counters).
 """
 
 from __future__ import annotations
@@ -61,19 +65,26 @@ async def run(args: argparse.Namespace) -> None:
         ]
     )
     routes = Path(f"/tmp/hedge-gateway-cpu-{os.getpid()}.yaml")
+    canary_routes = Path(f"/tmp/hedge-gateway-cpu-{os.getpid()}-canary.yaml")
     try:
         for p in ports:
             await gb.wait_http(p)
         urls = ", ".join(f"http://{gb.HOST}:{p}" for p in ports)
         routes.write_text(f"models:\n  - name: {gb.MODEL}\n    backends: [{urls}]\n")
-        contenders: list[tuple[str, Path | None]] = [("this", None)]
+        canary_routes.write_text(
+            routes.read_text()
+            + "    revisions: [stable, canary]\n    canary: {revision: canary, weight: 20}\n"
+        )
+        contenders: list[tuple[str, Path | None, Path]] = [("this", None, routes)]
         if args.compare_with:
-            contenders.insert(0, ("compared", args.compare_with))
+            contenders.insert(0, ("compared", args.compare_with, routes))
+        if args.canary:
+            contenders.append(("canary", None, canary_routes))
         for _ in range(2):
-            for name, src in contenders:
+            for name, src, routes_file in contenders:
                 port = gb.free_port()
                 cmd = [sys.executable, "-m", "hedge_core.cli", "gateway", "--routes"]
-                cmd += [str(routes), "--port", str(port), "--admin-port", "-1"]
+                cmd += [str(routes_file), "--port", str(port), "--admin-port", "-1"]
                 cmd += ["--log-level", "WARNING"]
                 if "--drain-delay" in gb.hedge_flags(src):
                     cmd += ["--drain-delay", "0"]
@@ -105,6 +116,7 @@ async def run(args: argparse.Namespace) -> None:
         backends.terminate()
         backends.wait(10)
         routes.unlink(missing_ok=True)
+        canary_routes.unlink(missing_ok=True)
 
 
 def main() -> int:
@@ -112,6 +124,11 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument(
         "--compare-with", type=Path, metavar="DIR", help="also measure the gateway of this checkout"
+    )
+    parser.add_argument(
+        "--canary",
+        action="store_true",
+        help="also measure this gateway splitting 20%% of the requests to a canary revision",
     )
     args = parser.parse_args()
     import uvloop

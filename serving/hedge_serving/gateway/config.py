@@ -5,6 +5,8 @@ models:
   - name: llama-3-8b                       # what clients send as `model`
     backends: [http://127.0.0.1:8001, http://127.0.0.1:8002]
     modelDeployment: team-a/llama-3-8b     # optional: whose demand this is (NAMESPACE/NAME)
+    revisions: [v1, v2]                    # optional: each backend's revision, in order
+    canary: {revision: v2, weight: 20}     # optional: v2 gets 20 % of the requests
     requestTimeoutSeconds: 300             # optional (also accepted under `serving:`)
     maxQueueDepth: 16                      # optional (also accepted under `serving:`)
     fallback:                              # a list of providers, tried in order ...
@@ -21,6 +23,10 @@ and `deployment` (Azure), `maxTokens` (Anthropic default), `name` (the
 `modelDeployment` names the ModelDeployment the entry stands for, so the demand series the
 operator's autoscaler reads (`hedge_gateway_demand_*`) carry its namespace and name; without
 it they carry an empty namespace and the entry's `name` (aliases share the entry's).
+
+`revisions` label the backends (the per-revision series `hedge_gateway_revision_*` count
+their attempts), and `canary` splits the requests by weight between the canary revision's
+backends and the others, as the operator's canary rollouts do in a cluster.
 """
 
 from __future__ import annotations
@@ -46,8 +52,9 @@ class RoutesFileError(ValueError):
 
 _MODEL_KEYS = {
     "name", "backends", "fallback", "serving", "requestTimeoutSeconds", "maxQueueDepth",
-    "aliases", "modelDeployment",
+    "aliases", "modelDeployment", "revisions", "canary",
 }  # fmt: skip
+_CANARY_KEYS = {"revision", "weight"}
 _SERVING_KEYS = {"requestTimeoutSeconds", "maxQueueDepth"}
 _FALLBACK_KEYS = {"onUnavailable", "onOverload", "onError", "providers"}
 _PROVIDER_KEYS = {
@@ -174,6 +181,22 @@ def parse_model(where: str, doc: Any) -> list[RouteSpec]:
                 f"{where}.modelDeployment: expected NAMESPACE/NAME, got {owner!r}"
             )
         deployment = (ns, md_name)
+    revisions = doc.get("revisions") or []
+    if not isinstance(revisions, list) or (revisions and len(revisions) != len(backends)):
+        raise RoutesFileError(f"{where}.revisions: expected one revision per backend")
+    revisions = [str(_str(f"{where}.revisions[{i}]", r)) for i, r in enumerate(revisions)]
+    canary: str | None = None
+    weight: int | None = None
+    if doc.get("canary") is not None:
+        split = _mapping(f"{where}.canary", doc["canary"])
+        _check_keys(f"{where}.canary", split, _CANARY_KEYS)
+        canary = _str(f"{where}.canary.revision", split.get("revision"))
+        if canary not in revisions:
+            raise RoutesFileError(f"{where}.canary.revision: {canary!r} is not in revisions")
+        raw = split.get("weight")
+        if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= 100:
+            raise RoutesFileError(f"{where}.canary.weight: expected a percentage, 0 to 100")
+        weight = raw
     return [
         RouteSpec(
             model=n,
@@ -181,6 +204,9 @@ def parse_model(where: str, doc: Any) -> list[RouteSpec]:
             fallback=providers,
             options=options,
             deployment=deployment,
+            revisions=tuple(revisions),
+            canary=canary,
+            canary_weight=weight,
         )
         for n in names
     ]

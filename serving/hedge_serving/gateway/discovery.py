@@ -8,7 +8,11 @@ in-memory copies, and every change rebuilds the routing table from them:
   providers and the Secrets their keys live in. An object the API module rejects is
   skipped with one log line; the operator reports it as a condition;
 - `endpointslices.discovery.k8s.io/v1` labelled `hedge.dev/model-deployment`: the ready
-  endpoints (port `http`) of each ModelDeployment's engine pods;
+  endpoints (port `http`) of each ModelDeployment's engine pods, from the shared Service's
+  slices and each revision's headless Service's (labelled `hedge.dev/revision`), which say
+  which revision each endpoint runs;
+- each ModelDeployment's status.rollout: the canary revision and its weight (the operator's
+  decision; the route splits the requests by it) and an aborted revision (never routed);
 - each referenced Secret (and the client-keys Secret), watched by name, so a rotated key
   is used on the next request without reading Secrets the gateway has no business with.
 """
@@ -26,7 +30,14 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
-from hedge_core.api import API_VERSION, MD_LABEL, PLURAL, ModelDeployment, SpecError
+from hedge_core.api import (
+    API_VERSION,
+    MD_LABEL,
+    PLURAL,
+    REVISION_LABEL,
+    ModelDeployment,
+    SpecError,
+)
 from hedge_core.kube import Key, Kube, KubeConfigError, ListWatch, object_key, resource_path
 from hedge_serving.gateway.auth import ClientAuth, split_keys
 from hedge_serving.gateway.keys import SecretCache
@@ -58,12 +69,42 @@ def _created(meta: Mapping[str, Any]) -> int:
 
 
 @dataclass(frozen=True)
+class Rollout:
+    """What the gateway reads of status.rollout (the operator's decision)."""
+
+    canary: str | None = None  # the revision being rolled out
+    weight: int | None = None  # its share in percent; None: no split
+    stable: str | None = None
+    aborted: str | None = None  # never routed
+
+    @classmethod
+    def from_status(cls, status: Any) -> Rollout:
+        r = status.get("rollout") if isinstance(status, Mapping) else None
+        if not isinstance(r, Mapping):
+            return cls()
+
+        def text(key: str) -> str | None:
+            value = r.get(key)
+            return value if isinstance(value, str) and value else None
+
+        weight = r.get("canaryWeight")
+        ok = isinstance(weight, int) and not isinstance(weight, bool) and 0 <= weight <= 100
+        return cls(
+            canary=text("canaryRevision"),
+            weight=weight if ok else None,
+            stable=text("stableRevision"),
+            aborted=text("abortedRevision"),
+        )
+
+
+@dataclass(frozen=True)
 class Parsed:
     """One ModelDeployment as the gateway uses it (None: rejected by the API module)."""
 
     version: str
     md: ModelDeployment | None
     created: int
+    rollout: Rollout = Rollout()
 
 
 def parse(body: Mapping[str, Any]) -> Parsed:
@@ -79,12 +120,18 @@ def parse(body: Mapping[str, Any]) -> Parsed:
             exc,
         )
         md = None
-    return Parsed(version, md, _created(meta))
+    return Parsed(version, md, _created(meta), Rollout.from_status(body.get("status")))
 
 
-def routes_for(md: ModelDeployment, backends: Iterable[str], created: int = 0) -> list[RouteSpec]:
+def routes_for(
+    md: ModelDeployment,
+    backends: Iterable[str] | Mapping[str, str],
+    created: int = 0,
+    rollout: Rollout | None = None,
+) -> list[RouteSpec]:
     """The RouteSpecs one ModelDeployment contributes (its model and each adapter, all owned
-    by it: they share its demand)."""
+    by it: they share its demand and its canary split). `backends` are URLs, or URL ->
+    revision; an aborted revision's backends are left out."""
     spec = md.spec
     providers = []
     if spec.fallback is not None:
@@ -110,7 +157,13 @@ def routes_for(md: ModelDeployment, backends: Iterable[str], created: int = 0) -
         fallback_on_overload=fallback is None or fallback.on_overload,
         fallback_on_error=fallback is None or fallback.on_error,
     )
-    urls = tuple(sorted(set(backends)))
+    rollout = rollout or Rollout()
+    by_url = dict(backends) if isinstance(backends, Mapping) else dict.fromkeys(backends, "")
+    urls = tuple(
+        sorted(u for u, rev in by_url.items() if not rollout.aborted or rev != rollout.aborted)
+    )
+    revisions = tuple(by_url[u] for u in urls) if any(by_url.values()) else ()
+    split = rollout.weight is not None and rollout.canary is not None
     names = [md.served_model, *(a.name for a in spec.adapters)]
     return [
         RouteSpec(
@@ -121,6 +174,10 @@ def routes_for(md: ModelDeployment, backends: Iterable[str], created: int = 0) -
             owner=md.namespace,
             created=created,
             deployment=(md.namespace, md.name),
+            revisions=revisions,
+            canary=rollout.canary if split else None,
+            canary_weight=rollout.weight if split else None,
+            stable=rollout.stable,
         )
         for n in names
     ]
@@ -144,7 +201,9 @@ def ready_endpoints(slice_: Mapping[str, Any]) -> list[str]:
     return urls
 
 
-def route_specs(parsed: Mapping[Key, Parsed], backends: Mapping[Key, list[str]]) -> list[RouteSpec]:
+def route_specs(
+    parsed: Mapping[Key, Parsed], backends: Mapping[Key, Mapping[str, str]]
+) -> list[RouteSpec]:
     """Every route, in the order that settles name conflicts: the oldest ModelDeployment
     keeps a model name a newer one also claims (the table keeps the first spec listed).
     A rule for which namespaces may claim which names belongs here."""
@@ -155,7 +214,7 @@ def route_specs(parsed: Mapping[Key, Parsed], backends: Mapping[Key, list[str]])
     specs: list[RouteSpec] = []
     for created, key, md in ordered:
         assert md is not None
-        specs.extend(routes_for(md, backends.get(key, ()), created))
+        specs.extend(routes_for(md, backends.get(key, {}), created, parsed[key].rollout))
     return specs
 
 
@@ -301,12 +360,20 @@ class KubernetesDiscovery:
     def changed(self) -> None:
         """Rebuild the routing table from what the watches hold; watch the Secrets the
         routes need, and stop watching those no route needs any more."""
-        backends: dict[Key, list[str]] = {}
+        backends: dict[Key, dict[str, str]] = {}  # URL -> revision ("": not known)
         for w in self._slice_watches:
             for (ns, _), s in w.items.items():
-                md_name = ((s.get("metadata") or {}).get("labels") or {}).get(MD_LABEL)
-                if md_name:
-                    backends.setdefault((ns, md_name), []).extend(ready_endpoints(s))
+                labels = (s.get("metadata") or {}).get("labels") or {}
+                md_name = labels.get(MD_LABEL)
+                if not md_name:
+                    continue
+                revision = str(labels.get(REVISION_LABEL) or "")
+                urls = backends.setdefault((ns, md_name), {})
+                for url in ready_endpoints(s):
+                    # The shared Service's slices list every revision's pods but cannot say
+                    # which is which; a revision's own slice can.
+                    if revision or url not in urls:
+                        urls[url] = revision
         parsed = {key: p for scope in self.parsed.values() for key, p in scope.items()}
         specs = route_specs(parsed, backends)
         self.table.replace(specs)

@@ -16,6 +16,10 @@ Demand per ModelDeployment (`hedge_gateway_demand_in_flight{namespace,model_depl
 autoscaler sums over the gateway replicas, docs/contracts.md) is read at scrape time from the
 routing table's `Demand` objects, which the request path bumps as plain integers.
 
+Per revision (`hedge_gateway_revision_requests_total{namespace,model_deployment,revision,
+outcome}`, `..._revision_ttft_seconds`, `..._revision_itl_seconds`), the numbers the rollout
+analysis judges, are read the same way from the table's `RevisionCounters`.
+
 Time to first token and the inter-token gap are observed for every request that reached
 a model, streamed or not (the gateway reads every generation as a stream); the gap is the
 request's mean time between upstream reads after the first, one observation per request.
@@ -28,9 +32,15 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
+from hedge_serving.gateway.revisions import OUTCOMES
 from hedge_serving.gateway.routing import DEMAND_STATE_LABELS, RoutingTable
 
 UNKNOWN_MODEL = "_unknown"
@@ -113,6 +123,42 @@ class _DemandCollector(Collector):
         yield tokens
 
 
+class _RevisionCollector(Collector):
+    """The per-revision contract series the rollout analysis reads, from the table's live
+    `RevisionCounters` (bumped per self-hosted attempt on the request path)."""
+
+    def __init__(self, table: RoutingTable) -> None:
+        self._table = table
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["namespace", "model_deployment", "revision"]
+        requests = CounterMetricFamily(
+            "hedge_gateway_revision_requests",
+            "Self-hosted attempts per revision by outcome (error: an engine fault, counted "
+            "even when a retry then saved the request).",
+            labels=[*labels, "outcome"],
+        )
+        ttft = HistogramMetricFamily(
+            "hedge_gateway_revision_ttft_seconds",
+            "Time from sending a request to a revision's pod to its first token.",
+            labels=labels,
+        )
+        itl = HistogramMetricFamily(
+            "hedge_gateway_revision_itl_seconds",
+            "Each request's mean gap between tokens, per revision.",
+            labels=labels,
+        )
+        for counters in self._table.revision_counters():
+            key = list(counters.key)
+            for outcome, value in zip(OUTCOMES, counters.outcomes, strict=True):
+                requests.add_metric([*key, outcome], value)
+            for family, buckets in ((ttft, counters.ttft), (itl, counters.itl)):
+                family.add_metric(key, buckets.cumulative(), buckets.total)
+        yield requests
+        yield ttft
+        yield itl
+
+
 class GatewayMetrics:
     def __init__(self, table: RoutingTable, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -158,6 +204,7 @@ class GatewayMetrics:
         )
         r.register(_TableCollector(table))
         r.register(_DemandCollector(table))
+        r.register(_RevisionCollector(table))
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._ttft_children: dict[tuple[str, str], Histogram] = {}
         self._itl_children: dict[tuple[str, str], Histogram] = {}

@@ -47,6 +47,7 @@ from hedge_serving.gateway.keys import KeyStore
 from hedge_serving.gateway.metrics import SERVED_BY_SELF, GatewayMetrics
 from hedge_serving.gateway.providers import MissingKey, Provider, make_provider
 from hedge_serving.gateway.providers.base import PassthroughRelay, StreamRelay
+from hedge_serving.gateway.revisions import CLIENT_ERROR, ERROR, SUCCESS, Split
 from hedge_serving.gateway.routing import (
     Backend,
     Demand,
@@ -340,8 +341,12 @@ class Proxy:
                 if len(candidates) > 1 and self.settings.affinity_prefix_chars > 0
                 else None
             )
+            split = route.split
             for attempt in range(self.settings.max_attempts):
-                backend = self._balancer.pick(candidates, key)
+                pool = candidates
+                if split is not None:
+                    pool = _split_pool(split, candidates, attempt)
+                backend = self._balancer.pick(pool, key)
                 if backend is None:
                     break
                 if attempt:
@@ -413,8 +418,10 @@ class Proxy:
         breaker = backend.breaker
         probe = breaker.acquire()
         verdict: bool | None = None  # True success, False failure, None neither
+        outcome = -1  # for the revision's counters: SUCCESS, CLIENT_ERROR, ERROR; -1 none
         backend.outstanding += 1
         state.backend = backend.url
+        started = time.perf_counter()
         up: Answer | None = None
         try:
             try:
@@ -424,21 +431,25 @@ class Proxy:
                     err = classify_error(status, await up.read(_MAX_ERROR_BYTES))
                     if err.is_client_error:
                         verdict = True if probe else None  # it answered: alive, not at fault
+                        outcome = CLIENT_ERROR
                         return self._client_error(err, state)
                     if status not in ENGINE_BUSY:
                         verdict = False
+                        outcome = ERROR
                     raise BackendFailure(f"HTTP {status}", status)
                 state.served_by = SERVED_BY_SELF
                 if upstream_stream and up.content_type.startswith("text/event-stream"):
                     if reassemble:
                         answer = await self._reassembled(up, endpoint, state)
                         verdict = True
+                        outcome = SUCCESS
                         return answer
                     relay = PassthroughRelay(endpoint)
                     response = await self._relay(
                         request, up.readany, relay, state, _SELF_HEADERS, classify=True
                     )
                     verdict = not state.upstream_broke
+                    outcome = ERROR if state.upstream_broke else SUCCESS
                     return response
                 try:
                     data = await up.read(s.max_response_bytes)
@@ -446,6 +457,7 @@ class Proxy:
                     verdict = True if probe else None
                     raise UpstreamFailed(f"the model's answer is too large: {exc}") from None
                 verdict = True
+                outcome = SUCCESS
                 state.status = status
                 return web.Response(
                     status=status,
@@ -455,17 +467,30 @@ class Proxy:
             except EngineError as err:  # an error event before anything reached the client
                 if err.is_client_error:
                     verdict = True if probe else None
+                    outcome = CLIENT_ERROR
                     return self._client_error(err, state)
                 verdict = False
+                outcome = ERROR
                 raise BackendFailure(f"error event: {err.message[:200]}", err.status) from None
             except UpstreamStalled as exc:
                 verdict = False
+                outcome = ERROR
                 log.warning("backend %s stalled: %s", backend.url, exc)
                 raise BackendFailure(f"stalled ({exc})") from None
             except (OSError, IncompleteStream, ValueError, ResponseTooLarge) as exc:
                 verdict = False
+                outcome = ERROR
                 raise BackendFailure(str(exc)[:200] or type(exc).__name__) from None
         finally:
+            counters = backend.counters
+            if counters is not None and outcome >= 0:
+                # Per attempt, a retried failure included: the analysis judges the revision,
+                # not whether the client was saved.
+                counters.outcomes[outcome] += 1
+                if outcome == SUCCESS and state.first_token_at is not None:
+                    counters.ttft.observe(state.first_token_at - started)
+                    if state.reads:
+                        counters.itl.observe(state.gap_sum / state.reads)
             backend.outstanding -= 1
             if up is not None:
                 up.release()
@@ -682,6 +707,22 @@ class Proxy:
         state.served_by = "gateway"
         state.fallback_reason = None
         return None
+
+
+def _split_pool(split: Split, candidates: list[Backend], attempt: int) -> list[Backend]:
+    """The backends one attempt may go to while a canary runs: the first attempt goes to the
+    canary's backends or the others as the split says (to either side when the other has
+    none available); a retry goes to a revision other than the canary whenever one can
+    take it, so a failing canary costs its clients nothing."""
+    canary = split.canary
+    others = [b for b in candidates if b.revision != canary]
+    if attempt:
+        return others or candidates
+    if not others or len(others) == len(candidates):
+        return candidates
+    if split.to_canary():
+        return [b for b in candidates if b.revision == canary]
+    return others
 
 
 async def _read_limited(up: aiohttp.ClientResponse, limit: int) -> bytes:

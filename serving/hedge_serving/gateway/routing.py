@@ -10,6 +10,11 @@ Every route knows the ModelDeployment it belongs to (`RouteSpec.deployment`; a m
 adapters share one), and the table keeps one `Demand` per ModelDeployment, reused across
 updates like the backends: the requests in flight for it by state and the arrivals, which the
 metrics read at scrape time and the operator's autoscaler sums over every gateway replica.
+
+Revisions: each backend knows the revision its pod runs (from the per-revision EndpointSlices)
+and the `RevisionCounters` its attempts are counted in; while a canary runs, the route carries
+its ModelDeployment's `Split` (one per ModelDeployment, kept across updates like `Demand`),
+which gives the canary exactly its weight of the requests.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from dataclasses import dataclass, field
 
 from hedge_serving.gateway.balancer import stable_hash
 from hedge_serving.gateway.breaker import CircuitBreaker
+from hedge_serving.gateway.revisions import RevisionCounters, Split
 
 ModelKey = tuple[str, str]
 """(namespace, ModelDeployment name); a static route's namespace is empty."""
@@ -141,6 +147,13 @@ class RouteSpec:
     created: int = 0  # unix seconds; shown as `created` in /v1/models
     # The owning ModelDeployment; None (a static route without one): ("", model).
     deployment: ModelKey | None = None
+    # The revision of each backend, in the same order ("": unknown); empty: all unknown.
+    revisions: tuple[str, ...] = ()
+    # A canary in progress: its revision and share in percent of the ModelDeployment's
+    # requests (None: no split, every ready backend serves).
+    canary: str | None = None
+    canary_weight: int | None = None
+    stable: str | None = None  # the stable revision (its counters outlive its pods)
 
     @property
     def deployment_key(self) -> ModelKey:
@@ -164,8 +177,10 @@ class Backend:
     __slots__ = (
         "affinity_seed",
         "breaker",
+        "counters",
         "inflight_at_scrape",
         "outstanding",
+        "revision",
         "scraped_at",
         "url",
         "waiting",
@@ -175,6 +190,8 @@ class Backend:
         self.url = url
         self.affinity_seed = stable_hash(url)
         self.breaker = breaker
+        self.revision = ""  # the revision its pod runs ("": unknown)
+        self.counters: RevisionCounters | None = None  # where its attempts are counted
         self.outstanding = 0
         # vllm:num_requests_waiting as last scraped, and our own in-flight count then.
         self.waiting: float = 0.0
@@ -203,9 +220,16 @@ class Route:
         "model",
         "options",
         "owner",
+        "split",
     )
 
-    def __init__(self, spec: RouteSpec, backends: tuple[Backend, ...], demand: Demand) -> None:
+    def __init__(
+        self,
+        spec: RouteSpec,
+        backends: tuple[Backend, ...],
+        demand: Demand,
+        split: Split | None = None,
+    ) -> None:
         self.model = spec.model
         self.backends = backends
         self.fallback = spec.fallback
@@ -214,6 +238,7 @@ class Route:
         self.created = spec.created
         self.deployment = demand.key
         self.demand = demand
+        self.split = split  # set while a canary of its ModelDeployment runs
 
 
 class RoutingTable:
@@ -226,6 +251,8 @@ class RoutingTable:
         self._routes: dict[str, Route] = {}
         self._backends: dict[str, Backend] = {}
         self._demand: dict[ModelKey, Demand] = {}
+        self._splits: dict[ModelKey, Split] = {}
+        self._revisions: dict[tuple[str, str, str], RevisionCounters] = {}
         self._listeners: list[Callable[[RoutingTable], None]] = []
         if on_change is not None:
             self._listeners.append(on_change)
@@ -245,11 +272,27 @@ class RoutingTable:
         """The live demand of every ModelDeployment in the table."""
         return list(self._demand.values())
 
+    def revision_counters(self) -> list[RevisionCounters]:
+        """The counters of every revision in the table (with backends, or the stable or
+        canary revision of its ModelDeployment)."""
+        return list(self._revisions.values())
+
     def replace(self, specs: Iterable[RouteSpec]) -> None:
         """Swap in a complete new table. The first spec listed for a model name wins."""
         backends: dict[str, Backend] = {}
         routes: dict[str, Route] = {}
         demand: dict[ModelKey, Demand] = {}
+        splits: dict[ModelKey, Split] = {}
+        revisions: dict[tuple[str, str, str], RevisionCounters] = {}
+
+        def counters(key: ModelKey, revision: str) -> RevisionCounters:
+            rkey = (key[0], key[1], revision)
+            c = revisions.get(rkey) or self._revisions.get(rkey)
+            if c is None:
+                c = RevisionCounters(rkey)
+            revisions[rkey] = c
+            return c
+
         for spec in specs:
             if spec.model in routes:
                 continue
@@ -259,18 +302,33 @@ class RoutingTable:
                 d = Demand(key)
             demand[key] = d
             live: list[Backend] = []
-            for raw in spec.backends:
+            for i, raw in enumerate(spec.backends):
                 url = normalize_backend_url(raw)
                 b = backends.get(url) or self._backends.get(url)
                 if b is None:
                     b = Backend(url, self._breaker_factory())
                 backends[url] = b
+                revision = spec.revisions[i] if i < len(spec.revisions) else ""
+                b.revision = revision
+                b.counters = counters(key, revision) if revision else None
                 if b not in live:
                     live.append(b)
-            routes[spec.model] = Route(spec, tuple(live), d)
+            for named in (spec.stable, spec.canary):
+                if named:
+                    counters(key, named)
+            split: Split | None = None
+            if spec.canary and spec.canary_weight is not None:
+                split = splits.get(key) or self._splits.get(key)
+                if split is None or split.canary != spec.canary:
+                    split = Split(spec.canary, spec.canary_weight)
+                split.weight = spec.canary_weight
+                splits[key] = split
+            routes[spec.model] = Route(spec, tuple(live), d, split)
         self._routes = routes
         self._backends = backends
         self._demand = demand
+        self._splits = splits
+        self._revisions = revisions
         self.version += 1
         self.updated_at = time.monotonic()
         for listener in self._listeners:
