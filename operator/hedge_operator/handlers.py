@@ -37,6 +37,7 @@ from hedge_core.api import (
     VERSION,
 )
 from hedge_operator.config import OperatorConfig
+from hedge_operator.dataplane import DataPlane, engine_urls
 from hedge_operator.kube import Kube
 from hedge_operator.observed import Observed, PodSummary, strip, summarize_pod
 from hedge_operator.reconciler import Outcome, Reconciler, RetryableError
@@ -156,10 +157,26 @@ class Runtime:
     watch_timeout: int = 300
     peering_priority: int = 0
     indexes: Indexes | None = None
+    #: The gateways' and engines' /metrics (one scraper for the autoscaler and rollouts).
+    dataplane: DataPlane | None = None
     nudger: Nudger = field(init=False)
 
     def __post_init__(self) -> None:
         self.nudger = Nudger(self.reconcile_key)
+        if self.dataplane is not None:
+            self.dataplane.set_engines(self.autoscaled_engines)
+
+    def autoscaled_engines(self) -> dict[Key, list[str]]:
+        """Engine /metrics of the models that autoscale (the only ones that need them)."""
+        if self.indexes is None:
+            return {}
+        wanted = [
+            key
+            for key, bodies in self.indexes.models.items()
+            for body in bodies
+            if (body.get("spec") or {}).get("autoscaling")
+        ]
+        return engine_urls(self.indexes.pods, wanted)
 
     async def reconcile_key(self, key: Key) -> None:
         """A reconcile triggered by a child (or by our own status write settling)."""
@@ -207,6 +224,8 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
     settings.peering.priority = rt.peering_priority
     for resource in CHILD_RESOURCES:
         settings.watching.label_selectors[resource] = CHILD_SELECTOR
+    if rt.dataplane is not None:
+        await rt.dataplane.start()
 
 
 @kopf.on.login()
@@ -234,6 +253,8 @@ async def login(memo: Any, **_: Any) -> kopf.AiohttpSession:
 async def cleanup(memo: Any, **_: Any) -> None:
     rt = runtime(memo)
     await rt.nudger.close()
+    if rt.dataplane is not None:
+        await rt.dataplane.stop()
     await rt.kube.close()
 
 

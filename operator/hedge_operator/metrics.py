@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 RECONCILES = Counter(
     "hedge_operator_reconciles_total",
@@ -30,4 +30,9 @@ API_REQUESTS = Counter(
     "hedge_operator_api_requests_total",
     "Requests to the Kubernetes API made by the operator's own client (watches excluded).",
     ["verb", "resource", "code"],
+)
+GATEWAYS = Gauge(
+    "hedge_operator_gateways",
+    "Gateway replicas whose /metrics the last scrape read or failed to read.",
+    ["result"],
 )

@@ -37,6 +37,7 @@ class PodSummary:
     ready: bool
     deleting: bool
     problem: PodProblem | None
+    ip: str = ""  # the pod IP once it has one (engine /metrics are read there)
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ def summarize_pod(body: Mapping[str, Any]) -> PodSummary:
         ready=ready,
         deleting=bool(meta.get("deletionTimestamp")),
         problem=None if ready else pod_problem(meta.get("name", ""), status),
+        ip=str(status.get("podIP") or ""),
     )
 
 
