@@ -72,8 +72,12 @@ class Desired:
     children: Sequence[Mapping[str, Any]]  # current Deployment, Service, PDB[, PVC]
 
 
-def desired_children(md: ModelDeployment, config: OperatorConfig) -> Desired:
-    deployment = build_engine_deployment(md, config)
+def desired_children(
+    md: ModelDeployment, config: OperatorConfig, replicas: int | None = None
+) -> Desired:
+    """The children of `md`; the current revision's Deployment gets `replicas` (default
+    spec.replicas; the autoscaler's count with spec.autoscaling)."""
+    deployment = build_engine_deployment(md, config, replicas)
     children = [deployment, build_service(md), build_pdb(md)]
     pvc = build_cache_pvc(md)
     if pvc is not None:

@@ -26,6 +26,7 @@ import aiohttp
 
 from hedge_core.api import ModelDeployment, SpecError
 from hedge_operator import metrics
+from hedge_operator.autoscaler import autoscaling_events, effective_replicas, initial_status
 from hedge_operator.config import OperatorConfig
 from hedge_operator.kube import ApiError, Conflict
 from hedge_operator.observed import Observed, owned_by
@@ -121,6 +122,9 @@ class _Memory:
     #: lags behind our writes; a copy at a superseded version is read as the newest one.
     latest: tuple[str, dict[str, Any]] | None = None
     superseded: deque[str] = field(default_factory=lambda: deque(maxlen=16))
+    #: The autoscaler's latest status.autoscaling: every reconcile sizes the Deployments
+    #: from it and writes it, whatever triggered the reconcile.
+    autoscaling: dict[str, Any] | None = None
 
     def learn(self, older: str, version: str, status: dict[str, Any]) -> None:
         """`version` (with `status`) is now the newest; `older` came before it."""
@@ -186,15 +190,19 @@ class Reconciler:
         *,
         trigger: str,
         write_status: bool = False,
+        autoscaling: dict[str, Any] | None = None,
     ) -> Outcome:
         """Brings the children in line with the spec and returns the new status (written
-        too, with `write_status`). Raises RetryableError when the API server had trouble."""
+        too, with `write_status`). `autoscaling` is the autoscaler's newest
+        status.autoscaling. Raises RetryableError when the API server had trouble."""
         uid = str((body.get("metadata") or {}).get("uid", ""))
         mem = self._mem(uid)
         started = time.perf_counter()
         result = "error"
         try:
             async with mem.lock:
+                if autoscaling is not None:
+                    mem.autoscaling = autoscaling
                 if write_status:
                     body = mem.caught_up(body)
                 outcome = await self._reconcile(body, observed, mem)
@@ -236,24 +244,27 @@ class Reconciler:
         except SpecError as e:
             problem = Problem(INVALID_SPEC, str(e))
 
+        replicas = 0
         if md is not None:
+            replicas = effective_replicas(md, self._autoscaling(md, previous, mem, ""))
             problem = validate_static(md, self.config)
             if problem is None:
                 secrets, looked_up = await self._secrets(md, mem)
                 requests += looked_up
                 problem = check_secrets(md, secrets)
             if problem is None:
-                desired = desired_children(md, self.config)
+                desired = desired_children(md, self.config, replicas)
                 revision = desired.revision
                 actions = plan(
                     desired,
                     observed,
-                    desired_replicas=md.spec.replicas,
+                    desired_replicas=replicas,
                     in_flight=self._in_flight(mem, observed),
                 )
                 done, problem = await self._execute(md, actions, mem)
                 requests += done
 
+        now = self._now()
         status = compute_status(
             ref,
             md,
@@ -261,9 +272,14 @@ class Reconciler:
             revision=revision,
             problem=problem,
             previous=previous,
-            now=self._now(),
+            now=now,
+            desired_replicas=replicas,
         )
+        autoscaling = self._autoscaling(md, previous, mem, now)
+        if autoscaling is not None:
+            status["autoscaling"] = autoscaling
         events = transition_events(previous, status)
+        events += autoscaling_events(previous, status)
         events += _drift_events(actions, previous, ref)
         requests += await self._post_events(meta, events, mem)
         return Outcome(
@@ -274,6 +290,25 @@ class Reconciler:
             requests=requests,
             recheck_after=self.IN_FLIGHT_TTL + 1 if mem.in_flight else None,
         )
+
+    @staticmethod
+    def _autoscaling(
+        md: ModelDeployment | None, previous: Mapping[str, Any], mem: _Memory, now: str
+    ) -> dict[str, Any] | None:
+        """status.autoscaling: the autoscaler's newest decision, else what status holds, else
+        the count a new model starts at; none without spec.autoscaling."""
+        if md is None:
+            kept = previous.get("autoscaling")
+            return dict(kept) if isinstance(kept, Mapping) else None
+        if md.spec.autoscaling is None:
+            mem.autoscaling = None
+            return None
+        if mem.autoscaling is not None:
+            return mem.autoscaling
+        kept = previous.get("autoscaling")
+        if isinstance(kept, Mapping) and "desiredReplicas" in kept:
+            return dict(kept)
+        return initial_status(md, now)
 
     async def _write_status(
         self, body: Mapping[str, Any], observed: Observed, mem: _Memory, outcome: Outcome
