@@ -109,6 +109,7 @@ def routes_for(md: ModelDeployment, backends: Iterable[str], created: int = 0) -
         fallback_on_unavailable=fallback is None or fallback.on_unavailable,
         fallback_on_overload=fallback is None or fallback.on_overload,
         fallback_on_error=fallback is None or fallback.on_error,
+        hold_s=float(spec.serving.hold_seconds),
     )
     urls = tuple(sorted(set(backends)))
     names = [md.served_model, *(a.name for a in spec.adapters)]
