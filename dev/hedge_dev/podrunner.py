@@ -14,7 +14,14 @@ process then runs them for real:
 
 Readiness follows the pod's readinessProbe (HTTP GET against the pod IP, probed every
 ``PROBE_INTERVAL`` instead of the probe's own period, to keep tests fast), and is written to
-the pod's status the way a kubelet does. Deleting the pod stops what runs for it.
+the pod's status the way a kubelet does.
+
+Deleting a pod stops it the way a kubelet does: the pod's preStop ``sleep`` first (its
+endpoint is already terminating, so clients stop sending), then the workload is stopped
+within what is left of the grace period (an engine simulator lets requests in flight finish
+for up to the pod's ``--shutdown-timeout``, as vLLM does; a ``hedge`` process gets SIGTERM,
+then SIGKILL), and only then is the pod object removed (a delete with grace 0, as the
+kubelet's final one). kwok leaves these pods to the runner until their deletion deadline.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from hedge_core.kube import STRATEGIC_MERGE_PATCH, Kube, ListWatch
+from hedge_core.kube import STRATEGIC_MERGE_PATCH, ApiError, Kube, ListWatch
 from hedge_dev.pki import write_kubeconfig
 from hedge_dev.volumes import DirectoryProvisioner
 
@@ -80,16 +87,21 @@ class PodRun:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     restarts: int = 0
     engine: str | None = None  # for engine pods: one of ENGINES
+    terminating: asyncio.Task[None] | None = None  # the pod is being deleted: its stop
 
 
 class SimulatorWorkload:
-    """An engine simulator running inside this process."""
+    """An engine simulator running inside this process. Stopping lets requests in flight
+    finish for the engine's --shutdown-timeout (0: abort them, vLLM's default), within the
+    grace period given."""
 
-    def __init__(self, running: Any) -> None:
+    def __init__(self, running: Any, shutdown_timeout_s: float = 0.0) -> None:
         self._running = running
+        self._shutdown_timeout_s = shutdown_timeout_s
 
     async def stop(self, grace_s: float | None = None) -> None:
-        await self._running.stop()
+        drain = min(self._shutdown_timeout_s, grace_s or 0.0)
+        await self._running.stop(drain)
 
     def alive(self) -> bool:
         return True
@@ -111,7 +123,8 @@ class ProcessWorkload:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.terminate()
             try:
-                await asyncio.wait_for(self.proc.wait(), grace_s or self.grace_s)
+                grace = self.grace_s if grace_s is None else grace_s
+                await asyncio.wait_for(self.proc.wait(), grace)
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     self.proc.kill()
@@ -202,8 +215,17 @@ class PodRunner:
     async def _on_pod(self, pod: dict[str, Any], deleted: bool) -> None:
         key = self._key(pod)
         status = pod.get("status", {})
-        if deleted or pod["metadata"].get("deletionTimestamp"):
-            await self._stop_run(key)
+        if deleted:
+            # The object is gone (force-deleted, or our own final delete): stop at once.
+            await self._stop_run(key, 0.0)
+            return
+        if pod["metadata"].get("deletionTimestamp"):
+            run = self.runs.get(key)
+            if run is None:
+                # Nothing runs for it (never started): as a kubelet, remove it at once.
+                await self._remove_pod(pod)
+            elif run.terminating is None:
+                run.terminating = asyncio.create_task(self._terminate(key, run, pod))
             return
         if key in self.runs or status.get("phase") != "Running" or not status.get("podIP"):
             return
@@ -263,7 +285,7 @@ class PodRunner:
         }
         config = SimulatorConfig.from_vllm_args(argv, sim_annotations)
         running = await start_simulator(config, run.ip, _container_port(container))
-        return SimulatorWorkload(running)
+        return SimulatorWorkload(running, config.shutdown_timeout_s)
 
     async def _start_vllm(
         self, run: PodRun, pod: dict[str, Any], container: dict[str, Any]
@@ -539,15 +561,65 @@ class PodRunner:
     async def _get(self, path: str) -> Any:
         return await self.kube.get(path)
 
-    async def _stop_run(self, key: str, grace_s: float | None = None) -> None:
-        run = self.runs.pop(key, None)
-        if run is None:
-            return
+    async def _terminate(self, key: str, run: PodRun, pod: dict[str, Any]) -> None:
+        """A pod being deleted, as a kubelet stops it: preStop, stop within the grace
+        period, then remove the pod object."""
+        meta, spec = pod["metadata"], pod["spec"]
+        grace = meta.get("deletionGracePeriodSeconds")
+        if grace is None:
+            grace = spec.get("terminationGracePeriodSeconds", 30)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + float(grace)
+        await self._cancel_tasks(run)  # no readiness flips or restarts while stopping
+        container = spec["containers"][0]
+        sleep = ((container.get("lifecycle") or {}).get("preStop") or {}).get("sleep") or {}
+        pre_stop = float(sleep.get("seconds") or 0)
+        if pre_stop > 0:
+            log.info("%s: preStop sleep %.0fs", key, pre_stop)
+            await asyncio.sleep(min(pre_stop, grace))
+        if run.workload is not None:
+            await run.workload.stop(max(0.0, deadline - loop.time()))
+            run.workload = None
+        self.runs.pop(key, None)
+        await self._remove_pod(pod)
+        log.info("stopped %s (deleted)", key)
+
+    async def _remove_pod(self, pod: dict[str, Any]) -> None:
+        meta = pod["metadata"]
+        options = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "gracePeriodSeconds": 0,
+            "preconditions": {"uid": meta["uid"]},
+        }
+        try:
+            await self.kube.request(
+                "DELETE",
+                f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}",
+                body=options,
+                missing_ok=True,
+            )
+        except ApiError as exc:  # 409: a namesake replaced it; nothing of ours to remove
+            log.info("could not remove pod %s/%s: %s", meta["namespace"], meta["name"], exc)
+
+    @staticmethod
+    async def _cancel_tasks(run: PodRun) -> None:
         for task in run.tasks:
             task.cancel()
         for task in run.tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        run.tasks.clear()
+
+    async def _stop_run(self, key: str, grace_s: float | None = None) -> None:
+        run = self.runs.pop(key, None)
+        if run is None:
+            return
+        if run.terminating is not None:
+            run.terminating.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await run.terminating
+        await self._cancel_tasks(run)
         if run.workload is not None:
             await run.workload.stop(grace_s)
         log.info("stopped %s", key)

@@ -40,6 +40,11 @@ DEFAULT_GCS_KEY = "key.json"
 
 STARTUP_PROBE_PERIOD = 10
 REVISION_LENGTH = 10
+#: A stopping engine pod first waits this long (preStop) while the gateways see its endpoint
+#: leave the EndpointSlices and stop sending to it; then vLLM drains (--shutdown-timeout).
+PRE_STOP_SECONDS = 5
+#: Time for the engine process to exit once drained, within the grace period.
+EXIT_SECONDS = 15
 
 #: Environment variables the operator sets on the engine; spec.engine.env may not redefine them.
 OPERATOR_ENV = frozenset({"HF_HOME", "HF_TOKEN"})
@@ -196,8 +201,16 @@ def engine_args(md: ModelDeployment) -> list[str]:
     if spec.adapters:
         args += ["--enable-lora", "--lora-modules"]
         args += [f"{a.name}={Source.parse(a.source).local_path()}" for a in spec.adapters]
+    # On SIGTERM vLLM aborts what it is generating unless told to drain: give requests in
+    # flight as long as a request may take, so a scale-down or rollout cuts no stream.
+    args += ["--shutdown-timeout", str(spec.serving.request_timeout_seconds)]
     args += list(engine.extra_args)
     return args
+
+
+def termination_grace_seconds(md: ModelDeployment) -> int:
+    """preStop, then the drain of requests in flight (--shutdown-timeout), then the exit."""
+    return PRE_STOP_SECONDS + md.spec.serving.request_timeout_seconds + EXIT_SECONDS
 
 
 def _number(value: float) -> str:
@@ -359,13 +372,15 @@ def engine_pod_template(md: ModelDeployment, config: OperatorConfig) -> dict[str
         "startupProbe": _probe(period=STARTUP_PROBE_PERIOD, failures=startup_failures),
         "readinessProbe": _probe(period=5, failures=3),
         "livenessProbe": _probe(period=15, failures=4),
+        # The kubelet's own sleep (no shell or binary needed in the image).
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
     }
     pod_spec: dict[str, Any] = {
         # The engine never calls the Kubernetes API, and service links would put
         # VLLM_PORT-style variables into its environment, which vLLM reads as its own.
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": 60,
+        "terminationGracePeriodSeconds": termination_grace_seconds(md),
     }
     if res.gpus > 0:
         if res.gpu_type is not None:

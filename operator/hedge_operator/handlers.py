@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -29,15 +30,26 @@ import kopf
 from hedge_core.api import (
     COMPONENT_LABEL,
     ENGINE_COMPONENT,
+    ENGINE_PORT,
     FIELD_MANAGER,
     GROUP,
     MANAGED_BY_LABEL,
     MD_LABEL,
     PLURAL,
     VERSION,
+    ModelDeployment,
+    SpecError,
 )
 from hedge_operator import metrics
+from hedge_operator.autoscaler import (
+    DELETION_COST,
+    TICK,
+    ModelScaler,
+    deletion_costs,
+    pods_of,
+)
 from hedge_operator.config import OperatorConfig
+from hedge_operator.dataplane import DataPlane, engine_urls
 from hedge_operator.kube import Kube
 from hedge_operator.observed import Observed, PodSummary, strip, summarize_pod
 from hedge_operator.reconciler import Outcome, Reconciler, RetryableError
@@ -157,10 +169,28 @@ class Runtime:
     watch_timeout: int = 300
     peering_priority: int = 0
     indexes: Indexes | None = None
+    #: The gateways' and engines' /metrics (one scraper for the autoscaler and rollouts).
+    dataplane: DataPlane | None = None
+    #: The autoscaler's windows, per ModelDeployment uid.
+    scalers: dict[str, ModelScaler] = field(default_factory=dict)
     nudger: Nudger = field(init=False)
 
     def __post_init__(self) -> None:
         self.nudger = Nudger(self.reconcile_key)
+        if self.dataplane is not None:
+            self.dataplane.set_engines(self.autoscaled_engines)
+
+    def autoscaled_engines(self) -> dict[Key, list[str]]:
+        """Engine /metrics of the models that autoscale (the only ones that need them)."""
+        if self.indexes is None:
+            return {}
+        wanted = [
+            key
+            for key, bodies in self.indexes.models.items()
+            for body in bodies
+            if (body.get("spec") or {}).get("autoscaling")
+        ]
+        return engine_urls(self.indexes.pods, wanted)
 
     async def reconcile_key(self, key: Key) -> None:
         """A reconcile triggered by a child (or by our own status write settling)."""
@@ -173,6 +203,66 @@ class Runtime:
             body, self.indexes.observed(key), trigger="child", write_status=True
         )
         self.recheck(key, outcome)
+
+    async def autoscale(self, key: Key, body: Mapping[str, Any]) -> None:
+        """One autoscaler tick: read the data plane, decide, and when status.autoscaling must
+        change, hand it to the reconciler (which sizes the Deployments and writes it)."""
+        if self.indexes is None:
+            return
+        try:
+            md = ModelDeployment.from_body(body)
+        except SpecError:
+            return  # the reconcile reports it
+        if md.spec.autoscaling is None:
+            self.scalers.pop(md.uid, None)
+            return
+        scaler = self.scalers.setdefault(md.uid, ModelScaler())
+        plane = self.dataplane
+        snapshot = await plane.snapshot() if plane is not None and plane.configured else None
+        signals = snapshot.model(key) if snapshot is not None else None
+        pods = list(self.indexes.pods.get(key, ()))
+        step = scaler.step(
+            md,
+            body.get("status") or {},
+            signals,
+            snapshot.gateways_failed if snapshot is not None else [],
+            pods_of(pods),
+            time.time(),
+        )
+        decision = step.decision
+        metrics.AUTOSCALE_DECISIONS.labels(decision.reason).inc()
+        metrics.DESIRED_REPLICAS.labels(*key).set(decision.desired)
+        if decision.demand is not None:
+            metrics.DEMAND.labels(*key).set(decision.demand)
+        if signals is not None and signals.demand is not None:
+            for state in ("self_hosted", "held", "fallback"):
+                metrics.DEMAND_IN_FLIGHT.labels(*key, state).set(signals.by_state.get(state, 0.0))
+        if not step.write:
+            return
+        if step.scales_down and snapshot is not None:
+            # The ReplicaSet controller removes the pod with the lowest cost first: the one
+            # with the least work on its engine.
+            costs = deletion_costs(pods, snapshot.engines, ENGINE_PORT)
+            await asyncio.gather(
+                *(
+                    self.kube.annotate_pod(key[0], name, {DELETION_COST: str(cost)})
+                    for name, cost in costs.items()
+                ),
+                return_exceptions=True,
+            )
+        outcome = await self.reconciler.reconcile(
+            body,
+            self.indexes.observed(key),
+            trigger="autoscale",
+            write_status=True,
+            autoscaling=step.status,
+        )
+        self.recheck(key, outcome)
+
+    def forget(self, uid: str, key: Key) -> None:
+        self.reconciler.forget(uid)
+        self.scalers.pop(uid, None)
+        metrics.forget_model(*key)
 
     def recheck(self, key: Key, outcome: Outcome) -> None:
         if outcome.recheck_after is not None:
@@ -208,6 +298,8 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
     settings.peering.priority = rt.peering_priority
     for resource in CHILD_RESOURCES:
         settings.watching.label_selectors[resource] = CHILD_SELECTOR
+    if rt.dataplane is not None:
+        await rt.dataplane.start()
 
 
 @kopf.on.login()
@@ -235,6 +327,8 @@ async def login(memo: Any, **_: Any) -> kopf.AiohttpSession:
 async def cleanup(memo: Any, **_: Any) -> None:
     rt = runtime(memo)
     await rt.nudger.close()
+    if rt.dataplane is not None:
+        await rt.dataplane.stop()
     await rt.kube.close()
 
 
@@ -344,6 +438,26 @@ async def resync(
     await _reconcile_into(runtime(memo, kwargs), body, (namespace or "", name), "resync")
 
 
+def _autoscaled(spec: Mapping[str, Any], **_: Any) -> bool:
+    return bool(spec.get("autoscaling"))
+
+
+@kopf.timer(*MD, interval=TICK, sharp=True, when=_autoscaled, id="autoscale")
+async def autoscale(
+    body: kopf.Body,
+    namespace: str | None,
+    name: str,
+    memo: Any,
+    **kwargs: Any,
+) -> None:
+    """The autoscaler's tick (kopf runs timers on the active peer only)."""
+    rt = runtime(memo, kwargs)
+    try:
+        await rt.autoscale((namespace or "", name), body)
+    except RetryableError as e:
+        log.warning("autoscaling %s/%s: %s (next tick retries)", namespace, name, e)
+
+
 # -------------------------------------------------------------------------------- nudges
 
 
@@ -359,7 +473,7 @@ async def model_event(
 ) -> None:
     rt = runtime(memo, kwargs)
     if type == "DELETED":
-        rt.reconciler.forget(uid)
+        rt.forget(uid, (namespace or "", name))
         metrics.forget_rollout(namespace or "", name)
         return
     # Spec changes go to `reconcile`; this re-checks status after other writes settle (a

@@ -2,8 +2,9 @@
 
 On `hedge_core.kube` (the project's one client, whose credentials kopf logs in with too):
 server-side apply with the `hedge-operator` field manager, deletes, status writes guarded
-by the object's resourceVersion, Events, and Secret key look-ups that never keep or return
-a value.
+by the object's resourceVersion, Events, pod annotations (the deletion cost before a
+scale-down), Secret key look-ups that never keep or return a value, and the one watch kopf
+does not run: the EndpointSlices of the gateways' admin Service (`watch_gateways`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from hedge_core import kube as core
 from hedge_core.api import API_VERSION, FIELD_MANAGER, KIND, PLURAL
-from hedge_core.kube import ApiError, resource_path
+from hedge_core.kube import ApiError, ListWatch, OnEvent, OnList, resource_path
 from hedge_operator import metrics
 
 __all__ = ["ApiError", "Conflict", "Kube"]
@@ -85,6 +86,30 @@ class Kube:
             field_manager=FIELD_MANAGER,
             missing_ok=True,
             resource="deployments",
+        )
+
+    async def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str]) -> None:
+        """Merge-patches annotations onto a pod (gone pods are fine)."""
+        await self.client.patch(
+            f"/api/v1/namespaces/{namespace}/pods/{name}",
+            {"metadata": {"annotations": dict(annotations)}},
+            missing_ok=True,
+            resource="pods",
+        )
+
+    def watch_gateways(
+        self, namespace: str, service: str, on_list: OnList, on_event: OnEvent
+    ) -> ListWatch:
+        """A (not yet started) list+watch of the EndpointSlices of the gateways' admin
+        Service: where every gateway replica's /metrics is."""
+        return ListWatch(
+            self.client,
+            resource_path("discovery.k8s.io/v1", "endpointslices", namespace),
+            params={"labelSelector": f"kubernetes.io/service-name={service}"},
+            name=f"gateway endpoints {namespace}/{service}",
+            on_list=on_list,
+            on_event=on_event,
+            max_backoff_s=10.0,
         )
 
     async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:

@@ -88,6 +88,20 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         default=300,
         help="seconds after which the API server closes each watch",
     )
+    parser.add_argument(
+        "--gateway-service",
+        metavar="NAMESPACE/NAME",
+        help="headless Service of the gateways' admin port: the autoscaler reads every gateway "
+        "replica's /metrics through its EndpointSlices (the Helm chart sets this)",
+    )
+    parser.add_argument(
+        "--gateway-metrics-url",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a gateway's /metrics URL to read as well (repeatable; gateways outside the "
+        "cluster, the local demo)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
@@ -104,6 +118,7 @@ def build_config(args: argparse.Namespace) -> OperatorConfig:
 async def serve(args: argparse.Namespace, config: OperatorConfig) -> int:
     from hedge_core.kube import KubeConfigError
     from hedge_operator import handlers  # registers the handlers on kopf's default registry
+    from hedge_operator.dataplane import DataPlane
     from hedge_operator.kube import Kube
     from hedge_operator.reconciler import Reconciler
 
@@ -119,6 +134,9 @@ async def serve(args: argparse.Namespace, config: OperatorConfig) -> int:
         kube=kube,
         reconciler=Reconciler(kube, config),
         watch_timeout=args.watch_timeout,
+        dataplane=DataPlane(
+            kube, gateway_service=args.gateway_service, gateway_urls=args.gateway_metrics_url
+        ),
         peering_priority=(
             args.peering_priority
             if args.peering_priority is not None
@@ -150,6 +168,13 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     try:
         config = build_config(args)
+        if args.gateway_service is not None:
+            from hedge_operator.dataplane import parse_service
+
+            args.gateway_service = parse_service(args.gateway_service)
+        for url in args.gateway_metrics_url:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"--gateway-metrics-url must be an http(s) URL, got {url!r}")
     except (OSError, ValueError) as e:
         logging.error("%s", e)
         return 2

@@ -39,6 +39,46 @@ API_REQUESTS = Counter(
     "Requests to the Kubernetes API made by the operator's own client (watches excluded).",
     ["verb", "resource", "code"],
 )
+GATEWAYS = Gauge(
+    "hedge_operator_gateways",
+    "Gateway replicas whose /metrics the last scrape read or failed to read.",
+    ["result"],
+)
+DESIRED_REPLICAS = Gauge(
+    "hedge_operator_desired_replicas",
+    "Engine replicas the autoscaler asks for, per ModelDeployment.",
+    ["namespace", "model_deployment"],
+)
+DEMAND = Gauge(
+    "hedge_operator_demand",
+    "Requests in flight for the model, summed over the gateways and averaged over the stable "
+    "window: what the autoscaler divides by targetRequests.",
+    ["namespace", "model_deployment"],
+)
+DEMAND_IN_FLIGHT = Gauge(
+    "hedge_operator_demand_in_flight",
+    "Requests in flight for the model at the last scrape, summed over the gateways, by state "
+    "(self_hosted, held, fallback).",
+    ["namespace", "model_deployment", "state"],
+)
+AUTOSCALE_DECISIONS = Counter(
+    "hedge_operator_autoscale_decisions_total",
+    "Autoscaler decisions, by reason (ScaleUp, PanicScaleUp, ScaleDown, ScaleToZero, "
+    "WakeFromZero, Steady, ScaleDownDelayed, PodsStarting, NoMetrics).",
+    ["reason"],
+)
+
+_PER_MODEL = (DESIRED_REPLICAS, DEMAND)
+
+
+def forget_model(namespace: str, name: str) -> None:
+    """Drop a deleted ModelDeployment's series."""
+    for gauge in _PER_MODEL:
+        with contextlib.suppress(KeyError):
+            gauge.remove(namespace, name)
+    for state in ("self_hosted", "held", "fallback"):
+        with contextlib.suppress(KeyError):
+            DEMAND_IN_FLIGHT.remove(namespace, name, state)
 
 
 # ------------------------------------------------------------------------------ rollouts

@@ -37,6 +37,7 @@ class PodSummary:
     ready: bool
     deleting: bool
     problem: PodProblem | None
+    ip: str = ""  # the pod IP once it has one (engine /metrics are read there)
     #: When the problem began, where the pod says (an Unschedulable pod's PodScheduled
     #: lastTransitionTime); the rollout's GPU wait counts from it.
     problem_since: str | None = None
@@ -92,6 +93,7 @@ def summarize_pod(body: Mapping[str, Any]) -> PodSummary:
         ready=ready,
         deleting=bool(meta.get("deletionTimestamp")),
         problem=problem,
+        ip=str(status.get("podIP") or ""),
         problem_since=since or None,
         finished=status.get("phase") in ("Succeeded", "Failed"),
         created=str(meta.get("creationTimestamp") or ""),

@@ -84,8 +84,8 @@ class Desired:
 def desired_children(
     md: ModelDeployment, config: OperatorConfig, replicas: Mapping[str, int] | None = None
 ) -> Desired:
-    """The children for `replicas` pods per revision (default: every pod at the spec's
-    revision, spec.replicas of them)."""
+    """The children for `replicas` pods per revision, as the rollout decided (default: every
+    pod at the spec's revision, spec.replicas of them)."""
     deployment = build_engine_deployment(md, config)
     revision = str(deployment["metadata"]["labels"][REVISION_LABEL])
     wanted = dict(replicas) if replicas is not None else {revision: md.spec.replicas}

@@ -36,6 +36,7 @@ import aiohttp
 
 from hedge_core.api import ModelDeployment, SpecError
 from hedge_operator import metrics, rollout, rollout_io
+from hedge_operator.autoscaler import autoscaling_events, effective_replicas, initial_status
 from hedge_operator.builders import revision_of
 from hedge_operator.config import OperatorConfig
 from hedge_operator.kube import ApiError, Conflict
@@ -139,6 +140,9 @@ class _Memory:
     #: lags behind our writes; a copy at a superseded version is read as the newest one.
     latest: tuple[str, dict[str, Any]] | None = None
     superseded: deque[str] = field(default_factory=lambda: deque(maxlen=16))
+    #: The autoscaler's latest status.autoscaling: every reconcile sizes the Deployments
+    #: from it and writes it, whatever triggered the reconcile.
+    autoscaling: dict[str, Any] | None = None
     #: The canary analysis window: which step it belongs to (canary revision, step start as
     #: in status) and each revision's cumulative numbers when it began (None: no numbers yet,
     #: the first ones read become the baseline).
@@ -215,15 +219,19 @@ class Reconciler:
         *,
         trigger: str,
         write_status: bool = False,
+        autoscaling: dict[str, Any] | None = None,
     ) -> Outcome:
         """Brings the children in line with the spec and returns the new status (written
-        too, with `write_status`). Raises RetryableError when the API server had trouble."""
+        too, with `write_status`). `autoscaling` is the autoscaler's newest
+        status.autoscaling. Raises RetryableError when the API server had trouble."""
         uid = str((body.get("metadata") or {}).get("uid", ""))
         mem = self._mem(uid)
         started = time.perf_counter()
         result = "error"
         try:
             async with mem.lock:
+                if autoscaling is not None:
+                    mem.autoscaling = autoscaling
                 if write_status:
                     body = mem.caught_up(body)
                 outcome = await self._reconcile(body, observed, mem)
@@ -266,7 +274,9 @@ class Reconciler:
         except SpecError as e:
             problem = Problem(INVALID_SPEC, str(e))
 
+        replicas = 0
         if md is not None:
+            replicas = effective_replicas(md, self._autoscaling(md, previous, mem, ""))
             problem = validate_static(md, self.config)
             if problem is None:
                 secrets, looked_up = await self._secrets(md, mem)
@@ -274,12 +284,13 @@ class Reconciler:
                 problem = check_secrets(md, secrets)
             if problem is None:
                 revision = revision_of(md, self.config)
-                moved = await self._move(md, meta, previous, observed, mem, revision)
+                moved = await self._move(md, meta, previous, observed, mem, revision, replicas)
                 desired = desired_children(md, self.config, moved.decision.replicas)
                 actions = plan(desired, observed, in_flight=self._in_flight(mem, observed))
                 done, problem = await self._execute(md, actions, mem)
                 requests += done
 
+        now = self._now()
         status = compute_status(
             ref,
             md,
@@ -287,12 +298,17 @@ class Reconciler:
             revision=revision,
             problem=problem,
             previous=previous,
-            now=self._now(),
+            now=now,
+            desired_replicas=replicas,
             rollout=moved.status if moved else None,
             report=moved.report if moved else None,
         )
+        autoscaling = self._autoscaling(md, previous, mem, now)
+        if autoscaling is not None:
+            status["autoscaling"] = autoscaling
         events = [EventSpec(e.type, e.reason, e.message) for e in (moved.events if moved else [])]
         events += transition_events(previous, status)
+        events += autoscaling_events(previous, status)
         events += _drift_events(actions, previous, ref)
         requests += await self._post_events(meta, events, mem)
         recheck = self.IN_FLIGHT_TTL + 1 if mem.in_flight else None
@@ -315,13 +331,14 @@ class Reconciler:
         observed: Observed,
         mem: _Memory,
         revision: str,
+        desired: int,
     ) -> _RolloutMove:
-        """The rollout's next move (pods per revision, canary weight, status.rollout)."""
+        """The rollout's next move (pods per revision, canary weight, status.rollout) for
+        `desired` engine pods (spec.replicas, or the autoscaler's count)."""
         spec = md.spec.rollout
         before: Mapping[str, Any] = previous.get("rollout") or {}
         handled = before.get("handledCommands") or {}
         seen = rollout_io.read_commands(meta.get("annotations") or {}, handled, revision)
-        desired = md.spec.replicas
         policy = rollout.Policy.from_spec(spec, desired, paused=seen.paused)
         state = rollout_io.state_from(before)
         now = self._wall()
@@ -371,6 +388,25 @@ class Reconciler:
         metrics.record_rollout(md.namespace, md.name, decision, windows)
         events = rollout_io.events_for(decision, seen, before, report.paused)
         return _RolloutMove(decision, status, report, events)
+
+    @staticmethod
+    def _autoscaling(
+        md: ModelDeployment | None, previous: Mapping[str, Any], mem: _Memory, now: str
+    ) -> dict[str, Any] | None:
+        """status.autoscaling: the autoscaler's newest decision, else what status holds, else
+        the count a new model starts at; none without spec.autoscaling."""
+        if md is None:
+            kept = previous.get("autoscaling")
+            return dict(kept) if isinstance(kept, Mapping) else None
+        if md.spec.autoscaling is None:
+            mem.autoscaling = None
+            return None
+        if mem.autoscaling is not None:
+            return mem.autoscaling
+        kept = previous.get("autoscaling")
+        if isinstance(kept, Mapping) and "desiredReplicas" in kept:
+            return dict(kept)
+        return initial_status(md, now)
 
     async def _write_status(
         self, body: Mapping[str, Any], observed: Observed, mem: _Memory, outcome: Outcome

@@ -16,7 +16,9 @@ replica and the engines) and the current time, and persists the small `Memory` i
                would delete those first), to zero only with minReplicas 0 and after no
                request arrived for scaleToZeroAfterSeconds
     wake       at zero, any arrival asks for one replica at once
-    no data    when nothing could be read for the stable window, the count is held
+    no data    when the latest reading has no demand (no gateway could be read), the count
+               is held; when it is partial (some gateway could not be read: the sum is a
+               lower bound) it may scale up on it, never down
 
 Every decision says why in numbers (`Decision.message`), for the Event and status.
 """
@@ -67,8 +69,9 @@ class Observation:
     """One reading of the model's demand."""
 
     at: float  # seconds (the caller's clock)
-    demand: float | None  # None: no gateway or engine could be read
+    demand: float | None  # None: no gateway could be read
     arrivals: float = 0.0  # requests that arrived since the previous observation
+    complete: bool = True  # False: some gateway could not be read (demand is a lower bound)
 
 
 @dataclass(frozen=True)
@@ -164,16 +167,18 @@ class Autoscaler:
 
         stable = self._mean(policy.stable_window, now)
         panic = self._mean(policy.panic_window, now)
-        if stable is None:
+        if stable is None or latest is None or latest.demand is None:
+            # No reading now: older readings say nothing about the present (they may show
+            # an idle model that is busy now), so nothing moves until the gateways answer.
             return Decision(
                 current,
                 NO_DATA,
-                f"no demand metrics for {_fmt(policy.stable_window)}s (gateways and engines "
-                f"unreachable): holding {current} replica(s)",
+                f"no demand metrics (no gateway could be read): holding {current} replica(s)",
                 None,
                 False,
                 memory,
             )
+        partial = not latest.complete
 
         arrived = latest is not None and latest.arrivals > 0
         stable_rec = policy.recommend(stable)
@@ -226,6 +231,11 @@ class Autoscaler:
             return Decision(
                 current, STEADY, f"{numbers}: {current} replica(s) fit", stable, False, memory
             )
+        if partial:
+            return Decision(
+                current, NO_DATA, f"{numbers}: some gateway could not be read, so demand may "
+                f"be higher: holding {current} replica(s)", stable, False, memory,
+            )  # fmt: skip
 
         # Scaling down: only once the whole delay asked for no more than `down`.
         if self._first_at is None or now - self._first_at < policy.scale_down_delay:
@@ -237,7 +247,10 @@ class Autoscaler:
             )  # fmt: skip
         down = policy.clamp(max(rec for _, rec in self._recommendations))
         if down == 0:
-            idle = now - last_active if last_active is not None else math.inf
+            # Never seen active: idle since the autoscaler began watching (a fresh operator
+            # or a new model gets the whole idle period, not just the delay).
+            since = last_active if last_active is not None else self._first_at
+            idle = now - since if since is not None else math.inf
             if idle < policy.scale_to_zero_after:
                 down = 1
                 if current == 1:

@@ -19,9 +19,16 @@ can scrape the same series. The metric names are a contract (docs/contracts.md):
     hedge_gateway_fallback_tokens_total{namespace,model_deployment,provider}   counter
     vllm:num_requests_running / vllm:num_requests_waiting / vllm:kv_cache_usage_perc (engines)
 
-Parsing and counting are pure (`parse_gateway`, `parse_engine`, `Counters`); `Scraper` does the
-HTTP, once per tick whoever asks, and never raises: a source that cannot be read is left out
-and reported, so the autoscaler can tell "no demand" from "no data".
+Parsing and counting are pure (`parse_gateway`, `parse_engine`, `Counters`, `admin_urls`);
+`Scraper` does the HTTP, once per tick whoever asks, and never raises: a source that cannot
+be read is left out and reported, so the autoscaler can tell "no demand" from "no data"
+(no gateway read: demand unknown, whatever the engines say) and "some demand" from "all of
+it" (a gateway missing: the sum is only a lower bound).
+
+Only the lines of the contract series reach the Prometheus parser: an engine's /metrics
+page is mostly histograms the operator never reads (`_relevant` drops them with a prefix
+test per line). On the simulator's vLLM-shaped page (14 KiB) that is 0.17 ms instead of
+3.5 ms per page, which matters when hundreds of engines are read every tick.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
@@ -50,11 +58,23 @@ ENGINE_KV_CACHE = "vllm:kv_cache_usage_perc"
 
 OUTCOMES = ("success", "client_error", "error")
 
+GATEWAY_PREFIXES = ("hedge_gateway_demand_", "hedge_gateway_revision_", FALLBACK_TOKENS)
+ENGINE_PREFIXES = (ENGINE_RUNNING, ENGINE_WAITING, ENGINE_KV_CACHE)
+ADMIN_PORT_NAME = "admin"
+
 ModelKey = tuple[str, str]  # (namespace, ModelDeployment name)
 RevisionKey = tuple[str, str, str]  # (namespace, ModelDeployment name, revision)
 
 
 # ------------------------------------------------------------------------------- parsing
+
+
+def _relevant(text: str, prefixes: tuple[str, ...]) -> str:
+    """The sample lines (and their TYPE/HELP comments) of the series named by `prefixes`."""
+    comments = tuple(f"# {kind} {p}" for kind in ("TYPE", "HELP") for p in prefixes)
+    keep = [line for line in text.splitlines() if line.startswith(prefixes + comments)]
+    keep.append("")
+    return "\n".join(keep)
 
 
 @dataclass
@@ -87,7 +107,7 @@ def parse_gateway(text: str) -> GatewayReading:
         f"{REVISION_ITL}_count",
         FALLBACK_TOKENS,
     }
-    for family in text_string_to_metric_families(text):
+    for family in text_string_to_metric_families(_relevant(text, GATEWAY_PREFIXES)):
         for sample in family.samples:
             if sample.name not in wanted or math.isnan(sample.value):
                 continue
@@ -127,7 +147,7 @@ class EngineReading:
 def parse_engine(text: str) -> EngineReading:
     """vLLM's queue and KV-cache gauges (summed over label sets, e.g. several engines)."""
     values: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
+    for family in text_string_to_metric_families(_relevant(text, ENGINE_PREFIXES)):
         for sample in family.samples:
             if sample.name in (ENGINE_RUNNING, ENGINE_WAITING, ENGINE_KV_CACHE):
                 values[sample.name] = values.get(sample.name, 0.0) + float(sample.value)
@@ -136,6 +156,26 @@ def parse_engine(text: str) -> EngineReading:
         waiting=values.get(ENGINE_WAITING, 0.0),
         kv_cache=values.get(ENGINE_KV_CACHE),
     )
+
+
+def admin_urls(slices: Iterable[Mapping[str, Any]], port_name: str = ADMIN_PORT_NAME) -> list[str]:
+    """`http://addr:port/metrics` of every gateway pod in the EndpointSlices of the gateways'
+    admin Service (port `port_name`). Not-ready and terminating pods are included: a gateway
+    turning unready still serves its last requests, and they are demand."""
+    urls: set[str] = set()
+    for slice_ in slices:
+        port = next(
+            (p.get("port") for p in slice_.get("ports") or [] if p.get("name") == port_name),
+            None,
+        )
+        if not port:
+            continue
+        v6 = slice_.get("addressType") == "IPv6"
+        for endpoint in slice_.get("endpoints") or []:
+            for addr in (endpoint.get("addresses") or [])[:1]:
+                host = f"[{addr}]" if v6 else addr
+                urls.add(f"http://{host}:{port}/metrics")
+    return sorted(urls)
 
 
 # ------------------------------------------------------------------------------ counting
@@ -250,12 +290,18 @@ class ModelSignals:
     arrivals: float  # requests that arrived since the previous scrape
     engine_queue: float | None  # running + waiting at its engines (None: none read)
     kv_cache: float | None  # the highest KV-cache usage among its engines
+    partial: bool = False  # some gateway could not be read: demand is a lower bound
 
     @property
     def total_demand(self) -> float | None:
-        """Gateway demand, or the engines' own count when higher (direct clients)."""
-        values = [v for v in (self.demand, self.engine_queue) if v is not None]
-        return max(values) if values else None
+        """Gateway demand, or the engines' own count when higher (direct clients). Unknown
+        when no gateway was read: engines never see what the fallback serves, so they alone
+        must not look like "no demand"."""
+        if self.demand is None:
+            return None
+        if self.engine_queue is None:
+            return self.demand
+        return max(self.demand, self.engine_queue)
 
 
 @dataclass
@@ -265,6 +311,7 @@ class Snapshot:
     gateways_failed: list[str]
     models: dict[ModelKey, ModelSignals]
     counters: Counters
+    engines: dict[str, EngineReading] = field(default_factory=dict)  # by engine /metrics URL
 
     def model(self, key: ModelKey) -> ModelSignals:
         """A model no gateway mentions has no demand — if any gateway was read at all."""
@@ -272,7 +319,7 @@ class Snapshot:
         if found is not None:
             return found
         demand = 0.0 if self.gateways_read else None
-        return ModelSignals(demand, {}, 0.0, None, None)
+        return ModelSignals(demand, {}, 0.0, None, None, partial=bool(self.gateways_failed))
 
 
 class Scraper:
@@ -377,11 +424,12 @@ class Scraper:
                 arrivals=max(0.0, arrived),
                 engine_queue=sum(r.running + r.waiting for r in readings) if readings else None,
                 kv_cache=max(kv) if kv else None,
+                partial=bool(failed),
             )
         if failed:
             log.warning("could not read the metrics of gateway(s) %s", ", ".join(failed))
         if read:
             self._scrapes += 1
-        snapshot = Snapshot(self._clock(), read, failed, models, self._counters)
+        snapshot = Snapshot(self._clock(), read, failed, models, self._counters, engine_readings)
         self._latest = snapshot
         return snapshot

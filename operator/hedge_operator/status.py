@@ -18,8 +18,11 @@ from typing import Any
 
 from hedge_core.api import ModelDeployment
 from hedge_operator.builders import selector_string, service_url
+from hedge_operator.config import GPU_RESOURCE
 from hedge_operator.observed import DeploymentSummary, Observed, PodProblem
 from hedge_operator.validation import Problem
+
+INSUFFICIENT_GPUS = "InsufficientGPUs"
 
 READY = "Ready"
 PROGRESSING = "Progressing"
@@ -109,6 +112,34 @@ def worst_pod_problem(observed: Observed, revision: str | None) -> PodProblem | 
     return worst
 
 
+def gpu_shortage(
+    md: ModelDeployment, desired: int, observed: Observed, problem: PodProblem
+) -> PodProblem:
+    """Unschedulable engine pods that wait for GPUs, said as what is missing: how many
+    replicas, how many GPUs of which type, and who serves the overflow meanwhile."""
+    gpus = md.spec.resources.gpus
+    if gpus == 0 or GPU_RESOURCE not in problem.message:
+        return problem
+    waiting = sum(
+        1
+        for p in observed.pods
+        if not p.deleting and p.problem is not None and p.problem.reason == "Unschedulable"
+    )
+    kind = f" ({md.spec.resources.gpu_type})" if md.spec.resources.gpu_type else ""
+    fallback = md.spec.fallback
+    overflow = (
+        "the fallback serves the overflow"
+        if fallback is not None and (fallback.on_overload or fallback.on_unavailable)
+        else "requests queue at the ready replicas"
+    )
+    detail = problem.message.split(": ", 1)[-1]
+    return PodProblem(
+        INSUFFICIENT_GPUS,
+        f"{waiting} of {desired} replica(s) cannot be scheduled: {waiting * gpus} "
+        f"{GPU_RESOURCE}{kind} missing ({detail}); {overflow}",
+    )
+
+
 def compute_status(
     ref: ObjectRef,
     md: ModelDeployment | None,
@@ -118,13 +149,16 @@ def compute_status(
     problem: Problem | None,
     previous: Mapping[str, Any] | None,
     now: str,
+    desired_replicas: int | None = None,
     rollout: Mapping[str, Any] | None = None,
     report: RolloutReport | None = None,
 ) -> dict[str, Any]:
     """The full `.status` for this generation. `md` is None when the spec does not parse;
     `problem` is the spec-level problem (invalid spec, missing Secret, failed apply);
-    `rollout` is status.rollout as the rollout state machine left it (None: keep what was
-    there) and `report` what it says for the conditions."""
+    `desired_replicas` the count the engine Deployments are sized to (default
+    spec.replicas; the autoscaler's with spec.autoscaling); `rollout` is status.rollout as
+    the rollout state machine left it (None: keep what was there) and `report` what it says
+    for the conditions."""
     previous = previous or {}
     prev_conditions = {
         str(c.get("type")): c for c in previous.get("conditions") or [] if isinstance(c, Mapping)
@@ -181,7 +215,8 @@ def compute_status(
             cond(STALLED, str(not problem.waiting), problem.reason, problem.message),
         ]
     else:
-        conditions = _conditions(md, current, olds, observed, revision, cond)
+        desired = md.spec.replicas if desired_replicas is None else desired_replicas
+        conditions = _conditions(md, desired, current, olds, observed, revision, cond)
         if report is not None:
             conditions = _rollout_conditions(conditions, report, revision, status, cond)
         conditions += _kstatus_conditions(conditions, cond)
@@ -235,13 +270,13 @@ def _kstatus_conditions(conditions: list[dict[str, Any]], cond: Any) -> list[dic
 
 def _conditions(
     md: ModelDeployment,
+    desired: int,
     current: DeploymentSummary | None,
     olds: Sequence[DeploymentSummary],
     observed: Observed,
     revision: str | None,
     cond: Any,
 ) -> list[dict[str, Any]]:
-    desired = md.spec.replicas
     available = current.available if current else 0
     total = sum(d.replicas for d in [*([current] if current else []), *olds])
     current_synced = current is not None and current.synced and (current.spec_replicas == desired)
@@ -249,6 +284,8 @@ def _conditions(
     settled = at_capacity and not olds and total == desired
 
     pod_problem = worst_pod_problem(observed, revision)
+    if pod_problem is not None and pod_problem.reason == "Unschedulable":
+        pod_problem = gpu_shortage(md, desired, observed, pod_problem)
     if pod_problem is None and current is not None and current.deadline_exceeded:
         pod_problem = PodProblem("ProgressDeadlineExceeded", current.deadline_exceeded)
 

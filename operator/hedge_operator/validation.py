@@ -56,6 +56,8 @@ MANAGED_FLAGS: dict[str, str] = {
     "--enable-lora": "spec.adapters",
     "--no-enable-lora": "spec.adapters",
     "--lora-modules": "spec.adapters",
+    "--shutdown-timeout": "spec.serving.requestTimeoutSeconds (how long a stopping engine "
+    "drains the requests in flight)",
 }
 
 

@@ -4,6 +4,7 @@ nothing else: evaluated the way the API server's RBAC authorizer would."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -159,6 +160,21 @@ def test_components_get_nothing_beyond_their_job(render: Render) -> None:
         Request("create", "apiextensions.k8s.io", "customresourcedefinitions", None),
     )
     assert not allowed(manifests, OPERATOR, Request("list", "", "namespaces", None))
+
+
+@pytest.mark.parametrize(
+    "values", [p for p in CI_VALUES if "bring-your-own" not in p.name], ids=lambda p: p.name
+)
+def test_the_operator_finds_the_gateways_in_the_release_namespace_only(
+    render: Render, values: Path
+) -> None:
+    manifests = render(values)
+    for verb in ("get", "list", "watch"):
+        slices = Request(verb, "discovery.k8s.io", "endpointslices", "hedge-system")
+        assert allowed(manifests, OPERATOR, slices)
+    assert not allowed(
+        manifests, OPERATOR, Request("create", "discovery.k8s.io", "endpointslices", "hedge-system")
+    )
 
 
 def test_secret_reads_live_in_their_own_roles(render: Render) -> None:

@@ -102,6 +102,7 @@ def test_default_install(render: Render) -> None:
         "--metrics-port=9090",
         "--health-port=8081",
         "--peering=hedge",
+        "--gateway-service=hedge-system/hedge-gateway-admin",
     ]
     assert gw["args"] == [
         "gateway", "--host", "0.0.0.0", "--port=8080",
@@ -116,11 +117,21 @@ def test_default_install(render: Render) -> None:
         assert sa["automountServiceAccountToken"] is False
     for deployment in (operator, gateway):
         assert deployment["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
-    # Metrics Services exist only as ServiceMonitor targets (and stay off the pods' ports).
-    assert [s["metadata"]["name"] for s in by_kind(manifests, "Service")] == ["hedge-gateway"]
+    # Metrics Services exist only as ServiceMonitor targets (and stay off the pods' ports);
+    # the headless admin Service is how the operator finds every gateway replica.
+    assert [s["metadata"]["name"] for s in by_kind(manifests, "Service")] == [
+        "hedge-gateway",
+        "hedge-gateway-admin",
+    ]
     service = one(manifests, "Service", "hedge-gateway")
     assert service["spec"]["ports"] == [
         {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}
+    ]
+    admin = one(manifests, "Service", "hedge-gateway-admin")
+    assert admin["spec"]["clusterIP"] == "None"
+    assert admin["spec"]["selector"] == gateway["spec"]["selector"]["matchLabels"]
+    assert admin["spec"]["ports"] == [
+        {"name": "admin", "port": 9090, "targetPort": "admin", "protocol": "TCP"}
     ]
     assert one(manifests, "ClusterKopfPeering", "hedge")
     assert one(manifests, "PodDisruptionBudget", "hedge-gateway")["spec"]["maxUnavailable"] == 1
@@ -166,6 +177,33 @@ def test_ha_monitoring_install(render: Render) -> None:
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert '"title": "Hedge"' in dashboard["data"]["hedge.json"]
     assert one(manifests, "Service", "hedge-gateway")["spec"]["type"] == "LoadBalancer"
+
+
+def test_the_operator_may_reach_the_gateways_admin_port_whoever_else_may(
+    render: Render,
+) -> None:
+    """The autoscaler reads each gateway's /metrics: a metricsFrom narrowed to Prometheus'
+    namespace must still admit the operator's pods to the admin port."""
+    prometheus = "metricsFrom[0].namespaceSelector.matchLabels.name=monitoring"
+    for set_values, narrowed in (((), False), ((f"networkPolicy.{prometheus}",), True)):
+        manifests = render(set_values=set_values)
+        policy = one(manifests, "NetworkPolicy", "hedge-gateway")
+        operator_labels = one(manifests, "Deployment", "hedge-operator")["spec"]["selector"][
+            "matchLabels"
+        ]
+        admin_rules = [
+            r
+            for r in policy["spec"]["ingress"]
+            if r["ports"] == [{"port": "admin", "protocol": "TCP"}]
+        ]
+        open_to_all = any("from" not in r for r in admin_rules)
+        operator_admitted = any(
+            peer.get("podSelector", {}).get("matchLabels") == operator_labels
+            for r in admin_rules
+            for peer in r.get("from", [])
+        )
+        assert open_to_all is not narrowed, admin_rules
+        assert open_to_all or operator_admitted, admin_rules
 
 
 def test_single_operator_without_peering_is_recreated_not_rolled(render: Render) -> None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 
+from hedge_core.kube import ApiError
 from hedge_dev.cluster import ClusterError, LocalCluster, _alive
 
 from .conftest import E2ECluster, pod_ready, wait_for
@@ -245,3 +247,73 @@ def test_crashed_component_is_reported_with_its_log(
     assert "etcd exited" in message
     assert "no-such-flag" in message
     assert broken.state() is None
+
+
+def draining_engine(name: str, shutdown_timeout: int | None) -> dict[str, Any]:
+    """One engine pod that answers slowly (a 40-token stream takes ~4 s), with a preStop
+    sleep and, like the operator's, vLLM's --shutdown-timeout (None: vLLM's default, abort)."""
+    deployment = engine_deployment(name, 1, 1)
+    template = deployment["spec"]["template"]
+    template["metadata"]["annotations"]["sim.hedge.dev/itl-ms"] = "100"
+    container = template["spec"]["containers"][0]
+    if shutdown_timeout is not None:
+        container["args"] += ["--shutdown-timeout", str(shutdown_timeout)]
+    container["lifecycle"] = {"preStop": {"sleep": {"seconds": 1}}}
+    template["spec"]["terminationGracePeriodSeconds"] = 60
+    return deployment
+
+
+def stream_while_deleted(cluster: E2ECluster, namespace: str, app: str) -> tuple[str, float]:
+    """Starts a 40-token stream on the pod, deletes the pod once tokens flow; returns the
+    stream's outcome ("complete" or the error) and how long the pod object outlived the
+    stream's end."""
+    (pod,) = wait_for(lambda: ready_pods(cluster, namespace, app, 1), 60, "a ready engine pod")
+    name, ip = pod["metadata"]["name"], pod["status"]["podIP"]
+    client = openai.OpenAI(
+        base_url=f"http://{ip}:8000/v1", api_key="unused", max_retries=0, timeout=30
+    )
+    outcome = "complete"
+    chunks = 0
+    try:
+        stream = client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "count"}], max_tokens=40,
+            stream=True,
+        )  # fmt: skip
+        for _ in stream:
+            chunks += 1
+            if chunks == 3:
+                cluster.kubectl("delete", "pod", "-n", namespace, name, "--wait=false")
+        if chunks < 40:
+            outcome = f"cut after {chunks} chunks"
+    except (openai.APIError, OSError) as exc:
+        outcome = f"{type(exc).__name__} after {chunks} chunks"
+    finally:
+        client.close()
+    ended = time.monotonic()
+    path = f"/api/v1/namespaces/{namespace}/pods/{name}"
+
+    def gone() -> bool:
+        try:
+            cluster.get(path)
+        except ApiError as exc:
+            return exc.status == 404
+        return False
+
+    wait_for(gone, 30, f"pod {name} to be removed")
+    return outcome, time.monotonic() - ended
+
+
+def test_a_deleted_engine_pod_drains_its_streams_like_vllm(
+    cluster: E2ECluster, namespace: str
+) -> None:
+    """A kubelet runs preStop, then SIGTERM; vLLM with --shutdown-timeout finishes what it
+    is generating, and the pod object goes once the engine has stopped (not at the end of
+    the grace period). Without the flag vLLM aborts, and so does the simulator."""
+    cluster.apply(draining_engine("drains", shutdown_timeout=30), namespace)
+    outcome, lingered = stream_while_deleted(cluster, namespace, "drains")
+    assert outcome == "complete"
+    assert lingered < 10, lingered  # removed once drained, not after the 60 s grace
+
+    cluster.apply(draining_engine("aborts", shutdown_timeout=None), namespace)
+    outcome, _ = stream_while_deleted(cluster, namespace, "aborts")
+    assert outcome != "complete"

@@ -384,3 +384,17 @@ def test_service_pdb_and_cache_claim() -> None:
 def test_unknown_gpu_type_cannot_be_built() -> None:
     with pytest.raises(ValueError, match="unknown GPU type"):
         build_engine_deployment(model(spec_with(resources={"gpuType": "nvidia-b200"})), CONFIG)
+
+
+@pytest.mark.parametrize("timeout", [30, 300])
+def test_a_stopping_engine_pod_stops_getting_requests_then_drains_them(timeout: int) -> None:
+    """preStop keeps the engine serving while the gateways drop its endpoint; vLLM then
+    drains for as long as a request may take (it aborts at once without the flag); the
+    grace period covers both and the exit."""
+    deployment = build_engine_deployment(
+        model(spec_with(serving={"requestTimeoutSeconds": timeout})), CONFIG
+    )
+    container = engine(deployment)
+    assert container["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
+    assert flags(container["args"])["--shutdown-timeout"] == [str(timeout)]
+    assert pod_spec(deployment)["terminationGracePeriodSeconds"] == 5 + timeout + 15

@@ -413,3 +413,83 @@ async def test_secret_the_operator_may_not_read_is_passed_on_unchecked(
     other = body(spec_with(model={"credentialsSecretRef": {"name": "hf"}}), uid="uid-2")
     with pytest.raises(RetryableError):
         await reconciler.reconcile(other, kube.observed(), trigger="spec")
+
+
+# ----------------------------------------------------------------------- autoscaling
+
+
+AUTOSCALED = spec_with(replicas=0, autoscaling={"minReplicas": 0, "maxReplicas": 4})
+
+
+def engine_replicas(kube: FakeKube) -> int:
+    (deployment,) = [o for (k, _), o in kube.objects.items() if k == "Deployment"]
+    return int(deployment["spec"]["replicas"])
+
+
+async def test_autoscaled_models_start_at_spec_replicas_then_follow_the_autoscaler(
+    reconciler: Reconciler, kube: FakeKube
+) -> None:
+    obj = body(AUTOSCALED)
+    first = await settle(reconciler, kube, obj)
+    assert engine_replicas(kube) == 0
+    assert first.status["autoscaling"]["desiredReplicas"] == 0
+    assert first.status["autoscaling"]["reason"] == "Initial"
+
+    # The autoscaler's decision: the Deployment follows, status says why, an Event too.
+    decision = {"desiredReplicas": 2, "reason": "WakeFromZero", "message": "demand 1 → 2"}
+    outcome = await reconciler.reconcile(obj, kube.observed(), trigger="autoscale",
+                                         autoscaling=decision)  # fmt: skip
+    obj["status"] = outcome.status
+    assert engine_replicas(kube) == 2
+    assert outcome.status["autoscaling"] == decision
+    assert ("Normal", "WakeFromZero", "0 → 2 replica(s): demand 1 → 2") in kube.events
+    # Ready compares with the autoscaler's count, not spec.replicas.
+    assert "0/2 replicas ready" in next(
+        c["message"] for c in outcome.status["conditions"] if c["type"] == "Ready"
+    )
+
+    # Any later reconcile (a child event, a spec change) keeps the autoscaler's count: the
+    # spec never changed, so a GitOps tool sees no drift and the operator writes no spec.
+    again = await settle(reconciler, kube, obj)
+    assert engine_replicas(kube) == 2 and again.status["autoscaling"] == decision
+    assert obj["spec"]["replicas"] == 0
+
+    # Bounds lowered below the decision: they apply at once.
+    obj["spec"]["autoscaling"]["maxReplicas"] = 1
+    await settle(reconciler, kube, obj)
+    assert engine_replicas(kube) == 1
+
+
+async def test_a_restarted_operator_keeps_the_count_from_status(kube: FakeKube) -> None:
+    status = {"autoscaling": {"desiredReplicas": 3, "reason": "ScaleUp", "message": "x"}}
+    obj = body(AUTOSCALED, status=status)
+    fresh = Reconciler(kube, OperatorConfig(), now=lambda: "2026-05-01T12:00:00Z")
+    outcome = await settle(fresh, kube, obj)
+    assert engine_replicas(kube) == 3
+    assert outcome.status["autoscaling"]["desiredReplicas"] == 3
+
+
+async def test_without_autoscaling_spec_replicas_rules_and_status_has_no_decision(
+    reconciler: Reconciler, kube: FakeKube
+) -> None:
+    obj = body(AUTOSCALED)
+    await settle(reconciler, kube, obj)
+    await reconciler.reconcile(obj, kube.observed(), trigger="autoscale",
+                               autoscaling={"desiredReplicas": 4, "reason": "ScaleUp",
+                                            "message": "m"})  # fmt: skip
+    del obj["spec"]["autoscaling"]
+    obj["spec"]["replicas"] = 2  # kubectl scale
+    outcome = await settle(reconciler, kube, obj)
+    assert engine_replicas(kube) == 2
+    assert "autoscaling" not in outcome.status
+    assert outcome.patch.get("autoscaling", "absent") is None  # removed from status
+
+
+async def test_losing_the_metrics_is_a_warning_event(
+    reconciler: Reconciler, kube: FakeKube
+) -> None:
+    obj = body(AUTOSCALED)
+    await settle(reconciler, kube, obj)
+    blind = {"desiredReplicas": 0, "reason": "NoMetrics", "message": "no gateway could be read"}
+    await reconciler.reconcile(obj, kube.observed(), trigger="autoscale", autoscaling=blind)
+    assert ("Warning", "NoMetrics", "no gateway could be read") in kube.events

@@ -240,3 +240,31 @@ def test_recommend_rounds_up_but_not_on_exact_multiples() -> None:
     p = policy()
     assert [p.recommend(d) for d in (0, 0.1, 4, 4.0000001, 8, 8.5)] == [0, 1, 1, 2, 2, 3]
     assert math.isclose(p.target, 4.0)
+
+
+def test_a_gap_in_the_metrics_holds_even_when_older_readings_say_idle() -> None:
+    # Idle long enough to scale to zero, but the gateways stop answering first: older
+    # readings say nothing about now, so the model stays.
+    p = policy(min_replicas=0, scale_down_delay=5.0, scale_to_zero_after=10.0)
+    obs = [Observation(at=t, demand=0.0) for t in range(8)]
+    obs += [Observation(at=t, demand=None) for t in range(8, 60)]
+    result = replay(p, obs, start=1)
+    assert {current for _, current, _ in result} == {1}
+    assert result[-1][2].reason == scaling.NO_DATA
+    assert "no gateway could be read" in result[-1][2].message
+
+
+def test_partial_readings_scale_up_but_never_down() -> None:
+    # One of the gateways cannot be read: what the others report is a lower bound.
+    p = policy(scale_down_delay=5.0)
+    high = [Observation(at=t, demand=12.0, arrivals=1, complete=False) for t in range(10)]
+    result = replay(p, high, start=1)
+    assert result[-1][1] == 3  # scaled up on the partial sum
+    low = [Observation(at=t, demand=0.0, complete=False) for t in range(10, 80)]
+    result = replay(p, high + low, start=1)
+    assert result[-1][1] == 3
+    assert result[-1][2].reason == scaling.NO_DATA
+    assert "some gateway could not be read" in result[-1][2].message
+    # Every gateway readable again: the delay passes and it scales down.
+    back = [Observation(at=t, demand=0.0) for t in range(80, 100)]
+    assert replay(p, high + low + back, start=1)[-1][1] == 1

@@ -58,6 +58,7 @@ def test_gpu_table_is_configurable() -> None:
         (["--lora-modules", "a=b"], "--lora-modules"),
         (["--hf-token", "hf_xxx"], "--hf-token"),
         (["--quantization", "fp8"], "--quantization"),
+        (["--shutdown-timeout=0"], "--shutdown-timeout"),
     ],
 )
 def test_extra_args_that_fight_typed_fields(extra: list[str], flag: str) -> None:

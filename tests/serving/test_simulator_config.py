@@ -62,6 +62,16 @@ VLLM_COMMAND_LINES: list[tuple[str, list[str], dict[str, Any]]] = [
          '{"method": "ngram"}', "--max-num-seqs=8"],
         {"port": 8002, "max_concurrency": 8},
     ),
+    (
+        "drain on shutdown, as the operator asks for it",
+        ["vllm", "serve", "m", "--shutdown-timeout", "300"],
+        {"shutdown_timeout_s": 300.0},
+    ),
+    (
+        "abort on shutdown: vLLM's default",
+        ["vllm", "serve", "m"],
+        {"shutdown_timeout_s": 0.0},
+    ),
 ]  # fmt: skip
 
 
@@ -87,6 +97,7 @@ def test_from_vllm_args_reads_real_command_lines(args: list[str], expected: dict
         (["vllm", "serve", "m", "--lora-modules", "a=/x"], "--enable-lora"),
         (["vllm", "serve", "m", "--enable-lora", "--lora-modules", "nopath"], "name=path"),
         (["vllm", "serve", "m", "--max-num-seqs", "0"], "max_concurrency"),
+        (["vllm", "serve", "m", "--shutdown-timeout", "soon"], "--shutdown-timeout"),
     ],
 )
 def test_from_vllm_args_rejects_what_vllm_would(args: list[str], message: str) -> None:

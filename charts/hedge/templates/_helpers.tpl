@@ -161,3 +161,10 @@ checkov.io/skip3: >-
   would; set image.digest to pin it outright.
 {{- end }}
 {{- end }}
+
+{{/*
+The gateways' headless admin Service, which the operator reads the gateways' metrics through.
+*/}}
+{{- define "hedge.gatewayAdminService" -}}
+{{- include "hedge.componentName" (list . "gateway-admin") }}
+{{- end }}

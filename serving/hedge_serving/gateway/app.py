@@ -403,6 +403,7 @@ async def start_gateway(
         metrics,
         keys or LocalKeyStore(),
         settings.proxy,
+        table=table,
     )
     gateway = Gateway(table, proxy, metrics, auth or ClientAuth(), settings)
 

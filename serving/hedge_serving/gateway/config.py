@@ -9,6 +9,7 @@ models:
     canary: {revision: v2, weight: 20}     # optional: v2 gets 20 % of the requests
     requestTimeoutSeconds: 300             # optional (also accepted under `serving:`)
     maxQueueDepth: 16                      # optional (also accepted under `serving:`)
+    coldStartHoldSeconds: 0                # optional: wait for a backend when none is up
     fallback:                              # a list of providers, tried in order ...
       - {type: openai, model: gpt-4o-mini, apiKeyEnv: OPENAI_API_KEY}
     # ... or the ModelDeployment's shape:
@@ -52,10 +53,10 @@ class RoutesFileError(ValueError):
 
 _MODEL_KEYS = {
     "name", "backends", "fallback", "serving", "requestTimeoutSeconds", "maxQueueDepth",
-    "aliases", "modelDeployment", "revisions", "canary",
+    "aliases", "modelDeployment", "coldStartHoldSeconds", "revisions", "canary",
 }  # fmt: skip
 _CANARY_KEYS = {"revision", "weight"}
-_SERVING_KEYS = {"requestTimeoutSeconds", "maxQueueDepth"}
+_SERVING_KEYS = {"requestTimeoutSeconds", "maxQueueDepth", "coldStartHoldSeconds"}
 _FALLBACK_KEYS = {"onUnavailable", "onOverload", "onError", "providers"}
 _PROVIDER_KEYS = {
     "type", "model", "baseURL", "baseUrl", "apiKeyEnv", "apiKeyFile", "apiVersion",
@@ -101,6 +102,15 @@ def _number(where: str, value: Any, default: float, *, integer: bool = False) ->
     if integer and not isinstance(value, int):
         raise RoutesFileError(f"{where}: expected a positive integer")
     return value
+
+
+def _seconds(where: str, value: Any) -> float:
+    """A duration that may be 0 (off); absent: 0."""
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise RoutesFileError(f"{where}: expected a number of seconds (0 or more)")
+    return float(value)
 
 
 def parse_provider(where: str, doc: Any) -> ProviderSpec:
@@ -150,6 +160,7 @@ def parse_model(where: str, doc: Any) -> list[RouteSpec]:
     _check_keys(f"{where}.serving", serving, _SERVING_KEYS)
     timeout = doc.get("requestTimeoutSeconds", serving.get("requestTimeoutSeconds"))
     depth = doc.get("maxQueueDepth", serving.get("maxQueueDepth"))
+    hold = doc.get("coldStartHoldSeconds", serving.get("coldStartHoldSeconds"))
     fallback = doc.get("fallback") or []
     flags: dict[str, Any] = {}
     if isinstance(fallback, dict):
@@ -167,7 +178,13 @@ def parse_model(where: str, doc: Any) -> list[RouteSpec]:
         ),
         fallback_on_overload=_bool(f"{where}.fallback.onOverload", flags.get("onOverload"), True),
         fallback_on_error=_bool(f"{where}.fallback.onError", flags.get("onError"), True),
+        hold_s=_seconds(f"{where}.coldStartHoldSeconds", hold),
     )
+    if options.hold_s > options.request_timeout_s:
+        raise RoutesFileError(
+            f"{where}.coldStartHoldSeconds: must not exceed requestTimeoutSeconds "
+            f"({options.hold_s:g} > {options.request_timeout_s:g})"
+        )
     aliases = doc.get("aliases") or []
     if not isinstance(aliases, list):
         raise RoutesFileError(f"{where}.aliases: expected a list of model names")

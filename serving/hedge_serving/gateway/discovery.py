@@ -156,6 +156,7 @@ def routes_for(
         fallback_on_unavailable=fallback is None or fallback.on_unavailable,
         fallback_on_overload=fallback is None or fallback.on_overload,
         fallback_on_error=fallback is None or fallback.on_error,
+        hold_s=float(spec.serving.hold_seconds),
     )
     rollout = rollout or Rollout()
     by_url = dict(backends) if isinstance(backends, Mapping) else dict.fromkeys(backends, "")

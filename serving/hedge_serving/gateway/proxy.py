@@ -8,6 +8,10 @@
         │  a client error (4xx, or an error event naming one): straight back to the client,
         │  breaker untouched, no fallback
         ▼
+    no ready backend and no fallback taking it (a model scaling from zero) ──► held until
+        │  the routing table shows a ready backend (woken by table updates, no polling), up
+        │  to the route's hold time; then 503 with Retry-After
+        ▼
     no ready backend (Unavailable) / all queues full (Overloaded) / all attempts failed
     (Error) ──► providers in `spec.fallback` order that serve the endpoint, translated by
         │        their wire format
@@ -55,6 +59,7 @@ from hedge_serving.gateway.routing import (
     FallbackReason,
     ProviderSpec,
     Route,
+    RoutingTable,
 )
 from hedge_serving.gateway.streams import (
     ENGINE_BUSY,
@@ -277,8 +282,10 @@ class Proxy:
         keys: KeyStore,
         settings: ProxySettings | None = None,
         provider_factory: Callable[[ProviderSpec, KeyStore], Provider] = make_provider,
+        table: RoutingTable | None = None,
     ) -> None:
         self._session = session
+        self._table = table  # held requests wait on its updates
         self._upstream = upstream
         self._balancer = balancer
         self._metrics = metrics
@@ -326,6 +333,21 @@ class Proxy:
         options = route.options
         candidates = [b for b in route.backends if b.breaker.available()]
         reason: FallbackReason | None = None
+        if (
+            not route.backends
+            and options.hold_s > 0
+            and not (route.fallback and options.fallback_on_unavailable)
+        ):
+            # Scaling from zero (or every pod restarting), and nothing else takes it: wait.
+            held = await self._hold(route, state)
+            if held is None:
+                raise NoCapacity(
+                    f"model {route.model!r} cannot be served right now: no engine pod became "
+                    f"ready within {options.hold_s:g}s (it may be starting from zero)",
+                    headers={"Retry-After": str(self.settings.retry_after_s)},
+                )
+            route = held
+            candidates = [b for b in route.backends if b.breaker.available()]
         if not candidates:
             reason = FallbackReason.UNAVAILABLE
         elif (
@@ -387,6 +409,32 @@ class Proxy:
             f"model {route.model!r} cannot be served right now: {detail}",
             headers={"Retry-After": str(self.settings.retry_after_s)},
         )
+
+    async def _hold(self, route: Route, state: RequestState) -> Route | None:
+        """Wait for the route to get a ready backend, up to its hold time; the route as it
+        is then, or None. Woken by routing-table updates only."""
+        table = self._table
+        if table is None:
+            return None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + route.options.hold_s
+        state.move(DemandState.HELD)
+        try:
+            while True:
+                current = table.resolve(route.model)
+                if current is None:
+                    return None
+                if any(b.breaker.available() for b in current.backends):
+                    return current
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return None
+                try:
+                    await asyncio.wait_for(asyncio.shield(table.changed()), remaining)
+                except TimeoutError:
+                    return None
+        finally:
+            state.move(DemandState.SELF_HOSTED)
 
     # -- self-hosted ------------------------------------------------------------------------
 

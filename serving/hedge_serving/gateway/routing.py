@@ -19,6 +19,7 @@ which gives the canary exactly its weight of the requests.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import time
 from collections.abc import Callable, Iterable
@@ -126,6 +127,9 @@ class ServingOptions:
     fallback_on_unavailable: bool = True
     fallback_on_overload: bool = True
     fallback_on_error: bool = True
+    # No ready backend and no fallback taking the request: wait this long for one (a model
+    # scaling from zero), then 503. 0 answers at once.
+    hold_s: float = 0.0
 
     def falls_back_on(self, reason: FallbackReason) -> bool:
         if reason is FallbackReason.UNAVAILABLE:
@@ -258,6 +262,14 @@ class RoutingTable:
             self._listeners.append(on_change)
         self.version = 0
         self.updated_at = time.monotonic()
+        self._changed: asyncio.Future[None] | None = None
+
+    def changed(self) -> asyncio.Future[None]:
+        """A future resolved by the next `replace` (shared by every waiter: shield it
+        before a timeout cancels it)."""
+        if self._changed is None or self._changed.done():
+            self._changed = asyncio.get_running_loop().create_future()
+        return self._changed
 
     def resolve(self, model: str) -> Route | None:
         return self._routes.get(model)
@@ -333,6 +345,8 @@ class RoutingTable:
         self.updated_at = time.monotonic()
         for listener in self._listeners:
             listener(self)
+        if self._changed is not None and not self._changed.done():
+            self._changed.set_result(None)  # wakes requests held for a backend
 
     def subscribe(self, listener: Callable[[RoutingTable], None]) -> None:
         """Call `listener(table)` after every `replace` (state keyed by model or backend is

@@ -130,6 +130,9 @@ class SimulatorConfig:
     embedding_dim: int = 384
     # /health and the API answer 503 for this long after start, like an engine loading weights.
     startup_delay_ms: float = 0.0
+    # vLLM's --shutdown-timeout: how long a stopping engine lets requests in flight finish;
+    # 0 (vLLM's default) aborts them at once.
+    shutdown_timeout_s: float = 0.0
     # Seeds the output text and the error_rate draws, so runs repeat.
     seed: int = 0
     host: str = "127.0.0.1"
@@ -262,6 +265,7 @@ _VALUE_FLAGS: dict[str, str] = {
     "--block-size": "1",
     "--seed": "1",
     "--lora-modules": "+",
+    "--shutdown-timeout": "1",
 }
 # vLLM flags that take no value. Without this list an unknown boolean flag would swallow the
 # positional model that follows it. `--enable-*`, `--disable-*` and `--no-*` are treated the same.
@@ -363,6 +367,9 @@ def _parse_vllm_args(args: Sequence[str]) -> dict[str, Any]:
         result["block_size"] = _flag_int("--block-size", _last(flags["--block-size"]))
     if "--seed" in flags:
         result["seed"] = _flag_int("--seed", _last(flags["--seed"]))
+    if "--shutdown-timeout" in flags:
+        timeout = _flag_int("--shutdown-timeout", _last(flags["--shutdown-timeout"]))
+        result["shutdown_timeout_s"] = float(timeout)
     if "--no-enable-prefix-caching" in flags:
         result["prefix_cache_blocks"] = 0
     if "--lora-modules" in flags:
