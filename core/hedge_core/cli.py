@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "operator": ("hedge_operator.main", "run the ModelDeployment operator (kopf)"),
     "gateway": ("hedge_serving.gateway.cli", "run the OpenAI-compatible gateway"),
     "simulator": ("hedge_serving.simulator.cli", "run the vLLM engine simulator"),
+    "rollout": ("hedge_core.rollout_cli", "watch and steer a ModelDeployment's rollout"),
 }
 # The local cluster and demo ship in their own distribution (hedge-dev, dev/ in a checkout),
 # never in the image; `hedge dev` exists where that package is installed.

@@ -53,6 +53,8 @@ from hedge_operator.dataplane import DataPlane, engine_urls
 from hedge_operator.kube import Kube
 from hedge_operator.observed import Observed, PodSummary, strip, summarize_pod
 from hedge_operator.reconciler import Outcome, Reconciler, RetryableError
+from hedge_operator.rollout_io import cumulative
+from hedge_operator.signals import RevisionStats
 from hedge_operator.validation import Problem
 
 log = logging.getLogger(__name__)
@@ -179,6 +181,18 @@ class Runtime:
         self.nudger = Nudger(self.reconcile_key)
         if self.dataplane is not None:
             self.dataplane.set_engines(self.autoscaled_engines)
+            self.reconciler.revision_source = self.revision_numbers
+
+    async def revision_numbers(self, namespace: str, name: str) -> dict[str, RevisionStats] | None:
+        """Each revision's numbers summed over the gateways, for the canary analysis (None:
+        no gateway to read, or none could be read: the analysis waits)."""
+        plane = self.dataplane
+        if plane is None or not plane.configured:
+            return None
+        snapshot = await plane.snapshot()
+        if snapshot is None or not snapshot.gateways_read:
+            return None
+        return cumulative(snapshot.counters, namespace, name)
 
     def autoscaled_engines(self) -> dict[Key, list[str]]:
         """Engine /metrics of the models that autoscale (the only ones that need them)."""

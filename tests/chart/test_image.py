@@ -133,7 +133,12 @@ def test_image_install_step_gives_a_working_hedge(tmp_path: Path) -> None:
         [str(hedge), "--help"], cwd=tmp_path, env=env, capture_output=True, text=True
     ).stdout
     commands = re.findall(r"^    ([a-z]+)\b", top_help, re.MULTILINE)
-    assert commands == ["operator", "gateway", "simulator"], top_help
+    assert commands == ["operator", "gateway", "simulator", "rollout"], top_help
+    rollout_help = subprocess.run(
+        [str(venv / "bin" / "kubectl-hedge"), "rollout", "--help"],
+        cwd=tmp_path, env=env, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    assert "promote" in rollout_help and rollout_help.startswith("usage: kubectl hedge rollout")
     gateway_help = subprocess.run(
         [str(hedge), "gateway", "--help"], cwd=tmp_path, env=env, capture_output=True, text=True
     ).stdout
