@@ -1,5 +1,6 @@
 -- Argo CD health of a Hedge ModelDeployment (hedge.dev/v1alpha1), read from its conditions:
--- Degraded=True -> Degraded, Progressing=True -> Progressing, Ready=True -> Healthy,
+-- Degraded=True -> Degraded (an aborted rollout too), a paused rollout (Progressing reason
+-- RolloutPaused) -> Suspended, Progressing=True -> Progressing, Ready=True -> Healthy,
 -- Ready=False while Progressing=False (nothing will make it ready) -> Degraded, anything else
 -- (no status yet, an unobserved generation, Unknown conditions) -> Progressing.
 local hs = {status = "Progressing", message = "Waiting for the Hedge operator to report status"}
@@ -34,6 +35,10 @@ local progressing = conditions["Progressing"]
 if degraded ~= nil and degraded.status == "True" then
   hs.status = "Degraded"
   hs.message = describe(degraded)
+elseif progressing ~= nil and progressing.reason == "RolloutPaused" then
+  -- Held by a person (hedge rollout pause) or by spec.rollout.paused, as a paused Rollout.
+  hs.status = "Suspended"
+  hs.message = describe(progressing)
 elseif progressing ~= nil and progressing.status == "True" then
   hs.status = "Progressing"
   hs.message = describe(progressing)

@@ -326,9 +326,21 @@ def _conditions(
 
 
 def status_patch(previous: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
-    """The merge patch taking `previous` to `new` (None deletes a key); empty if equal."""
+    """The merge patch taking `previous` to `new` (None deletes a key); empty if equal.
+
+    Nested objects are diffed too: a JSON merge patch merges an object into the one there,
+    so a key gone from status.rollout (a canary promoted) must be sent as null, or the API
+    server keeps the stale one."""
     previous = previous or {}
-    patch: dict[str, Any] = {k: v for k, v in new.items() if previous.get(k) != v}
+    patch: dict[str, Any] = {}
+    for key, value in new.items():
+        before = previous.get(key)
+        if before == value:
+            continue
+        if isinstance(before, Mapping) and isinstance(value, Mapping):
+            patch[key] = status_patch(before, value)
+        else:
+            patch[key] = value
     for key in previous:
         if key not in new and key != "kopf":
             patch[key] = None

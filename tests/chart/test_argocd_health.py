@@ -105,6 +105,45 @@ NOT_DEGRADED = cond("Degraded", "False", "AllReplicasReady")
             "Ready=False (PodsStarting)",
         ),
         (md(conditions=[cond("Ready", "Unknown", "Reconciling")]), "Progressing", "Ready=Unknown"),
+        # Rollouts, as the operator reports them.
+        (
+            md(
+                conditions=[
+                    cond("Ready", "False", "RollingOut", "1/4 replicas ready at revision b"),
+                    cond("Progressing", "True", "RollingOut", "step 1 of 2: 20% of the traffic"),
+                    NOT_DEGRADED,
+                ]
+            ),
+            "Progressing",
+            "Progressing=True (RollingOut): step 1 of 2: 20% of the traffic",
+        ),
+        (
+            md(
+                conditions=[
+                    cond("Ready", "False", "RollingOut", "1/4 replicas ready at revision b"),
+                    cond("Progressing", "Unknown", "RolloutPaused", "paused at step 1 of 2 (20%)"),
+                    NOT_DEGRADED,
+                ]
+            ),
+            "Suspended",
+            "Progressing=Unknown (RolloutPaused): paused at step 1 of 2 (20%)",
+        ),
+        (
+            md(
+                conditions=[
+                    cond("Ready", "False", "RolloutAborted", "the rollout of b was aborted"),
+                    cond("Progressing", "False", "RolloutAborted", "the rollout of b was aborted"),
+                    cond(
+                        "Degraded",
+                        "True",
+                        "RolloutAborted",
+                        "the rollout of revision b was aborted: canary error rate 31.0%",
+                    ),
+                ]
+            ),
+            "Degraded",
+            "Degraded=True (RolloutAborted): the rollout of revision b was aborted: canary error",
+        ),
         (md(conditions=[{"status": "True"}, READY]), "Healthy", "Ready=True"),
         (md(conditions=[{"type": "Ready", "status": "True"}]), "Healthy", "Ready=True"),
     ],

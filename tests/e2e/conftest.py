@@ -216,9 +216,10 @@ def crd(cluster: E2ECluster) -> None:
 class Operator:
     """`hedge operator` watching one namespace, with its metrics on a port of its own."""
 
-    def __init__(self, start: Callable[..., HedgeProcess], namespace: str) -> None:
+    def __init__(self, start: Callable[..., HedgeProcess], namespace: str, *extra: str) -> None:
         self._start = start
         self.namespace = namespace
+        self.extra = extra  # more flags, e.g. --gateway-metrics-url
         self.metrics_port = 0
         self.proc: HedgeProcess | None = None
 
@@ -232,6 +233,7 @@ class Operator:
             str(self.metrics_port),
             "--health-port",
             "0",
+            *self.extra,
         )
         wait_for(self.metrics, 30, "the operator's metrics endpoint")
         return self

@@ -267,6 +267,12 @@ def test_status_patch_holds_only_changes() -> None:
     assert status_patch({"a": 1, "b": 2, "kopf": {}}, {"a": 1, "b": 3}) == {"b": 3}
     assert status_patch({"a": 1, "fallback": "OpenAI"}, {"a": 1}) == {"fallback": None}
     assert status_patch(None, {"a": 1}) == {"a": 1}
+    # A merge patch merges objects: keys gone from a nested one are sent as null.
+    before = {"rollout": {"stableRevision": "a", "canaryRevision": "b", "canaryWeight": 50}}
+    after = {"rollout": {"stableRevision": "b"}}
+    assert status_patch(before, after) == {
+        "rollout": {"stableRevision": "b", "canaryRevision": None, "canaryWeight": None}
+    }
 
 
 def test_revision_hash_in_status_matches_the_builder() -> None:

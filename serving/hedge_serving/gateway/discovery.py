@@ -179,6 +179,7 @@ def routes_for(
             canary=rollout.canary if split else None,
             canary_weight=rollout.weight if split else None,
             stable=rollout.stable,
+            aborted=rollout.aborted,
         )
         for n in names
     ]

@@ -157,7 +157,10 @@ class RouteSpec:
     # requests (None: no split, every ready backend serves).
     canary: str | None = None
     canary_weight: int | None = None
-    stable: str | None = None  # the stable revision (its counters outlive its pods)
+    # Revisions whose counters outlive their pods: the stable one, and an aborted canary
+    # (never routed, but what it did stays on /metrics while it is the aborted one).
+    stable: str | None = None
+    aborted: str | None = None
 
     @property
     def deployment_key(self) -> ModelKey:
@@ -325,7 +328,7 @@ class RoutingTable:
                 b.counters = counters(key, revision) if revision else None
                 if b not in live:
                     live.append(b)
-            for named in (spec.stable, spec.canary):
+            for named in (spec.stable, spec.canary, spec.aborted):
                 if named:
                     counters(key, named)
             split: Split | None = None
