@@ -238,16 +238,43 @@ def judge(canary: RevisionStats, stable: RevisionStats, t: Thresholds) -> Verdic
     )
 
 
+#: z of the one-sided confidence the tripwire needs to fire on a small sample (99 %).
+TRIPWIRE_Z = 2.326
+
+
+def wilson_lower(errors: float, requests: float, z: float = TRIPWIRE_Z) -> float:
+    """The lower end of the Wilson score interval of an error rate: the rate the canary is
+    at least at, with the confidence of `z`."""
+    if requests <= 0:
+        return 0.0
+    p = errors / requests
+    z2 = z * z
+    centre = p + z2 / (2 * requests)
+    spread = z * math.sqrt(p * (1 - p) / requests + z2 / (4 * requests * requests))
+    return max(0.0, (centre - spread) / (1 + z2 / requests))
+
+
 def tripped(canary: RevisionStats, t: Thresholds) -> str | None:
-    """A hard failure that must not wait for the end of the step."""
+    """A hard failure that must not wait for the end of the step: the canary's error rate at
+    the tripwire over at least `tripwire_min_requests`, or already surely above it (99 %
+    confidence) on fewer. The second matters when a canary fails every request: the
+    gateway's circuit breaker then sends it one probe a second, and waiting for ten requests
+    would take ten seconds; three failures out of three are enough evidence."""
     judged = canary.requests - canary.client_errors
     rate = canary.error_rate
-    if judged >= t.tripwire_min_requests and rate is not None and rate >= t.tripwire_error_rate:
-        return (
-            f"canary error rate {_pct(rate)} ({canary.errors:.0f} of {judged:.0f}) reached the "
-            f"tripwire {_pct(t.tripwire_error_rate)}"
-        )
-    return None
+    if rate is None or canary.errors <= 0:
+        return None
+    sure = wilson_lower(canary.errors, judged)
+    if judged >= t.tripwire_min_requests and rate >= t.tripwire_error_rate:
+        how = "reached"
+    elif sure >= t.tripwire_error_rate:
+        how = f"is above (at least {_pct(sure)} with 99% confidence)"
+    else:
+        return None
+    return (
+        f"canary error rate {_pct(rate)} ({canary.errors:.0f} of {judged:.0f}) {how} the "
+        f"tripwire {_pct(t.tripwire_error_rate)}"
+    )
 
 
 # ------------------------------------------------------------------------ pod movement

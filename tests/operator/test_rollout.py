@@ -9,6 +9,7 @@ weight and each revision's errors and latencies are counted into the current ste
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 import pytest
@@ -150,10 +151,11 @@ class World:
                 self.client_failures += 1  # only the fallback could take it
                 continue
             b = self.behaviour.get(target, Behaviour())
-            # Each revision's own stream fails at its rate (3 of every 10 for 30 %).
+            # Each revision's own stream fails at its rate, spread out (3 of every 10 for
+            # 30 %: the 1st, 5th and 8th), not front-loaded.
             seq = self.served.get(target, 0)
             self.served[target] = seq + 1
-            failed = (seq % 10) < round(b.error_rate * 10)
+            failed = (seq * 3) % 10 < round(b.error_rate * 10)
             self._count(target, failed, b)
             if failed and not (target == canary and others):
                 self.client_failures += 1
@@ -260,6 +262,19 @@ def test_a_failing_canary_trips_at_once_and_costs_clients_nothing() -> None:
     assert abort.type == "Warning" and "tripwire" in abort.message and "30.0%" in abort.message
     assert world.pods[NEW].total == 0 and world.pods[OLD].ready == 4
     assert all(d.weight == 0 for d in decisions[aborted_at:])
+    assert world.client_failures == 0
+
+
+def test_a_canary_failing_everything_is_stopped_on_its_first_requests() -> None:
+    world = World(gpus=4, behaviour={NEW: Behaviour(error_rate=1.0)}, requests_per_tick=3)
+    world.start_with(OLD, 4)
+    state, decisions, events = run(world, canary_policy(), NEW, 4, 30)
+    first_traffic = next(i for i, d in enumerate(decisions) if d.weight)
+    aborted_at = next(i for i, d in enumerate(decisions) if d.aborted)
+    # One tick of traffic (the canary's share of 3 requests) is evidence enough.
+    assert aborted_at - first_traffic <= 2
+    abort = next(e for e in events if e.reason == "RolloutAborted")
+    assert "with 99% confidence" in abort.message
     assert world.client_failures == 0
 
 
@@ -436,13 +451,35 @@ def test_canary_pods_follow_the_weight() -> None:
     assert canary_pods(0, 50) == 0
 
 
-def test_tripwire_needs_a_minimum_sample() -> None:
+def test_tripwire_needs_a_minimum_sample_or_overwhelming_evidence() -> None:
     t = Thresholds(tripwire_error_rate=0.2, tripwire_min_requests=10)
-    assert tripped(RevisionStats(requests=5, errors=5), t) is None
     assert tripped(RevisionStats(requests=10, errors=2), t) is not None
     assert tripped(RevisionStats(requests=10, errors=1), t) is None
+    # Fewer requests trip it only when the rate is surely above the tripwire (99 %): a canary
+    # failing everything is stopped after two or three requests, not ten (the gateway's
+    # circuit breaker lets one through a second).
+    assert tripped(RevisionStats(requests=1, errors=1), t) is None
+    message = tripped(RevisionStats(requests=3, errors=3), t)
+    assert message is not None and "100.0% (3 of 3) is above (at least 35.7%" in message
+    assert tripped(RevisionStats(requests=3, errors=2), t) is None
+    assert tripped(RevisionStats(requests=5, errors=2), t) is None
+    # No error, no trip, whatever the threshold.
+    assert tripped(RevisionStats(requests=50), Thresholds(tripwire_error_rate=0.0)) is None
     # Client errors are not the canary's fault.
     assert tripped(RevisionStats(requests=20, errors=2, client_errors=15), t) is None
+
+
+def test_the_small_sample_tripwire_rarely_fires_on_a_good_canary() -> None:
+    """A canary at the default error-rate limit (5 %) judged on its first requests: the
+    chance the confidence rule aborts it on any sample of 2 to 9 is well under 1 %."""
+    t = Thresholds()
+    false_trip = 0.0
+    for n in range(2, 10):
+        for k in range(n + 1):
+            if tripped(RevisionStats(requests=n, errors=k), t) is not None:
+                false_trip += math.comb(n, k) * 0.05**k * 0.95 ** (n - k)
+                break  # more errors in the same sample trip it too; counted once
+    assert false_trip < 0.01, false_trip
 
 
 def test_policy_from_spec_resolves_percentages() -> None:
