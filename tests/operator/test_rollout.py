@@ -268,7 +268,7 @@ def test_a_failing_canary_trips_at_once_and_costs_clients_nothing() -> None:
 def test_a_canary_failing_everything_is_stopped_on_its_first_requests() -> None:
     world = World(gpus=4, behaviour={NEW: Behaviour(error_rate=1.0)}, requests_per_tick=3)
     world.start_with(OLD, 4)
-    state, decisions, events = run(world, canary_policy(), NEW, 4, 30)
+    _, decisions, events = run(world, canary_policy(), NEW, 4, 30)
     first_traffic = next(i for i, d in enumerate(decisions) if d.weight)
     aborted_at = next(i for i, d in enumerate(decisions) if d.aborted)
     # One tick of traffic (the canary's share of 3 requests) is evidence enough.
