@@ -143,9 +143,13 @@ def command(action: str, body: Mapping[str, Any], now: str) -> tuple[dict[str, s
         value = f"{revision}/{now}"
         return {RETRY_ANNOTATION: value}, f"{where}: {RETRY_ANNOTATION}={value}"
     if not in_progress:
-        state = f"its rollout was aborted ({rollout.get('abortReason')})" if aborted else "stable"
+        state = (
+            f"was aborted ({rollout.get('abortReason')}); `retry` rolls it out again"
+            if aborted
+            else "is stable"
+        )
         raise RolloutCommandError(
-            f"no rollout of {where} in progress: revision {revision} is {state}"
+            f"no rollout of {where} in progress: revision {revision} {state}"
             + ("; to hold the next rollout, set spec.rollout.paused" if action == "pause" else "")
         )
     if action == "pause":
@@ -175,7 +179,10 @@ def describe(body: Mapping[str, Any]) -> str:
         if strategy == "Canary":
             steps = spec_rollout.get("steps") or []
             line = f"  step          {r.get('step', 0)} of {len(steps)}: "
-            line += f"{r.get('canaryWeight', 0)}% of the traffic to the canary"
+            if r.get("step"):
+                line += f"{r.get('canaryWeight', 0)}% of the traffic to the canary"
+            else:
+                line += "the canary's pods are starting (no traffic yet)"
             if r.get("stepStartTime"):
                 line += f" since {r['stepStartTime']}"
             lines.append(line)

@@ -82,7 +82,7 @@ def test_retry_is_for_an_aborted_revision() -> None:
 
 
 def test_commands_without_a_rollout_in_progress_are_refused() -> None:
-    with pytest.raises(RolloutCommandError, match=r"aborted \(canary error rate 30\.0%"):
+    with pytest.raises(RolloutCommandError, match=r"was aborted \(canary error rate 30\.0%"):
         command("promote", body(ABORTED), NOW)
     stable = {"strategy": "Canary", "stableRevision": CANARY}
     with pytest.raises(RolloutCommandError, match="is stable; to hold the next rollout"):
