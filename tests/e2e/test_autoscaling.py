@@ -1,22 +1,38 @@
-"""Autoscaling on the local cluster (docs/autoscaling.md).
-
-The operator reads demand where it is whole, at every gateway replica, found through the
-EndpointSlices of the gateways' admin Service as in production.
+"""Autoscaling on the local cluster (docs/autoscaling.md), with Hedge installed by its Helm
+chart: the operator and the gateway run as pods (the pod runner starts the real processes
+under the chart's ServiceAccounts), and the operator finds the gateway replicas through the
+EndpointSlices of the chart's admin Service, as in production. Clients use the `openai` SDK
+through the gateway Service, from bounded load generators; the fallback provider is an
+OpenAI API stub on loopback. Windows are short (stable 10 s, delays 5-15 s) so the module
+stays within a few minutes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
+import openai
+import pytest
+import yaml
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
+from hedge_core.kube import ApiError
 from hedge_dev.cluster import free_port
 from hedge_operator.dataplane import DataPlane
 from hedge_operator.kube import Kube
+from tests.serving.gateway_stubs import OpenAIStub
 
-from .conftest import E2ECluster
+from .conftest import API, ROOT, E2ECluster, get_md, pod_ready, scrape, wait_for
 
 # ------------------------------------------------------------------- finding the gateways
 
@@ -129,3 +145,449 @@ def test_the_operator_finds_every_gateway_through_the_admin_service(
                 await gw.stop()
 
     asyncio.run(scenario())
+
+
+# ------------------------------------------------------------------- Hedge, by Helm
+
+CHART = ROOT / "charts" / "hedge"
+FALLBACK_MODEL = "gpt-4o-mini"
+FALLBACK_KEY = "sk-e2e-autoscale"
+
+
+class FallbackProvider:
+    """The OpenAI API stub on 127.0.0.1, on an event loop of its own thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.stub = OpenAIStub(api_key=FALLBACK_KEY, model=FALLBACK_MODEL)
+        self._run(self.stub.start())
+
+    @property
+    def url(self) -> str:
+        return self.stub.url + "/v1"
+
+    def _run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
+
+    def close(self) -> None:
+        self._run(self.stub.stop())
+        for _ in range(10):
+            self._run(asyncio.sleep(0))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@dataclass
+class Hedge:
+    """One Helm release of Hedge for this module, watching its own namespace."""
+
+    cluster: E2ECluster
+    namespace: str
+    release: str
+    provider: FallbackProvider
+
+    @property
+    def gateway_deployment(self) -> str:
+        return f"{self.release}-gateway"
+
+    def gateway_url(self) -> str:
+        service = self.cluster.get_json("service", "-n", self.namespace, self.gateway_deployment)
+        return f"http://{service['spec']['clusterIP']}:{service['spec']['ports'][0]['port']}/v1"
+
+    def pods(self, selector: str) -> list[dict[str, Any]]:
+        path = f"/api/v1/namespaces/{self.namespace}/pods?labelSelector={quote(selector)}"
+        items: list[dict[str, Any]] = self.cluster.get(path)["items"]
+        return items
+
+    def operator_metrics(self) -> str:
+        selector = f"app.kubernetes.io/instance={self.release},app.kubernetes.io/component=operator"
+        (pod,) = [p for p in self.pods(selector) if pod_ready(p)]
+        ports = pod["spec"]["containers"][0]["ports"]
+        port = next(p["containerPort"] for p in ports if p["name"] == "metrics")
+        return scrape(f"http://{pod['status']['podIP']}:{port}/metrics", timeout=2)
+
+    def md(self, name: str) -> dict[str, Any]:
+        return get_md(self.cluster, self.namespace, name)
+
+    def autoscaling(self, name: str) -> dict[str, Any]:
+        return dict((self.md(name).get("status") or {}).get("autoscaling") or {})
+
+    def desired(self, name: str) -> int | None:
+        value = self.autoscaling(name).get("desiredReplicas")
+        return int(value) if value is not None else None
+
+    def engine_pods(self, name: str) -> list[dict[str, Any]]:
+        return self.pods(f"hedge.dev/model-deployment={name},hedge.dev/component=engine")
+
+    def deployment_replicas(self, name: str) -> int | None:
+        path = f"/apis/apps/v1/namespaces/{self.namespace}/deployments"
+        for d in self.cluster.get(
+            path + f"?labelSelector={quote('hedge.dev/model-deployment=' + name)}"
+        )["items"]:
+            return int(d["spec"]["replicas"])
+        return None
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self.cluster.get_json(
+            "events", "-n", self.namespace, "--field-selector", f"involvedObject.name={name}"
+        )["items"]
+        return items
+
+    def routed(self, model: str) -> bool:
+        client = openai.OpenAI(base_url=self.gateway_url(), api_key="x", max_retries=0, timeout=5)
+        try:
+            return model in {m.id for m in client.models.list().data}
+        except (openai.APIError, OSError):
+            return False
+        finally:
+            client.close()
+
+    def apply(self, manifest: dict[str, Any]) -> None:
+        self.cluster.apply(manifest, self.namespace)
+
+    def delete(self, name: str) -> None:
+        self.cluster.kubectl(
+            "delete", "-n", self.namespace, "modeldeployment", name, "--wait=false",
+            "--ignore-not-found",
+        )  # fmt: skip
+
+
+def helm(cluster: E2ECluster, *args: str, timeout: float = 240) -> str:
+    proc = subprocess.run(
+        [str(cluster.helm_bin), f"--kubeconfig={cluster.kubeconfig}", *args],
+        capture_output=True, text=True, timeout=timeout, env=cluster.env, check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        pytest.fail(f"helm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def hedge(cluster: E2ECluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hedge]:
+    namespace = f"as-{uuid.uuid4().hex[:8]}"
+    cluster.api.request(
+        "POST", "/api/v1/namespaces",
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+    )  # fmt: skip
+    release = f"hedge-{namespace[3:]}"
+    values = {
+        "watchNamespaces": [namespace],
+        "operator": {"metricsPort": free_port(), "healthPort": free_port()},
+        "gateway": {"replicaCount": 1, "drainDelaySeconds": 1, "drainTimeoutSeconds": 10},
+    }
+    path = tmp_path_factory.mktemp("autoscaling") / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    provider = FallbackProvider()
+    helm(cluster, "install", release, str(CHART), "-n", namespace, "-f", str(path),
+         "--wait", "--timeout=180s")  # fmt: skip
+    hedge = Hedge(cluster, namespace, release, provider)
+    try:
+        cluster.apply(
+            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "fallback"},
+             "stringData": {"api-key": FALLBACK_KEY}},
+            namespace,
+        )  # fmt: skip
+        yield hedge
+    finally:
+        for md in cluster.get(f"{API}/namespaces/{namespace}/modeldeployments")["items"]:
+            hedge.delete(md["metadata"]["name"])
+        helm(cluster, "uninstall", release, "-n", namespace, "--wait", "--timeout=120s")
+        cluster.api.request("DELETE", f"/api/v1/namespaces/{namespace}")
+        provider.close()
+
+
+def model_deployment(
+    name: str,
+    *,
+    replicas: int = 0,
+    autoscaling: dict[str, Any] | None = None,
+    fallback: str | None = None,
+    serving: dict[str, Any] | None = None,
+    sim: dict[str, str] | None = None,
+    resources: dict[str, Any] | None = None,
+    budget: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    annotations = {"sim.hedge.dev/ttft-ms": "20", "sim.hedge.dev/itl-ms": "20", **(sim or {})}
+    spec: dict[str, Any] = {
+        "model": {"source": f"hf://org/{name}", "name": name},
+        "replicas": replicas,
+        "resources": resources or {"gpus": 1},
+        "engine": {"podAnnotations": annotations},
+        "serving": {"requestTimeoutSeconds": 60, **(serving or {})},
+    }
+    if autoscaling is not None:
+        spec["autoscaling"] = {
+            "stableWindowSeconds": 10,
+            "panicWindowSeconds": 2,
+            "scaleDownDelaySeconds": 5,
+            "scaleToZeroAfterSeconds": 15,
+            **autoscaling,
+        }
+    if fallback is not None:
+        spec["fallback"] = {
+            "providers": [
+                {
+                    "type": "OpenAICompatible",
+                    "model": FALLBACK_MODEL,
+                    "baseURL": fallback,
+                    "apiKeySecretRef": {"name": "fallback", "key": "api-key"},
+                }
+            ]
+        }
+        if budget is not None:
+            spec["fallback"]["budget"] = budget
+    return {
+        "apiVersion": "hedge.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+# ------------------------------------------------------------------------- load
+
+
+@dataclass(frozen=True)
+class Reply:
+    start: float
+    end: float
+    served_by: str
+    reason: str | None
+    complete: bool  # a stream that ended with its finish_reason (never cut)
+    error: str | None = None
+
+
+class Clients:
+    """Up to `workers` clients of the gateway (openai SDK, threads), of which `active` send
+    at any time, each in a loop; bounded in time and count. Streams or not; each request
+    opens its own connection, so the gateway Service spreads them over its replicas."""
+
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        *,
+        workers: int = 16,
+        tokens: int = 20,
+        stream: bool = True,
+        max_seconds: float = 240,
+        max_requests: int = 20_000,
+    ) -> None:
+        self.url, self.model, self.tokens, self.stream = url, model, tokens, stream
+        self.replies: list[Reply] = []
+        self.active = 0
+        self._changed = threading.Condition()
+        self._stop = threading.Event()
+        self._deadline = time.monotonic() + max_seconds
+        self._count = itertools.count()
+        self._max_requests = max_requests
+        self._threads = [
+            threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(workers)
+        ]
+
+    def __enter__(self) -> Clients:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self.set(0)
+        for t in self._threads:
+            t.join(60)
+
+    def set(self, active: int) -> None:
+        with self._changed:
+            self.active = active
+            self._changed.notify_all()
+
+    def _run(self, i: int) -> None:
+        while not self._stop.is_set() and time.monotonic() < self._deadline:
+            with self._changed:
+                if i >= self.active:
+                    self._changed.wait(timeout=1.0)
+                    continue
+            n = next(self._count)
+            if n >= self._max_requests:
+                return
+            # A client (and connection) per request: the Service spreads them.
+            client = openai.OpenAI(base_url=self.url, api_key="x", max_retries=0, timeout=60)
+            try:
+                self.replies.append(self._one(client, n))
+            finally:
+                client.close()
+
+    def _one(self, client: openai.OpenAI, n: int) -> Reply:
+        start = time.monotonic()
+        messages = [{"role": "user", "content": f"request {n}"}]
+        served_by, reason, complete = "", None, False
+        try:
+            raw = client.chat.completions.with_raw_response.create(
+                model=self.model, messages=messages, max_tokens=self.tokens,  # type: ignore[arg-type]
+                stream=self.stream,
+            )  # fmt: skip
+            served_by = raw.headers.get("x-hedge-served-by", "")
+            reason = raw.headers.get("x-hedge-fallback-reason")
+            if self.stream:
+                for chunk in raw.parse():
+                    if chunk.choices and chunk.choices[0].finish_reason:
+                        complete = True
+            else:
+                complete = raw.parse().choices[0].finish_reason is not None
+            return Reply(start, time.monotonic(), served_by, reason, complete)
+        except (openai.APIError, OSError) as exc:
+            return Reply(start, time.monotonic(), served_by, reason, False, repr(exc)[:300])
+
+    def failures(self) -> list[Reply]:
+        return [r for r in list(self.replies) if r.error is not None or not r.complete]
+
+    def since(self, t: float) -> list[Reply]:
+        return [r for r in list(self.replies) if r.start >= t]
+
+
+class Recorder:
+    """Polls a model's desired replicas (status.autoscaling) on a thread: the trace of what
+    the autoscaler decided, with the times it was first seen."""
+
+    def __init__(self, hedge: Hedge, name: str, interval: float = 0.2) -> None:
+        self.hedge, self.name, self.interval = hedge, name, interval
+        self.trace: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Recorder:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                desired = self.hedge.desired(self.name)
+            except (ApiError, OSError):
+                continue
+            if desired is not None and (not self.trace or self.trace[-1][1] != desired):
+                self.trace.append((time.monotonic(), desired))
+
+    def first(self, replicas: int, after: float = 0.0) -> float | None:
+        return next((t for t, d in self.trace if d >= replicas and t >= after), None)
+
+    def changes(self) -> list[tuple[float, int]]:
+        """(time, direction) of every change of the desired count."""
+        out = []
+        for (_, a), (t, b) in itertools.pairwise(self.trace):
+            out.append((t, 1 if b > a else -1))
+        return out
+
+
+def ready_engine_count(hedge: Hedge, name: str) -> int:
+    return sum(1 for p in hedge.engine_pods(name) if pod_ready(p))
+
+
+# ---------------------------------------------------------------- scale from zero
+
+
+@pytest.mark.timeout(180)
+def test_a_model_at_zero_with_fallback_answers_at_once_and_wakes(hedge: Hedge) -> None:
+    """The first request is answered by the fallback; the operator writes the 0→1 scale
+    within 2 s of it; once the pod is Ready the next answer is self-hosted within 1 s."""
+    name = "wake"
+    hedge.apply(
+        model_deployment(
+            name,
+            autoscaling={"minReplicas": 0, "maxReplicas": 2, "targetRequests": 4},
+            fallback=hedge.provider.url,
+            sim={"sim.hedge.dev/startup-delay-ms": "3000"},
+        )
+    )
+    wait_for(lambda: hedge.desired(name) == 0, 60, "status.autoscaling at zero")
+    wait_for(lambda: hedge.routed(name), 30, "the model in the gateway's routing table")
+    assert hedge.deployment_replicas(name) == 0
+
+    client = openai.OpenAI(base_url=hedge.gateway_url(), api_key="x", max_retries=0, timeout=30)
+    try:
+        sent = time.monotonic()
+        raw = client.chat.completions.with_raw_response.create(
+            model=name, messages=[{"role": "user", "content": "first"}], max_tokens=4
+        )
+        assert raw.headers["x-hedge-served-by"] == "openai-compatible"
+        assert raw.headers["x-hedge-fallback-reason"] == "Unavailable"
+        assert raw.parse().choices[0].message.content
+        wait_for(lambda: hedge.deployment_replicas(name) == 1, 10, "the 0→1 scale", 0.05)
+        scaled_after = time.monotonic() - sent
+        assert scaled_after <= 2.0, scaled_after
+
+        # Requests keep coming; the first self-hosted answer after the pod turns Ready.
+        with Clients(hedge.gateway_url(), name, workers=2, tokens=4, stream=False) as load:
+            load.set(2)
+            not_ready_at = time.monotonic()
+
+            def ready() -> float | None:
+                nonlocal not_ready_at
+                polled = time.monotonic()
+                if ready_engine_count(hedge, name) == 1:
+                    return polled
+                not_ready_at = polled
+                return None
+
+            ready_at = wait_for(ready, 60, "the engine pod Ready", interval=0.05)
+            first_self = wait_for(
+                lambda: next(
+                    (r.end for r in load.since(not_ready_at) if r.served_by == "self-hosted"),
+                    None,
+                ),
+                10,
+                "a self-hosted answer",
+            )
+        assert load.failures() == [], load.failures()[:5]
+        print(f"0→1 written {scaled_after:.2f}s after the first request; first self-hosted "
+              f"answer {first_self - ready_at:.2f}s after the pod was seen Ready")  # fmt: skip
+        assert first_self - ready_at <= 1.0, (first_self - ready_at, ready_at - not_ready_at)
+        served = {r.served_by for r in load.replies}
+        assert served == {"openai-compatible", "self-hosted"}, served
+        events = [(e["reason"], e["message"]) for e in hedge.events(name)]
+        assert any(reason == "WakeFromZero" and "0 → 1" in msg for reason, msg in events), events
+    finally:
+        client.close()
+        hedge.delete(name)
+
+
+@pytest.mark.timeout(180)
+def test_a_model_at_zero_without_fallback_holds_the_request_until_it_has_loaded(
+    hedge: Hedge,
+) -> None:
+    """No fallback: the gateway holds the request while the model wakes and loads (4 s of
+    simulated weight loading), and answers it self-hosted: no 503."""
+    name = "hold"
+    load_ms = 4000
+    hedge.apply(
+        model_deployment(
+            name,
+            autoscaling={"minReplicas": 0, "maxReplicas": 1, "targetRequests": 4},
+            serving={"coldStartHoldSeconds": 45},
+            sim={"sim.hedge.dev/startup-delay-ms": str(load_ms)},
+        )
+    )
+    wait_for(lambda: hedge.desired(name) == 0, 60, "status.autoscaling at zero")
+    wait_for(lambda: hedge.routed(name), 30, "the model in the gateway's routing table")
+    client = openai.OpenAI(base_url=hedge.gateway_url(), api_key="x", max_retries=0, timeout=60)
+    try:
+        sent = time.monotonic()
+        raw = client.chat.completions.with_raw_response.create(
+            model=name, messages=[{"role": "user", "content": "wake up"}], max_tokens=4
+        )
+        waited = time.monotonic() - sent
+        assert raw.headers["x-hedge-served-by"] == "self-hosted"
+        assert raw.parse().choices[0].message.content
+        assert waited >= load_ms / 1000, waited  # it really waited for the load
+        print(f"held {waited:.2f}s (model load {load_ms / 1000:g}s), answered self-hosted")
+        assert hedge.desired(name) == 1
+    finally:
+        client.close()
+        hedge.delete(name)
