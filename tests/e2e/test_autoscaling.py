@@ -591,3 +591,72 @@ def test_a_model_at_zero_without_fallback_holds_the_request_until_it_has_loaded(
     finally:
         client.close()
         hedge.delete(name)
+
+
+# ------------------------------------------------------------------------ load steps
+
+
+@pytest.mark.timeout(300)
+def test_a_load_step_scales_up_within_seconds_and_down_without_cutting_a_stream(
+    hedge: Hedge,
+) -> None:
+    """2 → 12 concurrent streams with 4 per replica: 3 replicas asked for within 5 s of the
+    step. Back to 2 streams: down to one replica once the delay has passed, while streams
+    run on the pods that go (none is cut); no load: zero after the idle period."""
+    name = "step"
+    hedge.apply(
+        model_deployment(
+            name,
+            replicas=1,
+            autoscaling={"minReplicas": 0, "maxReplicas": 4, "targetRequests": 4},
+            # ~3 s per stream (30 tokens, 100 ms apart): many are in flight at any time.
+            sim={"sim.hedge.dev/itl-ms": "100", "sim.hedge.dev/startup-delay-ms": "500"},
+        )
+    )
+    wait_for(lambda: ready_engine_count(hedge, name) == 1, 60, "one ready engine pod")
+    wait_for(lambda: hedge.routed(name), 30, "the model in the gateway's routing table")
+    url = hedge.gateway_url()
+    with Recorder(hedge, name) as recorder, Clients(url, name, workers=12, tokens=30) as load:
+        load.set(2)
+        wait_for(lambda: len(load.replies) >= 6, 60, "the light load to run")
+        assert hedge.desired(name) == 1
+        load.set(12)
+        step_at = time.monotonic()
+        reached = wait_for(lambda: recorder.first(3, step_at), 15, "3 replicas asked for")
+        up_after = reached - step_at
+        wait_for(lambda: ready_engine_count(hedge, name) == 3, 60, "3 ready engine pods")
+        wait_for(lambda: len(load.since(time.monotonic())) == 0 and len(load.replies) > 0, 1,
+                 "bookkeeping")  # fmt: skip
+
+        # Back to 2 streams: down to 1 replica after the delay, streams still running.
+        load.set(2)
+        light_at = time.monotonic()
+        wait_for(lambda: hedge.desired(name) == 1, 60, "back to one replica")
+        down_after = time.monotonic() - light_at
+        wait_for(lambda: len(hedge.engine_pods(name)) == 1, 60, "the other pods gone")
+        during_scale_down = len(load.since(light_at))
+
+        # No load at all: zero once no request arrived for scaleToZeroAfterSeconds (15 s).
+        load.set(0)
+    idle_at = max(r.end for r in load.replies)  # the last stream ended: no demand since
+    wait_for(lambda: hedge.desired(name) == 0, 60, "zero replicas")
+    zero_after = time.monotonic() - idle_at
+    wait_for(lambda: not hedge.engine_pods(name), 60, "no engine pod left")
+
+    print(f"step: 3 replicas asked for {up_after:.1f}s after 2→12 streams; back to 1 replica "
+          f"{down_after:.1f}s after 12→2 ({during_scale_down} streams meanwhile); zero "
+          f"{zero_after:.1f}s after the last request; {len(load.replies)} streams, "
+          f"{len(load.failures())} cut or failed; desired trace "
+          f"{[d for _, d in recorder.trace]}")  # fmt: skip
+    assert up_after <= 5.0, up_after
+    assert load.failures() == [], load.failures()[:5]
+    assert {r.served_by for r in load.replies} == {"self-hosted"}
+    assert during_scale_down >= 4  # streams ran while pods were taken away
+    assert down_after >= 5, down_after  # not before the delay
+    # The idle period (15 s), as the operator sees activity: once per tick (1 s) from a
+    # scrape at most 0.5 s old, so the last stream may have ended up to 1.5 s after it.
+    assert 15 - 1.5 <= zero_after <= 30, zero_after
+    assert max(d for _, d in recorder.trace) <= 4
+    reasons = [e["reason"] for e in hedge.events(name)]
+    assert {"PanicScaleUp", "ScaleDown", "ScaleToZero"} <= set(reasons), reasons
+    hedge.delete(name)
