@@ -27,12 +27,23 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from hedge_core.kube import ApiError
-from hedge_dev.cluster import free_port
+from hedge_dev.cluster import NodeSpec, free_port
 from hedge_operator.dataplane import DataPlane
 from hedge_operator.kube import Kube
+from hedge_operator.signals import parse_gateway
 from tests.serving.gateway_stubs import OpenAIStub
 
-from .conftest import API, ROOT, E2ECluster, get_md, pod_ready, scrape, wait_for
+from .conftest import (
+    API,
+    ROOT,
+    E2ECluster,
+    condition,
+    get_md,
+    metric_sum,
+    pod_ready,
+    scrape,
+    wait_for,
+)
 
 # ------------------------------------------------------------------- finding the gateways
 
@@ -659,4 +670,172 @@ def test_a_load_step_scales_up_within_seconds_and_down_without_cutting_a_stream(
     assert max(d for _, d in recorder.trace) <= 4
     reasons = [e["reason"] for e in hedge.events(name)]
     assert {"PanicScaleUp", "ScaleDown", "ScaleToZero"} <= set(reasons), reasons
+    hedge.delete(name)
+
+
+# ----------------------------------------------------------------------- GPU reality
+
+
+@pytest.fixture
+def one_l4_gpu(cluster: E2ECluster) -> Iterator[str]:
+    """A node of its own for the test: one NVIDIA L4 GPU, so capacity is known exactly."""
+    state = cluster.cluster.state()
+    assert state is not None
+    node = NodeSpec(f"gpu-l4-{uuid.uuid4().hex[:6]}", 101, "NVIDIA-L4", gpus=1)
+    cluster.api.request("POST", "/api/v1/nodes", node.manifest(state.octet))
+
+    def ready() -> bool:
+        conditions = cluster.get(f"/api/v1/nodes/{node.name}")["status"].get("conditions") or []
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+    wait_for(ready, 30, f"node {node.name} Ready")
+    yield node.name
+    cluster.api.request("DELETE", f"/api/v1/nodes/{node.name}")
+
+
+@pytest.mark.timeout(240)
+def test_more_replicas_wanted_than_gpus_free(hedge: Hedge, one_l4_gpu: str) -> None:
+    """Demand asks for 3 replicas; one GPU exists. The other two wait for a node (no more
+    than demand needs), the condition says how many GPUs are missing, the fallback serves
+    the overflow with reason Overloaded, and no request fails."""
+    name = "short"
+    hedge.apply(
+        model_deployment(
+            name,
+            replicas=1,
+            autoscaling={"minReplicas": 1, "maxReplicas": 3, "targetRequests": 2},
+            fallback=hedge.provider.url,
+            serving={"maxQueueDepth": 1},
+            resources={"gpus": 1, "gpuType": "nvidia-l4"},
+            sim={"sim.hedge.dev/itl-ms": "100", "sim.hedge.dev/max-concurrency": "2"},
+        )
+    )
+    wait_for(lambda: ready_engine_count(hedge, name) == 1, 60, "one ready engine pod")
+    wait_for(lambda: hedge.routed(name), 30, "the model in the gateway's routing table")
+
+    def shortage() -> dict[str, Any] | None:
+        degraded = condition(hedge.md(name), "Degraded")
+        both = "2 of 3" in degraded.get("message", "")  # the scheduler has tried both pods
+        return degraded if degraded.get("reason") == "InsufficientGPUs" and both else None
+
+    with Clients(hedge.gateway_url(), name, workers=6, tokens=20) as load:
+        load.set(6)
+        wait_for(lambda: hedge.desired(name) == 3, 30, "3 replicas asked for")
+        degraded = wait_for(shortage, 60, "Degraded=InsufficientGPUs")
+        # Watch a while: pods never outnumber what demand asks for; the two extra wait.
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            pods = [
+                p for p in hedge.engine_pods(name) if not p["metadata"].get("deletionTimestamp")
+            ]
+            desired = hedge.desired(name) or 0
+            assert len(pods) <= desired <= 3, (len(pods), desired)
+            time.sleep(0.5)
+        pending = [p for p in hedge.engine_pods(name) if p["status"].get("phase") == "Pending"]
+        overloaded_at = time.monotonic()
+        wait_for(
+            lambda: any(r.reason == "Overloaded" for r in load.since(overloaded_at)),
+            30,
+            "answers from the fallback with reason Overloaded",
+        )
+    print(f"shortage: {degraded['message']}; {len(pending)} pending; "
+          f"{sum(r.reason == 'Overloaded' for r in load.replies)} of {len(load.replies)} "
+          "answers from the fallback (Overloaded)")  # fmt: skip
+    assert degraded["status"] == "True"
+    assert (
+        "2 of 3 replica(s) cannot be scheduled: 2 nvidia.com/gpu (nvidia-l4) missing"
+        in (degraded["message"])
+    )
+    assert "the fallback serves the overflow" in degraded["message"]
+    assert len(pending) == 2
+    assert load.failures() == [], load.failures()[:5]
+    assert {r.reason for r in load.replies} <= {None, "Overloaded"}
+    warnings = [e for e in hedge.events(name) if e["reason"] == "InsufficientGPUs"]
+    assert warnings and warnings[0]["type"] == "Warning"
+    hedge.delete(name)
+    wait_for(lambda: not hedge.engine_pods(name), 60, "the engine pods gone")
+
+
+# ------------------------------------------------------------------- many gateways
+
+
+def gateway_pods(hedge: Hedge) -> list[dict[str, Any]]:
+    selector = f"app.kubernetes.io/instance={hedge.release},app.kubernetes.io/component=gateway"
+    return [p for p in hedge.pods(selector) if pod_ready(p)]
+
+
+def gateway_arrivals(pod: dict[str, Any], model: tuple[str, str]) -> float:
+    text = scrape(f"http://{pod['status']['podIP']}:9090/metrics", timeout=2)
+    return parse_gateway(text).counters.get(("arrivals", *model), 0.0)
+
+
+@pytest.mark.timeout(240)
+def test_two_gateway_replicas_give_the_same_desired_count_as_one(hedge: Hedge) -> None:
+    """Demand is summed over the gateway replicas: spreading the same load over two of them
+    changes neither the measured demand nor the decision."""
+    name = "spread"
+    hedge.apply(
+        model_deployment(
+            name,
+            replicas=1,
+            autoscaling={"minReplicas": 1, "maxReplicas": 6, "targetRequests": 4},
+            sim={"sim.hedge.dev/itl-ms": "100"},
+        )
+    )
+    wait_for(lambda: ready_engine_count(hedge, name) == 1, 60, "one ready engine pod")
+    wait_for(lambda: hedge.routed(name), 30, "the model in the gateway's routing table")
+    key = (hedge.namespace, name)
+
+    def demand() -> float:
+        return metric_sum(
+            hedge.operator_metrics(), "hedge_operator_demand",
+            namespace=hedge.namespace, model_deployment=name,
+        )  # fmt: skip
+
+    def steady(seconds: float) -> tuple[int, float]:
+        """The desired count, unchanged for `seconds`, and the demand then."""
+        deadline = time.monotonic() + seconds
+        first = hedge.desired(name)
+        while time.monotonic() < deadline:
+            assert hedge.desired(name) == first
+            time.sleep(0.5)
+        assert first is not None
+        return first, demand()
+
+    with (
+        Recorder(hedge, name) as recorder,
+        Clients(hedge.gateway_url(), name, workers=10, tokens=20) as load,
+    ):
+        load.set(10)
+        wait_for(lambda: hedge.desired(name) == 3, 30, "3 replicas for 10 streams")
+        wait_for(lambda: ready_engine_count(hedge, name) == 3, 60, "3 ready engine pods")
+        one = steady(10)
+
+        hedge.cluster.kubectl("scale", "-n", hedge.namespace,
+                              f"deployment/{hedge.gateway_deployment}", "--replicas=2")  # fmt: skip
+        pods = wait_for(lambda: len(p := gateway_pods(hedge)) == 2 and p, 60, "2 gateway pods")
+
+        def reads_both() -> bool:
+            metrics = hedge.operator_metrics()
+            return metric_sum(metrics, "hedge_operator_gateways", result="read") == 2
+
+        wait_for(reads_both, 30, "the operator reading both gateways")
+        before = [gateway_arrivals(p, key) for p in pods]
+        wait_for(
+            lambda: all(gateway_arrivals(p, key) > b for p, b in zip(pods, before, strict=True)),
+            30,
+            "both gateways serving the model",
+        )
+        split_at = len(recorder.trace)
+        two = steady(10)
+        load.set(0)
+    hedge.cluster.kubectl("scale", "-n", hedge.namespace,
+                          f"deployment/{hedge.gateway_deployment}", "--replicas=1")  # fmt: skip
+    wait_for(lambda: len(gateway_pods(hedge)) == 1, 60, "back to one gateway pod")
+    print(f"one gateway: {one[0]} replicas for demand {one[1]:.1f}; two gateways: {two[0]} "
+          f"for {two[1]:.1f}")  # fmt: skip
+    assert one[0] == two[0] == 3
+    assert abs(one[1] - two[1]) <= 2.0, (one, two)
+    assert recorder.trace[split_at - 1 :] == recorder.trace[-1:]  # no change once split
+    assert load.failures() == [], load.failures()[:5]
     hedge.delete(name)
