@@ -62,7 +62,18 @@ AUTOSCALE_DECISIONS = Counter(
     ["reason"],
 )
 
-_PER_MODEL = (DESIRED_REPLICAS, DEMAND)
+FALLBACK_TOKENS = Gauge(
+    "hedge_operator_fallback_tokens",
+    "Fallback tokens spent in the current budget window, summed over the gateways.",
+    ["namespace", "model_deployment", "window"],
+)
+FALLBACK_BUDGET_EXHAUSTED = Gauge(
+    "hedge_operator_fallback_budget_exhausted",
+    "1 while the model's fallback budget is spent (no spilling until the window turns).",
+    ["namespace", "model_deployment"],
+)
+
+_PER_MODEL = (DESIRED_REPLICAS, DEMAND, FALLBACK_BUDGET_EXHAUSTED)
 
 
 def forget_model(namespace: str, name: str) -> None:
@@ -73,3 +84,6 @@ def forget_model(namespace: str, name: str) -> None:
     for state in ("self_hosted", "held", "fallback"):
         with contextlib.suppress(KeyError):
             DEMAND_IN_FLIGHT.remove(namespace, name, state)
+    for window in ("minute", "day"):
+        with contextlib.suppress(KeyError):
+            FALLBACK_TOKENS.remove(namespace, name, window)

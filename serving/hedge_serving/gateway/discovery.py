@@ -29,6 +29,7 @@ from urllib.parse import quote
 from hedge_core.api import API_VERSION, MD_LABEL, PLURAL, ModelDeployment, SpecError
 from hedge_core.kube import Key, Kube, KubeConfigError, ListWatch, object_key, resource_path
 from hedge_serving.gateway.auth import ClientAuth, split_keys
+from hedge_serving.gateway.budget import BudgetSpec
 from hedge_serving.gateway.keys import SecretCache
 from hedge_serving.gateway.routing import (
     ProviderSpec,
@@ -64,6 +65,35 @@ class Parsed:
     version: str
     md: ModelDeployment | None
     created: int
+    budget_status: Mapping[str, Any] | None = None  # status.fallbackBudget
+
+
+def _epoch(value: Any) -> float | None:
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    return None
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def budget_spec(md: ModelDeployment, status: Mapping[str, Any] | None) -> BudgetSpec | None:
+    """spec.fallback.budget's limits with the spend status.fallbackBudget reports."""
+    fallback = md.spec.fallback
+    if fallback is None or fallback.budget is None:
+        return None
+    status = status or {}
+    return BudgetSpec(
+        tokens_per_minute=fallback.budget.tokens_per_minute,
+        tokens_per_day=fallback.budget.tokens_per_day,
+        minute_start=_epoch(status.get("minuteStart")),
+        minute_tokens=_int(status.get("minuteTokens")),
+        day_start=_epoch(status.get("dayStart")),
+        day_tokens=_int(status.get("dayTokens")),
+        exhausted_until=_epoch(status.get("exhaustedUntil")),
+    )
 
 
 def parse(body: Mapping[str, Any]) -> Parsed:
@@ -79,10 +109,16 @@ def parse(body: Mapping[str, Any]) -> Parsed:
             exc,
         )
         md = None
-    return Parsed(version, md, _created(meta))
+    budget = (body.get("status") or {}).get("fallbackBudget")
+    return Parsed(version, md, _created(meta), budget if isinstance(budget, Mapping) else None)
 
 
-def routes_for(md: ModelDeployment, backends: Iterable[str], created: int = 0) -> list[RouteSpec]:
+def routes_for(
+    md: ModelDeployment,
+    backends: Iterable[str],
+    created: int = 0,
+    budget_status: Mapping[str, Any] | None = None,
+) -> list[RouteSpec]:
     """The RouteSpecs one ModelDeployment contributes (its model and each adapter, all owned
     by it: they share its demand)."""
     spec = md.spec
@@ -113,6 +149,7 @@ def routes_for(md: ModelDeployment, backends: Iterable[str], created: int = 0) -
     )
     urls = tuple(sorted(set(backends)))
     names = [md.served_model, *(a.name for a in spec.adapters)]
+    budget = budget_spec(md, budget_status)
     return [
         RouteSpec(
             n,
@@ -122,6 +159,7 @@ def routes_for(md: ModelDeployment, backends: Iterable[str], created: int = 0) -
             owner=md.namespace,
             created=created,
             deployment=(md.namespace, md.name),
+            budget=budget,
         )
         for n in names
     ]
@@ -150,13 +188,13 @@ def route_specs(parsed: Mapping[Key, Parsed], backends: Mapping[Key, list[str]])
     keeps a model name a newer one also claims (the table keeps the first spec listed).
     A rule for which namespaces may claim which names belongs here."""
     ordered = sorted(
-        ((p.created, key, p.md) for key, p in parsed.items() if p.md is not None),
+        ((p.created, key, p) for key, p in parsed.items() if p.md is not None),
         key=lambda item: (item[0], item[1]),
     )
     specs: list[RouteSpec] = []
-    for created, key, md in ordered:
-        assert md is not None
-        specs.extend(routes_for(md, backends.get(key, ()), created))
+    for created, key, p in ordered:
+        assert p.md is not None
+        specs.extend(routes_for(p.md, backends.get(key, ()), created, p.budget_status))
     return specs
 
 
