@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -369,6 +369,11 @@ class Reply:
     reason: str | None
     complete: bool  # a stream that ended with its finish_reason (never cut)
     error: str | None = None
+    status: int = 200
+    retry_after: str | None = None
+    tokens: int = 0  # usage.total_tokens of an answer in one piece
+    code: str | None = None  # the OpenAI error code of a refusal
+    wall: float = field(default_factory=time.time)  # when it ended, UTC epoch seconds
 
 
 class Clients:
@@ -447,8 +452,17 @@ class Clients:
                     if chunk.choices and chunk.choices[0].finish_reason:
                         complete = True
             else:
-                complete = raw.parse().choices[0].finish_reason is not None
+                answer = raw.parse()
+                complete = answer.choices[0].finish_reason is not None
+                tokens = answer.usage.total_tokens if answer.usage else 0
+                return Reply(start, time.monotonic(), served_by, reason, complete, tokens=tokens)
             return Reply(start, time.monotonic(), served_by, reason, complete)
+        except openai.APIStatusError as exc:
+            code = exc.body.get("code") if isinstance(exc.body, dict) else None
+            return Reply(
+                start, time.monotonic(), served_by, reason, False, repr(exc)[:300],
+                exc.status_code, exc.response.headers.get("Retry-After"), code=code,
+            )  # fmt: skip
         except (openai.APIError, OSError) as exc:
             return Reply(start, time.monotonic(), served_by, reason, False, repr(exc)[:300])
 
@@ -838,4 +852,141 @@ def test_two_gateway_replicas_give_the_same_desired_count_as_one(hedge: Hedge) -
     assert abs(one[1] - two[1]) <= 2.0, (one, two)
     assert recorder.trace[split_at - 1 :] == recorder.trace[-1:]  # no change once split
     assert load.failures() == [], load.failures()[:5]
+    hedge.delete(name)
+
+
+# ------------------------------------------------------------------ the fallback budget
+
+
+@pytest.mark.timeout(240)
+def test_a_fallback_budget_stops_spilling_at_its_ceiling_until_the_next_minute(
+    hedge: Hedge,
+) -> None:
+    """A model with no self-hosted capacity spills everything: the spill stops within a
+    few percent of tokensPerMinute, clients then get 429 with Retry-After, status and an
+    Event say why, and the next minute it spills again."""
+    name = "budget"
+    ceiling = 600
+    hedge.apply(
+        model_deployment(
+            name,
+            replicas=0,
+            fallback=hedge.provider.url,
+            budget={"tokensPerMinute": ceiling},
+            serving={"coldStartHoldSeconds": 0},
+        )
+    )
+    wait_for(lambda: hedge.routed(name), 30, "the model in the gateway's routing table")
+    wait_for(lambda: (hedge.md(name).get("status") or {}).get("fallbackBudget"), 30,
+             "status.fallbackBudget")  # fmt: skip
+    # Spend within one minute window: start with at least 25 s of it left.
+    if time.time() % 60 > 35:
+        wait_for(lambda: time.time() % 60 < 30, 30, "the next minute")
+    with Clients(hedge.gateway_url(), name, workers=2, tokens=8, stream=False) as load:
+        load.set(2)
+        refused = wait_for(
+            lambda: next((r for r in load.replies if r.status == 429), None), 30, "a 429"
+        )
+        wait_for(lambda: len(load.since(refused.end)) >= 10, 30, "more refusals")
+        load.set(0)
+    refusals = [r for r in load.replies if r.status == 429]
+    # What spilled in the minute window that ran out (the gateway counts an answer when it
+    # ends); a window that turned while the load ramped up is not this one.
+    window = refusals[0].wall // 60
+    spilled = [r for r in load.replies if r.status == 200 and r.wall // 60 == window]
+    spent = sum(r.tokens for r in spilled)
+    answered_after = [r for r in load.replies if r.status == 200 and r.start > refused.end]
+    md = wait_for(
+        lambda: (m := hedge.md(name))["status"]["fallbackBudget"].get("exhaustedUntil") and m,
+        10,
+        "status.fallbackBudget.exhaustedUntil",
+    )
+    budget = md["status"]["fallbackBudget"]
+    events = {e["reason"]: e for e in hedge.events(name)}
+    print(f"budget: {spent} tokens spilled in {len(spilled)} answers for a ceiling of {ceiling} "
+          f"({(spent - ceiling) / ceiling:+.1%}); {len(refusals)} refused with 429, "
+          f"Retry-After {refusals[0].retry_after}s; status {budget}")  # fmt: skip
+    assert ceiling <= spent <= ceiling * 1.05, spent
+    assert not answered_after  # once refused, nothing spills this minute
+    assert {r.code for r in refusals} == {"fallback_budget_exhausted"}
+    assert all(1 <= int(r.retry_after or 0) <= 60 for r in refusals)
+    assert ceiling <= budget["minuteTokens"] <= ceiling * 1.05
+    assert events["FallbackBudgetExhausted"]["type"] == "Warning"
+    assert f"(tokensPerMinute {ceiling})" in events["FallbackBudgetExhausted"]["message"]
+    exhausted = metric_sum(hedge.operator_metrics(), "hedge_operator_fallback_budget_exhausted",
+                           namespace=hedge.namespace, model_deployment=name)  # fmt: skip
+    assert exhausted == 1
+
+    # The next minute: spilling resumes.
+    client = openai.OpenAI(base_url=hedge.gateway_url(), api_key="x", max_retries=0, timeout=10)
+    try:
+
+        def spills() -> bool:
+            try:
+                raw = client.chat.completions.with_raw_response.create(
+                    model=name, messages=[{"role": "user", "content": "again"}], max_tokens=2
+                )
+            except openai.RateLimitError:
+                return False
+            return raw.headers["x-hedge-fallback-reason"] == "Unavailable"
+
+        wait_for(spills, 70, "spilling in the next minute", interval=1.0)
+    finally:
+        client.close()
+    wait_for(lambda: "FallbackBudgetRenewed" in {e["reason"] for e in hedge.events(name)}, 10,
+             "the FallbackBudgetRenewed Event")  # fmt: skip
+    hedge.delete(name)
+
+
+# ---------------------------------------------------------------------------- noise
+
+
+def sawtooth(t: float, period: float, low: float, high: float) -> float:
+    phase = (t % period) / period
+    return low + (high - low) * (phase * 2 if phase < 0.5 else 2 - phase * 2)
+
+
+@pytest.mark.timeout(300)
+def test_a_sawtooth_load_does_not_flap(hedge: Hedge) -> None:
+    """Streams swing ±30 % around three replicas' worth (12 with 4 per replica), 40 s a
+    period, for 100 s: at most one change of direction per half period, never to zero (a
+    replay of the same policy over such traces: tests/operator/test_scaling.py)."""
+    name = "saw"
+    period = 40.0
+    hedge.apply(
+        model_deployment(
+            name,
+            replicas=3,
+            autoscaling={
+                "minReplicas": 0,
+                "maxReplicas": 6,
+                "targetRequests": 4,
+                # Windows a little longer than the swing's half period ride it out (with
+                # windows far shorter the policy follows the load, one change per swing).
+                "stableWindowSeconds": 20,
+                "scaleDownDelaySeconds": 30,
+            },
+            sim={"sim.hedge.dev/itl-ms": "100"},
+        )
+    )
+    wait_for(lambda: ready_engine_count(hedge, name) == 3, 60, "three ready engine pods")
+    wait_for(lambda: hedge.routed(name), 30, "the model in the gateway's routing table")
+    with (
+        Recorder(hedge, name) as recorder,
+        Clients(hedge.gateway_url(), name, workers=16, tokens=20) as load,
+    ):
+        started = time.monotonic()
+        while (t := time.monotonic() - started) < 2.5 * period:
+            load.set(round(sawtooth(t, period, 12 * 0.7, 12 * 1.3)))
+            time.sleep(0.5)  # the load generator's own pace, not a wait for a condition
+        load.set(0)
+    trace = [d for _, d in recorder.trace]
+    changes = recorder.changes()
+    print(f"sawtooth: desired {trace}; direction changes at "
+          f"{[round(t - started) for t, _ in changes]}s; {len(load.replies)} streams")  # fmt: skip
+    assert load.failures() == [], load.failures()[:5]
+    assert min(trace) >= 1 and max(trace) <= 5, trace
+    reversals = [t for (t, d), (_, e) in itertools.pairwise(changes) if d != e]
+    for a, b in itertools.pairwise(reversals):
+        assert b - a >= period / 2, (reversals, trace)
     hedge.delete(name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 import math
 from collections.abc import Callable
 
@@ -268,3 +269,28 @@ def test_partial_readings_scale_up_but_never_down() -> None:
     # Every gateway readable again: the delay passes and it scales down.
     back = [Observation(at=t, demand=0.0) for t in range(80, 100)]
     assert replay(p, high + low + back, start=1)[-1][1] == 1
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_a_noisy_sawtooth_with_windows_longer_than_its_half_period_does_not_flap(
+    seed: int,
+) -> None:
+    # The e2e sawtooth (tests/e2e/test_autoscaling.py): ±30 % around 12 in flight, 40 s a
+    # period, with measurement noise, stable window 20 s, scale-down delay 30 s.
+    rnd = random.Random(seed)
+    offset = rnd.uniform(0, 40)
+
+    def saw(t: float) -> float:
+        phase = ((t + offset) % 40) / 40
+        return 8.4 + 7.2 * (phase * 2 if phase < 0.5 else 2 - phase * 2)
+
+    obs = [
+        Observation(at=t, demand=max(0.0, saw(t) + rnd.gauss(0, 0.7)), arrivals=1)
+        for t in range(300)
+    ]
+    p = policy(min_replicas=0, stable_window=20.0, panic_window=2.0, scale_down_delay=30.0)
+    result = replay(p, obs, start=3)
+    changes = direction_changes(result)
+    for a, b in itertools.pairwise(changes):
+        assert b - a >= 20, changes
+    assert min(current for _, current, _ in result) >= 3
