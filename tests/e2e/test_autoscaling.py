@@ -15,7 +15,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -37,6 +37,8 @@ from .conftest import (
     API,
     ROOT,
     E2ECluster,
+    HedgeProcess,
+    Operator,
     condition,
     get_md,
     metric_sum,
@@ -990,3 +992,100 @@ def test_a_sawtooth_load_does_not_flap(hedge: Hedge) -> None:
     for a, b in itertools.pairwise(reversals):
         assert b - a >= period / 2, (reversals, trace)
     hedge.delete(name)
+
+
+# ----------------------------------------------------------------- what can go wrong
+
+
+@pytest.mark.timeout(120)
+def test_gateways_that_cannot_be_read_never_scale_a_model_to_zero(
+    cluster: E2ECluster, namespace: str, crd: None, hedge_process: Callable[..., HedgeProcess]
+) -> None:
+    """The operator's only gateway does not answer: demand is unknown, not zero. A model
+    that would otherwise reach zero within seconds keeps its replica; status and a Warning
+    Event name the gateway."""
+    dead = f"http://127.0.0.1:{free_port()}/metrics"
+    operator = hedge_process(
+        "operator", "--namespace", namespace, "--metrics-port", "0", "--health-port", "0",
+        "--gateway-metrics-url", dead,
+    )  # fmt: skip
+    cluster.apply(
+        model_deployment(
+            "blind",
+            replicas=1,
+            autoscaling={
+                "minReplicas": 0,
+                "maxReplicas": 2,
+                "scaleDownDelaySeconds": 0,
+                "scaleToZeroAfterSeconds": 1,
+            },
+        ),
+        namespace,
+    )
+
+    def status() -> dict[str, Any]:
+        return dict(get_md(cluster, namespace, "blind").get("status", {}).get("autoscaling") or {})
+
+    wait_for(lambda: status().get("reason") == "NoMetrics", 30, "reason NoMetrics")
+    held_since = time.monotonic()
+    while time.monotonic() - held_since < 8:  # eight times the idle period
+        assert status()["desiredReplicas"] == 1, status()
+        time.sleep(0.5)
+    assert f"unreadable: {dead}" in status()["message"]
+    deployments = cluster.get(f"/apis/apps/v1/namespaces/{namespace}/deployments")["items"]
+    assert [d["spec"]["replicas"] for d in deployments] == [1]
+    events = cluster.get_json("events", "-n", namespace)["items"]
+    warnings = [e for e in events if e["reason"] == "NoMetrics"]
+    assert warnings and warnings[0]["type"] == "Warning" and dead in warnings[0]["message"]
+    operator.assert_running()
+
+
+@pytest.mark.timeout(120)
+def test_an_hpa_can_drive_a_model_through_its_scale_subresource(
+    cluster: E2ECluster, namespace: str, operator: Operator
+) -> None:
+    """For teams that standardise on HPA or KEDA instead of Hedge's autoscaler: the real
+    HPA controller resolves a ModelDeployment's scale subresource (AbleToScale), and what it
+    sets (spec.replicas) is what the engine Deployment gets."""
+    cluster.apply(model_deployment("by-hpa", replicas=1), namespace)
+    hpa = {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "by-hpa"},
+        "spec": {
+            "scaleTargetRef": {
+                "apiVersion": "hedge.dev/v1alpha1",
+                "kind": "ModelDeployment",
+                "name": "by-hpa",
+            },
+            "minReplicas": 2,
+            "maxReplicas": 3,
+            "metrics": [
+                {"type": "Resource",
+                 "resource": {"name": "cpu", "target": {"type": "Utilization",
+                                                        "averageUtilization": 80}}}
+            ],
+        },
+    }  # fmt: skip
+    cluster.apply(hpa, namespace)
+
+    def able() -> dict[str, Any] | None:
+        found = cluster.get(
+            f"/apis/autoscaling/v2/namespaces/{namespace}/horizontalpodautoscalers/by-hpa"
+        )
+        conditions = (found.get("status") or {}).get("conditions") or []
+        # A CRD created moments ago may take the controller manager's discovery up to 30 s.
+        return next(
+            (c for c in conditions if c["type"] == "AbleToScale" and c["status"] == "True"), None
+        )
+
+    condition_ = wait_for(able, 90, "the HPA's AbleToScale condition to be True")
+    assert condition_["reason"] in ("SucceededGetScale", "SucceededRescale"), condition_
+    # No metrics server here, so the HPA only enforces its bounds: minReplicas 2.
+    wait_for(
+        lambda: get_md(cluster, namespace, "by-hpa")["spec"].get("replicas") == 2, 60,
+        "the HPA to set spec.replicas through the scale subresource",
+    )  # fmt: skip
+    wait_for(lambda: [d["spec"]["replicas"] for d in cluster.get(
+        f"/apis/apps/v1/namespaces/{namespace}/deployments")["items"]] == [2], 30,
+        "the engine Deployment to follow")  # fmt: skip
