@@ -262,12 +262,14 @@ class Runtime:
         scaler = self.scalers.setdefault(md.uid, ModelScaler())
         signals = snapshot.model(key) if snapshot is not None else None
         pods = list(self.indexes.pods.get(key, ()))
+        capacity = pods_of(pods)
+        metrics.READY_REPLICAS.labels(*key).set(capacity.ready)
         step = scaler.step(
             md,
             status,
             signals,
             snapshot.gateways_failed if snapshot is not None else [],
-            pods_of(pods),
+            capacity,
             time.time(),
         )
         decision = step.decision

@@ -43,6 +43,11 @@ DESIRED_REPLICAS = Gauge(
     "Engine replicas the autoscaler asks for, per ModelDeployment.",
     ["namespace", "model_deployment"],
 )
+READY_REPLICAS = Gauge(
+    "hedge_operator_ready_replicas",
+    "Ready engine pods of a ModelDeployment with spec.autoscaling (beside desired replicas).",
+    ["namespace", "model_deployment"],
+)
 DEMAND = Gauge(
     "hedge_operator_demand",
     "Requests in flight for the model, summed over the gateways and averaged over the stable "
@@ -73,7 +78,7 @@ FALLBACK_BUDGET_EXHAUSTED = Gauge(
     ["namespace", "model_deployment"],
 )
 
-_PER_MODEL = (DESIRED_REPLICAS, DEMAND, FALLBACK_BUDGET_EXHAUSTED)
+_PER_MODEL = (DESIRED_REPLICAS, READY_REPLICAS, DEMAND, FALLBACK_BUDGET_EXHAUSTED)
 
 
 def forget_model(namespace: str, name: str) -> None:
