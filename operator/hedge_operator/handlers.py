@@ -218,8 +218,8 @@ class Runtime:
         except SpecError:
             return  # the reconcile reports it
         budget = md.spec.fallback.budget if md.spec.fallback is not None else None
-        if md.spec.autoscaling is None:
-            self.scalers.pop(md.uid, None)
+        if md.spec.autoscaling is None and self.scalers.pop(md.uid, None) is not None:
+            metrics.forget_model(*key)
         if budget is None:
             self.budgets.pop(md.uid, None)
         if md.spec.autoscaling is None and budget is None:
@@ -286,13 +286,17 @@ class Runtime:
             # The ReplicaSet controller removes the pod with the lowest cost first: the one
             # with the least work on its engine.
             costs = deletion_costs(pods, snapshot.engines, ENGINE_PORT)
-            await asyncio.gather(
+            results = await asyncio.gather(
                 *(
                     self.kube.annotate_pod(key[0], name, {DELETION_COST: str(cost)})
                     for name, cost in costs.items()
                 ),
                 return_exceptions=True,
             )
+            for name, result in zip(costs, results, strict=True):
+                if isinstance(result, Exception):  # best effort: the scale-down goes on
+                    log.warning("%s/%s: could not set the deletion cost of pod %s: %s",
+                                *key, name, result)  # fmt: skip
         return step.status
 
     def forget(self, uid: str, key: Key) -> None:

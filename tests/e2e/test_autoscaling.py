@@ -662,6 +662,10 @@ def test_a_load_step_scales_up_within_seconds_and_down_without_cutting_a_stream(
         down_after = time.monotonic() - light_at
         wait_for(lambda: len(hedge.engine_pods(name)) == 1, 60, "the other pods gone")
         during_scale_down = len(load.since(light_at))
+        # Before the count dropped, every ready pod got its work as its deletion cost.
+        (survivor,) = hedge.engine_pods(name)
+        annotations = survivor["metadata"].get("annotations") or {}
+        assert "controller.kubernetes.io/pod-deletion-cost" in annotations, annotations
 
         # No load at all: zero once no request arrived for scaleToZeroAfterSeconds (15 s).
         load.set(0)
