@@ -436,7 +436,8 @@ def live(png: Path) -> None:
             f"{LIVE_MODEL}\n"
             + kube(
                 "get", "events", "-n", LIVE_NS, "--sort-by=.metadata.creationTimestamp",
-                "--field-selector", f"involvedObject.name={LIVE_MODEL}",
+                "--field-selector",
+                f"involvedObject.kind=ModelDeployment,involvedObject.name={LIVE_MODEL}",
                 "-o", "custom-columns=TYPE:.type,REASON:.reason,MESSAGE:.message",
             )
         )  # fmt: skip

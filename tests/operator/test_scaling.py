@@ -294,3 +294,21 @@ def test_a_noisy_sawtooth_with_windows_longer_than_its_half_period_does_not_flap
     for a, b in itertools.pairwise(changes):
         assert b - a >= 20, changes
     assert min(current for _, current, _ in result) >= 3
+
+
+def test_no_scale_down_below_what_the_last_seconds_need() -> None:
+    # Load fell long enough for a scale-down, but is rising again right now: the slow window
+    # would allow 2 replicas, the last 3 s need 4.
+    p = policy(stable_window=30.0, panic_window=3.0, scale_down_delay=10.0)
+    demand = [16.0] * 10 + [4.0] * 30 + [14.0] * 4
+    obs = [Observation(at=float(t), demand=d, arrivals=1) for t, d in enumerate(demand)]
+    scaler = Autoscaler()
+    decisions = []
+    for o in obs:
+        scaler.observe(o)
+        decisions.append(scaler.decide(p, 4, Pods(ready=4), Memory(), o.at))
+    assert decisions[39].desired == 2  # low for the delay: the slow window says 2
+    assert decisions[41].desired == 3  # rising again: the last 3 s need 3
+    assert [d.desired for d in decisions[42:]] == [4, 4]  # ... then all 4
+    assert decisions[-1].reason == scaling.STABILISING
+    assert "the last 3s need 4" in decisions[-1].message
