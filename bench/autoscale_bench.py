@@ -432,8 +432,8 @@ def live(png: Path) -> None:
                 th.join(70)
         _plot_live(png, samples, replies)
         print(
-            f"$ kubectl get events -n {LIVE_NS} --field-selector involvedObject.name="
-            f"{LIVE_MODEL}\n"
+            f"$ kubectl get events -n {LIVE_NS} --field-selector "
+            f"involvedObject.kind=ModelDeployment,involvedObject.name={LIVE_MODEL}\n"
             + kube(
                 "get", "events", "-n", LIVE_NS, "--sort-by=.metadata.creationTimestamp",
                 "--field-selector",
