@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -233,4 +234,21 @@ async def test_a_spent_budget_queues_at_the_pods_and_holds_a_cold_model(
     finally:
         await gw.stop()
         await engine.stop()
+        await provider.stop()
+
+
+async def test_a_held_request_spills_if_the_window_turned_meanwhile(clients: Clients) -> None:
+    provider = await Engine(model="gpt-4o-mini").start()
+    turns = BudgetSpec(tokens_per_minute=10, exhausted_until=time.time() + 0.2)
+    route = RouteSpec(MODEL, (), provider_for(provider), ServingOptions(hold_s=0.5),
+                      deployment=KEY, budget=turns)  # fmt: skip
+    gw = await start_test_gateway([route])
+    try:
+        raw = await clients(gw).chat.completions.with_raw_response.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "hi"}],  # type: ignore[arg-type]
+        )
+        assert raw.headers["x-hedge-fallback-reason"] == "Unavailable"
+    finally:
+        await gw.stop()
         await provider.stop()

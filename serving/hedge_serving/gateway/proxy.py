@@ -337,19 +337,19 @@ class Proxy:
         reason: FallbackReason | None = None
         if not route.backends and options.hold_s > 0:
             # Scaling from zero (or every pod restarting): wait unless the fallback takes it.
-            spent = self._budget_spent(route)
-            if not (route.fallback and options.fallback_on_unavailable) or spent is not None:
+            spills = route.fallback and options.fallback_on_unavailable
+            if not spills or self._budget_spent(route) is not None:
                 held = await self._hold(route, state)
-                if held is None:
-                    if spent is not None and route.fallback and options.fallback_on_unavailable:
-                        raise self._budget_error(route)
+                if held is None and not spills:
                     raise NoCapacity(
                         f"model {route.model!r} cannot be served right now: no engine pod "
                         f"became ready within {options.hold_s:g}s (it may be starting from "
                         "zero)",
                         headers={"Retry-After": str(self.settings.retry_after_s)},
                     )
-                route = held
+                # Still nothing with a fallback: it spills if the budget's window has turned
+                # meanwhile, else 429 (below).
+                route = held or route
                 candidates = [b for b in route.backends if b.breaker.available()]
         if not candidates:
             reason = FallbackReason.UNAVAILABLE
