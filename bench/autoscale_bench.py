@@ -23,12 +23,21 @@ and the share of requests that would go to the fallback.
 
 Usage: .venv/bin/python bench/autoscale_bench.py [--target 4] [--cold-start 30] [--per-pod 8]
        [--write-trace] (regenerates the trace file from its fixed seed)
+
+`--live PNG` instead runs the real thing once on a local cluster (about four minutes): the
+operator and the gateway (discovery mode) as processes, a ModelDeployment at zero with a
+fallback (an engine simulator on loopback speaking the OpenAI API) and 5 s of simulated
+model load, and a bounded load of streaming `openai` clients following a script (a first
+request at zero, a step, a sawtooth, a drop, silence). It samples the load, the demand the
+operator measured, the desired and ready replicas and who served each request, prints the
+numbers and draws them into PNG (matplotlib) for a person to look at.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import math
 import random
 import statistics
@@ -257,6 +266,237 @@ def _pct(values: list[float], q: float) -> str:
     return f"{ordered[min(len(ordered) - 1, int(q * len(ordered)))]:.0f}s"
 
 
+# ------------------------------------------------------------------------------ live run
+
+LIVE_NS = "bench"
+LIVE_MODEL = "live"
+# (second, concurrent streams) the load follows; linear between points, bounded overall.
+LIVE_SCRIPT = [
+    (0, 0), (10, 0), (10, 2), (45, 2), (45, 12), (85, 12),
+    *((85 + 15 * i, 8 if i % 2 else 16) for i in range(1, 5)),
+    (160, 2), (190, 2), (190, 0), (260, 0),
+]  # fmt: skip
+
+
+def live_load(t: float) -> int:
+    for (t0, c0), (t1, c1) in itertools.pairwise(LIVE_SCRIPT):
+        if t0 <= t < t1:
+            return round(c0 + (c1 - c0) * (t - t0) / (t1 - t0)) if t1 > t0 else c1
+    return 0
+
+
+def live(png: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    import threading
+    import time
+    import urllib.request
+
+    import openai
+    import yaml
+
+    from hedge_dev.cluster import LocalCluster, free_port
+    from hedge_dev.tools import ensure_tools
+
+    root = Path(__file__).resolve().parents[1]
+    cluster = LocalCluster("bench-autoscale")
+    procs: list[subprocess.Popen[bytes]] = []
+    work = Path(tempfile.mkdtemp(prefix="hedge-autoscale-live-"))
+    cluster.up()
+    try:
+        kubectl = str(ensure_tools(["kubectl"])["kubectl"])
+        env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+
+        def kube(*args: str, stdin: str | None = None) -> str:
+            return subprocess.run(
+                [kubectl, *args], input=stdin, capture_output=True, text=True, env=env,
+                check=True,
+            ).stdout  # fmt: skip
+
+        kube("apply", "--server-side", "-f", str(root / "crds/hedge.dev_modeldeployments.yaml"))
+        kube("wait", "--for=condition=Established", "crd/modeldeployments.hedge.dev")
+        kube("create", "namespace", LIVE_NS)
+        # The fallback provider: an engine simulator speaking the OpenAI API, on loopback.
+        provider_port, gw_port, gw_admin, op_metrics = (free_port() for _ in range(4))
+        fallback = "gpt-4o-mini"
+
+        def start(name: str, *args: str) -> None:
+            log = open(work / f"{name}.log", "wb")  # noqa: SIM115 - the child's
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "hedge_core.cli", *args], stdout=log,
+                stderr=subprocess.STDOUT, env=env,
+            ))  # fmt: skip
+
+        start("provider", "simulator", "--model", fallback, "--port", str(provider_port),
+              "--ttft-ms", "30", "--itl-ms", "10")  # fmt: skip
+        start("operator", "operator", "--namespace", LIVE_NS, "--health-port", "0",
+              "--metrics-port", str(op_metrics),
+              "--gateway-metrics-url", f"http://127.0.0.1:{gw_admin}/metrics")  # fmt: skip
+        start("gateway", "gateway", "--namespace", LIVE_NS, "--port", str(gw_port),
+              "--admin-port", str(gw_admin), "--drain-delay", "0")  # fmt: skip
+        md = {
+            "apiVersion": "hedge.dev/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": LIVE_MODEL, "namespace": LIVE_NS},
+            "spec": {
+                "model": {"source": "hf://org/live", "name": LIVE_MODEL}, "replicas": 0,
+                "resources": {"gpus": 1},
+                "engine": {"podAnnotations": {"sim.hedge.dev/itl-ms": "100",
+                                              "sim.hedge.dev/startup-delay-ms": "5000"}},
+                "autoscaling": {"minReplicas": 0, "maxReplicas": 6, "targetRequests": 4,
+                                "stableWindowSeconds": 20, "panicWindowSeconds": 2,
+                                "scaleDownDelaySeconds": 15, "scaleToZeroAfterSeconds": 20},
+                "fallback": {"providers": [{
+                    "type": "OpenAICompatible", "model": fallback,
+                    "baseURL": f"http://127.0.0.1:{provider_port}/v1"}]},
+            },
+        }  # fmt: skip
+        kube("apply", "-f", "-", stdin=yaml.safe_dump(md))
+        base = f"http://127.0.0.1:{gw_port}/v1"
+
+        def get(url: str) -> str:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                return str(r.read().decode())
+
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if LIVE_MODEL in get(base + "/models"):
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        else:
+            raise SystemExit("the gateway never routed the model; logs in " + str(work))
+
+        replies: list[tuple[float, str]] = []  # (second, served by)
+        failures: list[str] = []
+        active = [0]
+        stop = threading.Event()
+        t0 = time.monotonic()
+
+        def client(i: int) -> None:
+            while not stop.is_set():
+                if i >= active[0]:
+                    time.sleep(0.2)
+                    continue
+                c = openai.OpenAI(base_url=base, api_key="x", max_retries=0, timeout=60)
+                try:
+                    raw = c.chat.completions.with_raw_response.create(
+                        model=LIVE_MODEL, messages=[{"role": "user", "content": f"q{i}"}],
+                        max_tokens=20, stream=True,
+                    )  # fmt: skip
+                    for _ in raw.parse():
+                        pass
+                    replies.append((time.monotonic() - t0, raw.headers["x-hedge-served-by"]))
+                except (openai.APIError, OSError) as exc:
+                    failures.append(repr(exc)[:200])
+                finally:
+                    c.close()
+
+        threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(16)]
+        for th in threads:
+            th.start()
+        samples: list[tuple[float, int, float, int, int]] = []
+        end = LIVE_SCRIPT[-1][0]
+        shown = False
+        try:
+            while (t := time.monotonic() - t0) < end:
+                active[0] = live_load(t)
+                if t >= 75 and not shown:  # on the plateau: what kubectl shows
+                    shown = True
+                    print(f"$ kubectl get md -n {LIVE_NS}\n" + kube("get", "md", "-n", LIVE_NS))
+                    print(
+                        f"$ kubectl get md {LIVE_MODEL} -n {LIVE_NS} -o yaml  # status.autoscaling"
+                    )
+                    status_now = json.loads(
+                        kube("get", "md", LIVE_MODEL, "-n", LIVE_NS, "-o", "json")
+                    )
+                    print(yaml.safe_dump({"autoscaling": status_now["status"]["autoscaling"]},
+                                         sort_keys=False, width=100))  # fmt: skip
+                status = json.loads(kube("get", "md", LIVE_MODEL, "-n", LIVE_NS, "-o", "json")).get(
+                    "status", {}
+                )
+                demand = 0.0
+                for line in get(f"http://127.0.0.1:{op_metrics}/metrics").splitlines():
+                    if line.startswith("hedge_operator_demand{"):
+                        demand = float(line.rsplit(" ", 1)[1])
+                desired = (status.get("autoscaling") or {}).get("desiredReplicas", 0)
+                samples.append((t, active[0], demand, desired, status.get("readyReplicas", 0)))
+                time.sleep(0.5)
+        finally:
+            stop.set()
+            for th in threads:
+                th.join(70)
+        _plot_live(png, samples, replies)
+        print(
+            f"$ kubectl get events -n {LIVE_NS} --field-selector "
+            f"involvedObject.kind=ModelDeployment,involvedObject.name={LIVE_MODEL}\n"
+            + kube(
+                "get", "events", "-n", LIVE_NS, "--sort-by=.metadata.creationTimestamp",
+                "--field-selector",
+                f"involvedObject.kind=ModelDeployment,involvedObject.name={LIVE_MODEL}",
+                "-o", "custom-columns=TYPE:.type,REASON:.reason,MESSAGE:.message",
+            )
+        )  # fmt: skip
+        served = [s for _, s in replies]
+        self_hosted = served.count("self-hosted")
+        print(
+            f"live run: {len(served)} streams, {self_hosted} self-hosted, "
+            f"{len(served) - self_hosted} by the fallback, {len(failures)} failed; peak "
+            f"{max(s[3] for s in samples)} replicas asked for, "
+            f"{sum(s[4] for s in samples) * 0.5 / 60:.1f} replica-minutes ready; PNG: {png}"
+        )
+        for line in failures[:5]:
+            print("  failed:", line)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        cluster.down(quiet=True)
+        print(f"logs: {work}")
+
+
+def _plot_live(
+    png: Path, samples: list[tuple[float, int, float, int, int]], replies: list[tuple[float, str]]
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [s[0] for s in samples]
+    fig, (load, replicas, share) = plt.subplots(3, 1, sharex=True, figsize=(10, 7.5))
+    load.plot(t, [s[1] for s in samples], drawstyle="steps-post", label="concurrent streams")
+    load.plot(t, [s[2] for s in samples], label="demand (operator, stable-window mean)")
+    load.set_ylabel("requests in flight")
+    load.legend(loc="upper right")
+    replicas.plot(t, [s[3] for s in samples], drawstyle="steps-post", label="desired")
+    replicas.plot(t, [s[4] for s in samples], drawstyle="steps-post", label="ready")
+    replicas.set_ylabel("engine replicas")
+    replicas.legend(loc="upper right")
+    bins = range(0, int(max(t)) + 5, 5)
+    total = [sum(1 for at, _ in replies if b <= at < b + 5) for b in bins]
+    spilled = [sum(1 for at, by in replies if b <= at < b + 5 and by != "self-hosted")
+               for b in bins]  # fmt: skip
+    share.bar(list(bins), [100 * f / n if n else 0 for f, n in zip(spilled, total, strict=True)],
+              width=4.5, align="edge", color="tab:red", label="served by the fallback")  # fmt: skip
+    share.set_ylabel("% of streams (5 s bins)")
+    share.set_xlabel("seconds")
+    share.set_ylim(0, 100)
+    share.legend(loc="upper right")
+    fig.suptitle("Hedge autoscaling, live on the local cluster (target 4 per replica)")
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=80)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", type=float, default=4.0, help="requests per replica")
@@ -265,7 +505,11 @@ def main() -> None:
     parser.add_argument("--min-replicas", type=int, default=0)
     parser.add_argument("--max-replicas", type=int, default=16)
     parser.add_argument("--write-trace", action="store_true")
+    parser.add_argument("--live", type=Path, metavar="PNG", help="the live run; draws PNG")
     args = parser.parse_args()
+    if args.live is not None:
+        live(args.live)
+        return
     if args.write_trace or not TRACE.exists():
         write_trace(TRACE)
     trace = read_trace(TRACE)

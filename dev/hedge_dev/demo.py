@@ -207,6 +207,7 @@ def _demo(cluster: LocalCluster, args: argparse.Namespace) -> int:
 
     _step("Starting the operator and the gateway")
     op_health = free_port()
+    gw_port, gw_admin = free_port(), free_port()
     cluster.start_component(
         "operator",
         [
@@ -216,10 +217,11 @@ def _demo(cluster: LocalCluster, args: argparse.Namespace) -> int:
             "operator",
             f"--health-port={op_health}",
             "--metrics-port=0",
+            # The gateway runs outside the cluster here: its autoscaler reads it directly.
+            f"--gateway-metrics-url=http://127.0.0.1:{gw_admin}/metrics",
         ],
         env={"KUBECONFIG": str(kubeconfig)},
     )
-    gw_port, gw_admin = free_port(), free_port()
     cluster.start_component(
         "gateway",
         [

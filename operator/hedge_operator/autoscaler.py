@@ -148,7 +148,9 @@ class ModelScaler:
     windows: scaling.Autoscaler = field(default_factory=scaling.Autoscaler)
     block: dict[str, Any] | None = None
     written_at: float = -math.inf
-    generation: int = 0
+    #: When a request was last seen, to the tick (status keeps it to the second, and only
+    #: every few seconds: it is what a restarted operator starts from).
+    memory: scaling.Memory | None = None
 
     def step(
         self,
@@ -166,7 +168,7 @@ class ModelScaler:
         policy = policy_of(spec)
         block = dict(self.block or status.get("autoscaling") or {})
         current = effective_replicas(md, block)
-        memory = scaling.Memory(last_active=_seconds(block.get("lastRequestTime")))
+        memory = self.memory or scaling.Memory(last_active=_seconds(block.get("lastRequestTime")))
 
         if signals is None:
             demand, arrivals, complete = None, 0.0, True
@@ -174,6 +176,7 @@ class ModelScaler:
             demand, arrivals, complete = signals.total_demand, signals.arrivals, not signals.partial
         self.windows.observe(scaling.Observation(now, demand, arrivals, complete))
         decision = self.windows.decide(policy, current, pods, memory, now)
+        self.memory = decision.memory
         message = decision.message
         if decision.reason == scaling.NO_DATA:
             if signals is None:

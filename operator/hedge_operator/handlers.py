@@ -48,13 +48,14 @@ from hedge_operator.autoscaler import (
     deletion_costs,
     pods_of,
 )
+from hedge_operator.budget import BudgetWindows
 from hedge_operator.config import OperatorConfig
 from hedge_operator.dataplane import DataPlane, engine_urls
 from hedge_operator.kube import Kube
 from hedge_operator.observed import Observed, PodSummary, strip, summarize_pod
 from hedge_operator.reconciler import Outcome, Reconciler, RetryableError
 from hedge_operator.rollout_io import cumulative
-from hedge_operator.signals import RevisionStats
+from hedge_operator.signals import RevisionStats, Snapshot
 from hedge_operator.validation import Problem
 
 log = logging.getLogger(__name__)
@@ -173,8 +174,9 @@ class Runtime:
     indexes: Indexes | None = None
     #: The gateways' and engines' /metrics (one scraper for the autoscaler and rollouts).
     dataplane: DataPlane | None = None
-    #: The autoscaler's windows, per ModelDeployment uid.
+    #: The autoscaler's windows and the fallback budget's, per ModelDeployment uid.
     scalers: dict[str, ModelScaler] = field(default_factory=dict)
+    budgets: dict[str, BudgetWindows] = field(default_factory=dict)
     nudger: Nudger = field(init=False)
 
     def __post_init__(self) -> None:
@@ -218,29 +220,69 @@ class Runtime:
         )
         self.recheck(key, outcome)
 
-    async def autoscale(self, key: Key, body: Mapping[str, Any]) -> None:
-        """One autoscaler tick: read the data plane, decide, and when status.autoscaling must
-        change, hand it to the reconciler (which sizes the Deployments and writes it)."""
+    async def tick(self, key: Key, body: Mapping[str, Any]) -> None:
+        """One tick of the model's autoscaler and fallback budget: read the data plane,
+        decide, and hand what status must now say to the reconciler (which sizes the
+        Deployments from it and writes it)."""
         if self.indexes is None:
             return
         try:
             md = ModelDeployment.from_body(body)
         except SpecError:
             return  # the reconcile reports it
-        if md.spec.autoscaling is None:
-            self.scalers.pop(md.uid, None)
+        budget = md.spec.fallback.budget if md.spec.fallback is not None else None
+        if md.spec.autoscaling is None and self.scalers.pop(md.uid, None) is not None:
+            metrics.forget_model(*key)
+        if budget is None:
+            self.budgets.pop(md.uid, None)
+        if md.spec.autoscaling is None and budget is None:
             return
-        scaler = self.scalers.setdefault(md.uid, ModelScaler())
         plane = self.dataplane
         snapshot = await plane.snapshot() if plane is not None and plane.configured else None
+        status = body.get("status") or {}
+        autoscaling = await self._autoscale(md, key, status, snapshot)
+        fallback_budget = None
+        if budget is not None:
+            windows = self.budgets.setdefault(md.uid, BudgetWindows.new())
+            total = None
+            if snapshot is not None and snapshot.gateways_read:
+                total = snapshot.counters.total(("fallback_tokens", *key))
+            block, write = windows.step(
+                budget, total, status.get("fallbackBudget") or {}, time.time()
+            )
+            metrics.FALLBACK_TOKENS.labels(*key, "minute").set(block.get("minuteTokens", 0))
+            metrics.FALLBACK_TOKENS.labels(*key, "day").set(block.get("dayTokens", 0))
+            metrics.FALLBACK_BUDGET_EXHAUSTED.labels(*key).set(int("exhaustedUntil" in block))
+            fallback_budget = block if write else None
+        if autoscaling is None and fallback_budget is None:
+            return
+        outcome = await self.reconciler.reconcile(
+            body,
+            self.indexes.observed(key),
+            trigger="autoscale",
+            write_status=True,
+            autoscaling=autoscaling,
+            fallback_budget=fallback_budget,
+        )
+        self.recheck(key, outcome)
+
+    async def _autoscale(
+        self, md: ModelDeployment, key: Key, status: Mapping[str, Any], snapshot: Snapshot | None
+    ) -> dict[str, Any] | None:
+        """The autoscaler's decision; the status.autoscaling to write now, or None."""
+        if md.spec.autoscaling is None or self.indexes is None:
+            return None
+        scaler = self.scalers.setdefault(md.uid, ModelScaler())
         signals = snapshot.model(key) if snapshot is not None else None
         pods = list(self.indexes.pods.get(key, ()))
+        capacity = pods_of(pods)
+        metrics.READY_REPLICAS.labels(*key).set(capacity.ready)
         step = scaler.step(
             md,
-            body.get("status") or {},
+            status,
             signals,
             snapshot.gateways_failed if snapshot is not None else [],
-            pods_of(pods),
+            capacity,
             time.time(),
         )
         decision = step.decision
@@ -252,30 +294,28 @@ class Runtime:
             for state in ("self_hosted", "held", "fallback"):
                 metrics.DEMAND_IN_FLIGHT.labels(*key, state).set(signals.by_state.get(state, 0.0))
         if not step.write:
-            return
+            return None
         if step.scales_down and snapshot is not None:
             # The ReplicaSet controller removes the pod with the lowest cost first: the one
             # with the least work on its engine.
             costs = deletion_costs(pods, snapshot.engines, ENGINE_PORT)
-            await asyncio.gather(
+            results = await asyncio.gather(
                 *(
                     self.kube.annotate_pod(key[0], name, {DELETION_COST: str(cost)})
                     for name, cost in costs.items()
                 ),
                 return_exceptions=True,
             )
-        outcome = await self.reconciler.reconcile(
-            body,
-            self.indexes.observed(key),
-            trigger="autoscale",
-            write_status=True,
-            autoscaling=step.status,
-        )
-        self.recheck(key, outcome)
+            for name, result in zip(costs, results, strict=True):
+                if isinstance(result, Exception):  # best effort: the scale-down goes on
+                    log.warning("%s/%s: could not set the deletion cost of pod %s: %s",
+                                *key, name, result)  # fmt: skip
+        return step.status
 
     def forget(self, uid: str, key: Key) -> None:
         self.reconciler.forget(uid)
         self.scalers.pop(uid, None)
+        self.budgets.pop(uid, None)
         metrics.forget_model(*key)
 
     def recheck(self, key: Key, outcome: Outcome) -> None:
@@ -452,11 +492,11 @@ async def resync(
     await _reconcile_into(runtime(memo, kwargs), body, (namespace or "", name), "resync")
 
 
-def _autoscaled(spec: Mapping[str, Any], **_: Any) -> bool:
-    return bool(spec.get("autoscaling"))
+def _scaled_or_budgeted(spec: Mapping[str, Any], **_: Any) -> bool:
+    return bool(spec.get("autoscaling") or (spec.get("fallback") or {}).get("budget"))
 
 
-@kopf.timer(*MD, interval=TICK, sharp=True, when=_autoscaled, id="autoscale")
+@kopf.timer(*MD, interval=TICK, sharp=True, when=_scaled_or_budgeted, id="autoscale")
 async def autoscale(
     body: kopf.Body,
     namespace: str | None,
@@ -464,10 +504,11 @@ async def autoscale(
     memo: Any,
     **kwargs: Any,
 ) -> None:
-    """The autoscaler's tick (kopf runs timers on the active peer only)."""
+    """The autoscaler's and the fallback budget's tick (kopf runs timers on the active
+    peer only)."""
     rt = runtime(memo, kwargs)
     try:
-        await rt.autoscale((namespace or "", name), body)
+        await rt.tick((namespace or "", name), body)
     except RetryableError as e:
         log.warning("autoscaling %s/%s: %s (next tick retries)", namespace, name, e)
 

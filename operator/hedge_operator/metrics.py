@@ -49,6 +49,11 @@ DESIRED_REPLICAS = Gauge(
     "Engine replicas the autoscaler asks for, per ModelDeployment.",
     ["namespace", "model_deployment"],
 )
+READY_REPLICAS = Gauge(
+    "hedge_operator_ready_replicas",
+    "Ready engine pods of a ModelDeployment with spec.autoscaling (beside desired replicas).",
+    ["namespace", "model_deployment"],
+)
 DEMAND = Gauge(
     "hedge_operator_demand",
     "Requests in flight for the model, summed over the gateways and averaged over the stable "
@@ -68,7 +73,18 @@ AUTOSCALE_DECISIONS = Counter(
     ["reason"],
 )
 
-_PER_MODEL = (DESIRED_REPLICAS, DEMAND)
+FALLBACK_TOKENS = Gauge(
+    "hedge_operator_fallback_tokens",
+    "Fallback tokens spent in the current budget window, summed over the gateways.",
+    ["namespace", "model_deployment", "window"],
+)
+FALLBACK_BUDGET_EXHAUSTED = Gauge(
+    "hedge_operator_fallback_budget_exhausted",
+    "1 while the model's fallback budget is spent (no spilling until the window turns).",
+    ["namespace", "model_deployment"],
+)
+
+_PER_MODEL = (DESIRED_REPLICAS, READY_REPLICAS, DEMAND, FALLBACK_BUDGET_EXHAUSTED)
 
 
 def forget_model(namespace: str, name: str) -> None:
@@ -79,6 +95,9 @@ def forget_model(namespace: str, name: str) -> None:
     for state in ("self_hosted", "held", "fallback"):
         with contextlib.suppress(KeyError):
             DEMAND_IN_FLIGHT.remove(namespace, name, state)
+    for window in ("minute", "day"):
+        with contextlib.suppress(KeyError):
+            FALLBACK_TOKENS.remove(namespace, name, window)
 
 
 # ------------------------------------------------------------------------------ rollouts

@@ -37,6 +37,7 @@ import aiohttp
 from hedge_core.api import ModelDeployment, SpecError
 from hedge_operator import metrics, rollout, rollout_io
 from hedge_operator.autoscaler import autoscaling_events, effective_replicas, initial_status
+from hedge_operator.budget import budget_events
 from hedge_operator.builders import revision_of
 from hedge_operator.config import OperatorConfig
 from hedge_operator.kube import ApiError, Conflict
@@ -147,6 +148,8 @@ class _Memory:
     #: in status) and each revision's cumulative numbers when it began (None: no numbers yet,
     #: the first ones read become the baseline).
     window: tuple[tuple[str | None, str | None], dict[str, RevisionStats] | None] | None = None
+    #: The budget windows' newest status.fallbackBudget, written the same way.
+    fallback_budget: dict[str, Any] | None = None
 
     def learn(self, older: str, version: str, status: dict[str, Any]) -> None:
         """`version` (with `status`) is now the newest; `older` came before it."""
@@ -220,6 +223,7 @@ class Reconciler:
         trigger: str,
         write_status: bool = False,
         autoscaling: dict[str, Any] | None = None,
+        fallback_budget: dict[str, Any] | None = None,
     ) -> Outcome:
         """Brings the children in line with the spec and returns the new status (written
         too, with `write_status`). `autoscaling` is the autoscaler's newest
@@ -232,6 +236,8 @@ class Reconciler:
             async with mem.lock:
                 if autoscaling is not None:
                     mem.autoscaling = autoscaling
+                if fallback_budget is not None:
+                    mem.fallback_budget = fallback_budget
                 if write_status:
                     body = mem.caught_up(body)
                 outcome = await self._reconcile(body, observed, mem)
@@ -306,9 +312,14 @@ class Reconciler:
         autoscaling = self._autoscaling(md, previous, mem, now)
         if autoscaling is not None:
             status["autoscaling"] = autoscaling
+        budget = self._fallback_budget(md, previous, mem)
+        if budget is not None:
+            status["fallbackBudget"] = budget
         events = [EventSpec(e.type, e.reason, e.message) for e in (moved.events if moved else [])]
         events += transition_events(previous, status)
         events += autoscaling_events(previous, status)
+        if md is not None and md.spec.fallback is not None:
+            events += budget_events(md.spec.fallback.budget, previous, status)
         events += _drift_events(actions, previous, ref)
         requests += await self._post_events(meta, events, mem)
         recheck = self.IN_FLIGHT_TTL + 1 if mem.in_flight else None
@@ -407,6 +418,22 @@ class Reconciler:
         if isinstance(kept, Mapping) and "desiredReplicas" in kept:
             return dict(kept)
         return initial_status(md, now)
+
+    @staticmethod
+    def _fallback_budget(
+        md: ModelDeployment | None, previous: Mapping[str, Any], mem: _Memory
+    ) -> dict[str, Any] | None:
+        """status.fallbackBudget: the newest windows, else what status holds; none without
+        spec.fallback.budget."""
+        kept = previous.get("fallbackBudget")
+        if md is None:
+            return dict(kept) if isinstance(kept, Mapping) else None
+        if md.spec.fallback is None or md.spec.fallback.budget is None:
+            mem.fallback_budget = None
+            return None
+        if mem.fallback_budget is not None:
+            return mem.fallback_budget
+        return dict(kept) if isinstance(kept, Mapping) else None
 
     async def _write_status(
         self, body: Mapping[str, Any], observed: Observed, mem: _Memory, outcome: Outcome

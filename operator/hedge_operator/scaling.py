@@ -12,9 +12,10 @@ replica and the engines) and the current time, and persists the small `Memory` i
                scale up to it at once and scale down not at all until the stable window has
                passed without panic (Knative's KPA)
     down       to the highest recommendation of the last scaleDownDelaySeconds (HPA's
-               stabilisation window), never while pods are still starting (the ReplicaSet
-               would delete those first), to zero only with minReplicas 0 and after no
-               request arrived for scaleToZeroAfterSeconds
+               stabilisation window) and never below what the panic window needs now,
+               never while pods are still starting (the ReplicaSet would delete those
+               first), to zero only with minReplicas 0 and after no request arrived for
+               scaleToZeroAfterSeconds
     wake       at zero, any arrival asks for one replica at once
     no data    when the latest reading has no demand (no gateway could be read), the count
                is held; when it is partial (some gateway could not be read: the sum is a
@@ -246,6 +247,16 @@ class Autoscaler:
                 stable, False, memory,
             )  # fmt: skip
         down = policy.clamp(max(rec for _, rec in self._recommendations))
+        if panic_rec > down and down < current:
+            # Never below what the last few seconds need: a swing back up (a sawtooth's
+            # rising edge) must not meet a scale-down that the slower window still allows.
+            down = min(current, policy.clamp(panic_rec))
+            if down >= current:
+                return Decision(
+                    current, STABILISING, f"{numbers}: holding {current} replica(s): the "
+                    f"last {_fmt(policy.panic_window)}s need {panic_rec}",
+                    stable, False, memory,
+                )  # fmt: skip
         if down == 0:
             # Never seen active: idle since the autoscaler began watching (a fresh operator
             # or a new model gets the whole idle period, not just the delay).

@@ -67,7 +67,7 @@ OPERATOR_NEEDS = [
         ("", "services", ["get", "list", "watch", "create", "patch", "delete"]),
         ("", "persistentvolumeclaims", ["get", "list", "watch", "create", "patch", "delete"]),
         ("policy", "poddisruptionbudgets", ["get", "list", "watch", "create", "patch", "delete"]),
-        ("", "pods", ["get", "list", "watch"]),
+        ("", "pods", ["get", "list", "watch", "patch"]),  # patch: pod-deletion-cost
         ("", "events", ["create", "patch"]),
         ("events.k8s.io", "events", ["create", "patch"]),
         ("", "secrets", ["get"]),  # does a referenced Secret (and key) exist

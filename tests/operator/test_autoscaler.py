@@ -71,7 +71,7 @@ def test_a_step_writes_at_once_when_the_count_changes_else_at_most_every_refresh
             break
     assert step.write and step.status["desiredReplicas"] == 3
     assert step.status["reason"] == scaling.PANIC
-    assert step.status["lastScaleTime"] == "2026-05-28T20:26:4{}Z".format(t)
+    assert step.status["lastScaleTime"] == f"2026-05-28T20:26:4{t}Z"
     assert "target 4 per replica" in step.status["message"]
     assert step.current == 1 and not step.scales_down
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
 from collections.abc import Callable
 
 import pytest
@@ -268,3 +269,46 @@ def test_partial_readings_scale_up_but_never_down() -> None:
     # Every gateway readable again: the delay passes and it scales down.
     back = [Observation(at=t, demand=0.0) for t in range(80, 100)]
     assert replay(p, high + low + back, start=1)[-1][1] == 1
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_a_noisy_sawtooth_with_windows_longer_than_its_half_period_does_not_flap(
+    seed: int,
+) -> None:
+    # The e2e sawtooth (tests/e2e/test_autoscaling.py): ±30 % around 12 in flight, 40 s a
+    # period, with measurement noise, stable window 20 s, scale-down delay 30 s.
+    rnd = random.Random(seed)
+    offset = rnd.uniform(0, 40)
+
+    def saw(t: float) -> float:
+        phase = ((t + offset) % 40) / 40
+        return 8.4 + 7.2 * (phase * 2 if phase < 0.5 else 2 - phase * 2)
+
+    obs = [
+        Observation(at=t, demand=max(0.0, saw(t) + rnd.gauss(0, 0.7)), arrivals=1)
+        for t in range(300)
+    ]
+    p = policy(min_replicas=0, stable_window=20.0, panic_window=2.0, scale_down_delay=30.0)
+    result = replay(p, obs, start=3)
+    changes = direction_changes(result)
+    for a, b in itertools.pairwise(changes):
+        assert b - a >= 20, changes
+    assert min(current for _, current, _ in result) >= 3
+
+
+def test_no_scale_down_below_what_the_last_seconds_need() -> None:
+    # Load fell long enough for a scale-down, but is rising again right now: the slow window
+    # would allow 2 replicas, the last 3 s need 4.
+    p = policy(stable_window=30.0, panic_window=3.0, scale_down_delay=10.0)
+    demand = [16.0] * 10 + [4.0] * 30 + [14.0] * 4
+    obs = [Observation(at=float(t), demand=d, arrivals=1) for t, d in enumerate(demand)]
+    scaler = Autoscaler()
+    decisions = []
+    for o in obs:
+        scaler.observe(o)
+        decisions.append(scaler.decide(p, 4, Pods(ready=4), Memory(), o.at))
+    assert decisions[39].desired == 2  # low for the delay: the slow window says 2
+    assert decisions[41].desired == 3  # rising again: the last 3 s need 3
+    assert [d.desired for d in decisions[42:]] == [4, 4]  # ... then all 4
+    assert decisions[-1].reason == scaling.STABILISING
+    assert "the last 3s need 4" in decisions[-1].message

@@ -22,10 +22,11 @@ them. No wildcards: every rule names its verbs and resources.
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# Engine pods, read for readiness and failure reasons in the status.
+# Engine pods, read for readiness and failure reasons in the status; before a scale-down the
+# autoscaler sets their pod-deletion-cost annotation (the pod with the least work goes).
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["get", "list", "watch", "patch"]
 # Events about what it did and why a spec cannot work.
 - apiGroups: ["", "events.k8s.io"]
   resources: ["events"]

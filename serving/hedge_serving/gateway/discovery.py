@@ -40,6 +40,7 @@ from hedge_core.api import (
 )
 from hedge_core.kube import Key, Kube, KubeConfigError, ListWatch, object_key, resource_path
 from hedge_serving.gateway.auth import ClientAuth, split_keys
+from hedge_serving.gateway.budget import BudgetSpec
 from hedge_serving.gateway.keys import SecretCache
 from hedge_serving.gateway.routing import (
     ProviderSpec,
@@ -105,6 +106,35 @@ class Parsed:
     md: ModelDeployment | None
     created: int
     rollout: Rollout = Rollout()
+    budget_status: Mapping[str, Any] | None = None  # status.fallbackBudget
+
+
+def _epoch(value: Any) -> float | None:
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    return None
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def budget_spec(md: ModelDeployment, status: Mapping[str, Any] | None) -> BudgetSpec | None:
+    """spec.fallback.budget's limits with the spend status.fallbackBudget reports."""
+    fallback = md.spec.fallback
+    if fallback is None or fallback.budget is None:
+        return None
+    status = status or {}
+    return BudgetSpec(
+        tokens_per_minute=fallback.budget.tokens_per_minute,
+        tokens_per_day=fallback.budget.tokens_per_day,
+        minute_start=_epoch(status.get("minuteStart")),
+        minute_tokens=_int(status.get("minuteTokens")),
+        day_start=_epoch(status.get("dayStart")),
+        day_tokens=_int(status.get("dayTokens")),
+        exhausted_until=_epoch(status.get("exhaustedUntil")),
+    )
 
 
 def parse(body: Mapping[str, Any]) -> Parsed:
@@ -120,7 +150,14 @@ def parse(body: Mapping[str, Any]) -> Parsed:
             exc,
         )
         md = None
-    return Parsed(version, md, _created(meta), Rollout.from_status(body.get("status")))
+    budget = (body.get("status") or {}).get("fallbackBudget")
+    return Parsed(
+        version,
+        md,
+        _created(meta),
+        Rollout.from_status(body.get("status")),
+        budget if isinstance(budget, Mapping) else None,
+    )
 
 
 def routes_for(
@@ -128,6 +165,7 @@ def routes_for(
     backends: Iterable[str] | Mapping[str, str],
     created: int = 0,
     rollout: Rollout | None = None,
+    budget_status: Mapping[str, Any] | None = None,
 ) -> list[RouteSpec]:
     """The RouteSpecs one ModelDeployment contributes (its model and each adapter, all owned
     by it: they share its demand and its canary split). `backends` are URLs, or URL ->
@@ -166,6 +204,7 @@ def routes_for(
     revisions = tuple(by_url[u] for u in urls) if any(by_url.values()) else ()
     split = rollout.weight is not None and rollout.canary is not None
     names = [md.served_model, *(a.name for a in spec.adapters)]
+    budget = budget_spec(md, budget_status)
     return [
         RouteSpec(
             n,
@@ -180,6 +219,7 @@ def routes_for(
             canary_weight=rollout.weight if split else None,
             stable=rollout.stable,
             aborted=rollout.aborted,
+            budget=budget,
         )
         for n in names
     ]
@@ -210,13 +250,13 @@ def route_specs(
     keeps a model name a newer one also claims (the table keeps the first spec listed).
     A rule for which namespaces may claim which names belongs here."""
     ordered = sorted(
-        ((p.created, key, p.md) for key, p in parsed.items() if p.md is not None),
+        ((p.created, key, p) for key, p in parsed.items() if p.md is not None),
         key=lambda item: (item[0], item[1]),
     )
     specs: list[RouteSpec] = []
-    for created, key, md in ordered:
-        assert md is not None
-        specs.extend(routes_for(md, backends.get(key, {}), created, parsed[key].rollout))
+    for created, key, p in ordered:
+        assert p.md is not None
+        specs.extend(routes_for(p.md, backends.get(key, {}), created, p.rollout, p.budget_status))
     return specs
 
 

@@ -12,7 +12,9 @@ traceback)::
     │   ├── ModelNotFound              404  code "model_not_found"
     │   ├── MethodNotAllowed           405
     │   ├── PayloadTooLarge            413
-    │   └── UnsupportedMediaType       415
+    │   ├── UnsupportedMediaType       415
+    │   └── FallbackBudgetExhausted    429  type "rate_limit_error", code
+    │                                       "fallback_budget_exhausted"; carries Retry-After
     └── ServerError                    5xx, type "server_error"
         ├── InternalError              500  a bug; the message stays generic
         ├── UpstreamFailed             502  backends/providers answered badly
@@ -112,6 +114,15 @@ class PayloadTooLarge(ClientError):
 
 class UnsupportedMediaType(ClientError):
     status = 415
+
+
+class FallbackBudgetExhausted(ClientError):
+    """Only the fallback could serve the request and its budget is spent until the window
+    turns (a 429 as the OpenAI API's own rate limits, so SDKs back off and retry)."""
+
+    status = 429
+    type = "rate_limit_error"
+    default_code = "fallback_budget_exhausted"
 
 
 class ServerError(GatewayError):

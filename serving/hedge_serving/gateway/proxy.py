@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from hedge_serving.gateway.balancer import stable_hash
 from hedge_serving.gateway.endpoints import MODE, Endpoint, Mode
 from hedge_serving.gateway.errors import (
     BackendFailure,
+    FallbackBudgetExhausted,
     GatewayError,
     NoCapacity,
     UpstreamFailed,
@@ -73,6 +75,7 @@ from hedge_serving.gateway.streams import (
     streamed_body,
 )
 from hedge_serving.gateway.upstream import Answer, ResponseTooLarge, Upstream, UpstreamStalled
+from hedge_serving.gateway.usage import MeteredRelay, answer_tokens
 
 log = logging.getLogger("hedge.gateway")
 
@@ -333,27 +336,30 @@ class Proxy:
         options = route.options
         candidates = [b for b in route.backends if b.breaker.available()]
         reason: FallbackReason | None = None
-        if (
-            not route.backends
-            and options.hold_s > 0
-            and not (route.fallback and options.fallback_on_unavailable)
-        ):
-            # Scaling from zero (or every pod restarting), and nothing else takes it: wait.
-            held = await self._hold(route, state)
-            if held is None:
-                raise NoCapacity(
-                    f"model {route.model!r} cannot be served right now: no engine pod became "
-                    f"ready within {options.hold_s:g}s (it may be starting from zero)",
-                    headers={"Retry-After": str(self.settings.retry_after_s)},
-                )
-            route = held
-            candidates = [b for b in route.backends if b.breaker.available()]
+        if not route.backends and options.hold_s > 0:
+            # Scaling from zero (or every pod restarting): wait unless the fallback takes it.
+            spills = route.fallback and options.fallback_on_unavailable
+            if not spills or self._budget_spent(route) is not None:
+                held = await self._hold(route, state)
+                if held is None and not spills:
+                    raise NoCapacity(
+                        f"model {route.model!r} cannot be served right now: no engine pod "
+                        f"became ready within {options.hold_s:g}s (it may be starting from "
+                        "zero)",
+                        headers={"Retry-After": str(self.settings.retry_after_s)},
+                    )
+                # Still nothing with a fallback: it spills if the budget's window has turned
+                # meanwhile, else 429 (below).
+                route = held or route
+                candidates = [b for b in route.backends if b.breaker.available()]
         if not candidates:
             reason = FallbackReason.UNAVAILABLE
         elif (
             route.fallback
             and options.fallback_on_overload
             and all(b.queue_estimate() > options.max_queue_depth for b in candidates)
+            # A spent budget: the request queues at the pods rather than being refused.
+            and self._budget_spent(route) is None
         ):
             reason = FallbackReason.OVERLOADED
         failures: list[str] = []
@@ -386,6 +392,10 @@ class Proxy:
             reason = FallbackReason.ERROR if route.backends else FallbackReason.UNAVAILABLE
         skipped: list[str] = []
         if route.fallback and options.falls_back_on(reason):
+            if self._budget_spent(route) is not None:
+                if failures:
+                    log.warning("model %s: %s", route.model, "; ".join(failures))
+                raise self._budget_error(route)
             response = await self._fallback(
                 request, route, endpoint, payload, stream, state, reason, skipped
             )
@@ -408,6 +418,21 @@ class Proxy:
         raise NoCapacity(
             f"model {route.model!r} cannot be served right now: {detail}",
             headers={"Retry-After": str(self.settings.retry_after_s)},
+        )
+
+    @staticmethod
+    def _budget_spent(route: Route) -> tuple[float, str] | None:
+        return route.demand.budget.blocked(time.time())
+
+    def _budget_error(self, route: Route) -> FallbackBudgetExhausted:
+        blocked = self._budget_spent(route)
+        wait, why = blocked if blocked is not None else (1.0, "spent")
+        ns, name = route.deployment
+        owner = f"{ns}/{name}" if ns else name
+        return FallbackBudgetExhausted(
+            f"model {route.model!r} cannot be served right now: no self-hosted capacity, and "
+            f"the fallback budget of {owner} is {why}; retry in {math.ceil(wait)}s",
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
         )
 
     async def _hold(self, route: Route, state: RequestState) -> Route | None:
@@ -654,6 +679,15 @@ class Proxy:
 
     # -- fallback ---------------------------------------------------------------------------
 
+    @staticmethod
+    def _spent(route: Route, provider: str, tokens: int | None) -> None:
+        """What a provider reported spending, for the budget and the tokens metric."""
+        if not tokens:
+            return
+        demand = route.demand
+        demand.fallback_tokens[provider] = demand.fallback_tokens.get(provider, 0) + tokens
+        demand.budget.record(tokens, time.time())
+
     def _provider(self, spec: ProviderSpec) -> Provider:
         provider = self._providers.get(spec)
         if provider is None:
@@ -680,6 +714,19 @@ class Proxy:
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=s.provider_connect_timeout_s, sock_read=read_s
         )
+        options = payload.get("stream_options")
+        client_usage = isinstance(options, dict) and options.get("include_usage") is True
+        ask_usage = (
+            stream
+            and endpoint in (Endpoint.CHAT, Endpoint.COMPLETIONS)
+            and not client_usage
+            and route.demand.budget.spec is not None
+        )
+        if ask_usage:
+            # A budget counts the tokens a stream reports at its end: ask for them (and take
+            # that chunk out again before the client sees it). Only then: an older provider
+            # API (Azure before 2024-09) may refuse stream_options.
+            payload = {**payload, "stream_options": {**(options or {}), "include_usage": True}}
         for spec in route.fallback:
             try:
                 provider = self._provider(spec)
@@ -728,15 +775,16 @@ class Proxy:
                             headers={"Content-Type": _JSON, **headers},
                         )
                     if stream:
-                        return await self._relay(
-                            request,
-                            up.content.readany,
-                            provider.relay(endpoint, payload),
-                            state,
-                            headers,
-                        )
+                        meter = MeteredRelay(provider.relay(endpoint, payload), ask_usage)
+                        try:
+                            return await self._relay(
+                                request, up.content.readany, meter, state, headers
+                            )
+                        finally:
+                            self._spent(route, provider.label, meter.tokens)
                     raw = await _read_limited(up, s.max_response_bytes)
                     data = provider.translate_body(endpoint, raw)
+                    self._spent(route, provider.label, answer_tokens(data))
                     state.status = status
                     return web.Response(
                         status=status, body=data, headers={"Content-Type": _JSON, **headers}

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from hedge_serving.gateway.balancer import stable_hash
 from hedge_serving.gateway.breaker import CircuitBreaker
+from hedge_serving.gateway.budget import BudgetMeter, BudgetSpec
 from hedge_serving.gateway.revisions import RevisionCounters, Split
 
 ModelKey = tuple[str, str]
@@ -48,13 +49,14 @@ class Demand:
     """One ModelDeployment's live demand at this gateway. The request path bumps plain
     integers (no label lookups); the metrics collector reads them when scraped."""
 
-    __slots__ = ("arrivals", "fallback_tokens", "in_flight", "key")
+    __slots__ = ("arrivals", "budget", "fallback_tokens", "in_flight", "key")
 
     def __init__(self, key: ModelKey) -> None:
         self.key = key
         self.in_flight = [0, 0, 0]  # indexed by DemandState
         self.arrivals = 0
         self.fallback_tokens: dict[str, int] = {}  # provider label -> tokens
+        self.budget = BudgetMeter()
 
     def __repr__(self) -> str:
         return f"Demand({self.key!r}, in_flight={self.in_flight}, arrivals={self.arrivals})"
@@ -161,6 +163,8 @@ class RouteSpec:
     # (never routed, but what it did stays on /metrics while it is the aborted one).
     stable: str | None = None
     aborted: str | None = None
+    # The fallback budget: limits and the spend status reports (None: no ceiling).
+    budget: BudgetSpec | None = None
 
     @property
     def deployment_key(self) -> ModelKey:
@@ -315,6 +319,8 @@ class RoutingTable:
             d = demand.get(key) or self._demand.get(key)
             if d is None:
                 d = Demand(key)
+            if key not in demand:
+                d.budget.update(spec.budget)
             demand[key] = d
             live: list[Backend] = []
             for i, raw in enumerate(spec.backends):

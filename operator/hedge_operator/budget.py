@@ -1,0 +1,145 @@
+"""The fallback budget's windows (spec.fallback.budget), as a pure function of the fallback
+tokens counted at every gateway (hedge_gateway_fallback_tokens_total, summed by the scraper)
+and the time: status.fallbackBudget, and the Events of a budget spent and renewed.
+
+Windows are UTC minutes and UTC days. A window's spend is the summed counter now minus its
+value when the window began (the operator remembers that; a restarted operator takes it
+back from the spend status reports for the current window). Once a ceiling is reached,
+`exhaustedUntil` is the end of that window: the gateways stop spilling until then, each
+also counting its own spend since the status it last saw (hedge_serving.gateway.budget).
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from hedge_core.api import FallbackBudget
+from hedge_operator.status import EventSpec
+
+MINUTE = 60.0
+DAY = 86400.0
+EXHAUSTED = "FallbackBudgetExhausted"
+RENEWED = "FallbackBudgetRenewed"
+#: Spend numbers are written at most this often (a budget reached, a new window: at once).
+STATUS_REFRESH = 1.0
+
+
+def iso(seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _seconds(value: Any) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+@dataclass
+class _Window:
+    length: float
+    start: float | None = None  # epoch seconds
+    base: float = 0.0  # the counter's total when the window began
+
+    def spend(self, total: float, now: float, reported: Mapping[str, Any], key: str) -> int:
+        start = math.floor(now / self.length) * self.length
+        if self.start != start:
+            if self.start is None and _seconds(reported.get(f"{key}Start")) == start:
+                # A restarted operator: the window's spend so far is in status.
+                self.base = total - float(reported.get(f"{key}Tokens") or 0)
+            else:
+                self.base = total  # a new window (or the first sight of one) starts at 0
+            self.start = start
+        return max(0, round(total - self.base))
+
+
+@dataclass
+class BudgetWindows:
+    """One ModelDeployment's windows (operator memory)."""
+
+    minute: _Window
+    day: _Window
+    written_at: float = -math.inf
+    last: dict[str, Any] | None = None  # the status it last asked to write
+
+    @classmethod
+    def new(cls) -> BudgetWindows:
+        return cls(_Window(MINUTE), _Window(DAY))
+
+    def step(
+        self,
+        budget: FallbackBudget,
+        total: float | None,
+        reported: Mapping[str, Any],
+        now: float,
+    ) -> tuple[dict[str, Any], bool]:
+        """The new status.fallbackBudget and whether to write it now. `total` is the summed
+        fallback-token counter (None: no gateway could be read: status is left as it is);
+        `reported` what status says (used until this has written once)."""
+        reported = self.last if self.last is not None else reported
+        if total is None:
+            return dict(reported), False
+        minute = self.minute.spend(total, now, reported, "minute")
+        day = self.day.spend(total, now, reported, "day")
+        assert self.minute.start is not None and self.day.start is not None
+        status: dict[str, Any] = {
+            "minuteStart": iso(self.minute.start),
+            "minuteTokens": minute,
+            "dayStart": iso(self.day.start),
+            "dayTokens": day,
+        }
+        until = None
+        if budget.tokens_per_day is not None and day >= budget.tokens_per_day:
+            until = self.day.start + DAY
+        elif budget.tokens_per_minute is not None and minute >= budget.tokens_per_minute:
+            until = self.minute.start + MINUTE
+        if until is not None:
+            status["exhaustedUntil"] = iso(until)
+        urgent = (
+            status.get("exhaustedUntil") != reported.get("exhaustedUntil")
+            or status["minuteStart"] != reported.get("minuteStart")
+            or status["dayStart"] != reported.get("dayStart")
+        )
+        write = urgent or (status != reported and now - self.written_at >= STATUS_REFRESH)
+        if write:
+            self.written_at = now
+            self.last = status
+        return status, write
+
+
+def budget_events(
+    budget: FallbackBudget | None, previous: Mapping[str, Any] | None, new: Mapping[str, Any]
+) -> list[EventSpec]:
+    """A Warning when spilling stops for a spent budget, and a Normal Event when it resumes."""
+    before = (previous or {}).get("fallbackBudget") or {}
+    after = new.get("fallbackBudget") or {}
+    if budget is None or not after:
+        return []
+    was, now = before.get("exhaustedUntil"), after.get("exhaustedUntil")
+    if now and now != was:
+        if budget.tokens_per_day is not None and after.get("dayTokens", 0) >= budget.tokens_per_day:
+            spent = f"{after.get('dayTokens')} tokens today (tokensPerDay {budget.tokens_per_day})"
+        else:
+            spent = (
+                f"{after.get('minuteTokens')} tokens this minute "
+                f"(tokensPerMinute {budget.tokens_per_minute})"
+            )
+        return [
+            EventSpec(
+                "Warning",
+                EXHAUSTED,
+                f"the fallback spent {spent}: no spilling until {now}; requests only the "
+                "fallback could serve are held for a pod or answered 429 with Retry-After",
+            )
+        ]
+    if was and not now:
+        return [
+            EventSpec("Normal", RENEWED, f"a new budget window began: spilling resumes ({was})")
+        ]
+    return []

@@ -1,0 +1,119 @@
+"""The fallback budget as one gateway enforces it (spec.fallback.budget).
+
+The operator sums every gateway's fallback tokens and writes the spend of the current
+windows to status.fallbackBudget (with `exhaustedUntil` once a ceiling is reached); the
+gateways read it with the ModelDeployment. Between two such updates a gateway adds what it
+spent itself since it saw the last one, so a single gateway stops at the ceiling on its own
+and several overshoot by at most what the others spent since the last status. Windows are
+UTC minutes and days; a gateway resumes spilling when its window turns, without waiting for
+the operator.
+
+`BudgetMeter` lives with the ModelDeployment's `Demand` (it survives routing-table updates);
+`BudgetSpec` is what the ModelDeployment says (limits and the status numbers).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+MINUTE = 60.0
+DAY = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetSpec:
+    """Limits from the spec, spend from status (seconds are UTC epoch seconds)."""
+
+    tokens_per_minute: int | None = None
+    tokens_per_day: int | None = None
+    minute_start: float | None = None
+    minute_tokens: int = 0
+    day_start: float | None = None
+    day_tokens: int = 0
+    exhausted_until: float | None = None
+
+
+class _Window:
+    """One window's spend as this gateway knows it."""
+
+    __slots__ = ("index", "length", "local", "since_status")
+
+    def __init__(self, length: float) -> None:
+        self.length = length
+        self.index = -1
+        self.local = 0  # this gateway's tokens in the current window
+        self.since_status = 0  # ... of which after the last status it saw
+
+    def roll(self, now: float) -> None:
+        index = math.floor(now / self.length)
+        if index != self.index:
+            self.index, self.local, self.since_status = index, 0, 0
+
+    def spent(self, status_start: float | None, status_tokens: int) -> int:
+        if status_start is not None and math.floor(status_start / self.length) == self.index:
+            return status_tokens + self.since_status
+        return self.local  # the operator has not written this window yet
+
+    def ends(self) -> float:
+        return (self.index + 1) * self.length
+
+
+class BudgetMeter:
+    """One ModelDeployment's fallback spend at this gateway, and whether it may spill."""
+
+    __slots__ = ("_day", "_minute", "spec")
+
+    def __init__(self) -> None:
+        self.spec: BudgetSpec | None = None
+        self._minute = _Window(MINUTE)
+        self._day = _Window(DAY)
+
+    def update(self, spec: BudgetSpec | None) -> None:
+        """The ModelDeployment as the gateway now sees it; new status numbers replace what
+        this gateway counted on its own since the previous ones."""
+        if spec != self.spec:
+            if spec is not None and (
+                self.spec is None
+                or (spec.minute_start, spec.minute_tokens, spec.day_start, spec.day_tokens)
+                != (
+                    self.spec.minute_start,
+                    self.spec.minute_tokens,
+                    self.spec.day_start,
+                    self.spec.day_tokens,
+                )
+            ):
+                self._minute.since_status = 0
+                self._day.since_status = 0
+            self.spec = spec
+
+    def record(self, tokens: int, now: float) -> None:
+        for window in (self._minute, self._day):
+            window.roll(now)
+            window.local += tokens
+            window.since_status += tokens
+
+    def blocked(self, now: float) -> tuple[float, str] | None:
+        """None while the fallback may be used; else (seconds until it may again, why)."""
+        spec = self.spec
+        if spec is None or (spec.tokens_per_minute is None and spec.tokens_per_day is None):
+            return None
+        if spec.exhausted_until is not None and spec.exhausted_until > now:
+            return spec.exhausted_until - now, "spent (status.fallbackBudget.exhaustedUntil)"
+        for limit, window, start, tokens, name in (
+            (spec.tokens_per_day, self._day, spec.day_start, spec.day_tokens, "tokensPerDay"),
+            (
+                spec.tokens_per_minute,
+                self._minute,
+                spec.minute_start,
+                spec.minute_tokens,
+                "tokensPerMinute",
+            ),
+        ):
+            if limit is None:
+                continue
+            window.roll(now)
+            spent = window.spent(start, tokens)
+            if spent >= limit:
+                return window.ends() - now, f"{spent} of {name} {limit} spent"
+        return None
