@@ -18,7 +18,7 @@ import datetime
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
@@ -28,6 +28,7 @@ from hedge_core.api import ModelDeployment, SpecError
 from hedge_operator import metrics
 from hedge_operator.config import OperatorConfig
 from hedge_operator.kube import ApiError, Conflict
+from hedge_operator.names import Claim, claim_of, conflict
 from hedge_operator.observed import Observed, owned_by
 from hedge_operator.plan import (
     APPLIED_HASH,
@@ -169,6 +170,9 @@ class Reconciler:
         self._clock = clock
         self._now = now
         self._memory: dict[str, _Memory] = {}
+        #: The model names every ModelDeployment in the operator's scope claims (the
+        #: handlers read them from kopf's index), for name conflicts between namespaces.
+        self.claims: Callable[[], Iterable[Claim]] = tuple
 
     def forget(self, uid: str) -> None:
         self._memory.pop(uid, None)
@@ -254,6 +258,7 @@ class Reconciler:
                 done, problem = await self._execute(md, actions, mem)
                 requests += done
 
+        mine = claim_of(body) if md is not None and problem is None else None
         status = compute_status(
             ref,
             md,
@@ -262,6 +267,7 @@ class Reconciler:
             problem=problem,
             previous=previous,
             now=self._now(),
+            name_conflict=None if mine is None else conflict(mine, self.claims()),
         )
         events = transition_events(previous, status)
         events += _drift_events(actions, previous, ref)

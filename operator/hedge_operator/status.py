@@ -14,6 +14,7 @@ from typing import Any
 
 from hedge_core.api import ModelDeployment
 from hedge_operator.builders import selector_string, service_url
+from hedge_operator.names import MODEL_NAME_CONFLICT
 from hedge_operator.observed import DeploymentSummary, Observed, PodProblem
 from hedge_operator.validation import Problem
 
@@ -95,9 +96,12 @@ def compute_status(
     problem: Problem | None,
     previous: Mapping[str, Any] | None,
     now: str,
+    name_conflict: Problem | None = None,
 ) -> dict[str, Any]:
     """The full `.status` for this generation. `md` is None when the spec does not parse;
-    `problem` is the spec-level problem (invalid spec, missing Secret, failed apply)."""
+    `problem` is the spec-level problem (invalid spec, missing Secret, failed apply);
+    `name_conflict` an older ModelDeployment owning a name this one claims (the pods run and
+    serve the qualified name, but Ready is False: the bare name does not reach them)."""
     previous = previous or {}
     prev_conditions = {
         str(c.get("type")): c for c in previous.get("conditions") or [] if isinstance(c, Mapping)
@@ -145,6 +149,13 @@ def compute_status(
         ]
     else:
         conditions = _conditions(md, current, olds, observed, revision, cond)
+        if name_conflict is not None:
+            conditions = [
+                cond(READY, "False", name_conflict.reason, name_conflict.message)
+                if c["type"] == READY
+                else c
+                for c in conditions
+            ]
     status["conditions"] = conditions
     return status
 
@@ -250,6 +261,8 @@ def transition_events(
             events.append(EventSpec("Normal", "Recovered", degraded["message"]))
     if ready is not None and changed(READY) and ready["status"] == "True":
         events.append(EventSpec("Normal", ready["reason"], ready["message"]))
+    if ready is not None and changed(READY) and ready["reason"] == MODEL_NAME_CONFLICT:
+        events.append(EventSpec("Warning", ready["reason"], ready["message"]))
     if (
         progressing is not None
         and changed(PROGRESSING)

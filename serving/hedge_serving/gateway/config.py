@@ -4,6 +4,7 @@
 models:
   - name: llama-3-8b                       # what clients send as `model`
     backends: [http://127.0.0.1:8001, http://127.0.0.1:8002]
+    modelDeployment: team-a/llama-3-8b     # optional: whose demand this is (NAMESPACE/NAME)
     requestTimeoutSeconds: 300             # optional (also accepted under `serving:`)
     maxQueueDepth: 16                      # optional (also accepted under `serving:`)
     fallback:                              # a list of providers, tried in order ...
@@ -16,6 +17,10 @@ Provider keys: `type` (`openai`, `azure-openai`, `anthropic`, `openai-compatible
 CRD's CamelCase spellings), `model`, `baseURL`, `apiKeyEnv` or `apiKeyFile`, `apiVersion`
 and `deployment` (Azure), `maxTokens` (Anthropic default), `name` (the
 `x-hedge-served-by` value; defaults to the type). Unknown keys are errors.
+
+`modelDeployment` names the ModelDeployment the entry stands for, so the demand series the
+operator's autoscaler reads (`hedge_gateway_demand_*`) carry its namespace and name; without
+it they carry an empty namespace and the entry's `name` (aliases share the entry's).
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ class RoutesFileError(ValueError):
 
 _MODEL_KEYS = {
     "name", "backends", "fallback", "serving", "requestTimeoutSeconds", "maxQueueDepth",
-    "aliases",
+    "aliases", "modelDeployment",
 }  # fmt: skip
 _SERVING_KEYS = {"requestTimeoutSeconds", "maxQueueDepth"}
 _FALLBACK_KEYS = {"onUnavailable", "onOverload", "onError", "providers"}
@@ -160,8 +165,23 @@ def parse_model(where: str, doc: Any) -> list[RouteSpec]:
     if not isinstance(aliases, list):
         raise RoutesFileError(f"{where}.aliases: expected a list of model names")
     names = [name] + [str(_str(f"{where}.aliases[{i}]", a)) for i, a in enumerate(aliases)]
+    deployment: tuple[str, str] = ("", name)
+    owner = _str(f"{where}.modelDeployment", doc.get("modelDeployment"), required=False)
+    if owner is not None:
+        ns, slash, md_name = owner.partition("/")
+        if not slash or not ns or not md_name or "/" in md_name:
+            raise RoutesFileError(
+                f"{where}.modelDeployment: expected NAMESPACE/NAME, got {owner!r}"
+            )
+        deployment = (ns, md_name)
     return [
-        RouteSpec(model=n, backends=tuple(backends), fallback=providers, options=options)
+        RouteSpec(
+            model=n,
+            backends=tuple(backends),
+            fallback=providers,
+            options=options,
+            deployment=deployment,
+        )
         for n in names
     ]
 

@@ -28,7 +28,7 @@ from urllib.parse import quote
 
 from hedge_core.api import API_VERSION, MD_LABEL, PLURAL, ModelDeployment, SpecError
 from hedge_core.kube import Key, Kube, KubeConfigError, ListWatch, object_key, resource_path
-from hedge_serving.gateway.auth import ClientAuth, split_keys
+from hedge_serving.gateway.auth import ClientAuth, keys_from_secret
 from hedge_serving.gateway.keys import SecretCache
 from hedge_serving.gateway.routing import (
     ProviderSpec,
@@ -83,7 +83,8 @@ def parse(body: Mapping[str, Any]) -> Parsed:
 
 
 def routes_for(md: ModelDeployment, backends: Iterable[str], created: int = 0) -> list[RouteSpec]:
-    """The RouteSpecs one ModelDeployment contributes (its model and each adapter)."""
+    """The RouteSpecs one ModelDeployment contributes (its model and each adapter, all owned
+    by it: they share its demand)."""
     spec = md.spec
     providers = []
     if spec.fallback is not None:
@@ -112,7 +113,15 @@ def routes_for(md: ModelDeployment, backends: Iterable[str], created: int = 0) -
     urls = tuple(sorted(set(backends)))
     names = [md.served_model, *(a.name for a in spec.adapters)]
     return [
-        RouteSpec(n, urls, tuple(providers), options, owner=md.namespace, created=created)
+        RouteSpec(
+            n,
+            urls,
+            tuple(providers),
+            options,
+            owner=md.namespace,
+            created=created,
+            deployment=(md.namespace, md.name),
+        )
         for n in names
     ]
 
@@ -284,10 +293,7 @@ class KubernetesDiscovery:
         data = _decode(secret) if secret is not None else None
         self.secrets.set_secret(ref[0], ref[1], data)
         if ref == self.client_keys_secret and self.auth is not None:
-            keys: list[str] = []
-            for value in (data or {}).values():
-                keys.extend(split_keys(value))
-            self.auth.set_keys(keys)
+            self.auth.set_keys(keys_from_secret(data or {}))
 
     def changed(self) -> None:
         """Rebuild the routing table from what the watches hold; watch the Secrets the

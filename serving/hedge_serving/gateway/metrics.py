@@ -11,6 +11,11 @@ Prometheus scrapes. Labelled children of the counters and histograms are cached,
 request path does a dict lookup and an increment; when a model leaves the routing table its
 series (and cache entries) are removed, so memory follows the table, not its history.
 
+Demand per ModelDeployment (`hedge_gateway_demand_in_flight{namespace,model_deployment,state}`,
+`hedge_gateway_demand_arrivals_total{namespace,model_deployment}`, the series the operator's
+autoscaler sums over the gateway replicas, docs/contracts.md) is read at scrape time from the
+routing table's `Demand` objects, which the request path bumps as plain integers.
+
 Time to first token and the inter-token gap are observed for every request that reached
 a model, streamed or not (the gateway reads every generation as a stream); the gap is the
 request's mean time between upstream reads after the first, one observation per request.
@@ -23,10 +28,10 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from hedge_serving.gateway.routing import RoutingTable
+from hedge_serving.gateway.routing import DEMAND_STATE_LABELS, RoutingTable
 
 UNKNOWN_MODEL = "_unknown"
 SERVED_BY_GATEWAY = "gateway"
@@ -59,18 +64,53 @@ class _TableCollector(Collector):
             "Circuit breaker state per backend: 0 closed, 1 half-open, 2 open.",
             labels=["backend"],
         )
-        for route in self._table.routes():
+        for route in self._table.all_routes():
             available = 0
             for b in route.backends:
-                in_flight.add_metric([route.model, b.url], b.outstanding)
+                in_flight.add_metric([route.label, b.url], b.outstanding)
                 available += b.breaker.available()
-            ready.add_metric([route.model, "available"], available)
-            ready.add_metric([route.model, "unavailable"], len(route.backends) - available)
+            ready.add_metric([route.label, "available"], available)
+            ready.add_metric([route.label, "unavailable"], len(route.backends) - available)
         for b in self._table.backends():
             circuit.add_metric([b.url], int(b.breaker.state))
         yield in_flight
         yield ready
         yield circuit
+
+
+class _DemandCollector(Collector):
+    """The demand contract series, from the table's live `Demand` objects."""
+
+    def __init__(self, table: RoutingTable) -> None:
+        self._table = table
+
+    def collect(self) -> Iterator[Metric]:
+        in_flight = GaugeMetricFamily(
+            "hedge_gateway_demand_in_flight",
+            "Requests in flight per ModelDeployment: served self-hosted, held while no engine "
+            "pod is ready, or served by a fallback provider.",
+            labels=["namespace", "model_deployment", "state"],
+        )
+        arrivals = CounterMetricFamily(
+            "hedge_gateway_demand_arrivals",
+            "Requests that arrived per ModelDeployment.",
+            labels=["namespace", "model_deployment"],
+        )
+        tokens = CounterMetricFamily(
+            "hedge_gateway_fallback_tokens",
+            "Tokens (prompt + completion) the fallback providers reported, per ModelDeployment.",
+            labels=["namespace", "model_deployment", "provider"],
+        )
+        for demand in self._table.demands():
+            ns, name = demand.key
+            for state, value in zip(DEMAND_STATE_LABELS, demand.in_flight, strict=True):
+                in_flight.add_metric([ns, name, state], value)
+            arrivals.add_metric([ns, name], demand.arrivals)
+            for provider, value in demand.fallback_tokens.items():
+                tokens.add_metric([ns, name, provider], value)
+        yield in_flight
+        yield arrivals
+        yield tokens
 
 
 class GatewayMetrics:
@@ -117,6 +157,7 @@ class GatewayMetrics:
             registry=r,
         )
         r.register(_TableCollector(table))
+        r.register(_DemandCollector(table))
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._ttft_children: dict[tuple[str, str], Histogram] = {}
         self._itl_children: dict[tuple[str, str], Histogram] = {}

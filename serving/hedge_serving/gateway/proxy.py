@@ -47,7 +47,14 @@ from hedge_serving.gateway.keys import KeyStore
 from hedge_serving.gateway.metrics import SERVED_BY_SELF, GatewayMetrics
 from hedge_serving.gateway.providers import MissingKey, Provider, make_provider
 from hedge_serving.gateway.providers.base import PassthroughRelay, StreamRelay
-from hedge_serving.gateway.routing import Backend, FallbackReason, ProviderSpec, Route
+from hedge_serving.gateway.routing import (
+    Backend,
+    Demand,
+    DemandState,
+    FallbackReason,
+    ProviderSpec,
+    Route,
+)
 from hedge_serving.gateway.streams import (
     ENGINE_BUSY,
     EngineError,
@@ -112,11 +119,13 @@ class ProxySettings:
 
 
 class RequestState:
-    """What a request has done so far: read by metrics, the timeout handler and (later)
-    the autoscaler's and rollout analysis' per-request records."""
+    """What a request has done so far: read by metrics, the timeout handler and the demand
+    counts the autoscaler reads (`arrive`, `move`, `leave`)."""
 
     __slots__ = (
         "backend",
+        "demand",
+        "demand_state",
         "fallback_reason",
         "first_token_at",
         "gap_max",
@@ -145,6 +154,27 @@ class RequestState:
         self.reads = 0  # upstream reads after the first event (about one per token)
         self.gap_sum = 0.0
         self.gap_max = 0.0
+        self.demand: Demand | None = None
+        self.demand_state = DemandState.SELF_HOSTED
+
+    def arrive(self, demand: Demand) -> None:
+        """The request is for `demand`'s ModelDeployment: one arrival, in flight self-hosted."""
+        self.demand = demand
+        demand.arrivals += 1
+        demand.in_flight[DemandState.SELF_HOSTED] += 1
+
+    def move(self, to: DemandState) -> None:
+        demand = self.demand
+        if demand is not None and to != self.demand_state:
+            demand.in_flight[self.demand_state] -= 1
+            demand.in_flight[to] += 1
+            self.demand_state = to
+
+    def leave(self) -> None:
+        demand = self.demand
+        if demand is not None:
+            demand.in_flight[self.demand_state] -= 1
+            self.demand = None
 
     def token(self) -> None:
         """One upstream read of a stream: the first is the first token, the rest are gaps."""
@@ -315,7 +345,7 @@ class Proxy:
                 if backend is None:
                     break
                 if attempt:
-                    self._metrics.retry(route.model)
+                    self._metrics.retry(route.label)
                     state.restart()
                 try:
                     return await self._self_hosted(
@@ -596,8 +626,9 @@ class Proxy:
                     "model %s: fallback %s has no API key (%s)", route.model, provider.label, exc
                 )
                 continue
-            self._metrics.fallback(route.model, provider.label, reason.value)
+            self._metrics.fallback(route.label, provider.label, reason.value)
             headers = {HEADER_SERVED_BY: provider.label, HEADER_FALLBACK_REASON: reason.value}
+            state.move(DemandState.FALLBACK)
             state.served_by = provider.label
             state.fallback_reason = reason.value
             state.restart()

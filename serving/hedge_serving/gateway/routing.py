@@ -5,6 +5,16 @@ Sources (the static routes file, the Kubernetes watcher) hand the table a comple
 keeps the live state (`Backend`: outstanding count, circuit breaker, scraped queue depth)
 of every backend URL that is still listed, so a table update never resets load counts.
 Requests only read the table: one dict lookup per request.
+
+Tenants: a bare model name belongs to the oldest ModelDeployment that claims it (the first
+spec listed); every model of a namespace is also reachable as `<namespace>/<name>`; and a
+request whose client key is bound to namespaces resolves names among those namespaces only
+(`resolve(model, scope)`), so no other namespace can take its traffic (docs/gateway.md).
+
+Every route knows the ModelDeployment it belongs to (`RouteSpec.deployment`; a model and its
+adapters share one), and the table keeps one `Demand` per ModelDeployment, reused across
+updates like the backends: the requests in flight for it by state and the arrivals, which the
+metrics read at scrape time and the operator's autoscaler sums over every gateway replica.
 """
 
 from __future__ import annotations
@@ -16,6 +26,36 @@ from dataclasses import dataclass, field
 
 from hedge_serving.gateway.balancer import stable_hash
 from hedge_serving.gateway.breaker import CircuitBreaker
+
+ModelKey = tuple[str, str]
+"""(namespace, ModelDeployment name); a static route's namespace is empty."""
+
+
+class DemandState(enum.IntEnum):
+    """Where a request in flight is (the `state` label of hedge_gateway_demand_in_flight)."""
+
+    SELF_HOSTED = 0  # routed to (or choosing) a self-hosted backend
+    HELD = 1  # waiting for a backend to become ready (scale from zero)
+    FALLBACK = 2  # served by a fallback provider
+
+
+DEMAND_STATE_LABELS = ("self_hosted", "held", "fallback")
+
+
+class Demand:
+    """One ModelDeployment's live demand at this gateway. The request path bumps plain
+    integers (no label lookups); the metrics collector reads them when scraped."""
+
+    __slots__ = ("arrivals", "fallback_tokens", "in_flight", "key")
+
+    def __init__(self, key: ModelKey) -> None:
+        self.key = key
+        self.in_flight = [0, 0, 0]  # indexed by DemandState
+        self.arrivals = 0
+        self.fallback_tokens: dict[str, int] = {}  # provider label -> tokens
+
+    def __repr__(self) -> str:
+        return f"Demand({self.key!r}, in_flight={self.in_flight}, arrivals={self.arrivals})"
 
 
 class ProviderType(enum.StrEnum):
@@ -104,6 +144,12 @@ class RouteSpec:
     options: ServingOptions = field(default_factory=ServingOptions)
     owner: str = "hedge"  # namespace (Kubernetes) or "hedge"; shown as `owned_by`
     created: int = 0  # unix seconds; shown as `created` in /v1/models
+    # The owning ModelDeployment; None (a static route without one): ("", model).
+    deployment: ModelKey | None = None
+
+    @property
+    def deployment_key(self) -> ModelKey:
+        return self.deployment if self.deployment is not None else ("", self.model)
 
 
 def normalize_backend_url(url: str) -> str:
@@ -153,15 +199,38 @@ class Backend:
 class Route:
     """One model name as the request path sees it."""
 
-    __slots__ = ("backends", "created", "fallback", "model", "options", "owner")
+    __slots__ = (
+        "backends",
+        "created",
+        "demand",
+        "deployment",
+        "fallback",
+        "label",
+        "model",
+        "namespace",
+        "options",
+        "owner",
+        "rank",
+    )
 
-    def __init__(self, spec: RouteSpec, backends: tuple[Backend, ...]) -> None:
+    def __init__(
+        self, spec: RouteSpec, backends: tuple[Backend, ...], demand: Demand, rank: int = 0
+    ) -> None:
         self.model = spec.model
         self.backends = backends
         self.fallback = spec.fallback
         self.options = spec.options
         self.owner = spec.owner
         self.created = spec.created
+        self.deployment = demand.key
+        self.demand = demand
+        # The namespace of a Kubernetes route (None for a static one), and the route's place
+        # in the table (lower: older claim), which settles names between namespaces.
+        self.namespace = spec.deployment[0] if spec.deployment and spec.deployment[0] else None
+        self.rank = rank
+        # What metrics and logs call it: the bare name where this route owns it, else
+        # `<namespace>/<name>` (two namespaces' routes never share a series).
+        self.label = spec.model
 
 
 class RoutingTable:
@@ -172,29 +241,102 @@ class RoutingTable:
     ) -> None:
         self._breaker_factory = breaker_factory
         self._routes: dict[str, Route] = {}
+        self._qualified: dict[str, Route] = {}  # "<namespace>/<name>"
+        self._by_namespace: dict[str, dict[str, Route]] = {}
         self._backends: dict[str, Backend] = {}
+        self._demand: dict[ModelKey, Demand] = {}
         self._listeners: list[Callable[[RoutingTable], None]] = []
         if on_change is not None:
             self._listeners.append(on_change)
         self.version = 0
         self.updated_at = time.monotonic()
 
-    def resolve(self, model: str) -> Route | None:
-        return self._routes.get(model)
+    def resolve(self, model: str, scope: frozenset[str] | None = None) -> Route | None:
+        """The route for `model` as a caller with this scope sees it (None: every namespace).
+
+        `<namespace>/<name>` names that namespace's model (when the caller may see the
+        namespace); a bare name is the oldest claim among the caller's namespaces, or the
+        table's owner of that name for an unscoped caller.
+        """
+        if scope is None:
+            if "/" in model:
+                route = self._qualified.get(model)
+                if route is not None:
+                    return route
+            return self._routes.get(model)
+        if "/" in model:
+            namespace, _, name = model.partition("/")
+            if namespace in scope:
+                route = self._by_namespace.get(namespace, {}).get(name)
+                if route is not None:
+                    return route
+        best: Route | None = None
+        for namespace in scope:
+            route = self._by_namespace.get(namespace, {}).get(model)
+            if route is not None and (best is None or route.rank < best.rank):
+                best = route
+        return best
 
     def routes(self) -> list[Route]:
+        """The routes of bare model names (each name's owner)."""
         return list(self._routes.values())
+
+    def all_routes(self) -> list[Route]:
+        """Every route once, also those reachable only by their qualified name."""
+        seen = {id(r): r for r in self._routes.values()}
+        for route in self._qualified.values():
+            seen.setdefault(id(route), route)
+        return list(seen.values())
+
+    def listing(self, scope: frozenset[str] | None = None) -> list[tuple[str, Route]]:
+        """(id, route) of every model this caller can reach, each once: its bare name when
+        that resolves to it for the caller, its qualified name otherwise."""
+        if scope is None:
+            candidates = list(self._qualified.items())
+            unqualified = [r for r in self._routes.values() if r.namespace is None]
+            seen = {id(r) for r in unqualified}
+            out = [(r.model, r) for r in unqualified]
+        else:
+            candidates = [
+                (f"{ns}/{name}", r)
+                for ns in scope
+                for name, r in self._by_namespace.get(ns, {}).items()
+            ]
+            out, seen = [], set()
+        for qualified, route in candidates:
+            if id(route) in seen:
+                continue
+            seen.add(id(route))
+            bare = self.resolve(route.model, scope)
+            out.append((route.model if bare is route else qualified, route))
+        return sorted(out, key=lambda item: item[0])
 
     def backends(self) -> list[Backend]:
         return list(self._backends.values())
 
+    def demands(self) -> list[Demand]:
+        """The live demand of every ModelDeployment in the table."""
+        return list(self._demand.values())
+
     def replace(self, specs: Iterable[RouteSpec]) -> None:
-        """Swap in a complete new table. The first spec listed for a model name wins."""
+        """Swap in a complete new table. The first spec listed for a model name owns the bare
+        name; in its namespace, each later one is reachable as `<namespace>/<name>`."""
         backends: dict[str, Backend] = {}
         routes: dict[str, Route] = {}
-        for spec in specs:
-            if spec.model in routes:
-                continue
+        qualified: dict[str, Route] = {}
+        by_namespace: dict[str, dict[str, Route]] = {}
+        demand: dict[ModelKey, Demand] = {}
+        for rank, spec in enumerate(specs):
+            namespace = spec.deployment[0] if spec.deployment and spec.deployment[0] else None
+            if spec.model in routes and (
+                namespace is None or spec.model in by_namespace.get(namespace, {})
+            ):
+                continue  # a newer claim on a name its namespace (or the table) already has
+            key = spec.deployment_key
+            d = demand.get(key) or self._demand.get(key)
+            if d is None:
+                d = Demand(key)
+            demand[key] = d
             live: list[Backend] = []
             for raw in spec.backends:
                 url = normalize_backend_url(raw)
@@ -204,9 +346,19 @@ class RoutingTable:
                 backends[url] = b
                 if b not in live:
                     live.append(b)
-            routes[spec.model] = Route(spec, tuple(live))
+            route = Route(spec, tuple(live), d, rank)
+            routes.setdefault(spec.model, route)
+            if namespace is not None:
+                qualified[f"{namespace}/{spec.model}"] = route
+                by_namespace.setdefault(namespace, {})[spec.model] = route
+        for name, route in qualified.items():
+            if routes.get(route.model) is not route:
+                route.label = name
         self._routes = routes
+        self._qualified = qualified
+        self._by_namespace = by_namespace
         self._backends = backends
+        self._demand = demand
         self.version += 1
         self.updated_at = time.monotonic()
         for listener in self._listeners:
