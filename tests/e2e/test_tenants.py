@@ -8,7 +8,6 @@ Secret, one unscoped and one bound to each namespace (`namespace.<ns>` data keys
 from __future__ import annotations
 
 import base64
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -19,6 +18,7 @@ from tests.e2e.conftest import (
     E2ECluster,
     HedgeProcess,
     condition,
+    fresh_namespace,
     get_md,
     metric_sum,
     wait_for,
@@ -31,14 +31,7 @@ SERVED = "shared-llama"
 
 @pytest.fixture
 def other_namespace(cluster: E2ECluster) -> Iterator[str]:
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    cluster.api.request(
-        "POST",
-        "/api/v1/namespaces",
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
-    )
-    yield name
-    cluster.api.request("DELETE", f"/api/v1/namespaces/{name}")
+    yield from fresh_namespace(cluster)
 
 
 def model_deployment(namespace: str) -> dict[str, Any]:
