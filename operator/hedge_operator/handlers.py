@@ -52,6 +52,7 @@ from hedge_operator.budget import BudgetWindows
 from hedge_operator.config import OperatorConfig
 from hedge_operator.dataplane import DataPlane, engine_urls
 from hedge_operator.kube import Kube
+from hedge_operator.names import Claim, claim_of
 from hedge_operator.observed import Observed, PodSummary, strip, summarize_pod
 from hedge_operator.reconciler import Outcome, Reconciler, RetryableError
 from hedge_operator.rollout_io import cumulative
@@ -87,6 +88,7 @@ class Indexes:
     pdbs: Mapping[Key, Any]
     pvcs: Mapping[Key, Any]
     pods: Mapping[Key, Any]
+    _claims: dict[Key, tuple[str, Claim | None]] = field(default_factory=dict)
 
     @classmethod
     def from_kwargs(cls, kwargs: Mapping[str, Any]) -> Indexes:
@@ -111,6 +113,34 @@ class Indexes:
             pvcs=by_name(self.pvcs),
             pods=pods,
         )
+
+    def claims(self) -> list[Claim]:
+        """The model names each ModelDeployment claims, parsed once per resourceVersion."""
+        out: list[Claim] = []
+        for key, bodies in self.models.items():
+            body = next(iter(bodies), None)
+            if body is None:
+                continue
+            version = str((body.get("metadata") or {}).get("resourceVersion", ""))
+            cached = self._claims.get(key)
+            if cached is None or cached[0] != version:
+                cached = self._claims[key] = (version, claim_of(body))
+            if cached[1] is not None:
+                out.append(cached[1])
+        for key in [k for k in self._claims if k not in self.models]:
+            del self._claims[key]
+        return out
+
+    def sharing_names(self, key: Key, body: Mapping[str, Any]) -> list[Key]:
+        """Other ModelDeployments claiming a name `body` claims (their conflicts may change)."""
+        mine = claim_of(body, deleting=True)
+        if mine is None:
+            return []
+        return [
+            (c.namespace, c.name)
+            for c in self.claims()
+            if (c.namespace, c.name) != key and c.names & mine.names
+        ]
 
     def model(self, key: Key) -> Mapping[str, Any] | None:
         return next(iter(self.models.get(key, ())), None)
@@ -326,7 +356,8 @@ class Runtime:
 def runtime(memo: Any, kwargs: Mapping[str, Any] | None = None) -> Runtime:
     rt = cast(Runtime, memo["hedge"])
     if kwargs is not None and rt.indexes is None and "hedge_models" in kwargs:
-        rt.indexes = Indexes.from_kwargs(kwargs)
+        indexes = rt.indexes = Indexes.from_kwargs(kwargs)
+        rt.reconciler.claims = indexes.claims
     return rt
 
 
@@ -527,6 +558,11 @@ async def model_event(
     **kwargs: Any,
 ) -> None:
     rt = runtime(memo, kwargs)
+    key = (namespace or "", name)
+    if rt.indexes is not None:
+        # Whoever shares a model name with this object may gain or lose that name now.
+        for other in rt.indexes.sharing_names(key, body):
+            rt.nudger.nudge(other)
     if type == "DELETED":
         rt.forget(uid, (namespace or "", name))
         metrics.forget_rollout(namespace or "", name)

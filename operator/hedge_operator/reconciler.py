@@ -28,7 +28,7 @@ import datetime
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
@@ -41,6 +41,7 @@ from hedge_operator.budget import budget_events
 from hedge_operator.builders import revision_of
 from hedge_operator.config import OperatorConfig
 from hedge_operator.kube import ApiError, Conflict
+from hedge_operator.names import Claim, claim_of, conflict
 from hedge_operator.observed import Observed, owned_by
 from hedge_operator.plan import (
     APPLIED_HASH,
@@ -205,6 +206,9 @@ class Reconciler:
         self._wall = wall
         self.revision_source = revisions
         self._memory: dict[str, _Memory] = {}
+        #: The model names every ModelDeployment in the operator's scope claims (the
+        #: handlers read them from kopf's index), for name conflicts between namespaces.
+        self.claims: Callable[[], Iterable[Claim]] = tuple
 
     def forget(self, uid: str) -> None:
         self._memory.pop(uid, None)
@@ -297,6 +301,7 @@ class Reconciler:
                 requests += done
 
         now = self._now()
+        mine = claim_of(body) if md is not None and problem is None else None
         status = compute_status(
             ref,
             md,
@@ -308,6 +313,7 @@ class Reconciler:
             desired_replicas=replicas,
             rollout=moved.status if moved else None,
             report=moved.report if moved else None,
+            name_conflict=None if mine is None else conflict(mine, self.claims()),
         )
         autoscaling = self._autoscaling(md, previous, mem, now)
         if autoscaling is not None:

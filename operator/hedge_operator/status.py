@@ -19,6 +19,7 @@ from typing import Any
 from hedge_core.api import ModelDeployment
 from hedge_operator.builders import selector_string, service_url
 from hedge_operator.config import GPU_RESOURCE
+from hedge_operator.names import MODEL_NAME_CONFLICT
 from hedge_operator.observed import DeploymentSummary, Observed, PodProblem
 from hedge_operator.validation import Problem
 
@@ -152,13 +153,16 @@ def compute_status(
     desired_replicas: int | None = None,
     rollout: Mapping[str, Any] | None = None,
     report: RolloutReport | None = None,
+    name_conflict: Problem | None = None,
 ) -> dict[str, Any]:
     """The full `.status` for this generation. `md` is None when the spec does not parse;
     `problem` is the spec-level problem (invalid spec, missing Secret, failed apply);
     `desired_replicas` the count the engine Deployments are sized to (default
     spec.replicas; the autoscaler's with spec.autoscaling); `rollout` is status.rollout as
     the rollout state machine left it (None: keep what was there) and `report` what it says
-    for the conditions."""
+    for the conditions; `name_conflict` an older ModelDeployment owning a name this one
+    claims (the pods run and serve the qualified name, but Ready is False: the bare name
+    does not reach them, and Stalled is True: only a person can settle it)."""
     previous = previous or {}
     prev_conditions = {
         str(c.get("type")): c for c in previous.get("conditions") or [] if isinstance(c, Mapping)
@@ -219,7 +223,21 @@ def compute_status(
         conditions = _conditions(md, desired, current, olds, observed, revision, cond)
         if report is not None:
             conditions = _rollout_conditions(conditions, report, revision, status, cond)
+        if name_conflict is not None:
+            conditions = [
+                cond(READY, "False", name_conflict.reason, name_conflict.message)
+                if c["type"] == READY
+                else c
+                for c in conditions
+            ]
         conditions += _kstatus_conditions(conditions, cond)
+        if name_conflict is not None:
+            conditions = [
+                cond(STALLED, "True", name_conflict.reason, name_conflict.message)
+                if c["type"] == STALLED
+                else c
+                for c in conditions
+            ]
     status["conditions"] = conditions
     return status
 
@@ -385,6 +403,8 @@ def transition_events(
             events.append(EventSpec("Normal", "Recovered", degraded["message"]))
     if ready is not None and changed(READY) and ready["status"] == "True":
         events.append(EventSpec("Normal", ready["reason"], ready["message"]))
+    if ready is not None and changed(READY) and ready["reason"] == MODEL_NAME_CONFLICT:
+        events.append(EventSpec("Warning", ready["reason"], ready["message"]))
     if (
         progressing is not None
         and changed(PROGRESSING)

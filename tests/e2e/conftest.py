@@ -123,8 +123,8 @@ def cluster() -> Iterator[E2ECluster]:
         local.down(quiet=True)
 
 
-@pytest.fixture
-def namespace(cluster: E2ECluster) -> Iterator[str]:
+def fresh_namespace(cluster: E2ECluster) -> Iterator[str]:
+    """A new namespace (with its default ServiceAccount), deleted afterwards."""
     name = f"t-{uuid.uuid4().hex[:8]}"
     cluster.api.request(
         "POST",
@@ -138,6 +138,11 @@ def namespace(cluster: E2ECluster) -> Iterator[str]:
     )
     yield name
     cluster.api.request("DELETE", f"/api/v1/namespaces/{name}")
+
+
+@pytest.fixture
+def namespace(cluster: E2ECluster) -> Iterator[str]:
+    yield from fresh_namespace(cluster)
 
 
 class HedgeProcess:

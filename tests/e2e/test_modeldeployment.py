@@ -298,6 +298,10 @@ def test_bad_input_is_reported_and_others_keep_being_served(
     needs_secret = fast(example("quickstart.yaml"))
     needs_secret["metadata"]["name"] = "needs-secret"
     needs_secret["spec"]["model"]["credentialsSecretRef"] = {"name": "hf-token"}
+    # Each its own model name: a refused ModelDeployment keeps the names it claims (so that
+    # fixing it moves no traffic), and the oldest claim owns a name (docs/gateway.md).
+    for bad in (unknown, conflicting, needs_secret):
+        bad["spec"]["model"]["name"] = bad["metadata"]["name"]
     cluster.apply([unknown, conflicting, needs_secret, good], namespace)
 
     md = wait_reason(cluster, namespace, "unknown-gpu", "Ready", "False", "UnknownGPUType")

@@ -226,7 +226,7 @@ async def test_gateway_serves_discovered_pods_and_client_keys_secret(
         await d.wait_synced(5)
         with pytest.raises(openai.AuthenticationError):
             await client(gw, api_key="wrong").models.list()
-        await wait_for(lambda: auth._keys == (b"client-key",), what="client keys")
+        await wait_for(lambda: auth._keys == ((b"client-key", None),), what="client keys")
         c = client(gw, api_key="client-key")
         assert [m.id for m in (await c.models.list()).data] == ["llama-3-8b"]
         for i in range(6):

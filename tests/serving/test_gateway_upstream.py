@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_parser import HttpResponseParserPy
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from hedge_serving.gateway.upstream import (
@@ -396,6 +396,7 @@ def responses(draw: st.DrawFn) -> bytes:
 
 
 @given(responses(), st.lists(st.integers(1, 400), max_size=5))
+@example(b"HTTP/1.1 204 No Content\r\nContent-Length: 2\r\n\r\n\r\n", [])  # found by CI
 @settings(max_examples=400, deadline=None)
 def test_framing_matches_aiohttps_parser(data: bytes, cuts: list[int]) -> None:
     """Between aiohttp's strict and lax parsers: whatever strict aiohttp reads, this client
@@ -403,10 +404,15 @@ def test_framing_matches_aiohttps_parser(data: bytes, cuts: list[int]) -> None:
     same. So it never frames a body differently from a maintained parser."""
     got = asyncio.run(ours(data, cuts))
     strict = aiohttp_reads(data, strict=True)
-    if strict is not None:
+    lax = aiohttp_reads(data, strict=False)
+    if strict is not None and lax is not None:
         assert got == strict, (data, got, strict)
+    elif strict is not None:
+        # The two parsers disagree (strict skips CRLFs after a body-less answer, lax
+        # refuses them): no reading satisfies both, so refusing is the only safe one.
+        assert got is None, (data, got, strict)
     if got is not None:
-        assert aiohttp_reads(data, strict=False) == got, (data, got)
+        assert lax == got, (data, got)
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,7 @@ from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from hedge_serving.gateway import errors
-from hedge_serving.gateway.auth import ClientAuth
+from hedge_serving.gateway.auth import ClientAuth, Scope
 from hedge_serving.gateway.balancer import Balancer
 from hedge_serving.gateway.breaker import CircuitBreaker
 from hedge_serving.gateway.endpoints import BY_PATH, Endpoint
@@ -46,6 +46,7 @@ log = logging.getLogger("hedge.gateway")
 
 _JSON = "application/json"
 _CLIENT_GONE = 499
+MODELS_CACHE_SCOPES = 256  # /v1/models answers kept, one per client-key scope
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +144,7 @@ class Gateway:
         self.settings = settings
         self.draining = False
         self.ready: Callable[[], bool] = lambda: True
-        self._models_cache: tuple[int, bytes] = (-1, b"")
+        self._models_cache: dict[Scope, tuple[int, bytes]] = {}
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         response = await self._handle(request)
@@ -162,10 +163,11 @@ class Gateway:
             if request.method != "GET":
                 return self._reject(errors.MethodNotAllowed(f"Use GET for {path}."), request)
             try:
-                self.auth.check(request.headers.get("Authorization"))
+                scope = self.auth.check(request.headers.get("Authorization"))
             except errors.GatewayError as err:
                 return self._reject(err, request)
-            return self._models(path[len("/v1/models/") :] if path != "/v1/models" else None)
+            model_id = path[len("/v1/models/") :] if path != "/v1/models" else None
+            return self._models(model_id, scope)
         return self._reject(
             errors.NotFound(f"Invalid URL ({request.method} {path[:200]})"), request
         )
@@ -208,7 +210,7 @@ class Gateway:
         started = time.perf_counter()
         state = RequestState(UNKNOWN_MODEL, started)
         try:
-            self.auth.check(request.headers.get("Authorization"))
+            scope = self.auth.check(request.headers.get("Authorization"))
             body = await self._read_body(request)
             try:
                 payload: Any = json.loads(body)
@@ -227,13 +229,18 @@ class Gateway:
             stream = payload.get("stream")
             if stream is not None and type(stream) is not bool:
                 raise errors.BadRequest("`stream` must be true or false.", param="stream")
-            route = self.table.resolve(model)
+            route = self.table.resolve(model, scope)
             if route is None:
                 raise errors.ModelNotFound(
                     f"The model `{model[:200]}` does not exist or you do not have access to it.",
                     param="model",
                 )
-            state.model = route.model
+            if model != route.model:
+                # A qualified name (`<namespace>/<name>`): the engine knows the model by its
+                # served name. Rare, so only this path re-encodes the body.
+                payload["model"] = route.model
+                body = json.dumps(payload).encode()
+            state.model = route.label
             state.arrive(route.demand)
             response = await self.proxy.serve(request, route, endpoint, body, payload, state)
             return response
@@ -261,9 +268,9 @@ class Gateway:
                 state.mean_gap,
             )
 
-    def _models(self, model_id: str | None) -> web.Response:
+    def _models(self, model_id: str | None, scope: Scope = None) -> web.Response:
         if model_id is not None:
-            route = self.table.resolve(model_id)
+            route = self.table.resolve(model_id, scope)
             if route is None:
                 err = errors.ModelNotFound(
                     f"The model `{model_id[:200]}` does not exist or you do not have access to it.",
@@ -271,21 +278,23 @@ class Gateway:
                 )
                 return error_response(err)
             doc = {
-                "id": route.model,
+                "id": model_id,
                 "object": "model",
                 "created": route.created,
                 "owned_by": route.owner,
             }
             return _json_response(200, json.dumps(doc).encode())
-        version, cached = self._models_cache
-        if version != self.table.version:
+        cached = self._models_cache.get(scope)
+        if cached is None or cached[0] != self.table.version:
             data = [
-                {"id": r.model, "object": "model", "created": r.created, "owned_by": r.owner}
-                for r in sorted(self.table.routes(), key=lambda r: r.model)
+                {"id": name, "object": "model", "created": r.created, "owned_by": r.owner}
+                for name, r in self.table.listing(scope)
             ]
-            cached = json.dumps({"object": "list", "data": data}).encode()
-            self._models_cache = (self.table.version, cached)
-        return _json_response(200, cached)
+            cached = (self.table.version, json.dumps({"object": "list", "data": data}).encode())
+            if len(self._models_cache) >= MODELS_CACHE_SCOPES:
+                self._models_cache.clear()  # bounded: scopes are few, but keys are not ours
+            self._models_cache[scope] = cached
+        return _json_response(200, cached[1])
 
     # -- admin -------------------------------------------------------------------------
 
@@ -408,8 +417,8 @@ async def start_gateway(
     gateway = Gateway(table, proxy, metrics, auth or ClientAuth(), settings)
 
     def prune(t: RoutingTable) -> None:
-        routes = t.routes()
-        metrics.prune(r.model for r in routes)
+        routes = t.all_routes()
+        metrics.prune(r.label for r in routes)
         proxy.prune_providers(spec for r in routes for spec in r.fallback)
         if isinstance(upstream, UpstreamPool):
             upstream.retain({b.url for b in t.backends()})

@@ -17,7 +17,7 @@ import signal
 import sys
 
 from hedge_serving.gateway.app import GatewaySettings, start_gateway
-from hedge_serving.gateway.auth import ClientAuth, split_keys
+from hedge_serving.gateway.auth import ClientAuth, ClientKey, parse_keys_file, split_keys
 from hedge_serving.gateway.breaker import CircuitBreaker
 from hedge_serving.gateway.config import RoutesFileError, load_routes
 from hedge_serving.gateway.keys import LocalKeyStore, SecretCache
@@ -60,12 +60,16 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="environment variable holding accepted client keys (comma separated)",
     )
     sec.add_argument(
-        "--api-keys-file", metavar="FILE", help="file of accepted client keys, one per line"
+        "--api-keys-file",
+        metavar="FILE",
+        help="file of accepted client keys, one per line; `KEY ns1,ns2` binds a key to "
+        "namespaces (it reaches only their models)",
     )
     sec.add_argument(
         "--api-keys-secret",
         metavar="NS/NAME",
-        help="Kubernetes Secret whose values are the accepted client keys (watched)",
+        help="Kubernetes Secret whose values are the accepted client keys (watched); keys "
+        "under a data key `namespace.<ns>` are bound to that namespace",
     )
     tune = parser.add_argument_group("tuning")
     tune.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024)
@@ -210,15 +214,15 @@ def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
     )
 
 
-def _client_keys(args: argparse.Namespace) -> list[str]:
-    keys: list[str] = []
+def _client_keys(args: argparse.Namespace) -> list[ClientKey]:
+    keys: list[ClientKey] = []
     if args.api_keys_env:
-        keys += split_keys(os.environ.get(args.api_keys_env, ""))
+        keys += [(k, None) for k in split_keys(os.environ.get(args.api_keys_env, ""))]
         if not keys:
             raise SystemExit(f"hedge gateway: ${args.api_keys_env} holds no API keys")
     if args.api_keys_file:
         with open(args.api_keys_file, encoding="utf-8") as f:
-            keys += split_keys(f.read())
+            keys += parse_keys_file(f.read())
     return keys
 
 

@@ -39,7 +39,7 @@ from hedge_core.api import (
     SpecError,
 )
 from hedge_core.kube import Key, Kube, KubeConfigError, ListWatch, object_key, resource_path
-from hedge_serving.gateway.auth import ClientAuth, split_keys
+from hedge_serving.gateway.auth import ClientAuth, keys_from_secret
 from hedge_serving.gateway.budget import BudgetSpec
 from hedge_serving.gateway.keys import SecretCache
 from hedge_serving.gateway.routing import (
@@ -394,10 +394,7 @@ class KubernetesDiscovery:
         data = _decode(secret) if secret is not None else None
         self.secrets.set_secret(ref[0], ref[1], data)
         if ref == self.client_keys_secret and self.auth is not None:
-            keys: list[str] = []
-            for value in (data or {}).values():
-                keys.extend(split_keys(value))
-            self.auth.set_keys(keys)
+            self.auth.set_keys(keys_from_secret(data or {}))
 
     def changed(self) -> None:
         """Rebuild the routing table from what the watches hold; watch the Secrets the

@@ -74,13 +74,13 @@ class _TableCollector(Collector):
             "Circuit breaker state per backend: 0 closed, 1 half-open, 2 open.",
             labels=["backend"],
         )
-        for route in self._table.routes():
+        for route in self._table.all_routes():
             available = 0
             for b in route.backends:
-                in_flight.add_metric([route.model, b.url], b.outstanding)
+                in_flight.add_metric([route.label, b.url], b.outstanding)
                 available += b.breaker.available()
-            ready.add_metric([route.model, "available"], available)
-            ready.add_metric([route.model, "unavailable"], len(route.backends) - available)
+            ready.add_metric([route.label, "available"], available)
+            ready.add_metric([route.label, "unavailable"], len(route.backends) - available)
         for b in self._table.backends():
             circuit.add_metric([b.url], int(b.breaker.state))
         yield in_flight

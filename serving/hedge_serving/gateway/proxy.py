@@ -378,7 +378,7 @@ class Proxy:
                 if backend is None:
                     break
                 if attempt:
-                    self._metrics.retry(route.model)
+                    self._metrics.retry(route.label)
                     state.restart()
                 try:
                     return await self._self_hosted(
@@ -746,7 +746,7 @@ class Proxy:
                     "model %s: fallback %s has no API key (%s)", route.model, provider.label, exc
                 )
                 continue
-            self._metrics.fallback(route.model, provider.label, reason.value)
+            self._metrics.fallback(route.label, provider.label, reason.value)
             headers = {HEADER_SERVED_BY: provider.label, HEADER_FALLBACK_REASON: reason.value}
             state.move(DemandState.FALLBACK)
             state.served_by = provider.label

@@ -6,6 +6,11 @@ keeps the live state (`Backend`: outstanding count, circuit breaker, scraped que
 of every backend URL that is still listed, so a table update never resets load counts.
 Requests only read the table: one dict lookup per request.
 
+Tenants: a bare model name belongs to the oldest ModelDeployment that claims it (the first
+spec listed); every model of a namespace is also reachable as `<namespace>/<name>`; and a
+request whose client key is bound to namespaces resolves names among those namespaces only
+(`resolve(model, scope)`), so no other namespace can take its traffic (docs/gateway.md).
+
 Every route knows the ModelDeployment it belongs to (`RouteSpec.deployment`; a model and its
 adapters share one), and the table keeps one `Demand` per ModelDeployment, reused across
 updates like the backends: the requests in flight for it by state and the arrivals, which the
@@ -228,9 +233,12 @@ class Route:
         "demand",
         "deployment",
         "fallback",
+        "label",
         "model",
+        "namespace",
         "options",
         "owner",
+        "rank",
         "split",
     )
 
@@ -239,6 +247,7 @@ class Route:
         spec: RouteSpec,
         backends: tuple[Backend, ...],
         demand: Demand,
+        rank: int = 0,
         split: Split | None = None,
     ) -> None:
         self.model = spec.model
@@ -250,6 +259,13 @@ class Route:
         self.deployment = demand.key
         self.demand = demand
         self.split = split  # set while a canary of its ModelDeployment runs
+        # The namespace of a Kubernetes route (None for a static one), and the route's place
+        # in the table (lower: older claim), which settles names between namespaces.
+        self.namespace = spec.deployment[0] if spec.deployment and spec.deployment[0] else None
+        self.rank = rank
+        # What metrics and logs call it: the bare name where this route owns it, else
+        # `<namespace>/<name>` (two namespaces' routes never share a series).
+        self.label = spec.model
 
 
 class RoutingTable:
@@ -260,6 +276,8 @@ class RoutingTable:
     ) -> None:
         self._breaker_factory = breaker_factory
         self._routes: dict[str, Route] = {}
+        self._qualified: dict[str, Route] = {}  # "<namespace>/<name>"
+        self._by_namespace: dict[str, dict[str, Route]] = {}
         self._backends: dict[str, Backend] = {}
         self._demand: dict[ModelKey, Demand] = {}
         self._splits: dict[ModelKey, Split] = {}
@@ -278,11 +296,65 @@ class RoutingTable:
             self._changed = asyncio.get_running_loop().create_future()
         return self._changed
 
-    def resolve(self, model: str) -> Route | None:
-        return self._routes.get(model)
+    def resolve(self, model: str, scope: frozenset[str] | None = None) -> Route | None:
+        """The route for `model` as a caller with this scope sees it (None: every namespace).
+
+        `<namespace>/<name>` names that namespace's model (when the caller may see the
+        namespace); a bare name is the oldest claim among the caller's namespaces, or the
+        table's owner of that name for an unscoped caller.
+        """
+        if scope is None:
+            if "/" in model:
+                route = self._qualified.get(model)
+                if route is not None:
+                    return route
+            return self._routes.get(model)
+        if "/" in model:
+            namespace, _, name = model.partition("/")
+            if namespace in scope:
+                route = self._by_namespace.get(namespace, {}).get(name)
+                if route is not None:
+                    return route
+        best: Route | None = None
+        for namespace in scope:
+            route = self._by_namespace.get(namespace, {}).get(model)
+            if route is not None and (best is None or route.rank < best.rank):
+                best = route
+        return best
 
     def routes(self) -> list[Route]:
+        """The routes of bare model names (each name's owner)."""
         return list(self._routes.values())
+
+    def all_routes(self) -> list[Route]:
+        """Every route once, also those reachable only by their qualified name."""
+        seen = {id(r): r for r in self._routes.values()}
+        for route in self._qualified.values():
+            seen.setdefault(id(route), route)
+        return list(seen.values())
+
+    def listing(self, scope: frozenset[str] | None = None) -> list[tuple[str, Route]]:
+        """(id, route) of every model this caller can reach, each once: its bare name when
+        that resolves to it for the caller, its qualified name otherwise."""
+        if scope is None:
+            candidates = list(self._qualified.items())
+            unqualified = [r for r in self._routes.values() if r.namespace is None]
+            seen = {id(r) for r in unqualified}
+            out = [(r.model, r) for r in unqualified]
+        else:
+            candidates = [
+                (f"{ns}/{name}", r)
+                for ns in scope
+                for name, r in self._by_namespace.get(ns, {}).items()
+            ]
+            out, seen = [], set()
+        for qualified, route in candidates:
+            if id(route) in seen:
+                continue
+            seen.add(id(route))
+            bare = self.resolve(route.model, scope)
+            out.append((route.model if bare is route else qualified, route))
+        return sorted(out, key=lambda item: item[0])
 
     def backends(self) -> list[Backend]:
         return list(self._backends.values())
@@ -297,9 +369,12 @@ class RoutingTable:
         return list(self._revisions.values())
 
     def replace(self, specs: Iterable[RouteSpec]) -> None:
-        """Swap in a complete new table. The first spec listed for a model name wins."""
+        """Swap in a complete new table. The first spec listed for a model name owns the bare
+        name; in its namespace, each later one is reachable as `<namespace>/<name>`."""
         backends: dict[str, Backend] = {}
         routes: dict[str, Route] = {}
+        qualified: dict[str, Route] = {}
+        by_namespace: dict[str, dict[str, Route]] = {}
         demand: dict[ModelKey, Demand] = {}
         splits: dict[ModelKey, Split] = {}
         revisions: dict[tuple[str, str, str], RevisionCounters] = {}
@@ -312,9 +387,12 @@ class RoutingTable:
             revisions[rkey] = c
             return c
 
-        for spec in specs:
-            if spec.model in routes:
-                continue
+        for rank, spec in enumerate(specs):
+            namespace = spec.deployment[0] if spec.deployment and spec.deployment[0] else None
+            if spec.model in routes and (
+                namespace is None or spec.model in by_namespace.get(namespace, {})
+            ):
+                continue  # a newer claim on a name its namespace (or the table) already has
             key = spec.deployment_key
             d = demand.get(key) or self._demand.get(key)
             if d is None:
@@ -344,8 +422,17 @@ class RoutingTable:
                     split = Split(spec.canary, spec.canary_weight)
                 split.weight = spec.canary_weight
                 splits[key] = split
-            routes[spec.model] = Route(spec, tuple(live), d, split)
+            route = Route(spec, tuple(live), d, rank, split)
+            routes.setdefault(spec.model, route)
+            if namespace is not None:
+                qualified[f"{namespace}/{spec.model}"] = route
+                by_namespace.setdefault(namespace, {})[spec.model] = route
+        for name, route in qualified.items():
+            if routes.get(route.model) is not route:
+                route.label = name
         self._routes = routes
+        self._qualified = qualified
+        self._by_namespace = by_namespace
         self._backends = backends
         self._demand = demand
         self._splits = splits
