@@ -624,25 +624,29 @@ class ListWatch:
         return version
 
     async def _watch(self, version: str) -> str:
-        async for event in self.kube.watch(self.path, self.params, version, self.timeout_s):
-            kind = event.get("type")
-            obj = event.get("object") or {}
-            if kind == "ERROR":
-                if obj.get("code") == 410:
-                    raise Expired()
-                raise ApiError(
-                    int(obj.get("code") or 0),
-                    str(obj.get("reason", "")),
-                    str(obj.get("message", obj)),
-                )
-            if kind in ("ADDED", "MODIFIED"):
-                self.items[object_key(obj)] = obj
-            elif kind == "DELETED":
-                self.items.pop(object_key(obj), None)
-            if kind != "BOOKMARK" and self.on_event is not None:
-                await _call(self.on_event(str(kind), obj))
-            # Only now: an event whose handler failed is delivered again on resume.
-            version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+        # aclosing: leaving the loop early (410, an error event, a failed handler, a cancel)
+        # closes the stream now, not whenever the generator is garbage-collected.
+        events = self.kube.watch(self.path, self.params, version, self.timeout_s)
+        async with contextlib.aclosing(events):
+            async for event in events:
+                kind = event.get("type")
+                obj = event.get("object") or {}
+                if kind == "ERROR":
+                    if obj.get("code") == 410:
+                        raise Expired()
+                    raise ApiError(
+                        int(obj.get("code") or 0),
+                        str(obj.get("reason", "")),
+                        str(obj.get("message", obj)),
+                    )
+                if kind in ("ADDED", "MODIFIED"):
+                    self.items[object_key(obj)] = obj
+                elif kind == "DELETED":
+                    self.items.pop(object_key(obj), None)
+                if kind != "BOOKMARK" and self.on_event is not None:
+                    await _call(self.on_event(str(kind), obj))
+                # Only now: an event whose handler failed is delivered again on resume.
+                version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
         return version
 
 

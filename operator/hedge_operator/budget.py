@@ -46,6 +46,7 @@ class _Window:
     length: float
     start: float | None = None  # epoch seconds
     base: float = 0.0  # the counter's total when the window began
+    last: float | None = None  # the counter's total at the previous reading
 
     def spend(self, total: float, now: float, reported: Mapping[str, Any], key: str) -> int:
         start = math.floor(now / self.length) * self.length
@@ -53,9 +54,15 @@ class _Window:
             if self.start is None and _seconds(reported.get(f"{key}Start")) == start:
                 # A restarted operator: the window's spend so far is in status.
                 self.base = total - float(reported.get(f"{key}Tokens") or 0)
+            elif self.start is not None and self.last is not None:
+                # The window turned since the previous reading: what was spent since then
+                # counts in the new window. Some of it may belong to the old one (at most one
+                # tick's worth), so the ceiling is reached early, never late.
+                self.base = min(self.last, total)
             else:
-                self.base = total  # a new window (or the first sight of one) starts at 0
+                self.base = total  # the first sight of a window starts at 0
             self.start = start
+        self.last = total
         return max(0, round(total - self.base))
 
 

@@ -170,9 +170,18 @@ class GpuLedger:
             await self._kube.close()
 
         self._run(stop())
-        # Let closed transports run their connection_lost callbacks before the loop closes.
-        for _ in range(10):
-            self._run(asyncio.sleep(0))
+
+        async def drain() -> None:
+            # Whatever else the client left running, then closed transports' callbacks.
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._loop.shutdown_asyncgens()
+            for _ in range(10):
+                await asyncio.sleep(0)
+
+        self._run(drain())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()

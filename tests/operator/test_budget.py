@@ -19,10 +19,25 @@ def test_spend_per_window_and_exhaustion_until_the_window_turns() -> None:
     status, write = windows.step(PER_MINUTE, 6000.0, {}, MINUTE0 + 3)
     assert write and status["minuteTokens"] == 1000
     assert status["exhaustedUntil"] == "2026-05-28T20:28:00Z"
-    # The next minute: spend starts at zero, spilling resumes.
+    # The next minute: spend starts again from what came after the last reading, spilling
+    # resumes.
     status, write = windows.step(PER_MINUTE, 6010.0, {}, MINUTE0 + 61)
-    assert write and status["minuteTokens"] == 0 and "exhaustedUntil" not in status
+    assert write and status["minuteTokens"] == 10 and "exhaustedUntil" not in status
     assert status["minuteStart"] == "2026-05-28T20:28:00Z"
+
+
+def test_tokens_spent_as_the_minute_turns_count_in_the_new_minute() -> None:
+    """Found on the local cluster: the spend between the last reading of a minute and the
+    first of the next was counted in neither, so the gateway spilled 830 tokens in a minute
+    with a ceiling of 600. It now counts in the new minute (early, never late)."""
+    windows = BudgetWindows.new()
+    windows.step(PER_MINUTE, 0.0, {}, MINUTE0 - 30)
+    windows.step(PER_MINUTE, 200.0, {}, MINUTE0 - 0.4)  # the last tick of the old minute
+    status, _ = windows.step(PER_MINUTE, 420.0, {}, MINUTE0 + 0.6)  # 220 since, most in this one
+    assert status["minuteStart"] == "2026-05-28T20:27:00Z"
+    assert status["minuteTokens"] == 220
+    status, _ = windows.step(PER_MINUTE, 1200.0, {}, MINUTE0 + 5)
+    assert status["minuteTokens"] == 1000 and status["exhaustedUntil"] == "2026-05-28T20:28:00Z"
 
 
 def test_a_day_ceiling_holds_past_the_minute() -> None:
