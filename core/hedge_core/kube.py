@@ -35,7 +35,7 @@ import shutil
 import ssl
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -505,7 +505,7 @@ class Kube:
 
     async def watch(
         self, path: str, params: Mapping[str, str], version: str, timeout_s: int = WATCH_TIMEOUT_S
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """The events of one watch stream from `version`, until the server ends it. Raises
         Expired for 410 Gone. A line longer than aiohttp's buffer limit (4 MiB; etcd caps
         objects at 1.5 MiB) raises an error (LineTooLong) rather than growing the buffer."""
