@@ -38,7 +38,6 @@ fails no request; it is slow for everyone it serves meanwhile).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import itertools
 import json
 import math
@@ -57,9 +56,9 @@ from typing import Any
 import openai
 import yaml
 
-from hedge_core.kube import Kube, ListWatch
 from hedge_dev import tools
 from hedge_dev.cluster import LocalCluster, free_port
+from hedge_dev.ledger import GpuLedger
 
 ROOT = Path(__file__).resolve().parents[1]
 CRD = ROOT / "crds" / "hedge.dev_modeldeployments.yaml"
@@ -152,62 +151,6 @@ class Load:
         self._stop.set()
         for t in self._threads:
             t.join(40)
-
-
-class GpuLedger:
-    """A watch of the namespace's pods: the most GPUs held at once (scheduled, unfinished
-    pods, terminating ones included)."""
-
-    def __init__(self, kubeconfig: Path, namespace: str) -> None:
-        self.held: dict[str, int] = {}
-        self.peak = 0
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
-        self._kube = Kube(str(kubeconfig))
-        self._watch = ListWatch(
-            self._kube,
-            f"/api/v1/namespaces/{namespace}/pods",
-            on_list=lambda items: self._set({p["metadata"]["name"]: p for p in items}),
-            on_event=self._event,
-        )
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(30)
-
-    async def _start(self) -> None:
-        self._watch.start()
-        await asyncio.wait_for(self._watch.synced.wait(), 20)
-
-    @staticmethod
-    def _gpus(pod: dict[str, Any]) -> int:
-        if not pod.get("spec", {}).get("nodeName"):
-            return 0
-        if pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
-            return 0
-        return sum(
-            int(c.get("resources", {}).get("requests", {}).get("nvidia.com/gpu", 0))
-            for c in pod["spec"].get("containers", [])
-        )
-
-    def _set(self, pods: dict[str, Any]) -> None:
-        self.held = {name: self._gpus(p) for name, p in pods.items()}
-        self.peak = max(self.peak, sum(self.held.values()))
-
-    def _event(self, kind: str, pod: dict[str, Any]) -> None:
-        name = pod["metadata"]["name"]
-        if kind == "DELETED":
-            self.held.pop(name, None)
-        else:
-            self.held[name] = self._gpus(pod)
-        self.peak = max(self.peak, sum(self.held.values()))
-
-    def close(self) -> None:
-        async def stop() -> None:
-            await self._watch.stop()
-            await self._kube.close()
-
-        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(30)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
 
 
 @dataclass
@@ -383,7 +326,7 @@ def good_rollout(hedge: Hedge, args: argparse.Namespace, surge: int) -> int:
     hedge.wait(settled, 120, "the stable revision")
     ledger = GpuLedger(hedge.cluster.kubeconfig, hedge.namespace)
     try:
-        ledger.peak = sum(ledger.held.values())
+        ledger.reset_peak()
         with Load(hedge.gateway_url, args.threads):
             hedge.apply(model_deployment(f"good-{surge}", rollout, {}))
             target = hedge.wait(

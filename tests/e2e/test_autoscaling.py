@@ -31,7 +31,6 @@ from hedge_dev.cluster import NodeSpec, free_port
 from hedge_operator.dataplane import DataPlane
 from hedge_operator.kube import Kube
 from hedge_operator.signals import parse_gateway
-from tests.serving.gateway_stubs import OpenAIStub
 
 from .conftest import (
     API,
@@ -46,6 +45,7 @@ from .conftest import (
     scrape,
     wait_for,
 )
+from .traffic import FALLBACK_MODEL, FallbackProvider
 
 # ------------------------------------------------------------------- finding the gateways
 
@@ -163,34 +163,7 @@ def test_the_operator_finds_every_gateway_through_the_admin_service(
 # ------------------------------------------------------------------- Hedge, by Helm
 
 CHART = ROOT / "charts" / "hedge"
-FALLBACK_MODEL = "gpt-4o-mini"
 FALLBACK_KEY = "sk-e2e-autoscale"
-
-
-class FallbackProvider:
-    """The OpenAI API stub on 127.0.0.1, on an event loop of its own thread."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.stub = OpenAIStub(api_key=FALLBACK_KEY, model=FALLBACK_MODEL)
-        self._run(self.stub.start())
-
-    @property
-    def url(self) -> str:
-        return self.stub.url + "/v1"
-
-    def _run(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
-
-    def close(self) -> None:
-        self._run(self.stub.stop())
-        for _ in range(10):
-            self._run(asyncio.sleep(0))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
 
 
 @dataclass
@@ -293,7 +266,7 @@ def hedge(cluster: E2ECluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
     }
     path = tmp_path_factory.mktemp("autoscaling") / "values.yaml"
     path.write_text(yaml.safe_dump(values))
-    provider = FallbackProvider()
+    provider = FallbackProvider(FALLBACK_KEY)
     helm(cluster, "install", release, str(CHART), "-n", namespace, "-f", str(path),
          "--wait", "--timeout=180s")  # fmt: skip
     hedge = Hedge(cluster, namespace, release, provider)

@@ -11,20 +11,14 @@ the Deployment cannot replace killed pods before the gateway has to do without t
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import re
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-
-from tests.serving.gateway_stubs import OpenAIStub
 
 from .conftest import (
     E2ECluster,
@@ -36,10 +30,10 @@ from .conftest import (
     wait_for,
     wait_ready,
 )
+from .traffic import FALLBACK_MODEL, FallbackProvider, Load, chat
 
 MD = "chat"
 MODEL = "tiny"
-FALLBACK_MODEL = "gpt-4o-mini"
 FALLBACK_KEY = "sk-e2e-fallback"
 ENGINE_SELECTOR = f"hedge.dev%2Fmodel-deployment%3D{MD},hedge.dev%2Fcomponent%3Dengine"
 STARTUP_DELAY_MS = 4000
@@ -92,32 +86,9 @@ def fallback_secret() -> dict[str, Any]:
 # ------------------------------------------------------------------- fixtures
 
 
-class FallbackProvider:
-    """The OpenAI API stub on 127.0.0.1, served from an event loop on its own thread."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.stub = OpenAIStub(api_key=FALLBACK_KEY, model=FALLBACK_MODEL)
-        self._run(self.stub.start())
-
-    def _run(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
-
-    def close(self) -> None:
-        self._run(self.stub.stop())
-        # Let closed transports run their connection_lost callbacks before the loop closes.
-        for _ in range(10):
-            self._run(asyncio.sleep(0))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-
 @pytest.fixture
 def fallback_provider() -> Iterator[FallbackProvider]:
-    provider = FallbackProvider()
+    provider = FallbackProvider(FALLBACK_KEY)
     yield provider
     provider.close()
 
@@ -197,76 +168,14 @@ def served(url: str) -> float:
     return metric_sum(scrape(url + "/metrics"), "vllm:request_success_total")
 
 
-def chat(client: openai.OpenAI, prompt: str) -> Any:
-    return client.chat.completions.with_raw_response.create(
-        model=MODEL, messages=[{"role": "user", "content": prompt}], max_tokens=4
+def load_through(base_url: str) -> Load:
+    return Load(
+        base_url,
+        MODEL,
+        threads=LOAD_THREADS,
+        max_requests=LOAD_MAX_REQUESTS,
+        max_seconds=LOAD_MAX_SECONDS,
     )
-
-
-@dataclass(frozen=True)
-class Answer:
-    start: float
-    end: float
-    served_by: str
-    reason: str | None
-    model: str
-
-
-class Load:
-    """Non-streamed chat completions from a few threads at once, bounded in count and time.
-
-    Every request has its own prompt, so prefix affinity does not pin the load to one pod.
-    Records who answered each request and every failure (the SDK does not retry)."""
-
-    def __init__(self, base_url: str) -> None:
-        self.base_url = base_url
-        self.answers: list[Answer] = []
-        self.failures: list[str] = []
-        self._numbers = itertools.count()
-        self._stop = threading.Event()
-        self._deadline = time.monotonic() + LOAD_MAX_SECONDS
-        self._threads = [
-            threading.Thread(target=self._run, daemon=True) for _ in range(LOAD_THREADS)
-        ]
-
-    def _run(self) -> None:
-        client = openai.OpenAI(base_url=self.base_url, api_key="x", max_retries=0, timeout=30)
-        try:
-            while not self._stop.is_set() and time.monotonic() < self._deadline:
-                n = next(self._numbers)
-                if n >= LOAD_MAX_REQUESTS:
-                    break
-                start = time.monotonic()
-                try:
-                    raw = chat(client, f"load {n}")
-                    reply = raw.parse()
-                    self.answers.append(
-                        Answer(
-                            start,
-                            time.monotonic(),
-                            raw.headers["x-hedge-served-by"],
-                            raw.headers.get("x-hedge-fallback-reason"),
-                            reply.model,
-                        )
-                    )
-                except openai.OpenAIError as exc:
-                    self.failures.append(repr(exc))
-        finally:
-            client.close()
-
-    def since(self, t: float) -> list[Answer]:
-        return [a for a in list(self.answers) if a.start > t]
-
-    def __enter__(self) -> Load:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(40)
-        assert not any(t.is_alive() for t in self._threads), "load threads still running"
 
 
 # ---------------------------------------------------------------------- test
@@ -297,7 +206,7 @@ def test_model_deployment_behind_the_gateway_spreads_survives_falls_back_and_rec
         assert [m.id for m in client.models.list().data] == [MODEL]
         before = {url: served(url) for url in pods.values()}
         for i in range(20):
-            raw = chat(client, f"question {i}")
+            raw = chat(client, MODEL, f"question {i}")
             assert raw.headers["x-hedge-served-by"] == "self-hosted"
             assert raw.parse().model == MODEL
         after = {url: served(url) for url in pods.values()}
@@ -305,7 +214,7 @@ def test_model_deployment_behind_the_gateway_spreads_survives_falls_back_and_rec
         assert all(after[url] > before[url] for url in pods.values()), (before, after)
 
         # -------- one pod killed under load: no request fails, none leaves self-hosting
-        with Load(gateway.url + "/v1") as load:
+        with load_through(gateway.url + "/v1") as load:
             wait_for(lambda: len(load.answers) >= 20, 30, "load running")
             victim, survivor = sorted(pods)
             cluster.kubectl("delete", "pod", "-n", namespace, victim, "--wait=false")
@@ -332,7 +241,7 @@ def test_model_deployment_behind_the_gateway_spreads_survives_falls_back_and_rec
         one_pod_killed = (len(load.answers), replaced_at - killed_at, retries)
 
         # -------- both pods killed: the fallback answers, with the headers; then pods back
-        with Load(gateway.url + "/v1") as load:
+        with load_through(gateway.url + "/v1") as load:
             wait_for(lambda: len(load.answers) >= 20, 30, "load running")
             deleting_at = time.monotonic()
             cluster.kubectl("delete", "pod", "-n", namespace, *sorted(pods), "--wait=false")

@@ -26,7 +26,8 @@ from hedge_dev import vllm
 from hedge_serving.gateway.engine_metrics import parse_waiting
 
 from .conftest import E2ECluster, HedgeProcess, Operator, pod_ready, scrape, wait_for, wait_ready
-from .test_gateway import FALLBACK_MODEL, FallbackProvider, Gateway, fallback_secret
+from .test_gateway import FALLBACK_KEY, Gateway, fallback_secret
+from .traffic import FALLBACK_MODEL, FallbackProvider
 
 # Two engine starts on two shared cores (pytest-timeout counts fixture setup too).
 pytestmark = pytest.mark.timeout(900)
@@ -78,7 +79,7 @@ def real_engine(pytestconfig: pytest.Config) -> Path:
 
 @pytest.fixture
 def fallback_provider() -> Iterator[FallbackProvider]:
-    provider = FallbackProvider()
+    provider = FallbackProvider(FALLBACK_KEY)
     yield provider
     provider.close()
 

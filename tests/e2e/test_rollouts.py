@@ -13,11 +13,8 @@ terminating ones included, as the scheduler counts them).
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,7 +24,7 @@ import openai
 import pytest
 import yaml
 
-from hedge_core.kube import Kube, ListWatch
+from hedge_dev.ledger import GpuLedger
 from hedge_operator.signals import parse_gateway
 
 from . import test_gateway as gateway_e2e
@@ -42,10 +39,10 @@ from .conftest import (
     wait_for,
     wait_ready,
 )
+from .traffic import FALLBACK_MODEL, FallbackProvider, Load
 
 MD = "chat"
 MODEL = "tiny"
-FALLBACK_MODEL = "gpt-4o-mini"
 GPU = "nvidia-h100-80gb"  # an 8-GPU node of the local cluster
 LATENCY = {"sim.hedge.dev/ttft-ms": "20", "sim.hedge.dev/itl-ms": "2"}
 # Load: a few threads of non-streamed chat completions, each bounded in time and count.
@@ -110,126 +107,14 @@ def canary(*steps: tuple[int, int], **more: Any) -> dict[str, Any]:
 # ------------------------------------------------------------------------ the rig
 
 
-class GpuLedger:
-    """A watch of the namespace's pods: the GPUs held at every moment (every scheduled pod
-    that has not finished, terminating ones included) and the most held at once."""
-
-    def __init__(self, cluster: E2ECluster, namespace: str) -> None:
-        self.held: dict[str, int] = {}
-        self.peak = 0
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
-        self._kube = Kube(str(cluster.kubeconfig))
-        self._watch: ListWatch | None = None
-        self._run(self._start(namespace))
-
-    def _run(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(30)
-
-    async def _start(self, namespace: str) -> None:
-        self._watch = ListWatch(
-            self._kube,
-            f"/api/v1/namespaces/{namespace}/pods",
-            on_list=self._listed,
-            on_event=self._event,
-        )
-        self._watch.start()
-        await asyncio.wait_for(self._watch.synced.wait(), 20)
-
-    @staticmethod
-    def _gpus(pod: dict[str, Any]) -> int:
-        if not pod.get("spec", {}).get("nodeName"):
-            return 0
-        if pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
-            return 0
-        return sum(
-            int(c.get("resources", {}).get("requests", {}).get("nvidia.com/gpu", 0))
-            for c in pod["spec"].get("containers", [])
-        )
-
-    def _count(self) -> None:
-        self.peak = max(self.peak, sum(self.held.values()))
-
-    def _listed(self, items: list[dict[str, Any]]) -> None:
-        self.held = {p["metadata"]["name"]: self._gpus(p) for p in items}
-        self._count()
-
-    def _event(self, kind: str, pod: dict[str, Any]) -> None:
-        name = pod["metadata"]["name"]
-        if kind == "DELETED":
-            self.held.pop(name, None)
-        else:
-            self.held[name] = self._gpus(pod)
-        self._count()
-
-    def close(self) -> None:
-        async def stop() -> None:
-            if self._watch is not None:
-                await self._watch.stop()
-            await self._kube.close()
-
-        self._run(stop())
-
-        async def drain() -> None:
-            # Whatever else the client left running, then closed transports' callbacks.
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await self._loop.shutdown_asyncgens()
-            for _ in range(10):
-                await asyncio.sleep(0)
-
-        self._run(drain())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
-
-
-class Load:
-    """Non-streamed chat completions from a few threads through the gateway, bounded in
-    count and time; every failure the client saw is kept (the SDK does not retry)."""
-
-    def __init__(self, base_url: str, threads: int = LOAD_THREADS) -> None:
-        self.base_url = base_url
-        self.answers: list[tuple[float, str]] = []  # (when, served by)
-        self.failures: list[str] = []
-        self._numbers = itertools.count()
-        self._stop = threading.Event()
-        self._deadline = time.monotonic() + LOAD_MAX_SECONDS
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-
-    def _run(self) -> None:
-        client = openai.OpenAI(base_url=self.base_url, api_key="x", max_retries=0, timeout=30)
-        try:
-            while not self._stop.is_set() and time.monotonic() < self._deadline:
-                n = next(self._numbers)
-                if n >= LOAD_MAX_REQUESTS:
-                    break
-                try:
-                    raw = client.chat.completions.with_raw_response.create(
-                        model=MODEL,
-                        messages=[{"role": "user", "content": f"load {n}"}],
-                        max_tokens=4,
-                    )
-                    raw.parse()
-                    self.answers.append((time.monotonic(), raw.headers["x-hedge-served-by"]))
-                except openai.OpenAIError as exc:
-                    self.failures.append(repr(exc))
-        finally:
-            client.close()
-
-    def __enter__(self) -> Load:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(40)
-        assert not any(t.is_alive() for t in self._threads), "load threads still running"
+def load_through(base_url: str) -> Load:
+    return Load(
+        base_url,
+        MODEL,
+        threads=LOAD_THREADS,
+        max_requests=LOAD_MAX_REQUESTS,
+        max_seconds=LOAD_MAX_SECONDS,
+    )
 
 
 @dataclass
@@ -238,7 +123,7 @@ class Rig:
     namespace: str
     gateway: gateway_e2e.Gateway
     operator: Operator
-    fallback: gateway_e2e.FallbackProvider
+    fallback: FallbackProvider
     ledger: GpuLedger
 
     def apply(self, doc: dict[str, Any]) -> None:
@@ -337,7 +222,7 @@ def rig(
     crd: None,
     hedge_process: Callable[..., HedgeProcess],
 ) -> Iterator[Rig]:
-    fallback = gateway_e2e.FallbackProvider()
+    fallback = FallbackProvider(gateway_e2e.FALLBACK_KEY)
     gw = gateway_e2e.Gateway(
         hedge_process(
             "gateway",
@@ -357,7 +242,7 @@ def rig(
         hedge_process, namespace, "--gateway-metrics-url", f"{gw.admin}/metrics"
     ).start()
     cluster.apply(gateway_e2e.fallback_secret(), namespace)
-    ledger = GpuLedger(cluster, namespace)
+    ledger = GpuLedger(cluster.kubeconfig, namespace)
     r = Rig(cluster, namespace, gw, operator, fallback, ledger)
     try:
         yield r
@@ -395,7 +280,7 @@ def new_revision(rig: Rig, stable: str) -> str:
 def test_a_good_canary_goes_through_every_step_and_is_promoted(rig: Rig) -> None:
     steps = canary((25, 3), (50, 3))
     stable = start(rig, rollout=steps)
-    with Load(rig.gateway.url + "/v1") as load:
+    with load_through(rig.gateway.url + "/v1") as load:
         wait_for(lambda: len(load.answers) >= 20, 30, "load running")
         rig.apply(model_deployment(version="2", rollout=steps))
         target = new_revision(rig, stable)
@@ -434,7 +319,7 @@ def test_a_canary_failing_30_percent_is_rolled_back_without_a_client_failure(rig
     # (10 requests) within a few seconds.
     steps = canary((50, 60))
     stable = start(rig, rollout=steps)
-    with Load(rig.gateway.url + "/v1") as load:
+    with load_through(rig.gateway.url + "/v1") as load:
         wait_for(lambda: len(load.answers) >= 20, 30, "load running")
         rig.apply(
             model_deployment(
@@ -474,7 +359,7 @@ def test_a_slow_canary_is_aborted_at_the_end_of_its_first_step(rig: Rig) -> None
     pause = 5
     steps = canary((50, pause), (100, 5))
     stable = start(rig, rollout=steps)
-    with Load(rig.gateway.url + "/v1") as load:
+    with load_through(rig.gateway.url + "/v1") as load:
         wait_for(lambda: len(load.answers) >= 20, 30, "load running")
         rig.apply(
             model_deployment(
@@ -531,7 +416,7 @@ def test_a_canary_that_cannot_start_is_aborted_and_stable_is_untouched(
             )
         )
 
-    with Load(rig.gateway.url + "/v1") as load:
+    with load_through(rig.gateway.url + "/v1") as load:
         rig.apply(model_deployment(**broken))
         target = new_revision(rig, stable)
 
@@ -573,7 +458,7 @@ def test_a_full_gpu_node_with_no_surge_rolls_out_without_a_failed_request(
 ) -> None:
     # One pod of eight GPUs: the whole node. maxSurge 0: the stable pod goes first, and the
     # fallback answers while the new one starts (it takes 2 s to load).
-    url = rig.fallback.stub.url + "/v1"
+    url = rig.fallback.url
     rollout = {"strategy": "RollingUpdate"} if strategy == "RollingUpdate" else canary((50, 3))
     spec: dict[str, Any] = {
         "rollout": rollout,
@@ -585,7 +470,7 @@ def test_a_full_gpu_node_with_no_surge_rolls_out_without_a_failed_request(
     }
     stable = start(rig, **spec)
     assert rig.ledger.peak == 8
-    with Load(rig.gateway.url + "/v1") as load:
+    with load_through(rig.gateway.url + "/v1") as load:
         wait_for(lambda: len(load.answers) >= 20, 30, "load running")
         rig.apply(model_deployment(version="2", **spec))
         target = new_revision(rig, stable)
@@ -600,9 +485,9 @@ def test_a_full_gpu_node_with_no_surge_rolls_out_without_a_failed_request(
         wait_for(lambda: len(load.answers) >= back + 20, 30, "load after the rollout")
     assert load.failures == []
     assert rig.ledger.peak == 8  # never a GPU more than the node has, and no deadlock
-    served = {by for _, by in load.answers}
+    served = {a.served_by for a in load.answers}
     assert served == {"self-hosted", "openai-compatible"}  # the fallback covered the gap
-    fallback = sum(1 for _, by in load.answers if by != "self-hosted")
+    fallback = sum(1 for a in load.answers if a.served_by != "self-hosted")
     print(
         f"\n{strategy}, full node: {len(load.answers)} requests, 0 failed, "
         f"{fallback} answered by the fallback while the new pod loaded"
@@ -709,7 +594,7 @@ def test_a_newer_spec_replaces_the_rollout_and_a_restart_half_promotes_nothing(
 ) -> None:
     steps = canary((50, 3600))
     stable = start(rig, rollout=steps)
-    with Load(rig.gateway.url + "/v1") as load:
+    with load_through(rig.gateway.url + "/v1") as load:
         rig.apply(model_deployment(version="2", rollout=steps))
         second = new_revision(rig, stable)
         rig.until(lambda md: md["status"]["rollout"].get("canaryWeight") == 50, 60, "step 1")
