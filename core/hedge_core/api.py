@@ -13,6 +13,7 @@ without the CRD's CEL) are judged alike. `python -m hedge_core.api` prints the C
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import re
 import sys
 import types
@@ -22,6 +23,22 @@ from dataclasses import MISSING, dataclass, field
 from typing import Any, ClassVar, Literal, NewType, TypeVar, get_args, get_origin
 
 import yaml
+
+
+def rfc3339(seconds: float) -> str:
+    """Unix seconds as the API server writes times (`2026-11-30T04:28:00Z`)."""
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def unix_seconds(value: Any) -> float | None:
+    """An API time (RFC 3339, `Z` or an offset) as unix seconds; None when it is not one."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
 
 GROUP = "hedge.dev"
 VERSION = "v1alpha1"

@@ -19,13 +19,12 @@ scales down.
 
 from __future__ import annotations
 
-import datetime
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hedge_core.api import AutoscalingSpec, ModelDeployment
+from hedge_core.api import AutoscalingSpec, ModelDeployment, rfc3339, unix_seconds
 from hedge_operator import scaling
 from hedge_operator.observed import PodSummary
 from hedge_operator.signals import EngineReading, ModelSignals
@@ -114,19 +113,6 @@ def deletion_costs(
     return costs
 
 
-def _iso(seconds: float) -> str:
-    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _seconds(value: Any) -> float | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
 @dataclass(frozen=True)
 class Step:
     """What one tick decided."""
@@ -168,7 +154,9 @@ class ModelScaler:
         policy = policy_of(spec)
         block = dict(self.block or status.get("autoscaling") or {})
         current = effective_replicas(md, block)
-        memory = self.memory or scaling.Memory(last_active=_seconds(block.get("lastRequestTime")))
+        memory = self.memory or scaling.Memory(
+            last_active=unix_seconds(block.get("lastRequestTime"))
+        )
 
         if signals is None:
             demand, arrivals, complete = None, 0.0, True
@@ -194,17 +182,17 @@ class ModelScaler:
         if decision.demand is not None:
             new["demand"] = round(decision.demand, 2)
         scaled = decision.desired != current
-        last_scale = _iso(now) if scaled else block.get("lastScaleTime")
+        last_scale = rfc3339(now) if scaled else block.get("lastScaleTime")
         if last_scale:
             new["lastScaleTime"] = last_scale
         last_active = decision.memory.last_active
         if last_active is not None:
-            new["lastRequestTime"] = _iso(last_active)
+            new["lastRequestTime"] = rfc3339(last_active)
 
         # Writes: at once when the count changes or the metrics fail or come back; the
         # rest (numbers, the last request) at most every STATUS_REFRESH seconds, and the
         # last request soon enough that a restarted operator does not scale to zero early.
-        was_active = _seconds(block.get("lastRequestTime"))
+        was_active = unix_seconds(block.get("lastRequestTime"))
         stale_activity = last_active is not None and (
             was_active is None
             or last_active - was_active > min(STATUS_REFRESH, policy.scale_to_zero_after / 4)

@@ -11,13 +11,12 @@ also counting its own spend since the status it last saw (hedge_serving.gateway.
 
 from __future__ import annotations
 
-import datetime
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hedge_core.api import FallbackBudget
+from hedge_core.api import FallbackBudget, rfc3339, unix_seconds
 from hedge_operator.status import EventSpec
 
 MINUTE = 60.0
@@ -26,19 +25,6 @@ EXHAUSTED = "FallbackBudgetExhausted"
 RENEWED = "FallbackBudgetRenewed"
 #: Spend numbers are written at most this often (a budget reached, a new window: at once).
 STATUS_REFRESH = 1.0
-
-
-def iso(seconds: float) -> str:
-    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _seconds(value: Any) -> float | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 @dataclass
@@ -51,7 +37,7 @@ class _Window:
     def spend(self, total: float, now: float, reported: Mapping[str, Any], key: str) -> int:
         start = math.floor(now / self.length) * self.length
         if self.start != start:
-            if self.start is None and _seconds(reported.get(f"{key}Start")) == start:
+            if self.start is None and unix_seconds(reported.get(f"{key}Start")) == start:
                 # A restarted operator: the window's spend so far is in status.
                 self.base = total - float(reported.get(f"{key}Tokens") or 0)
             elif self.start is not None and self.last is not None:
@@ -96,9 +82,9 @@ class BudgetWindows:
         day = self.day.spend(total, now, reported, "day")
         assert self.minute.start is not None and self.day.start is not None
         status: dict[str, Any] = {
-            "minuteStart": iso(self.minute.start),
+            "minuteStart": rfc3339(self.minute.start),
             "minuteTokens": minute,
-            "dayStart": iso(self.day.start),
+            "dayStart": rfc3339(self.day.start),
             "dayTokens": day,
         }
         until = None
@@ -107,7 +93,7 @@ class BudgetWindows:
         elif budget.tokens_per_minute is not None and minute >= budget.tokens_per_minute:
             until = self.minute.start + MINUTE
         if until is not None:
-            status["exhaustedUntil"] = iso(until)
+            status["exhaustedUntil"] = rfc3339(until)
         urgent = (
             status.get("exhaustedUntil") != reported.get("exhaustedUntil")
             or status["minuteStart"] != reported.get("minuteStart")

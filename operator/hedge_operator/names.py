@@ -11,13 +11,11 @@ by claiming a name first: client keys bound to a namespace resolve names in it a
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
-from hedge_core.api import ModelDeployment, SpecError
+from hedge_core.api import ModelDeployment, SpecError, unix_seconds
 from hedge_operator.validation import Problem
 
 MODEL_NAME_CONFLICT = "ModelNameConflict"
@@ -36,11 +34,7 @@ class Claim:
 
 
 def _created(meta: Mapping[str, Any]) -> float:
-    text = meta.get("creationTimestamp")
-    if isinstance(text, str):
-        with contextlib.suppress(ValueError):
-            return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    return 0.0
+    return unix_seconds(meta.get("creationTimestamp")) or 0.0
 
 
 def claim_of(body: Mapping[str, Any], *, deleting: bool = False) -> Claim | None:

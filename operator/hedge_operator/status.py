@@ -223,18 +223,14 @@ def compute_status(
         conditions = _conditions(md, desired, current, olds, observed, revision, cond)
         if report is not None:
             conditions = _rollout_conditions(conditions, report, revision, status, cond)
-        if name_conflict is not None:
-            conditions = [
-                cond(READY, "False", name_conflict.reason, name_conflict.message)
-                if c["type"] == READY
-                else c
-                for c in conditions
-            ]
         conditions += _kstatus_conditions(conditions, cond)
         if name_conflict is not None:
+            # The pods serve, but not under the bare name: not Ready, and only a person can
+            # settle it (Stalled, for kstatus and Flux).
+            override = {READY: "False", STALLED: "True"}
             conditions = [
-                cond(STALLED, "True", name_conflict.reason, name_conflict.message)
-                if c["type"] == STALLED
+                cond(c["type"], override[c["type"]], name_conflict.reason, name_conflict.message)
+                if c["type"] in override
                 else c
                 for c in conditions
             ]

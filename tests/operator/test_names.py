@@ -69,6 +69,9 @@ async def test_the_newer_claimant_runs_but_is_not_ready_and_says_why() -> None:
     assert outcome.problem is None  # nothing blocks the pods: they serve the qualified name
     assert any(k == "Deployment" for _, k, _ in kube.writes())
     assert ready(outcome) == ("False", MODEL_NAME_CONFLICT)
+    # Only a person can settle it: kstatus (Flux) reads Stalled, not Reconciling.
+    stalled = next(c for c in outcome.status["conditions"] if c["type"] == "Stalled")
+    assert (stalled["status"], stalled["reason"]) == ("True", MODEL_NAME_CONFLICT)
     warnings = [e for e in kube.events if e[1] == MODEL_NAME_CONFLICT]
     assert warnings and warnings[0][0] == "Warning" and "team-a/llama" in warnings[0][2]
 
@@ -76,6 +79,8 @@ async def test_the_newer_claimant_runs_but_is_not_ready_and_says_why() -> None:
     reconciler.claims = lambda: []
     outcome = await settle(reconciler, kube, new)
     assert ready(outcome)[1] != MODEL_NAME_CONFLICT
+    stalled = next(c for c in outcome.status["conditions"] if c["type"] == "Stalled")
+    assert stalled["status"] == "False"
 
 
 def test_the_operator_index_parses_each_object_once_per_version() -> None:

@@ -26,7 +26,6 @@ import functools
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -37,6 +36,7 @@ from hedge_core.api import (
     REVISION_LABEL,
     ModelDeployment,
     SpecError,
+    unix_seconds,
 )
 from hedge_core.kube import Key, Kube, KubeConfigError, ListWatch, object_key, resource_path
 from hedge_serving.gateway.auth import ClientAuth, keys_from_secret
@@ -62,11 +62,7 @@ WATCH_TIMEOUT_S = 240  # server-side; the watch is re-opened from the last resou
 
 
 def _created(meta: Mapping[str, Any]) -> int:
-    ts = meta.get("creationTimestamp")
-    if isinstance(ts, str):
-        with contextlib.suppress(ValueError):
-            return int(datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp())
-    return 0
+    return int(unix_seconds(meta.get("creationTimestamp")) or 0)
 
 
 @dataclass(frozen=True)
@@ -109,13 +105,6 @@ class Parsed:
     budget_status: Mapping[str, Any] | None = None  # status.fallbackBudget
 
 
-def _epoch(value: Any) -> float | None:
-    if isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    return None
-
-
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
@@ -129,11 +118,11 @@ def budget_spec(md: ModelDeployment, status: Mapping[str, Any] | None) -> Budget
     return BudgetSpec(
         tokens_per_minute=fallback.budget.tokens_per_minute,
         tokens_per_day=fallback.budget.tokens_per_day,
-        minute_start=_epoch(status.get("minuteStart")),
+        minute_start=unix_seconds(status.get("minuteStart")),
         minute_tokens=_int(status.get("minuteTokens")),
-        day_start=_epoch(status.get("dayStart")),
+        day_start=unix_seconds(status.get("dayStart")),
         day_tokens=_int(status.get("dayTokens")),
-        exhausted_until=_epoch(status.get("exhaustedUntil")),
+        exhausted_until=unix_seconds(status.get("exhaustedUntil")),
     )
 
 
