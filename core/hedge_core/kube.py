@@ -518,9 +518,20 @@ class Kube:
         }
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=timeout_s + 30)
         async with self._get(path, query, timeout, "watch") as response:
-            while line := await response.content.readline():
-                if line.strip():
-                    yield json.loads(line)
+            ended = False
+            try:
+                while line := await response.content.readline():
+                    if line.strip():
+                        yield json.loads(line)
+                ended = True
+            finally:
+                if not ended:
+                    # An abandoned stream (stopped, cancelled, failed): drop its connection
+                    # now. A graceful TLS close would wait on the server, and a loop closed
+                    # meanwhile leaves the socket to the garbage collector.
+                    conn = response.connection
+                    if conn is not None and conn.transport is not None:
+                        conn.transport.abort()
 
 
 # -------------------------------------------------------------------------- list+watch
