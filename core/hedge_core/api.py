@@ -1027,6 +1027,21 @@ class AnalysisSpec:
         minimum=1,
         maximum=100,
     )
+    min_ttft_increase_milliseconds: int = prop(
+        "How much the canary's mean time to first token must also exceed the stable "
+        "revision's, in milliseconds, before the ratio counts: differences at the scale of "
+        "scheduling noise are not judged.",
+        default=10,
+        minimum=0,
+        maximum=600000,
+    )
+    min_itl_increase_milliseconds: int = prop(
+        "How much the canary's mean inter-token latency must also exceed the stable "
+        "revision's, in milliseconds, before the ratio counts.",
+        default=2,
+        minimum=0,
+        maximum=60000,
+    )
     min_requests: int = prop(
         "Requests the canary must have served in a step before it is judged; with fewer, "
         "the step waits.",

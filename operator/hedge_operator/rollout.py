@@ -54,6 +54,8 @@ class Thresholds:
     max_error_rate: float = 0.05  # fractions, not percent
     max_ttft_ratio: float = 1.5
     max_itl_ratio: float = 1.5
+    min_ttft_increase: float = 0.010  # seconds
+    min_itl_increase: float = 0.002
     min_requests: int = 20
     tripwire_error_rate: float = 0.20
     tripwire_min_requests: int = 10
@@ -94,6 +96,8 @@ class Policy:
                 max_error_rate=a.max_error_rate_percent / 100,
                 max_ttft_ratio=a.max_ttft_ratio,
                 max_itl_ratio=a.max_itl_ratio,
+                min_ttft_increase=a.min_ttft_increase_milliseconds / 1000,
+                min_itl_increase=a.min_itl_increase_milliseconds / 1000,
                 min_requests=a.min_requests,
                 tripwire_error_rate=a.tripwire_error_rate_percent / 100,
                 tripwire_min_requests=a.tripwire_min_requests,
@@ -215,11 +219,25 @@ def judge(canary: RevisionStats, stable: RevisionStats, t: Thresholds) -> Verdic
             canary,
             stable,
         )
-    for what, c, s, limit in (
-        ("time to first token", canary.ttft_mean, stable.ttft_mean, t.max_ttft_ratio),
-        ("inter-token latency", canary.itl_mean, stable.itl_mean, t.max_itl_ratio),
+    for what, c, s, limit, slack in (
+        (
+            "time to first token",
+            canary.ttft_mean,
+            stable.ttft_mean,
+            t.max_ttft_ratio,
+            t.min_ttft_increase,
+        ),
+        (
+            "inter-token latency",
+            canary.itl_mean,
+            stable.itl_mean,
+            t.max_itl_ratio,
+            t.min_itl_increase,
+        ),
     ):
-        if c is not None and s is not None and s > 0 and c / s > limit:
+        # Slower by the ratio and by more than the slack: a canary 1 ms behind a 2 ms
+        # stable is scheduling noise, not a regression.
+        if c is not None and s is not None and s > 0 and c / s > limit and c - s > slack:
             return Verdict(
                 FAIL,
                 f"canary {what} {_secs(c)} is {c / s:.2f}x stable's {_secs(s)} (limit {limit:g}x)",

@@ -491,3 +491,22 @@ def test_policy_from_spec_resolves_percentages() -> None:
     zero = Policy.from_spec(parse(RolloutSpec, {"maxSurge": "0%", "maxUnavailable": "10%"}), 2)
     assert (zero.max_surge, zero.max_unavailable) == (0, 1)  # never stuck
     assert Policy.from_spec(parse(RolloutSpec, {}), 4).thresholds.max_error_rate == 0.05
+
+
+def test_latency_within_the_slack_is_not_judged_slower() -> None:
+    """Seen on a busy machine: 3.2 ms against 2.0 ms is 1.6x, but 1.2 ms of scheduling noise;
+    a canary is slower only by the ratio *and* by more than the slack (2 ms ITL, 10 ms TTFT)."""
+    stable = RevisionStats(
+        requests=40, itl_sum=40 * 0.0020, itl_count=40, ttft_sum=40 * 0.022, ttft_count=40
+    )
+    noisy = RevisionStats(
+        requests=40, itl_sum=40 * 0.0032, itl_count=40, ttft_sum=40 * 0.030, ttft_count=40
+    )
+    assert judge(noisy, stable, Thresholds()).verdict == rollout.PASS
+    slow = RevisionStats(
+        requests=40, itl_sum=40 * 0.0060, itl_count=40, ttft_sum=40 * 0.022, ttft_count=40
+    )
+    verdict = judge(slow, stable, Thresholds())
+    assert verdict.verdict == rollout.FAIL and "inter-token latency" in verdict.message
+    no_slack = Thresholds(min_itl_increase=0.0, min_ttft_increase=0.0)
+    assert judge(noisy, stable, no_slack).verdict == rollout.FAIL
