@@ -229,7 +229,10 @@ async def test_gateway_serves_discovered_pods_and_client_keys_secret(
         await wait_for(lambda: auth._keys == ((b"client-key", None),), what="client keys")
         c = client(gw, api_key="client-key")
         assert [m.id for m in (await c.models.list()).data] == ["llama-3-8b"]
-        for i in range(6):
+        # One request at a time, so prefix affinity alone picks the pod: with 6 prompts all
+        # landed on one of the two pods about once in 32 runs (the pods' random ports change
+        # the hashes; CI hit it). With 32, about once in 2 billion.
+        for i in range(32):
             raw = await c.chat.completions.with_raw_response.create(
                 model="llama-3-8b", messages=[{"role": "user", "content": f"p{i}"}]
             )
