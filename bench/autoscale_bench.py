@@ -4,7 +4,7 @@ The trace (bench/traces/chat-demand.csv: one line a second, requests arriving an
 is replayed through three policies, each a pure function run at its own tick with its
 published defaults and the same target per replica:
 
-- Hedge: `hedge_operator.scaling` (1 s tick, 60 s stable / 6 s panic windows at 200 %,
+- Hedge: `hedge_operator.autoscaling.policy` (1 s tick, 60 s stable / 6 s panic windows at 200 %,
   300 s scale-down delay, scale to zero after 600 s idle, wake on the first arrival);
 - KubeAI: 10 s interval, a 10-minute moving average (60 samples, starting at zero),
   ceil(average / target), a scale-down only after ceil(scaleDownDelaySeconds / interval)
@@ -46,7 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from hedge_operator.scaling import Autoscaler, Memory, Observation, Pods, Policy
+from hedge_operator.autoscaling.policy import Autoscaler, Memory, Observation, Pods, Policy
 
 TRACE = Path(__file__).resolve().parent / "traces" / "chat-demand.csv"
 

@@ -41,23 +41,23 @@ from hedge_core.api import (
     SpecError,
 )
 from hedge_operator import metrics
-from hedge_operator.autoscaler import (
+from hedge_operator.autoscaling.step import (
     DELETION_COST,
     TICK,
     ModelScaler,
     deletion_costs,
     pods_of,
 )
-from hedge_operator.budget import BudgetWindows
+from hedge_operator.budget.windows import BudgetWindows
 from hedge_operator.config import OperatorConfig
-from hedge_operator.dataplane import DataPlane, engine_urls
+from hedge_operator.dataplane.discovery import DataPlane, engine_urls
+from hedge_operator.dataplane.signals import RevisionStats, Snapshot
 from hedge_operator.kube import Kube
-from hedge_operator.names import Claim, claim_of
-from hedge_operator.observed import Observed, PodSummary, strip, summarize_pod
-from hedge_operator.reconciler import Outcome, Reconciler, RetryableError
-from hedge_operator.rollout_io import cumulative
-from hedge_operator.signals import RevisionStats, Snapshot
-from hedge_operator.validation import Problem
+from hedge_operator.provisioning.names import Claim, claim_of
+from hedge_operator.provisioning.observed import Observed, PodSummary, strip, summarize_pod
+from hedge_operator.provisioning.validation import Problem
+from hedge_operator.reconcile.reconciler import Outcome, Reconciler, RetryableError
+from hedge_operator.rollout.convert import cumulative
 
 log = logging.getLogger(__name__)
 

@@ -117,10 +117,10 @@ def build_config(args: argparse.Namespace) -> OperatorConfig:
 
 async def serve(args: argparse.Namespace, config: OperatorConfig) -> int:
     from hedge_core.kube import KubeConfigError
-    from hedge_operator import handlers  # registers the handlers on kopf's default registry
-    from hedge_operator.dataplane import DataPlane
+    from hedge_operator import handlers
+    from hedge_operator.dataplane.discovery import DataPlane
     from hedge_operator.kube import Kube
-    from hedge_operator.reconciler import Reconciler
+    from hedge_operator.reconcile.reconciler import Reconciler
 
     kube = Kube(args.kubeconfig)
     try:
@@ -169,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = build_config(args)
         if args.gateway_service is not None:
-            from hedge_operator.dataplane import parse_service
+            from hedge_operator.dataplane.discovery import parse_service
 
             args.gateway_service = parse_service(args.gateway_service)
         for url in args.gateway_metrics_url:

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 from prometheus_client import Counter, Gauge, Histogram
 
 if TYPE_CHECKING:  # the rollout modules import this one
-    from hedge_operator.rollout import Decision
-    from hedge_operator.signals import RevisionStats
+    from hedge_operator.dataplane.signals import RevisionStats
+    from hedge_operator.rollout.machine import Decision
 
 RECONCILES = Counter(
     "hedge_operator_reconciles_total",

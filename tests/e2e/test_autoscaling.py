@@ -28,9 +28,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from hedge_core.kube import ApiError
 from hedge_dev.cluster import NodeSpec, free_port
-from hedge_operator.dataplane import DataPlane
+from hedge_operator.dataplane.discovery import DataPlane
+from hedge_operator.dataplane.signals import parse_gateway
 from hedge_operator.kube import Kube
-from hedge_operator.signals import parse_gateway
 
 from .conftest import (
     API,

@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from hedge_dev.ledger import GpuLedger
-from hedge_operator.signals import parse_gateway
+from hedge_operator.dataplane.signals import parse_gateway
 
 from . import test_gateway as gateway_e2e
 from .conftest import (

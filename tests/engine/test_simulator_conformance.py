@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hedge_dev import vllm
 from hedge_dev.cluster import free_port
-from hedge_operator.builders import engine_args
+from hedge_operator.provisioning.builders import engine_args
 from hedge_serving.simulator import RunningSimulator, SimulatorConfig, start_simulator
 from tests.operator.factories import model, spec_with
 

@@ -26,8 +26,8 @@ import yaml
 
 from hedge_core.api import Dtype, ModelDeployment, QuantizationMethod
 from hedge_dev import vllm
-from hedge_operator.builders import ENGINE_CONTAINER, build_engine_deployment
 from hedge_operator.config import OperatorConfig
+from hedge_operator.provisioning.builders import ENGINE_CONTAINER, build_engine_deployment
 from tests.engine.conftest import HERE, run_in_vllm
 from tests.operator.factories import model, spec_with
 

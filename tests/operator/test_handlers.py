@@ -15,10 +15,10 @@ from hedge_operator import handlers
 from hedge_operator.config import OperatorConfig
 from hedge_operator.handlers import Indexes, Nudger, Runtime
 from hedge_operator.kube import Conflict
-from hedge_operator.observed import summarize_pod
-from hedge_operator.reconciler import Reconciler, RetryableError
+from hedge_operator.provisioning.observed import summarize_pod
+from hedge_operator.reconcile.reconciler import Reconciler, RetryableError
 from tests.operator.factories import as_served, body, pod_body, spec_with
-from tests.operator.test_reconciler import FakeKube
+from tests.operator.reconcile.test_reconciler import FakeKube
 
 # kopf's decorators type the handler as its callback protocol; call it as it is.
 RECONCILE = cast(Any, handlers.reconcile)

@@ -13,7 +13,7 @@ import aiohttp
 import openai
 import pytest
 
-from hedge_operator.signals import parse_gateway
+from hedge_operator.dataplane.signals import parse_gateway
 from hedge_serving.gateway.app import RunningGateway
 from hedge_serving.gateway.budget import BudgetMeter, BudgetSpec
 from hedge_serving.gateway.providers.base import PassthroughRelay

@@ -14,10 +14,10 @@ import aiohttp
 import pytest
 
 from hedge_core.kube import Kube
-from hedge_operator import rollout
-from hedge_operator.rollout import Thresholds, judge
-from hedge_operator.rollout_io import cumulative
-from hedge_operator.signals import Counters, parse_gateway
+from hedge_operator.dataplane.signals import Counters, parse_gateway
+from hedge_operator.rollout import machine as rollout
+from hedge_operator.rollout.convert import cumulative
+from hedge_operator.rollout.machine import Thresholds, judge
 from hedge_serving.gateway.app import RunningGateway
 from hedge_serving.gateway.config import RoutesFileError, parse_routes
 from hedge_serving.gateway.discovery import KubernetesDiscovery

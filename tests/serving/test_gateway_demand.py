@@ -1,6 +1,6 @@
 """Routes know their ModelDeployment, and the gateway exports its demand per ModelDeployment
 (docs/contracts.md): requests in flight by state and arrivals, read by the operator's
-autoscaler through the same parser it uses in production (`hedge_operator.signals`)."""
+autoscaler through the same parser it uses in production (`hedge_operator.dataplane.signals`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from hedge_core.api import ModelDeployment
-from hedge_operator.signals import parse_gateway
+from hedge_operator.dataplane.signals import parse_gateway
 from hedge_serving.gateway.app import RunningGateway
 from hedge_serving.gateway.config import RoutesFileError, parse_routes
 from hedge_serving.gateway.discovery import routes_for

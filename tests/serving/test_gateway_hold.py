@@ -12,7 +12,7 @@ import aiohttp
 import openai
 import pytest
 
-from hedge_operator.signals import parse_gateway
+from hedge_operator.dataplane.signals import parse_gateway
 from hedge_serving.gateway.app import RunningGateway
 from hedge_serving.gateway.config import RoutesFileError, parse_routes
 from hedge_serving.gateway.routing import (

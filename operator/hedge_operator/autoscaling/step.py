@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hedge_core.api import AutoscalingSpec, ModelDeployment, rfc3339, unix_seconds
-from hedge_operator import scaling
-from hedge_operator.observed import PodSummary
-from hedge_operator.signals import EngineReading, ModelSignals
-from hedge_operator.status import EventSpec
+from hedge_operator.autoscaling import policy as scaling
+from hedge_operator.dataplane.signals import EngineReading, ModelSignals
+from hedge_operator.provisioning.observed import PodSummary
+from hedge_operator.reconcile.status import EventSpec
 
 #: Seconds between two decisions of one model (the kopf timer's interval).
 TICK = 1.0

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hedge_core.api import FallbackBudget, rfc3339, unix_seconds
-from hedge_operator.status import EventSpec
+from hedge_operator.reconcile.status import EventSpec
 
 MINUTE = 60.0
 DAY = 86400.0

@@ -20,9 +20,9 @@ import aiohttp
 from hedge_core.api import ENGINE_PORT
 from hedge_core.kube import ListWatch
 from hedge_operator import metrics
+from hedge_operator.dataplane.signals import ModelKey, Scraper, Snapshot, admin_urls
 from hedge_operator.kube import Kube
-from hedge_operator.observed import PodSummary
-from hedge_operator.signals import ModelKey, Scraper, Snapshot, admin_urls
+from hedge_operator.provisioning.observed import PodSummary
 
 log = logging.getLogger(__name__)
 

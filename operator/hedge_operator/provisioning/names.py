@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hedge_core.api import ModelDeployment, SpecError, unix_seconds
-from hedge_operator.validation import Problem
+from hedge_operator.provisioning.validation import Problem
 
 MODEL_NAME_CONFLICT = "ModelNameConflict"
 

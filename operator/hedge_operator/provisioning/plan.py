@@ -20,7 +20,8 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from hedge_core.api import REVISION_LABEL, ModelDeployment
-from hedge_operator.builders import (
+from hedge_operator.config import OperatorConfig
+from hedge_operator.provisioning.builders import (
     build_cache_pvc,
     build_engine_deployment,
     build_pdb,
@@ -28,8 +29,7 @@ from hedge_operator.builders import (
     build_service,
     content_hash,
 )
-from hedge_operator.config import OperatorConfig
-from hedge_operator.observed import Observed
+from hedge_operator.provisioning.observed import Observed
 
 APPLIED_HASH = "hedge.dev/applied-hash"
 

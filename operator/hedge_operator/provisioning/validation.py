@@ -9,8 +9,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from hedge_core.api import ModelDeployment
-from hedge_operator.builders import DEFAULT_GCS_KEY, DEFAULT_HF_TOKEN_KEY, OPERATOR_ENV, Source
 from hedge_operator.config import OperatorConfig
+from hedge_operator.provisioning.builders import (
+    DEFAULT_GCS_KEY,
+    DEFAULT_HF_TOKEN_KEY,
+    OPERATOR_ENV,
+    Source,
+)
 
 INVALID_SPEC = "InvalidSpec"
 UNKNOWN_GPU_TYPE = "UnknownGPUType"

@@ -35,15 +35,16 @@ from typing import Any, Protocol, TypeVar
 import aiohttp
 
 from hedge_core.api import ModelDeployment, SpecError
-from hedge_operator import metrics, rollout, rollout_io
-from hedge_operator.autoscaler import autoscaling_events, effective_replicas, initial_status
-from hedge_operator.budget import budget_events
-from hedge_operator.builders import revision_of
+from hedge_operator import metrics
+from hedge_operator.autoscaling.step import autoscaling_events, effective_replicas, initial_status
+from hedge_operator.budget.windows import budget_events
 from hedge_operator.config import OperatorConfig
+from hedge_operator.dataplane.signals import RevisionStats
 from hedge_operator.kube import ApiError, Conflict
-from hedge_operator.names import Claim, claim_of, conflict
-from hedge_operator.observed import Observed, owned_by
-from hedge_operator.plan import (
+from hedge_operator.provisioning.builders import revision_of
+from hedge_operator.provisioning.names import Claim, claim_of, conflict
+from hedge_operator.provisioning.observed import Observed, owned_by
+from hedge_operator.provisioning.plan import (
     APPLIED_HASH,
     Action,
     Apply,
@@ -52,16 +53,7 @@ from hedge_operator.plan import (
     in_flight_token,
     plan,
 )
-from hedge_operator.signals import RevisionStats
-from hedge_operator.status import (
-    EventSpec,
-    ObjectRef,
-    RolloutReport,
-    compute_status,
-    status_patch,
-    transition_events,
-)
-from hedge_operator.validation import (
+from hedge_operator.provisioning.validation import (
     APPLY_FAILED,
     INVALID_SPEC,
     Problem,
@@ -69,6 +61,16 @@ from hedge_operator.validation import (
     secret_uses,
     validate_static,
 )
+from hedge_operator.reconcile.status import (
+    EventSpec,
+    ObjectRef,
+    RolloutReport,
+    compute_status,
+    status_patch,
+    transition_events,
+)
+from hedge_operator.rollout import convert as rollout_io
+from hedge_operator.rollout import machine as rollout
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

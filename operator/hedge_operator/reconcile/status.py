@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from hedge_core.api import ModelDeployment
-from hedge_operator.builders import selector_string, service_url
 from hedge_operator.config import GPU_RESOURCE
-from hedge_operator.names import MODEL_NAME_CONFLICT
-from hedge_operator.observed import DeploymentSummary, Observed, PodProblem
-from hedge_operator.validation import Problem
+from hedge_operator.provisioning.builders import selector_string, service_url
+from hedge_operator.provisioning.names import MODEL_NAME_CONFLICT
+from hedge_operator.provisioning.observed import DeploymentSummary, Observed, PodProblem
+from hedge_operator.provisioning.validation import Problem
 
 INSUFFICIENT_GPUS = "InsufficientGPUs"
 

@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from hedge_core.api import RolloutSpec
-from hedge_operator.signals import RevisionStats
+from hedge_operator.dataplane.signals import RevisionStats
 
 CANARY = "Canary"
 ROLLING_UPDATE = "RollingUpdate"

@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 import pytest
 
-from hedge_operator import scaling
-from hedge_operator.scaling import Autoscaler, Memory, Observation, Pods, Policy, replay
+from hedge_operator.autoscaling import policy as scaling
+from hedge_operator.autoscaling.policy import Autoscaler, Memory, Observation, Pods, Policy, replay
 
 TICK = 1.0
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from hedge_operator import scaling
-from hedge_operator.autoscaler import (
+from hedge_operator.autoscaling import policy as scaling
+from hedge_operator.autoscaling.step import (
     ModelScaler,
     autoscaling_events,
     deletion_costs,
@@ -13,8 +13,8 @@ from hedge_operator.autoscaler import (
     pods_of,
     policy_of,
 )
-from hedge_operator.observed import PodProblem, PodSummary
-from hedge_operator.signals import EngineReading, ModelSignals
+from hedge_operator.dataplane.signals import EngineReading, ModelSignals
+from hedge_operator.provisioning.observed import PodProblem, PodSummary
 from tests.operator.factories import model, spec_with
 
 T0 = 1_780_000_000.0  # wall-clock seconds

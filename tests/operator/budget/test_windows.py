@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hedge_core.api import FallbackBudget
-from hedge_operator.budget import BudgetWindows, budget_events
+from hedge_operator.budget.windows import BudgetWindows, budget_events
 
 MINUTE0 = 1_780_000_020.0  # a UTC minute boundary (…:27:00Z)
 PER_MINUTE = FallbackBudget(tokens_per_minute=1000)

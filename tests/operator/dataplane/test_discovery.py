@@ -10,9 +10,9 @@ import aiohttp
 import openai
 import pytest
 
-from hedge_operator.dataplane import engine_urls, parse_service
-from hedge_operator.observed import PodSummary
-from hedge_operator.signals import admin_urls, parse_engine
+from hedge_operator.dataplane.discovery import engine_urls, parse_service
+from hedge_operator.dataplane.signals import admin_urls, parse_engine
+from hedge_operator.provisioning.observed import PodSummary
 from hedge_serving.simulator.server import SimulatorConfig, start_simulator
 
 KEY = ("team-a", "llama")

@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from hedge_operator.signals import (
+from hedge_operator.dataplane.signals import (
     Counters,
     RevisionStats,
     Scraper,

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from hedge_operator.builders import (
+from hedge_operator.config import OperatorConfig
+from hedge_operator.provisioning.builders import (
     build_cache_pvc,
     build_engine_deployment,
     build_pdb,
@@ -16,7 +17,6 @@ from hedge_operator.builders import (
     selector_string,
     service_url,
 )
-from hedge_operator.config import OperatorConfig
 from tests.operator.factories import model, spec_with
 
 CONFIG = OperatorConfig()

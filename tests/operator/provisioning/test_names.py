@@ -7,10 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 from hedge_operator.config import OperatorConfig
-from hedge_operator.names import MODEL_NAME_CONFLICT, claim_of, conflict, owners
-from hedge_operator.reconciler import Reconciler
+from hedge_operator.provisioning.names import MODEL_NAME_CONFLICT, claim_of, conflict, owners
+from hedge_operator.reconcile.reconciler import Reconciler
 from tests.operator.factories import body, spec_with
-from tests.operator.test_reconciler import Clock, FakeKube, ready, settle
+from tests.operator.reconcile.test_reconciler import Clock, FakeKube, ready, settle
 
 
 def obj(namespace: str, created: str, served: str = "llama", **kw: Any) -> dict[str, Any]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from hedge_operator.config import OperatorConfig
-from hedge_operator.observed import Observed
-from hedge_operator.plan import (
+from hedge_operator.provisioning.observed import Observed
+from hedge_operator.provisioning.plan import (
     APPLIED_HASH,
     Apply,
     Delete,

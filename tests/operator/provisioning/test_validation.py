@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from hedge_operator.config import OperatorConfig
-from hedge_operator.validation import (
+from hedge_operator.provisioning.validation import (
     CONFLICTING_ARGS,
     SECRET_NOT_FOUND,
     UNKNOWN_GPU_TYPE,

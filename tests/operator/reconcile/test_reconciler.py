@@ -10,8 +10,8 @@ import pytest
 
 from hedge_operator.config import OperatorConfig
 from hedge_operator.kube import ApiError
-from hedge_operator.observed import Observed, summarize_pod
-from hedge_operator.reconciler import Outcome, Reconciler, RetryableError
+from hedge_operator.provisioning.observed import Observed, summarize_pod
+from hedge_operator.reconcile.reconciler import Outcome, Reconciler, RetryableError
 from tests.operator.factories import as_served, body, pod_body, spec_with
 
 

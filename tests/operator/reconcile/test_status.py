@@ -7,11 +7,16 @@ from typing import Any
 import pytest
 
 from hedge_core.api import ModelDeployment, ModelDeploymentStatus, parse
-from hedge_operator.builders import revision_of
 from hedge_operator.config import OperatorConfig
-from hedge_operator.observed import Observed, summarize_pod
-from hedge_operator.status import ObjectRef, compute_status, status_patch, transition_events
-from hedge_operator.validation import Problem
+from hedge_operator.provisioning.builders import revision_of
+from hedge_operator.provisioning.observed import Observed, summarize_pod
+from hedge_operator.provisioning.validation import Problem
+from hedge_operator.reconcile.status import (
+    ObjectRef,
+    compute_status,
+    status_patch,
+    transition_events,
+)
 from tests.operator.factories import deployment_body, model, pod_body, spec_with
 
 NOW = "2026-05-01T12:00:00Z"

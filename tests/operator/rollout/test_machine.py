@@ -15,8 +15,9 @@ from dataclasses import dataclass, field, replace
 import pytest
 
 from hedge_core.api import RolloutSpec, parse
-from hedge_operator import rollout
-from hedge_operator.rollout import (
+from hedge_operator.dataplane.signals import RevisionStats
+from hedge_operator.rollout import machine as rollout
+from hedge_operator.rollout.machine import (
     Commands,
     Policy,
     Revision,
@@ -29,7 +30,6 @@ from hedge_operator.rollout import (
     shift,
     tripped,
 )
-from hedge_operator.signals import RevisionStats
 
 OLD, NEW, NEWER = "aaaa", "bbbb", "cccc"
 
