@@ -27,8 +27,8 @@ from typing import Any
 from hedge_core.api import AutoscalingSpec, ModelDeployment, rfc3339, unix_seconds
 from hedge_operator.autoscaling import policy as scaling
 from hedge_operator.dataplane.signals import EngineReading, ModelSignals
+from hedge_operator.events import Event
 from hedge_operator.provisioning.observed import PodSummary
-from hedge_operator.reconcile.status import EventSpec
 
 #: Seconds between two decisions of one model (the kopf timer's interval).
 TICK = 1.0
@@ -78,6 +78,26 @@ def initial_status(md: ModelDeployment, now: str) -> dict[str, Any]:
         "minReplicas..maxReplicas) until the first decision",
         "lastScaleTime": now,
     }
+
+
+def current_status(
+    md: ModelDeployment | None,
+    previous: Mapping[str, Any],
+    latest: dict[str, Any] | None,
+    now: str,
+) -> dict[str, Any] | None:
+    """status.autoscaling: the autoscaler's newest decision (`latest`), else what status
+    holds, else the count a new model starts at; none without spec.autoscaling."""
+    kept = previous.get("autoscaling")
+    if md is None:
+        return dict(kept) if isinstance(kept, Mapping) else None
+    if md.spec.autoscaling is None:
+        return None
+    if latest is not None:
+        return latest
+    if isinstance(kept, Mapping) and "desiredReplicas" in kept:
+        return dict(kept)
+    return initial_status(md, now)
 
 
 def pods_of(summaries: Sequence[PodSummary]) -> scaling.Pods:
@@ -213,20 +233,18 @@ class ModelScaler:
         return Step(decision, new if write else block, write, current)
 
 
-def autoscaling_events(
-    previous: Mapping[str, Any] | None, new: Mapping[str, Any]
-) -> list[EventSpec]:
+def autoscaling_events(previous: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[Event]:
     """An Event on every change of the replica count, with the numbers; a Warning when the
     autoscaler loses its metrics."""
     before = (previous or {}).get("autoscaling") or {}
     after = new.get("autoscaling") or {}
     if not after:
         return []
-    events: list[EventSpec] = []
+    events: list[Event] = []
     was, now = before.get("desiredReplicas"), after.get("desiredReplicas")
     reason = str(after.get("reason") or "")
     if was is not None and now is not None and was != now and reason in SCALE_REASONS:
-        events.append(EventSpec("Normal", reason, f"{was} → {now} replica(s): {after['message']}"))
+        events.append(Event("Normal", reason, f"{was} → {now} replica(s): {after['message']}"))
     if reason == scaling.NO_DATA and before.get("reason") != scaling.NO_DATA:
-        events.append(EventSpec("Warning", scaling.NO_DATA, str(after.get("message") or "")))
+        events.append(Event("Warning", scaling.NO_DATA, str(after.get("message") or "")))
     return events

@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hedge_core.api import FallbackBudget, rfc3339, unix_seconds
-from hedge_operator.reconcile.status import EventSpec
+from hedge_core.api import FallbackBudget, ModelDeployment, rfc3339, unix_seconds
+from hedge_operator.events import Event
 
 MINUTE = 60.0
 DAY = 86400.0
@@ -108,7 +108,7 @@ class BudgetWindows:
 
 def budget_events(
     budget: FallbackBudget | None, previous: Mapping[str, Any] | None, new: Mapping[str, Any]
-) -> list[EventSpec]:
+) -> list[Event]:
     """A Warning when spilling stops for a spent budget, and a Normal Event when it resumes."""
     before = (previous or {}).get("fallbackBudget") or {}
     after = new.get("fallbackBudget") or {}
@@ -124,7 +124,7 @@ def budget_events(
                 f"(tokensPerMinute {budget.tokens_per_minute})"
             )
         return [
-            EventSpec(
+            Event(
                 "Warning",
                 EXHAUSTED,
                 f"the fallback spent {spent}: no spilling until {now}; requests only the "
@@ -132,7 +132,20 @@ def budget_events(
             )
         ]
     if was and not now:
-        return [
-            EventSpec("Normal", RENEWED, f"a new budget window began: spilling resumes ({was})")
-        ]
+        return [Event("Normal", RENEWED, f"a new budget window began: spilling resumes ({was})")]
     return []
+
+
+def current_status(
+    md: ModelDeployment | None, previous: Mapping[str, Any], latest: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """status.fallbackBudget: the newest windows (`latest`), else what status holds; none
+    without spec.fallback.budget."""
+    kept = previous.get("fallbackBudget")
+    if md is None:
+        return dict(kept) if isinstance(kept, Mapping) else None
+    if md.spec.fallback is None or md.spec.fallback.budget is None:
+        return None
+    if latest is not None:
+        return latest
+    return dict(kept) if isinstance(kept, Mapping) else None

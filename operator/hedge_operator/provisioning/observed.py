@@ -7,7 +7,7 @@ streams, so a reconcile reads no object from the API server.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from hedge_core.api import REVISION_LABEL
@@ -178,3 +178,21 @@ class Observed:
 def owned_by(body: Mapping[str, Any], uid: str) -> bool:
     refs = (body.get("metadata") or {}).get("ownerReferences") or []
     return any(ref.get("uid") == uid for ref in refs)
+
+
+def owned_only(observed: Observed, uid: str) -> Observed:
+    """Only children owned by this incarnation of the ModelDeployment (a deleted namesake's
+    children may still be waiting for the garbage collector)."""
+    if not uid:
+        return observed
+
+    def mine(objs: Mapping[str, Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+        return {name: body for name, body in objs.items() if owned_by(body, uid)}
+
+    return replace(
+        observed,
+        deployments=mine(observed.deployments),
+        services=mine(observed.services),
+        pdbs=mine(observed.pdbs),
+        pvcs=mine(observed.pvcs),
+    )

@@ -21,6 +21,7 @@ from typing import Any
 
 from hedge_core.api import REVISION_LABEL, ModelDeployment
 from hedge_operator.config import OperatorConfig
+from hedge_operator.events import Event
 from hedge_operator.provisioning.builders import (
     build_cache_pvc,
     build_engine_deployment,
@@ -261,3 +262,42 @@ def in_flight_token(action: Action) -> str:
     if isinstance(action, Scale):
         return f"scale:{action.replicas}"
     return "delete"
+
+
+def drift_events(
+    actions: Sequence[Action], previous: Mapping[str, Any], generation: int
+) -> list[Event]:
+    """Repairs of children changed or deleted by someone else, once this generation had been
+    reconciled (creating children for a new spec is not drift)."""
+    settled = previous.get("observedGeneration") == generation
+    events: list[Event] = []
+    for action in actions:
+        if not isinstance(action, Apply):
+            continue
+        kind, name = action.key
+        if action.why == "repair":
+            events.append(
+                Event(
+                    "Normal",
+                    "DriftRepaired",
+                    f"restored {kind} {name} (changed outside the operator)",
+                )
+            )
+        elif (
+            action.why == "create"
+            and settled
+            and (
+                kind != "Deployment"
+                or previous.get("revision")
+                == action.manifest["metadata"]["labels"].get("hedge.dev/revision")
+            )
+        ):
+            # A new revision's Deployment is not drift; the current one missing is.
+            events.append(
+                Event(
+                    "Normal",
+                    "DriftRepaired",
+                    f"recreated {kind} {name} (deleted outside the operator)",
+                )
+            )
+    return events

@@ -18,6 +18,7 @@ from typing import Any
 
 from hedge_core.api import ModelDeployment
 from hedge_operator.config import GPU_RESOURCE
+from hedge_operator.events import Event
 from hedge_operator.provisioning.builders import selector_string, service_url
 from hedge_operator.provisioning.names import MODEL_NAME_CONFLICT
 from hedge_operator.provisioning.observed import DeploymentSummary, Observed, PodProblem
@@ -64,13 +65,6 @@ class RolloutReport:
     aborted: str | None  # why the spec's revision was aborted (None: it was not)
     message: str  # the state machine's one line
     stable: str | None = None
-
-
-@dataclass(frozen=True)
-class EventSpec:
-    type: str  # Normal | Warning
-    reason: str
-    message: str
 
 
 def _condition(
@@ -361,15 +355,13 @@ def status_patch(previous: Mapping[str, Any] | None, new: Mapping[str, Any]) -> 
     return patch
 
 
-def transition_events(
-    previous: Mapping[str, Any] | None, new: Mapping[str, Any]
-) -> list[EventSpec]:
+def transition_events(previous: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[Event]:
     """Events for significant transitions: a new revision, and conditions that change status
     or reason (Ready, Degraded, end of a rollout)."""
     previous = previous or {}
     before = {str(c.get("type")): c for c in previous.get("conditions") or []}
     after = {str(c.get("type")): c for c in new.get("conditions") or []}
-    events: list[EventSpec] = []
+    events: list[Event] = []
 
     def changed(type_: str) -> bool:
         old, cur = before.get(type_), after.get(type_)
@@ -383,7 +375,7 @@ def transition_events(
     if new.get("revision") and previous.get("revision") != new.get("revision"):
         was = previous.get("revision")
         events.append(
-            EventSpec(
+            Event(
                 "Normal",
                 "NewRevision",
                 f"revision {new['revision']}" + (f" replaces {was}" if was else ""),
@@ -394,18 +386,18 @@ def transition_events(
         if degraded["reason"] == ROLLOUT_ABORTED:
             pass  # the rollout posts its own Event, with the numbers
         elif degraded["status"] == "True":
-            events.append(EventSpec("Warning", degraded["reason"], degraded["message"]))
+            events.append(Event("Warning", degraded["reason"], degraded["message"]))
         elif before.get(DEGRADED, {}).get("status") == "True":
-            events.append(EventSpec("Normal", "Recovered", degraded["message"]))
+            events.append(Event("Normal", "Recovered", degraded["message"]))
     if ready is not None and changed(READY) and ready["status"] == "True":
-        events.append(EventSpec("Normal", ready["reason"], ready["message"]))
+        events.append(Event("Normal", ready["reason"], ready["message"]))
     if ready is not None and changed(READY) and ready["reason"] == MODEL_NAME_CONFLICT:
-        events.append(EventSpec("Warning", ready["reason"], ready["message"]))
+        events.append(Event("Warning", ready["reason"], ready["message"]))
     if (
         progressing is not None
         and changed(PROGRESSING)
         and progressing["reason"] == "RolloutComplete"
         and before.get(PROGRESSING, {}).get("reason") == ROLLING_OUT
     ):
-        events.append(EventSpec("Normal", "RolloutComplete", progressing["message"]))
+        events.append(Event("Normal", "RolloutComplete", progressing["message"]))
     return events

@@ -23,10 +23,11 @@ from hedge_core.api import (
     RETRY_ANNOTATION,
 )
 from hedge_operator.dataplane.signals import Counters, RevisionStats, revision_stats
+from hedge_operator.events import Event
 from hedge_operator.provisioning.observed import Observed, PodSummary
 from hedge_operator.reconcile.status import PROBLEM_ORDER, RolloutReport
 from hedge_operator.rollout import machine as rollout
-from hedge_operator.rollout.machine import Commands, Decision, Event, Revision, State, Verdict
+from hedge_operator.rollout.machine import Commands, Decision, Revision, State, Verdict
 
 UNSCHEDULABLE = "Unschedulable"
 COMMANDS = (

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field, replace
 
 from hedge_core.api import RolloutSpec
 from hedge_operator.dataplane.signals import RevisionStats
+from hedge_operator.events import Event
 
 CANARY = "Canary"
 ROLLING_UPDATE = "RollingUpdate"
@@ -165,13 +166,6 @@ class Verdict:
     message: str
     canary: RevisionStats
     stable: RevisionStats
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str  # Normal | Warning
-    reason: str
-    message: str
 
 
 @dataclass(frozen=True)
