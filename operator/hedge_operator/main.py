@@ -117,10 +117,10 @@ def build_config(args: argparse.Namespace) -> OperatorConfig:
 
 async def serve(args: argparse.Namespace, config: OperatorConfig) -> int:
     from hedge_core.kube import KubeConfigError
-    from hedge_operator import handlers
     from hedge_operator.dataplane.discovery import DataPlane
     from hedge_operator.kube import Kube
     from hedge_operator.reconcile.reconciler import Reconciler
+    from hedge_operator.runtime import Runtime
 
     kube = Kube(args.kubeconfig)
     try:
@@ -129,7 +129,7 @@ async def serve(args: argparse.Namespace, config: OperatorConfig) -> int:
         await kube.close()
         logging.error("%s", exc)
         return 2
-    rt = handlers.Runtime(
+    rt = Runtime(
         config=config,
         kube=kube,
         reconciler=Reconciler(kube, config),

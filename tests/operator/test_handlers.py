@@ -11,7 +11,7 @@ from typing import Any, cast
 import kopf
 import pytest
 
-from hedge_operator import handlers
+from hedge_operator import handlers, runtime
 from hedge_operator.config import OperatorConfig
 from hedge_operator.handlers import Indexes, Nudger, Runtime
 from hedge_operator.kube import Conflict
@@ -315,7 +315,7 @@ async def test_nudges_coalesce(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def test_nudge_retries_after_server_trouble(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(handlers, "RETRY_DELAY", 0.01)
+    monkeypatch.setattr(runtime, "RETRY_DELAY", 0.01)
     calls = 0
     done = asyncio.Event()
 

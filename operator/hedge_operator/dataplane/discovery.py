@@ -1,5 +1,5 @@
 """Where the operator finds the data plane it reads: every gateway replica's admin /metrics
-and the ready engine pods' /metrics, behind one `signals.Scraper` shared by the autoscaler
+and the ready engine pods' /metrics, behind one `scraper.Scraper` shared by the autoscaler
 and the rollout analysis.
 
 Gateways are found as Prometheus would find them: through the EndpointSlices of the
@@ -20,7 +20,8 @@ import aiohttp
 from hedge_core.api import ENGINE_PORT
 from hedge_core.kube import ListWatch
 from hedge_operator import metrics
-from hedge_operator.dataplane.signals import ModelKey, Scraper, Snapshot, admin_urls
+from hedge_operator.dataplane.scraper import Scraper
+from hedge_operator.dataplane.signals import ModelKey, Snapshot, admin_urls
 from hedge_operator.kube import Kube
 from hedge_operator.provisioning.observed import PodSummary
 

@@ -1,4 +1,4 @@
-"""What the operator reads from the data plane: every gateway replica's and engine pod's
+"""Pure: what the operator reads from the data plane: every gateway replica's and engine pod's
 /metrics, summed per ModelDeployment and per revision, for the autoscaler and the rollout
 analysis.
 
@@ -19,11 +19,11 @@ can scrape the same series. The metric names are a contract (docs/contracts.md):
     hedge_gateway_fallback_tokens_total{namespace,model_deployment,provider}   counter
     vllm:num_requests_running / vllm:num_requests_waiting / vllm:kv_cache_usage_perc (engines)
 
-Parsing and counting are pure (`parse_gateway`, `parse_engine`, `Counters`, `admin_urls`);
-`Scraper` does the HTTP, once per tick whoever asks, and never raises: a source that cannot
-be read is left out and reported, so the autoscaler can tell "no demand" from "no data"
-(no gateway read: demand unknown, whatever the engines say) and "some demand" from "all of
-it" (a gateway missing: the sum is only a lower bound).
+Pure: parsing and counting (`parse_gateway`, `parse_engine`, `Counters`, `admin_urls`).
+`dataplane.scraper.Scraper` does the HTTP, once per tick whoever asks, and never raises: a
+source that cannot be read is left out and reported, so the autoscaler can tell "no
+demand" from "no data" (no gateway read: demand unknown, whatever the engines say) and
+"some demand" from "all of it" (a gateway missing: the sum is only a lower bound).
 
 Only the lines of the contract series reach the Prometheus parser: an engine's /metrics
 page is mostly histograms the operator never reads (`_relevant` drops them with a prefix
@@ -33,18 +33,12 @@ test per line). On the simulator's vLLM-shaped page (14 KiB) that is 0.17 ms ins
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import math
-import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
-
-log = logging.getLogger(__name__)
 
 DEMAND_IN_FLIGHT = "hedge_gateway_demand_in_flight"
 DEMAND_ARRIVALS = "hedge_gateway_demand_arrivals_total"
@@ -320,116 +314,3 @@ class Snapshot:
             return found
         demand = 0.0 if self.gateways_read else None
         return ModelSignals(demand, {}, 0.0, None, None, partial=bool(self.gateways_failed))
-
-
-class Scraper:
-    """Scrapes every gateway replica (and the engines it is told about) at most once per
-    `interval`, however many ModelDeployments ask; concurrent askers share one scrape."""
-
-    def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        gateways: Callable[[], Iterable[str]],
-        engines: Callable[[], Mapping[ModelKey, Iterable[str]]] | None = None,
-        *,
-        interval: float = 1.0,
-        timeout: float = 2.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._session = session
-        self._gateways = gateways
-        self._engines = engines
-        self._interval = interval
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._clock = clock
-        self._counters = Counters()
-        self._latest: Snapshot | None = None
-        self._pending: asyncio.Task[Snapshot] | None = None
-        self._previous_arrivals: dict[ModelKey, float] = {}
-        self._scrapes = 0
-
-    async def snapshot(self) -> Snapshot:
-        latest = self._latest
-        if latest is not None and self._clock() - latest.at < self._interval:
-            return latest
-        if self._pending is None or self._pending.done():
-            self._pending = asyncio.create_task(self._scrape())
-        return await asyncio.shield(self._pending)
-
-    async def _get(self, url: str) -> str | None:
-        try:
-            async with self._session.get(url, timeout=self._timeout) as response:
-                if response.status != 200:
-                    return None
-                return await response.text()
-        except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
-            return None
-
-    async def _scrape(self) -> Snapshot:
-        gateways = sorted(set(self._gateways()))
-        engines = {k: sorted(set(v)) for k, v in (self._engines() if self._engines else {}).items()}
-        engine_urls = sorted({url for urls in engines.values() for url in urls})
-        texts = await asyncio.gather(*(self._get(u) for u in [*gateways, *engine_urls]))
-        gateway_texts = dict(zip(gateways, texts[: len(gateways)], strict=True))
-        engine_texts = dict(zip(engine_urls, texts[len(gateways) :], strict=True))
-
-        in_flight: dict[ModelKey, dict[str, float]] = {}
-        failed: list[str] = []
-        read = 0
-        for url, text in gateway_texts.items():
-            if text is None:
-                failed.append(url)
-                continue
-            try:
-                reading = parse_gateway(text)
-            except ValueError:
-                failed.append(url)
-                continue
-            read += 1
-            self._counters.update(url, reading.counters)
-            for model, states in reading.in_flight.items():
-                mine = in_flight.setdefault(model, {})
-                for state, value in states.items():
-                    mine[state] = mine.get(state, 0.0) + value
-        for source in self._counters.sources():
-            if source not in gateway_texts:
-                self._counters.retire(source)
-
-        engine_readings: dict[str, EngineReading] = {}
-        for url, text in engine_texts.items():
-            if text is None:
-                continue
-            try:
-                engine_readings[url] = parse_engine(text)
-            except ValueError:
-                continue
-
-        models: dict[ModelKey, ModelSignals] = {}
-        arrivals_now = {k[1:]: v for k, v in self._counters.totals(("arrivals",)).items()}
-        keys = set(in_flight) | {(k[0], k[1]) for k in arrivals_now} | set(engines)
-        for model in keys:
-            total_arrivals = arrivals_now.get(model, 0.0)
-            # A model seen for the first time after the operator's first scrape has all of
-            # its arrivals new (the first request of a model at zero must wake it, even if
-            # it was served by the fallback and gone before this scrape).
-            before = self._previous_arrivals.get(model, 0.0 if self._scrapes else total_arrivals)
-            arrived = total_arrivals - before
-            self._previous_arrivals[model] = total_arrivals
-            states = in_flight.get(model, {})
-            readings = [engine_readings[u] for u in engines.get(model, ()) if u in engine_readings]
-            kv = [r.kv_cache for r in readings if r.kv_cache is not None]
-            models[model] = ModelSignals(
-                demand=sum(states.values()) if read else None,
-                by_state=states,
-                arrivals=max(0.0, arrived),
-                engine_queue=sum(r.running + r.waiting for r in readings) if readings else None,
-                kv_cache=max(kv) if kv else None,
-                partial=bool(failed),
-            )
-        if failed:
-            log.warning("could not read the metrics of gateway(s) %s", ", ".join(failed))
-        if read:
-            self._scrapes += 1
-        snapshot = Snapshot(self._clock(), read, failed, models, self._counters, engine_readings)
-        self._latest = snapshot
-        return snapshot

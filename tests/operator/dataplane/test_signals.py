@@ -10,10 +10,10 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from hedge_operator.dataplane.scraper import Scraper
 from hedge_operator.dataplane.signals import (
     Counters,
     RevisionStats,
-    Scraper,
     parse_engine,
     parse_gateway,
     revision_stats,
