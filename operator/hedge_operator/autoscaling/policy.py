@@ -144,8 +144,36 @@ class Autoscaler:
     def decide(
         self, policy: Policy, current: int, pods: Pods, memory: Memory, now: float
     ) -> Decision:
-        """The replicas the model should have now, `current` being what it is asked to have."""
+        """The replicas the model should have now, `current` being what it is asked to have.
+
+        The rules of the module docstring, one function each, tried in order; the first that
+        decides wins:
+
+            _out_of_bounds   the bounds are the user's word: they apply at once, data or not
+            _no_data         no reading now: hold (older readings say nothing of the present)
+            _wake            at zero: any arrival or demand wakes one replica at once
+            _panic           a load step is answered within the panic window, never with a
+                             scale-down
+            _up_or_fit       up to the stable window's need; within tolerance: no change
+            _partial         a gateway missing: demand is a lower bound, so never down
+            _young           down only once the windows cover scaleDownDelaySeconds
+            _down            down to the delay's highest need, never below the panic
+                             window's, to zero only after the idle period, never while pods
+                             are starting
+        """
         self._trim(policy, now)
+        t = self._tick(policy, current, pods, memory, now)
+        decision = _out_of_bounds(t) or _no_data(t)
+        if decision is not None:
+            return decision
+        self._recommendations.append((now, t.stable_rec))
+        for rule in (_wake, self._panic, _up_or_fit, _partial, self._young):
+            decision = rule(t)
+            if decision is not None:
+                return decision
+        return self._down(t)
+
+    def _tick(self, policy: Policy, current: int, pods: Pods, memory: Memory, now: float) -> _Tick:
         latest = self._observations[-1] if self._observations else None
         last_active = memory.last_active
         if (
@@ -154,139 +182,204 @@ class Autoscaler:
             and (latest.arrivals > 0 or (latest.demand or 0) > 0)
         ):
             last_active = max(last_active or latest.at, latest.at)
-        memory = Memory(last_active=last_active)
+        return _Tick(
+            policy,
+            current,
+            pods,
+            Memory(last_active=last_active),
+            now,
+            latest,
+            self._mean(policy.stable_window, now),
+            self._mean(policy.panic_window, now),
+        )
 
-        # The bounds are the user's word: they apply at once, data or not.
-        if current < policy.min_replicas or current > policy.max_replicas:
-            want = policy.clamp(current)
-            side = "minReplicas" if want > current else "maxReplicas"
-            return Decision(
-                want, SCALE_UP if want > current else SCALE_DOWN,
-                f"{current} replica(s) is outside the bounds → {want} ({side})",
-                self._mean(policy.stable_window, now), False, memory,
+    def _panic(self, t: _Tick) -> Decision | None:
+        """Panic: when the panic window asks for panicThreshold x the ready capacity, scale
+        up to it at once and not down until a stable window has passed without panic."""
+        policy, current = t.policy, t.current
+        capacity = max(1, t.pods.ready)
+        if t.panic_rec >= policy.panic_threshold * capacity and t.panic_rec > current:
+            self._panic_until = t.now + policy.stable_window
+        if self._panic_until is None or t.now >= self._panic_until:
+            self._panic_until = None
+            return None
+        want = policy.clamp(max(current, t.stable_rec, t.panic_rec))
+        if want > current:
+            return t.decide(
+                want, PANIC, f"{t.numbers} → {want} replica(s) (panic: the last "
+                f"{_fmt(policy.panic_window)}s need {t.panic_rec}, {t.pods.ready} ready)",
+                panicking=True,
             )  # fmt: skip
+        return t.decide(
+            current, STEADY, f"{t.numbers}: holding {current} replica(s) while panicking",
+            panicking=True,
+        )  # fmt: skip
 
-        stable = self._mean(policy.stable_window, now)
-        panic = self._mean(policy.panic_window, now)
-        if stable is None or latest is None or latest.demand is None:
-            # No reading now: older readings say nothing about the present (they may show
-            # an idle model that is busy now), so nothing moves until the gateways answer.
-            return Decision(
-                current,
-                NO_DATA,
-                f"no demand metrics (no gateway could be read): holding {current} replica(s)",
-                None,
-                False,
-                memory,
-            )
-        partial = not latest.complete
+    def _young(self, t: _Tick) -> Decision | None:
+        """Scaling down only once the whole delay asked for no more."""
+        if self._first_at is not None and t.now - self._first_at >= t.policy.scale_down_delay:
+            return None
+        return t.decide(
+            t.current, STABILISING, f"{t.numbers}: would scale down, but only "
+            f"{_fmt(t.now - (self._first_at or t.now))}s of history "
+            f"(scaleDownDelaySeconds {_fmt(t.policy.scale_down_delay)})",
+        )  # fmt: skip
 
-        arrived = latest is not None and latest.arrivals > 0
-        stable_rec = policy.recommend(stable)
-        panic_rec = policy.recommend(panic if panic is not None else stable)
-        self._recommendations.append((now, stable_rec))
-        numbers = (
-            f"demand {_fmt(stable)} in flight (last {_fmt(policy.stable_window)}s), "
-            f"{_fmt(panic if panic is not None else stable)} (last {_fmt(policy.panic_window)}s), "
+    def _down(self, t: _Tick) -> Decision:
+        """To the highest recommendation of the delay, within the rules below."""
+        policy, current = t.policy, t.current
+        down = policy.clamp(max(rec for _, rec in self._recommendations))
+        if t.panic_rec > down and down < current:
+            # Never below what the last few seconds need: a swing back up (a sawtooth's
+            # rising edge) must not meet a scale-down that the slower window still allows.
+            down = min(current, policy.clamp(t.panic_rec))
+            if down >= current:
+                return t.decide(
+                    current, STABILISING, f"{t.numbers}: holding {current} replica(s): the "
+                    f"last {_fmt(policy.panic_window)}s need {t.panic_rec}",
+                )  # fmt: skip
+        if down == 0:
+            down, hold = self._idle_floor(t)
+            if hold is not None:
+                return hold
+        if down >= current:
+            return t.decide(
+                current, STABILISING, f"{t.numbers}: holding {current} replica(s) until load "
+                f"stays low for {_fmt(policy.scale_down_delay)}s",
+            )  # fmt: skip
+        if t.pods.starting > 0:
+            return t.decide(
+                current, STARTING, f"{t.numbers}: {t.pods.starting} pod(s) still starting; "
+                "not scaling down",
+            )  # fmt: skip
+        if down == 0:
+            return t.decide(
+                0, SCALE_TO_ZERO, f"no request for {_fmt(policy.scale_to_zero_after)}s → 0 "
+                "replicas",
+            )  # fmt: skip
+        return t.decide(down, SCALE_DOWN, f"{t.numbers} → {down} replica(s)")
+
+    def _idle_floor(self, t: _Tick) -> tuple[int, Decision | None]:
+        """Zero only after scaleToZeroAfterSeconds without a request; a model never seen
+        active is idle since the autoscaler began watching (a fresh operator or a new model
+        gets the whole idle period, not just the delay)."""
+        last_active = t.memory.last_active
+        since = last_active if last_active is not None else self._first_at
+        idle = t.now - since if since is not None else math.inf
+        if idle >= t.policy.scale_to_zero_after:
+            return 0, None
+        if t.current != 1:
+            return 1, None
+        return 1, t.decide(
+            1, STABILISING, f"last request {_fmt(idle)}s ago: scaling to zero "
+            f"after {_fmt(t.policy.scale_to_zero_after)}s without one",
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Tick:
+    """One decision's inputs and the numbers every rule states."""
+
+    policy: Policy
+    current: int
+    pods: Pods
+    memory: Memory
+    now: float
+    latest: Observation | None
+    stable: float | None  # mean demand over the stable window (None: no data)
+    panic: float | None  # over the panic window
+
+    @property
+    def stable_rec(self) -> int:
+        return self.policy.recommend(self.stable or 0.0)
+
+    @property
+    def panic_demand(self) -> float:
+        return self.panic if self.panic is not None else (self.stable or 0.0)
+
+    @property
+    def panic_rec(self) -> int:
+        return self.policy.recommend(self.panic_demand)
+
+    @property
+    def numbers(self) -> str:
+        policy = self.policy
+        return (
+            f"demand {_fmt(self.stable or 0.0)} in flight (last {_fmt(policy.stable_window)}s), "
+            f"{_fmt(self.panic_demand)} (last {_fmt(policy.panic_window)}s), "
             f"target {_fmt(policy.target)} per replica"
         )
 
-        # Wake from zero: the first request must not wait for a window to fill.
-        if current == 0:
-            if arrived or (latest is not None and (latest.demand or 0) > 0) or stable_rec > 0:
-                want = policy.clamp(max(1, stable_rec, panic_rec))
-                if want > 0:
-                    return Decision(
-                        want, WAKE, f"{numbers} → {want} replica(s) (waking from zero)", stable,
-                        False, memory,
-                    )  # fmt: skip
-            return Decision(0, STEADY, f"{numbers}: staying at zero", stable, False, memory)
+    def decide(
+        self, desired: int, reason: str, message: str, *, panicking: bool = False
+    ) -> Decision:
+        return Decision(desired, reason, message, self.stable, panicking, self.memory)
 
-        # Panic: a step in load is answered within the panic window, never with a scale-down.
-        capacity = max(1, pods.ready)
-        if panic_rec >= policy.panic_threshold * capacity and panic_rec > current:
-            self._panic_until = now + policy.stable_window
-        panicking = self._panic_until is not None and now < self._panic_until
-        if not panicking:
-            self._panic_until = None
-        if panicking:
-            want = policy.clamp(max(current, stable_rec, panic_rec))
-            if want > current:
-                return Decision(
-                    want, PANIC, f"{numbers} → {want} replica(s) (panic: the last "
-                    f"{_fmt(policy.panic_window)}s need {panic_rec}, {pods.ready} ready)",
-                    stable, True, memory,
-                )  # fmt: skip
-            return Decision(
-                current, STEADY, f"{numbers}: holding {current} replica(s) while panicking",
-                stable, True, memory,
-            )  # fmt: skip
 
-        # Within tolerance of the current capacity: no change.
-        want = policy.clamp(stable_rec)
-        if want != current and abs(stable / (current * policy.target) - 1.0) <= policy.tolerance:
-            want = current
-        if want > current:
-            return Decision(want, SCALE_UP, f"{numbers} → {want} replica(s)", stable, False, memory)
-        if want == current:
-            return Decision(
-                current, STEADY, f"{numbers}: {current} replica(s) fit", stable, False, memory
-            )
-        if partial:
-            return Decision(
-                current, NO_DATA, f"{numbers}: some gateway could not be read, so demand may "
-                f"be higher: holding {current} replica(s)", stable, False, memory,
-            )  # fmt: skip
+def _out_of_bounds(t: _Tick) -> Decision | None:
+    """The bounds are the user's word: they apply at once, data or not."""
+    policy, current = t.policy, t.current
+    if policy.min_replicas <= current <= policy.max_replicas:
+        return None
+    want = policy.clamp(current)
+    side = "minReplicas" if want > current else "maxReplicas"
+    return t.decide(
+        want,
+        SCALE_UP if want > current else SCALE_DOWN,
+        f"{current} replica(s) is outside the bounds → {want} ({side})",
+    )
 
-        # Scaling down: only once the whole delay asked for no more than `down`.
-        if self._first_at is None or now - self._first_at < policy.scale_down_delay:
-            return Decision(
-                current, STABILISING, f"{numbers}: would scale down, but only "
-                f"{_fmt(now - (self._first_at or now))}s of history "
-                f"(scaleDownDelaySeconds {_fmt(policy.scale_down_delay)})",
-                stable, False, memory,
-            )  # fmt: skip
-        down = policy.clamp(max(rec for _, rec in self._recommendations))
-        if panic_rec > down and down < current:
-            # Never below what the last few seconds need: a swing back up (a sawtooth's
-            # rising edge) must not meet a scale-down that the slower window still allows.
-            down = min(current, policy.clamp(panic_rec))
-            if down >= current:
-                return Decision(
-                    current, STABILISING, f"{numbers}: holding {current} replica(s): the "
-                    f"last {_fmt(policy.panic_window)}s need {panic_rec}",
-                    stable, False, memory,
-                )  # fmt: skip
-        if down == 0:
-            # Never seen active: idle since the autoscaler began watching (a fresh operator
-            # or a new model gets the whole idle period, not just the delay).
-            since = last_active if last_active is not None else self._first_at
-            idle = now - since if since is not None else math.inf
-            if idle < policy.scale_to_zero_after:
-                down = 1
-                if current == 1:
-                    return Decision(
-                        1, STABILISING, f"last request {_fmt(idle)}s ago: scaling to zero "
-                        f"after {_fmt(policy.scale_to_zero_after)}s without one",
-                        stable, False, memory,
-                    )  # fmt: skip
-        if down >= current:
-            return Decision(
-                current, STABILISING, f"{numbers}: holding {current} replica(s) until load "
-                f"stays low for {_fmt(policy.scale_down_delay)}s",
-                stable, False, memory,
-            )  # fmt: skip
-        if pods.starting > 0:
-            return Decision(
-                current, STARTING, f"{numbers}: {pods.starting} pod(s) still starting; not "
-                "scaling down", stable, False, memory,
-            )  # fmt: skip
-        if down == 0:
-            return Decision(
-                0, SCALE_TO_ZERO, f"no request for {_fmt(policy.scale_to_zero_after)}s → 0 "
-                "replicas", stable, False, memory,
-            )  # fmt: skip
-        return Decision(down, SCALE_DOWN, f"{numbers} → {down} replica(s)", stable, False, memory)
+
+def _no_data(t: _Tick) -> Decision | None:
+    """No reading now: older readings say nothing about the present (they may show an idle
+    model that is busy now), so nothing moves until the gateways answer."""
+    if t.stable is not None and t.latest is not None and t.latest.demand is not None:
+        return None
+    return Decision(
+        t.current,
+        NO_DATA,
+        f"no demand metrics (no gateway could be read): holding {t.current} replica(s)",
+        None,
+        False,
+        t.memory,
+    )
+
+
+def _wake(t: _Tick) -> Decision | None:
+    """Wake from zero: the first request must not wait for a window to fill."""
+    if t.current != 0:
+        return None
+    latest = t.latest
+    arrived = latest is not None and latest.arrivals > 0
+    if arrived or (latest is not None and (latest.demand or 0) > 0) or t.stable_rec > 0:
+        want = t.policy.clamp(max(1, t.stable_rec, t.panic_rec))
+        if want > 0:
+            return t.decide(want, WAKE, f"{t.numbers} → {want} replica(s) (waking from zero)")
+    return t.decide(0, STEADY, f"{t.numbers}: staying at zero")
+
+
+def _up_or_fit(t: _Tick) -> Decision | None:
+    """Up to the stable window's need; within ±tolerance of the current capacity nothing
+    changes (a noisy load never flaps)."""
+    policy, current, stable = t.policy, t.current, t.stable or 0.0
+    want = policy.clamp(t.stable_rec)
+    if want != current and abs(stable / (current * policy.target) - 1.0) <= policy.tolerance:
+        want = current
+    if want > current:
+        return t.decide(want, SCALE_UP, f"{t.numbers} → {want} replica(s)")
+    if want == current:
+        return t.decide(current, STEADY, f"{t.numbers}: {current} replica(s) fit")
+    return None
+
+
+def _partial(t: _Tick) -> Decision | None:
+    """Some gateway could not be read: the sum is a lower bound, so never scale down."""
+    if t.latest is None or t.latest.complete:
+        return None
+    return t.decide(
+        t.current, NO_DATA, f"{t.numbers}: some gateway could not be read, so demand may "
+        f"be higher: holding {t.current} replica(s)",
+    )  # fmt: skip
 
 
 def replay(
