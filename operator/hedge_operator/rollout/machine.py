@@ -239,66 +239,35 @@ def decide(
     now: float,
 ) -> Decision:
     """The next move. `target` is the spec's revision; `windows` hold each revision's
-    numbers since the current step began."""
-    stable = state.stable
-    if stable is None or (stable not in revisions and stable != target and state.canary is None):
-        # First reconcile (or status lost): the oldest revision with ready pods is stable.
-        running = sorted(
-            (r for r in revisions.values() if r.ready > 0 and r.name != target),
-            key=lambda r: (r.created or 0.0, r.name),
-        )
-        stable = running[0].name if running else target
-        state = replace(state, stable=stable)
+    numbers since the current step began.
 
+        _with_stable    first reconcile (or status lost): the oldest running revision is stable
+        _settle         the spec's revision is stable: no rollout
+        desired 0       nothing runs: nothing to compare or move, the spec's revision is stable
+        _aborted        the spec's revision was aborted and nobody asked for a retry
+        _begin          a retry, or a new spec (which replaces a rollout in progress)
+        _why_abort      cannot start, aborted by a person, or the canary's tripwire
+        _promote_or_roll  promoted (by a person, or the stable revision has no pods left), or
+                        a RollingUpdate step (held where it is while paused)
+        _canary         a Canary step
+    """
+    state = _with_stable(state, target, revisions)
+    stable = state.stable
+    assert stable is not None
     if target == stable:
         return _settle(policy, state, target, desired, revisions)
-
-    if desired == 0:  # nothing runs: there is nothing to compare or move
+    if desired == 0:
         return Decision(
             {target: 0},
             None,
             State(stable=target, aborted=None),
             [Event("Normal", "RolloutCompleted", f"revision {target} is stable (no replicas)")],
         )
-
-    events: list[Event] = []
-    if state.aborted == target:
-        if not commands.retry:
-            return _aborted(policy, state, stable, target, desired, revisions)
-        state = replace(state, aborted=None, abort_reason=None, canary=None)
-        events.append(
-            Event("Normal", "RolloutRetried", f"retrying revision {target} ({commands.by})")
-        )
-
-    if state.canary != target:
-        if state.canary is not None:
-            events.append(
-                Event(
-                    "Normal",
-                    "RolloutReplaced",
-                    f"revision {target} replaces the rollout of {state.canary}",
-                )
-            )
-        # A new spec: an earlier abort (of another revision) is history now.
-        state = replace(
-            state, canary=target, step=0, weight=0, step_started=None, aborted=None,
-            abort_reason=None,
-        )  # fmt: skip
-        events.append(
-            Event(
-                "Normal",
-                "RolloutStarted",
-                f"rolling out revision {target} over {stable} ({policy.strategy}, "
-                f"maxSurge {policy.max_surge}, maxUnavailable {policy.max_unavailable})",
-            )
-        )
-
+    if state.aborted == target and not commands.retry:
+        return _aborted(policy, state, stable, target, desired, revisions)
+    state, events = _begin(policy, state, stable, target, commands)
     new = revisions.get(target) or Revision(target)
-    why = None if commands.promote else _cannot_start(policy, new, now)
-    if commands.abort:
-        why = f"aborted by {commands.by}"
-    if why is None and policy.strategy == CANARY and state.weight > 0 and not commands.promote:
-        why = tripped(windows.get(target, RevisionStats()), policy.thresholds)
+    why = _why_abort(policy, state, new, windows.get(target, RevisionStats()), commands, now)
     if why is not None:
         return _abort(policy, state, stable, target, desired, revisions, why, events)
 
@@ -311,15 +280,97 @@ def decide(
         return _promote_or_roll(policy, state, stable, target, desired, revisions, leftovers,
                                 events, commands.by)  # fmt: skip
     if policy.strategy != CANARY:
-        if policy.paused:  # hold every revision where it is
-            held = {name: r.replicas for name, r in revisions.items()}
-            held.setdefault(target, 0)
-            message = f"paused: revision {target} has {new.ready} of {desired} pod(s) ready"
-            return Decision(held, None, state, events, progressing=True, message=message)
-        return _promote_or_roll(policy, state, stable, target, desired, revisions, leftovers,
-                                events, None)  # fmt: skip
+        return _rolling(policy, state, stable, target, desired, revisions, leftovers, events)
     return _canary(policy, state, stable, target, desired, revisions, leftovers, windows,
                    events, now)  # fmt: skip
+
+
+def _with_stable(state: State, target: str, revisions: Mapping[str, Revision]) -> State:
+    """First reconcile (or status lost): the oldest revision with ready pods is stable."""
+    stable = state.stable
+    if stable is not None and (stable in revisions or stable == target or state.canary is not None):
+        return state
+    running = sorted(
+        (r for r in revisions.values() if r.ready > 0 and r.name != target),
+        key=lambda r: (r.created or 0.0, r.name),
+    )
+    return replace(state, stable=running[0].name if running else target)
+
+
+def _begin(
+    policy: Policy, state: State, stable: str, target: str, commands: Commands
+) -> tuple[State, list[Event]]:
+    """A retry of an aborted revision, or a new spec's rollout starting (replacing one in
+    progress): the state it starts from and the Events that say so."""
+    events: list[Event] = []
+    if state.aborted == target:  # only reached with commands.retry
+        state = replace(state, aborted=None, abort_reason=None, canary=None)
+        events.append(
+            Event("Normal", "RolloutRetried", f"retrying revision {target} ({commands.by})")
+        )
+    if state.canary == target:
+        return state, events
+    if state.canary is not None:
+        events.append(
+            Event(
+                "Normal",
+                "RolloutReplaced",
+                f"revision {target} replaces the rollout of {state.canary}",
+            )
+        )
+    # A new spec: an earlier abort (of another revision) is history now.
+    state = replace(
+        state, canary=target, step=0, weight=0, step_started=None, aborted=None,
+        abort_reason=None,
+    )  # fmt: skip
+    events.append(
+        Event(
+            "Normal",
+            "RolloutStarted",
+            f"rolling out revision {target} over {stable} ({policy.strategy}, "
+            f"maxSurge {policy.max_surge}, maxUnavailable {policy.max_unavailable})",
+        )
+    )
+    return state, events
+
+
+def _why_abort(
+    policy: Policy,
+    state: State,
+    new: Revision,
+    window: RevisionStats,
+    commands: Commands,
+    now: float,
+) -> str | None:
+    """Why the new revision must be aborted now, if it must: it cannot start (unless a
+    person promotes it), a person aborts it, or the canary's tripwire fired."""
+    why = None if commands.promote else _cannot_start(policy, new, now)
+    if commands.abort:
+        why = f"aborted by {commands.by}"
+    if why is None and policy.strategy == CANARY and state.weight > 0 and not commands.promote:
+        why = tripped(window, policy.thresholds)
+    return why
+
+
+def _rolling(
+    policy: Policy,
+    state: State,
+    stable: str,
+    target: str,
+    desired: int,
+    revisions: Mapping[str, Revision],
+    leftovers: list[tuple[Revision, int]],
+    events: list[Event],
+) -> Decision:
+    """A RollingUpdate step; while paused every revision is held where it is."""
+    if not policy.paused:
+        return _promote_or_roll(policy, state, stable, target, desired, revisions, leftovers,
+                                events, None)  # fmt: skip
+    held = {name: r.replicas for name, r in revisions.items()}
+    held.setdefault(target, 0)
+    new = revisions.get(target) or Revision(target)
+    message = f"paused: revision {target} has {new.ready} of {desired} pod(s) ready"
+    return Decision(held, None, state, events, progressing=True, message=message)
 
 
 def _settle(
@@ -456,6 +507,136 @@ def _promote_or_roll(
     )
 
 
+@dataclass(frozen=True)
+class _Canary:
+    """One canary reconcile's inputs; the methods are its steps, in the order `_canary`
+    tries them."""
+
+    policy: Policy
+    stable: str
+    target: str
+    desired: int
+    revisions: Mapping[str, Revision]
+    leftovers: list[tuple[Revision, int]]
+    windows: Mapping[str, RevisionStats]
+    events: list[Event]
+    now: float
+
+    @property
+    def new(self) -> Revision:
+        return self.revisions.get(self.target) or Revision(self.target)
+
+    def of(self, index: int) -> str:
+        return f"step {index} of {len(self.policy.steps)}"
+
+    def pods_for(self, weight: int) -> tuple[int, dict[str, int]]:
+        """The canary pods a weight needs, and every revision's pods while they come."""
+        want = canary_pods(self.desired, weight)
+        stable_want = self.desired - max(0, want - self.policy.max_surge)
+        old = self.revisions.get(self.stable) or Revision(self.stable)
+        return want, shift(
+            self.desired, self.policy, self.new, want, [*self.leftovers, (old, stable_want)]
+        )
+
+    def moving(self, state: State, replicas: Mapping[str, int], message: str,
+               verdict: Verdict | None = None) -> Decision:  # fmt: skip
+        return Decision(
+            replicas, state.weight, state, self.events, verdict, progressing=True, message=message
+        )
+
+    def prepare(self, state: State, index: int) -> Decision | None:
+        """The step's traffic starts once the canary's pods for it are ready."""
+        if state.step_started is not None and state.step == index:
+            return None
+        step = self.policy.steps[index - 1]
+        want, replicas = self.pods_for(step.weight)
+        new = self.new
+        if new.ready >= want:
+            state = replace(state, step=index, weight=step.weight, step_started=self.now)
+            self.events.append(
+                Event(
+                    "Normal",
+                    "RolloutStep",
+                    f"{self.of(index)}: {step.weight}% of the traffic to "
+                    f"{self.target} ({new.ready} pod(s)), {self.stable} keeps the rest",
+                )
+            )
+        message = f"{self.of(index)}: waiting for {want} canary pod(s) ({new.ready} ready)"
+        return self.moving(state, replicas, message)
+
+    def hold(self, state: State, index: int) -> Decision | None:
+        """Paused, or the step's pause is not over. Messages go into status: they say
+        nothing that changes every tick (no write per tick)."""
+        step = self.policy.steps[index - 1]
+        _, replicas = self.pods_for(step.weight)
+        if self.policy.paused:
+            message = f"paused at {self.of(index)} ({step.weight}%)"
+            return self.moving(state, replicas, message)
+        if state.step_started is not None and self.now - state.step_started < step.pause:
+            message = (
+                f"{self.of(index)}: {step.weight}% of the traffic to {self.target} for "
+                f"{step.pause:.0f}s, then judged"
+            )
+            return self.moving(state, replicas, message)
+        return None
+
+    def judge(self, state: State, index: int) -> tuple[Decision | None, Verdict | None]:
+        """The end of a step with a pause: pass goes on, fail aborts, too few requests
+        wait (a step without a pause is not judged)."""
+        step = self.policy.steps[index - 1]
+        if step.pause <= 0:
+            return None, None
+        thresholds = self.policy.thresholds
+        verdict = judge(
+            self.windows.get(self.target, RevisionStats()),
+            self.windows.get(self.stable, RevisionStats()),
+            thresholds,
+        )
+        if verdict.verdict == FAIL:
+            aborted = _abort(self.policy, state, self.stable, self.target, self.desired,
+                             self.revisions, verdict.message, self.events)  # fmt: skip
+            return replace(aborted, verdict=verdict), verdict
+        if verdict.verdict == INCONCLUSIVE:
+            _, replicas = self.pods_for(step.weight)
+            message = (
+                f"{self.of(index)} ({step.weight}%): waiting for "
+                f"{thresholds.min_requests} canary requests to judge"
+            )
+            return self.moving(state, replicas, message, verdict), verdict
+        self.events.append(
+            Event(
+                "Normal",
+                "RolloutStepPassed",
+                f"{self.of(index)} ({step.weight}%) passed: {verdict.message}",
+            )
+        )
+        return None, verdict
+
+    def advance(self, state: State, index: int, verdict: Verdict | None) -> Decision:
+        """After the last step the canary is promoted; else the next step: its pods first,
+        then its traffic."""
+        steps = self.policy.steps
+        if index >= len(steps):
+            why = f"all {len(steps)} step(s) passed"
+            promoted = _promote_or_roll(self.policy, state, self.stable, self.target,
+                                        self.desired, self.revisions, self.leftovers,
+                                        self.events, why)  # fmt: skip
+            return replace(promoted, verdict=verdict)
+        state = replace(state, step=index + 1, step_started=None)
+        nxt = steps[index]
+        want, replicas = self.pods_for(nxt.weight)
+        if self.new.ready >= want:
+            state = replace(state, weight=nxt.weight, step_started=self.now)
+            self.events.append(
+                Event(
+                    "Normal",
+                    "RolloutStep",
+                    f"{self.of(index + 1)}: {nxt.weight}% of the traffic to {self.target}",
+                )
+            )
+        return self.moving(state, replicas, f"{self.of(index + 1)} ({nxt.weight}%)", verdict)
+
+
 def _canary(
     policy: Policy,
     state: State,
@@ -468,107 +649,13 @@ def _canary(
     events: list[Event],
     now: float,
 ) -> Decision:
-    steps = policy.steps
+    """A Canary step: prepare its pods, hold it for its pause, judge it, then advance."""
+    c = _Canary(policy, stable, target, desired, revisions, leftovers, windows, events, now)
     index = max(1, state.step)  # the step being prepared or held
-    step = steps[index - 1]
-    new = revisions.get(target) or Revision(target)
-    old = revisions.get(stable) or Revision(stable)
-    want = canary_pods(desired, step.weight)
-    stable_want = desired - max(0, want - policy.max_surge)
-    replicas = shift(desired, policy, new, want, [*leftovers, (old, stable_want)])
-    verdict: Verdict | None = None
-
-    if state.step_started is None or state.step != index:
-        # The step's traffic starts once the canary's pods for it are ready.
-        if new.ready >= want:
-            state = replace(state, step=index, weight=step.weight, step_started=now)
-            events.append(
-                Event(
-                    "Normal",
-                    "RolloutStep",
-                    f"step {index} of {len(steps)}: {step.weight}% of the traffic to "
-                    f"{target} ({new.ready} pod(s)), {stable} keeps the rest",
-                )
-            )
-        message = (
-            f"step {index} of {len(steps)}: waiting for {want} canary pod(s) ({new.ready} ready)"
-        )
-        return Decision(replicas, state.weight, state, events, progressing=True, message=message)
-
-    # Messages go into status: they say nothing that changes every tick (no write per tick).
-    held = now - state.step_started
-    if policy.paused:
-        message = f"paused at step {index} of {len(steps)} ({step.weight}%)"
-        return Decision(replicas, state.weight, state, events, progressing=True, message=message)
-    if held < step.pause:
-        message = (
-            f"step {index} of {len(steps)}: {step.weight}% of the traffic to {target} for "
-            f"{step.pause:.0f}s, then judged"
-        )
-        return Decision(replicas, state.weight, state, events, progressing=True, message=message)
-
-    if step.pause > 0:
-        verdict = judge(
-            windows.get(target, RevisionStats()),
-            windows.get(stable, RevisionStats()),
-            policy.thresholds,
-        )
-        if verdict.verdict == FAIL:
-            return replace(
-                _abort(policy, state, stable, target, desired, revisions, verdict.message, events),
-                verdict=verdict,
-            )
-        if verdict.verdict == INCONCLUSIVE:
-            message = (
-                f"step {index} of {len(steps)} ({step.weight}%): waiting for "
-                f"{policy.thresholds.min_requests} canary requests to judge"
-            )
-            return Decision(
-                replicas, state.weight, state, events, verdict, progressing=True, message=message
-            )
-        events.append(
-            Event(
-                "Normal",
-                "RolloutStepPassed",
-                f"step {index} of {len(steps)} ({step.weight}%) passed: {verdict.message}",
-            )
-        )
-    if index >= len(steps):
-        return replace(
-            _promote_or_roll(
-                policy,
-                state,
-                stable,
-                target,
-                desired,
-                revisions,
-                leftovers,
-                events,
-                f"all {len(steps)} step(s) passed",
-            ),
-            verdict=verdict,
-        )
-    # Next step: its pods first, then its traffic.
-    state = replace(state, step=index + 1, step_started=None)
-    nxt = steps[index]
-    want = canary_pods(desired, nxt.weight)
-    stable_want = desired - max(0, want - policy.max_surge)
-    replicas = shift(desired, policy, new, want, [*leftovers, (old, stable_want)])
-    if new.ready >= want:
-        state = replace(state, weight=nxt.weight, step_started=now)
-        events.append(
-            Event(
-                "Normal",
-                "RolloutStep",
-                f"step {index + 1} of {len(steps)}: {nxt.weight}% of the traffic to {target}",
-            )
-        )
-    return Decision(
-        replicas,
-        state.weight,
-        state,
-        events,
-        verdict,
-        progressing=True,
-        message=f"step {index + 1} of {len(steps)} ({nxt.weight}%)",
-    )
+    decision = c.prepare(state, index) or c.hold(state, index)
+    if decision is not None:
+        return decision
+    decision, verdict = c.judge(state, index)
+    if decision is not None:
+        return decision
+    return c.advance(state, index, verdict)
