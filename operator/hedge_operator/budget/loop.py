@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from hedge_core.api import FallbackBudget
+from hedge_core.api import FallbackBudget, FallbackBudgetStatus
 from hedge_operator import metrics
 from hedge_operator.budget.windows import BudgetWindows
 from hedge_operator.dataplane.signals import Snapshot
+from hedge_operator.statuses import read
 
 Key = tuple[str, str]
 
@@ -31,7 +32,8 @@ def tick(
     if snapshot is not None and snapshot.gateways_read:
         total = snapshot.counters.total(("fallback_tokens", *key))
     block, write = windows.step(budget, total, status.get("fallbackBudget") or {}, now)
-    metrics.FALLBACK_TOKENS.labels(*key, "minute").set(block.get("minuteTokens", 0))
-    metrics.FALLBACK_TOKENS.labels(*key, "day").set(block.get("dayTokens", 0))
-    metrics.FALLBACK_BUDGET_EXHAUSTED.labels(*key).set(int("exhaustedUntil" in block))
+    spent = read(FallbackBudgetStatus, block)
+    metrics.FALLBACK_TOKENS.labels(*key, "minute").set(spent.minute_tokens or 0)
+    metrics.FALLBACK_TOKENS.labels(*key, "day").set(spent.day_tokens or 0)
+    metrics.FALLBACK_BUDGET_EXHAUSTED.labels(*key).set(int(spent.exhausted_until is not None))
     return block if write else None

@@ -16,8 +16,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hedge_core.api import FallbackBudget, ModelDeployment, rfc3339, unix_seconds
+from hedge_core.api import (
+    FallbackBudget,
+    FallbackBudgetStatus,
+    ModelDeployment,
+    rfc3339,
+    unix_seconds,
+)
 from hedge_operator.events import Event
+from hedge_operator.statuses import read, write
 
 MINUTE = 60.0
 DAY = 86400.0
@@ -34,12 +41,14 @@ class _Window:
     base: float = 0.0  # the counter's total when the window began
     last: float | None = None  # the counter's total at the previous reading
 
-    def spend(self, total: float, now: float, reported: Mapping[str, Any], key: str) -> int:
+    def spend(
+        self, total: float, now: float, reported_start: str | None, reported_tokens: int | None
+    ) -> int:
         start = math.floor(now / self.length) * self.length
         if self.start != start:
-            if self.start is None and unix_seconds(reported.get(f"{key}Start")) == start:
+            if self.start is None and unix_seconds(reported_start) == start:
                 # A restarted operator: the window's spend so far is in status.
-                self.base = total - float(reported.get(f"{key}Tokens") or 0)
+                self.base = total - float(reported_tokens or 0)
             elif self.start is not None and self.last is not None:
                 # The window turned since the previous reading: what was spent since then
                 # counts in the new window. Some of it may belong to the old one (at most one
@@ -59,7 +68,7 @@ class BudgetWindows:
     minute: _Window
     day: _Window
     written_at: float = -math.inf
-    last: dict[str, Any] | None = None  # the status it last asked to write
+    last: FallbackBudgetStatus | None = None  # the status it last asked to write
 
     @classmethod
     def new(cls) -> BudgetWindows:
@@ -75,52 +84,51 @@ class BudgetWindows:
         """The new status.fallbackBudget and whether to write it now. `total` is the summed
         fallback-token counter (None: no gateway could be read: status is left as it is);
         `reported` what status says (used until this has written once)."""
-        reported = self.last if self.last is not None else reported
+        was = self.last if self.last is not None else read(FallbackBudgetStatus, reported)
         if total is None:
-            return dict(reported), False
-        minute = self.minute.spend(total, now, reported, "minute")
-        day = self.day.spend(total, now, reported, "day")
+            return write(was), False
+        minute = self.minute.spend(total, now, was.minute_start, was.minute_tokens)
+        day = self.day.spend(total, now, was.day_start, was.day_tokens)
         assert self.minute.start is not None and self.day.start is not None
-        status: dict[str, Any] = {
-            "minuteStart": rfc3339(self.minute.start),
-            "minuteTokens": minute,
-            "dayStart": rfc3339(self.day.start),
-            "dayTokens": day,
-        }
         until = None
         if budget.tokens_per_day is not None and day >= budget.tokens_per_day:
             until = self.day.start + DAY
         elif budget.tokens_per_minute is not None and minute >= budget.tokens_per_minute:
             until = self.minute.start + MINUTE
-        if until is not None:
-            status["exhaustedUntil"] = rfc3339(until)
-        urgent = (
-            status.get("exhaustedUntil") != reported.get("exhaustedUntil")
-            or status["minuteStart"] != reported.get("minuteStart")
-            or status["dayStart"] != reported.get("dayStart")
+        status = FallbackBudgetStatus(
+            minute_start=rfc3339(self.minute.start),
+            minute_tokens=minute,
+            day_start=rfc3339(self.day.start),
+            day_tokens=day,
+            exhausted_until=rfc3339(until) if until is not None else None,
         )
-        write = urgent or (status != reported and now - self.written_at >= STATUS_REFRESH)
-        if write:
+        urgent = (
+            status.exhausted_until != was.exhausted_until
+            or status.minute_start != was.minute_start
+            or status.day_start != was.day_start
+        )
+        write_now = urgent or (status != was and now - self.written_at >= STATUS_REFRESH)
+        if write_now:
             self.written_at = now
             self.last = status
-        return status, write
+        return write(status), write_now
 
 
 def budget_events(
     budget: FallbackBudget | None, previous: Mapping[str, Any] | None, new: Mapping[str, Any]
 ) -> list[Event]:
     """A Warning when spilling stops for a spent budget, and a Normal Event when it resumes."""
-    before = (previous or {}).get("fallbackBudget") or {}
-    after = new.get("fallbackBudget") or {}
-    if budget is None or not after:
+    if budget is None or not new.get("fallbackBudget"):
         return []
-    was, now = before.get("exhaustedUntil"), after.get("exhaustedUntil")
+    before = read(FallbackBudgetStatus, (previous or {}).get("fallbackBudget"))
+    after = read(FallbackBudgetStatus, new.get("fallbackBudget"))
+    was, now = before.exhausted_until, after.exhausted_until
     if now and now != was:
-        if budget.tokens_per_day is not None and after.get("dayTokens", 0) >= budget.tokens_per_day:
-            spent = f"{after.get('dayTokens')} tokens today (tokensPerDay {budget.tokens_per_day})"
+        if budget.tokens_per_day is not None and (after.day_tokens or 0) >= budget.tokens_per_day:
+            spent = f"{after.day_tokens} tokens today (tokensPerDay {budget.tokens_per_day})"
         else:
             spent = (
-                f"{after.get('minuteTokens')} tokens this minute "
+                f"{after.minute_tokens} tokens this minute "
                 f"(tokensPerMinute {budget.tokens_per_minute})"
             )
         return [
