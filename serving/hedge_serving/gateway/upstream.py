@@ -10,7 +10,7 @@ Why hand-written: measured side by side in one run of `bench/gateway_bench.py` (
 `hedge-aiohttp` contender runs the same gateway with aiohttp's client on this path),
 this client carries about 1.6x the requests per second per process and half the added
 latency; docs/gateway.md has the numbers. What keeps it correct is held to aiohttp's
-(strict) parser by tests/serving/test_gateway_upstream.py, fuzzed with hypothesis:
+(strict) parser by tests/serving/gateway/units/test_upstream.py, fuzzed with hypothesis:
 
 - framing is strict: one Content-Length (digits only; repeated equal values allowed),
   never with Transfer-Encoding; chunked only as the final coding; chunk sizes in hex

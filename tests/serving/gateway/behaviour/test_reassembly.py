@@ -110,7 +110,8 @@ async def test_the_engine_is_asked_to_stream() -> None:
         await engine.stop()
 
 
-RECORDED = json.loads((Path(__file__).parent / "data" / "vllm-0.32.0-answers.json").read_text())
+DATA = Path(__file__).parents[2] / "data"  # tests/serving/data
+RECORDED = json.loads((DATA / "vllm-0.32.0-answers.json").read_text())
 
 
 STREAMABLE = sorted(c for c in RECORDED if can_reassemble(RECORDED[c]["request"]))
