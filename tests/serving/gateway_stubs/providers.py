@@ -1,349 +1,18 @@
-"""Local stand-ins for the upstreams the gateway talks to, on 127.0.0.1 ephemeral ports.
-
-- `Engine`: a tiny vLLM-like OpenAI server with fault knobs the tests flip per request
-  (status codes, a stream cut after N events, slowness) and a record of what it received.
-- `OpenAIStub`, `AzureStub`, `AnthropicStub`: the providers' public wire formats as their
-  API references describe them (paths, auth headers, request validation, response and
-  streaming shapes, error shapes), answering deterministically: the reply to a prompt is
-  `reply_text(prompt)`, cut by `max_tokens` and stop sequences as a real model would be.
-"""
+"""`OpenAIStub`, `AzureStub`, `AnthropicStub`: the providers' public wire formats as their
+API references describe them (paths, auth headers, request validation, response and
+streaming shapes, error shapes), answering deterministically (`replies`)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-WORDS_PER_REPLY = 12
-
-
-def reply_text(prompt: str) -> str:
-    """The deterministic completion every stub gives for `prompt`."""
-    seed = sum(prompt.encode()) % 97
-    return " ".join(f"w{(seed + i) % 50}" for i in range(WORDS_PER_REPLY))
-
-
-def tokens_of(text: str) -> list[str]:
-    """Whitespace tokens, each but the first carrying its leading space."""
-    words = text.split(" ")
-    return [words[0]] + [" " + w for w in words[1:]]
-
-
-def generate(
-    prompt: str, max_tokens: int | None, stop: list[str]
-) -> tuple[list[str], str, str | None]:
-    """(tokens, finish, matched stop sequence) with finish in {stop, length, stop_sequence}."""
-    text = reply_text(prompt)
-    for s in stop:
-        i = text.find(s)
-        if i >= 0:
-            return tokens_of(text[:i]) if i else [], "stop_sequence", s
-    toks = tokens_of(text)
-    if max_tokens is not None and max_tokens < len(toks):
-        return toks[:max_tokens], "length", None
-    return toks, "stop", None
-
-
-def prompt_of_chat(messages: list[dict[str, Any]]) -> str:
-    parts = []
-    for m in messages:
-        c = m.get("content")
-        if isinstance(c, str):
-            parts.append(c)
-        elif isinstance(c, list):
-            parts.extend(p.get("text", "") for p in c if isinstance(p, dict))
-    return "\n".join(parts)
-
-
-async def start_app(
-    app: web.Application, ssl_context: ssl.SSLContext | None = None
-) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    if ssl_context is not None:  # the certificate names localhost
-        return runner, f"https://localhost:{port}"
-    return runner, f"http://127.0.0.1:{port}"
-
-
-def _sse(obj: Any) -> bytes:
-    return b"data: " + json.dumps(obj).encode() + b"\n\n"
-
-
-def _openai_error(status: int, message: str, type_: str, code: str | None = None) -> web.Response:
-    body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
-    return web.json_response(body, status=status)
-
-
-@dataclass
-class Received:
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    body: dict[str, Any]
-
-
-class _Server:
-    def __init__(self) -> None:
-        self.received: list[Received] = []
-        self.runner: web.AppRunner | None = None
-        self.url = ""
-
-    def app(self) -> web.Application:
-        raise NotImplementedError
-
-    async def start(self, ssl_context: ssl.SSLContext | None = None) -> _Server:
-        self.runner, self.url = await start_app(self.app(), ssl_context)
-        return self
-
-    async def stop(self) -> None:
-        if isinstance(self, Engine):
-            self._unstall.set()
-        if self.runner is not None:
-            await self.runner.cleanup()
-            self.runner = None
-
-    async def _record(self, request: web.Request) -> dict[str, Any] | web.Response:
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
-        if not isinstance(body, dict):
-            return _openai_error(400, "body must be a JSON object", "invalid_request_error")
-        self.received.append(
-            Received(request.path, dict(request.query), dict(request.headers), body)
-        )
-        return body
-
-
-# vLLM endpoints besides chat, completions and embeddings, and the events ending streams.
-OTHER_VLLM_PATHS = (
-    "/v1/responses", "/v1/messages", "/v1/messages/count_tokens", "/pooling", "/classify",
-    "/score", "/v1/score", "/rerank", "/v1/rerank", "/v2/rerank", "/tokenize", "/detokenize",
-    "/v1/chat/completions/render", "/v1/completions/render", "/v1/messages/render",
-    "/v1/responses/render", "/v1/chat/completions/batch", "/generative_scoring",
-    "/cohere/v2/chat", "/v2/embed",
-)  # fmt: skip
-STREAM_ENDS = {
-    "/v1/responses": "response.completed",
-    "/v1/messages": "message_stop",
-    "/cohere/v2/chat": "message-end",
-}
-
-
-@dataclass
-class EngineFaults:
-    status: int | None = None  # answer every inference request with this status
-    error_body: dict[str, Any] | None = None  # ... with this body (default: a generic error)
-    cut_after: int | None = None  # streams: close the connection after this many events
-    delay_s: float = 0.0  # before the response starts
-    chunk_delay_s: float = 0.0  # between stream events
-    error_event_first: bool = False  # streams: 200, then an error event as the first event
-    error_event: dict[str, Any] | None = None  # the error event's data (default: a 500's)
-    stall_after: int | None = None  # streams: after this many events, silence (not closed)
-
-
-class Engine(_Server):
-    """A vLLM-like OpenAI server (no auth). `system_fingerprint` carries its name."""
-
-    def __init__(self, name: str = "engine", model: str = "llama-3-8b") -> None:
-        super().__init__()
-        self.name = name
-        self.model = model
-        self.faults = EngineFaults()
-        self.in_flight = 0
-        self.waiting = 0.0  # what /metrics reports as vllm:num_requests_waiting
-        self._unstall = asyncio.Event()  # set by stop(): stalled handlers end
-
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self._chat)
-        app.router.add_post("/v1/completions", self._completions)
-        app.router.add_post("/v1/embeddings", self._embeddings)
-        app.router.add_get("/metrics", self._metrics)
-        for path in OTHER_VLLM_PATHS:
-            app.router.add_post(path, self._other)
-        return app
-
-    async def _other(self, request: web.Request) -> web.StreamResponse:
-        """vLLM's other endpoints: an echo of what arrived, streamed for Responses and
-        Messages when asked (each with its own final event)."""
-        body = await self._record(request)
-        if isinstance(body, web.Response):
-            return body
-        f = self.faults
-        if f.status is not None:
-            return _openai_error(f.status, f"injected HTTP {f.status}", "server_error")
-        answer = {"object": "echo", "path": request.path, "model": body.get("model"),
-                  "engine": self.name}  # fmt: skip
-        if not body.get("stream") or request.path not in STREAM_ENDS:
-            return web.json_response(answer)
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        events = [("start", answer), ("delta", {"text": "hi"}), ("delta", {"text": " there"})]
-        events.append((STREAM_ENDS[request.path], {}))
-        for n, (kind, data) in enumerate(events):
-            if f.cut_after is not None and n >= f.cut_after:
-                assert request.transport is not None
-                request.transport.close()
-                return resp
-            await resp.write(
-                f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n".encode()
-            )
-        await resp.write_eof()
-        return resp
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        text = (
-            "# TYPE vllm:num_requests_waiting gauge\n"
-            f'vllm:num_requests_waiting{{model_name="{self.model}"}} {self.waiting}\n'
-        )
-        return web.Response(text=text)
-
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
-        return await self._generate(request, chat=True)
-
-    async def _completions(self, request: web.Request) -> web.StreamResponse:
-        return await self._generate(request, chat=False)
-
-    async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
-        body = await self._record(request)
-        if isinstance(body, web.Response):
-            return body
-        self.in_flight += 1
-        try:
-            return await self._answer(request, body, chat)
-        finally:
-            self.in_flight -= 1
-
-    async def _answer(
-        self, request: web.Request, body: dict[str, Any], chat: bool
-    ) -> web.StreamResponse:
-        f = self.faults
-        if f.delay_s:
-            await asyncio.sleep(f.delay_s)
-        if f.status is not None:
-            if f.error_body is not None:
-                return web.json_response(f.error_body, status=f.status)
-            return _openai_error(f.status, f"injected HTTP {f.status}", "server_error")
-        if body.get("model") != self.model:
-            return _openai_error(
-                404, f"The model `{body.get('model')}` does not exist.", "NotFoundError"
-            )
-        prompt = prompt_of_chat(body["messages"]) if chat else str(body.get("prompt", ""))
-        stop = body.get("stop") or []
-        toks, finish, _ = generate(
-            prompt, body.get("max_tokens"), [stop] if isinstance(stop, str) else stop
-        )
-        finish = "length" if finish == "length" else "stop"
-        created = int(time.time())
-        obj = "chat.completion" if chat else "text_completion"
-        usage = {
-            "prompt_tokens": len(prompt.split()),
-            "completion_tokens": len(toks),
-            "total_tokens": len(prompt.split()) + len(toks),
-        }
-        if not body.get("stream"):
-            choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
-            if chat:
-                choice["message"] = {"role": "assistant", "content": "".join(toks)}
-            else:
-                choice["text"] = "".join(toks)
-            return web.json_response(
-                {
-                    "id": f"cmpl-{self.name}",
-                    "object": obj,
-                    "created": created,
-                    "model": self.model,
-                    "system_fingerprint": self.name,
-                    "choices": [choice],
-                    "usage": usage,
-                }
-            )
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        if f.error_event_first:
-            await resp.write(
-                _sse(
-                    f.error_event
-                    or {
-                        "error": {
-                            "message": "engine error",
-                            "type": "server_error",
-                            "param": None,
-                            "code": None,
-                        }
-                    }
-                )
-            )
-            return resp
-        events = []
-        for i, tok in enumerate([None, *toks]):
-            if chat:
-                delta = {"role": "assistant", "content": ""} if tok is None else {"content": tok}
-                choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
-            else:
-                choice = {"index": 0, "text": tok or "", "logprobs": None, "finish_reason": None}
-            if i == len(toks):
-                choice["finish_reason"] = finish
-            events.append(
-                {
-                    "id": f"cmpl-{self.name}",
-                    "object": obj + (".chunk" if chat else ""),
-                    "created": created,
-                    "model": self.model,
-                    "system_fingerprint": self.name,
-                    "choices": [choice],
-                }
-            )
-        options = body.get("stream_options") or {}
-        if options.get("include_usage"):  # as vLLM: one more event, no choices
-            events.append({**events[0], "choices": [], "usage": usage})
-        try:
-            for n, ev in enumerate(events):
-                if f.cut_after is not None and n >= f.cut_after:
-                    assert request.transport is not None
-                    request.transport.close()
-                    return resp
-                if f.stall_after is not None and n >= f.stall_after:
-                    await self._unstall.wait()
-                    return resp
-                await resp.write(_sse(ev))
-                if f.chunk_delay_s:
-                    await asyncio.sleep(f.chunk_delay_s)
-            await resp.write(b"data: [DONE]\n\n")
-            await resp.write_eof()
-        except ConnectionError:
-            pass  # the gateway went away (client closed the stream)
-        return resp
-
-    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
-        body = await self._record(request)
-        if isinstance(body, web.Response):
-            return body
-        if self.faults.status is not None:
-            return _openai_error(self.faults.status, "injected", "server_error")
-        inputs = body.get("input")
-        inputs = [inputs] if isinstance(inputs, str) else inputs
-        data = [
-            {"object": "embedding", "index": i, "embedding": [0.1, 0.2, float(len(x))]}
-            for i, x in enumerate(inputs)
-        ]
-        return web.json_response(
-            {
-                "object": "list",
-                "data": data,
-                "model": self.model,
-                "usage": {"prompt_tokens": 1, "total_tokens": 1},
-            }
-        )
+from tests.serving.gateway_stubs.replies import generate, prompt_of_chat, reply_text, tokens_of
+from tests.serving.gateway_stubs.servers import Received, Server, openai_error, sse
 
 
 @dataclass
@@ -352,7 +21,7 @@ class ProviderFaults:
     error_event_first: bool = False  # anthropic: an `event: error` right after 200
 
 
-class _ProviderBase(_Server):
+class _ProviderBase(Server):
     default_model = "gpt-4o-mini"
 
     def __init__(self, api_key: str = "sk-test", model: str | None = None) -> None:
@@ -407,14 +76,14 @@ class OpenAIStub(_ProviderBase):
 
     def _auth(self, request: web.Request) -> web.Response | None:
         if request.headers.get("Authorization") != f"Bearer {self.api_key}":
-            return _openai_error(
+            return openai_error(
                 401,
                 "Incorrect API key provided: sk-***.",
                 "invalid_request_error",
                 "invalid_api_key",
             )
         if self.faults.status is not None:
-            return _openai_error(self.faults.status, "injected", "server_error")
+            return openai_error(self.faults.status, "injected", "server_error")
         return None
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
@@ -441,9 +110,9 @@ class OpenAIStub(_ProviderBase):
 
     def _validate(self, body: dict[str, Any], chat: bool) -> web.Response | None:
         if not isinstance(body.get("model"), str):
-            return _openai_error(400, "you must provide a model parameter", "invalid_request_error")
+            return openai_error(400, "you must provide a model parameter", "invalid_request_error")
         if chat and not (isinstance(body.get("messages"), list) and body["messages"]):
-            return _openai_error(400, "'messages' is a required property", "invalid_request_error")
+            return openai_error(400, "'messages' is a required property", "invalid_request_error")
         return None
 
     async def _serve(self, request: web.Request, chat: bool) -> web.StreamResponse:
@@ -503,7 +172,7 @@ async def openai_answer(
         if i == len(toks):
             choice["finish_reason"] = finish
         await resp.write(
-            _sse(
+            sse(
                 {
                     "id": "chatcmpl-stub",
                     "object": obj,
@@ -517,7 +186,7 @@ async def openai_answer(
     options = body.get("stream_options") or {}
     if options.get("include_usage"):
         await resp.write(
-            _sse(
+            sse(
                 {
                     "id": "chatcmpl-stub",
                     "object": obj,
@@ -579,7 +248,7 @@ class AzureStub(_ProviderBase):
                 status=404,
             )
         if self.faults.status is not None:
-            return _openai_error(self.faults.status, "injected", "server_error")
+            return openai_error(self.faults.status, "injected", "server_error")
         body = await self._record(request)
         if isinstance(body, web.Response):
             return body

@@ -22,7 +22,7 @@ from hedge_serving.gateway.app import RunningGateway
 from hedge_serving.gateway.routing import RouteSpec
 from hedge_serving.gateway.streams import Reassembler, can_reassemble, streamed_body
 from hedge_serving.simulator import RunningSimulator, SimulatorConfig, start_simulator
-from tests.serving.gateway_stubs import Engine
+from tests.serving.gateway_stubs.engines import Engine
 from tests.serving.gateway_stubs.harness import start_test_gateway
 
 MODEL = "llama-3-8b"
