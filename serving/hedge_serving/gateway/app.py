@@ -30,6 +30,7 @@ from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from hedge_core.contracts import METRICS_PATH
 from hedge_serving.gateway import errors
 from hedge_serving.gateway.auth import ClientAuth, Scope
 from hedge_serving.gateway.balancer import Balancer
@@ -315,7 +316,7 @@ class Gateway:
                 return web.Response(status=503, text="routing table not loaded yet\n")
             return web.Response(text="ok\n")
 
-        app.router.add_get("/metrics", metrics)
+        app.router.add_get(METRICS_PATH, metrics)
         app.router.add_get("/healthz", healthz)
         app.router.add_get("/readyz", readyz)
         return app

@@ -38,6 +38,7 @@ from hedge_core.api import (
     SpecError,
     unix_seconds,
 )
+from hedge_core.contracts import created_seconds, ownership_key
 from hedge_core.kube import Key, Kube, KubeConfigError, ListWatch, object_key, resource_path
 from hedge_serving.gateway.auth import ClientAuth, keys_from_secret
 from hedge_serving.gateway.budget import BudgetSpec
@@ -62,7 +63,7 @@ WATCH_TIMEOUT_S = 240  # server-side; the watch is re-opened from the last resou
 
 
 def _created(meta: Mapping[str, Any]) -> int:
-    return int(unix_seconds(meta.get("creationTimestamp")) or 0)
+    return created_seconds(meta.get("creationTimestamp"))
 
 
 @dataclass(frozen=True)
@@ -239,13 +240,13 @@ def route_specs(
     keeps a model name a newer one also claims (the table keeps the first spec listed).
     A rule for which namespaces may claim which names belongs here."""
     ordered = sorted(
-        ((p.created, key, p) for key, p in parsed.items() if p.md is not None),
-        key=lambda item: (item[0], item[1]),
+        ((key, p) for key, p in parsed.items() if p.md is not None),
+        key=lambda item: ownership_key(item[1].created, *item[0]),
     )
     specs: list[RouteSpec] = []
-    for created, key, p in ordered:
+    for key, p in ordered:
         assert p.md is not None
-        specs.extend(routes_for(p.md, backends.get(key, {}), created, p.rollout, p.budget_status))
+        specs.extend(routes_for(p.md, backends.get(key, {}), p.created, p.rollout, p.budget_status))
     return specs
 
 

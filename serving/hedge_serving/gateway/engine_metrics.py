@@ -14,11 +14,12 @@ import time
 
 import aiohttp
 
+from hedge_core.contracts import ENGINE_WAITING, METRICS_PATH
 from hedge_serving.gateway.routing import Backend, RoutingTable
 
 log = logging.getLogger("hedge.gateway")
 
-WAITING_METRIC = "vllm:num_requests_waiting"
+WAITING_METRIC = ENGINE_WAITING
 
 
 def parse_waiting(text: str) -> float | None:
@@ -71,7 +72,7 @@ class EngineMetricsScraper:
 
     async def _scrape(self, backend: Backend) -> None:
         try:
-            async with self._session.get(backend.url + "/metrics", timeout=self._timeout) as r:
+            async with self._session.get(backend.url + METRICS_PATH, timeout=self._timeout) as r:
                 if r.status != 200:
                     raise ValueError(f"HTTP {r.status}")
                 waiting = parse_waiting(await r.text())

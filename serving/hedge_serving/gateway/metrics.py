@@ -40,8 +40,18 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from hedge_serving.gateway.revisions import OUTCOMES
-from hedge_serving.gateway.routing import DEMAND_STATE_LABELS, RoutingTable
+from hedge_core.contracts import (
+    DEMAND_ARRIVALS,
+    DEMAND_IN_FLIGHT,
+    DEMAND_STATES,
+    FALLBACK_TOKENS,
+    GATEWAY_SERIES,
+    OUTCOMES,
+    REVISION_ITL,
+    REVISION_REQUESTS,
+    REVISION_TTFT,
+)
+from hedge_serving.gateway.routing import RoutingTable
 
 UNKNOWN_MODEL = "_unknown"
 SERVED_BY_GATEWAY = "gateway"
@@ -96,24 +106,24 @@ class _DemandCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         in_flight = GaugeMetricFamily(
-            "hedge_gateway_demand_in_flight",
+            DEMAND_IN_FLIGHT,
             "Requests in flight per ModelDeployment: served self-hosted, held while no engine "
             "pod is ready, or served by a fallback provider.",
-            labels=["namespace", "model_deployment", "state"],
+            labels=list(GATEWAY_SERIES[DEMAND_IN_FLIGHT]),
         )
         arrivals = CounterMetricFamily(
-            "hedge_gateway_demand_arrivals",
+            DEMAND_ARRIVALS,
             "Requests that arrived per ModelDeployment.",
-            labels=["namespace", "model_deployment"],
+            labels=list(GATEWAY_SERIES[DEMAND_ARRIVALS]),
         )
         tokens = CounterMetricFamily(
-            "hedge_gateway_fallback_tokens",
+            FALLBACK_TOKENS,
             "Tokens (prompt + completion) the fallback providers reported, per ModelDeployment.",
-            labels=["namespace", "model_deployment", "provider"],
+            labels=list(GATEWAY_SERIES[FALLBACK_TOKENS]),
         )
         for demand in self._table.demands():
             ns, name = demand.key
-            for state, value in zip(DEMAND_STATE_LABELS, demand.in_flight, strict=True):
+            for state, value in zip(DEMAND_STATES, demand.in_flight, strict=True):
                 in_flight.add_metric([ns, name, state], value)
             arrivals.add_metric([ns, name], demand.arrivals)
             for provider, value in demand.fallback_tokens.items():
@@ -131,22 +141,21 @@ class _RevisionCollector(Collector):
         self._table = table
 
     def collect(self) -> Iterator[Metric]:
-        labels = ["namespace", "model_deployment", "revision"]
         requests = CounterMetricFamily(
-            "hedge_gateway_revision_requests",
+            REVISION_REQUESTS,
             "Self-hosted attempts per revision by outcome (error: an engine fault, counted "
             "even when a retry then saved the request).",
-            labels=[*labels, "outcome"],
+            labels=list(GATEWAY_SERIES[REVISION_REQUESTS]),
         )
         ttft = HistogramMetricFamily(
-            "hedge_gateway_revision_ttft_seconds",
+            REVISION_TTFT,
             "Time from sending a request to a revision's pod to its first token.",
-            labels=labels,
+            labels=list(GATEWAY_SERIES[REVISION_TTFT]),
         )
         itl = HistogramMetricFamily(
-            "hedge_gateway_revision_itl_seconds",
+            REVISION_ITL,
             "Each request's mean gap between tokens, per revision.",
-            labels=labels,
+            labels=list(GATEWAY_SERIES[REVISION_ITL]),
         )
         for counters in self._table.revision_counters():
             key = list(counters.key)

@@ -38,6 +38,13 @@ from typing import Any, Protocol
 import aiohttp
 from aiohttp import web
 
+from hedge_serving.gateway.attempts import (
+    UNJUDGED,
+    Health,
+    Step,
+    StreamBroke,
+    classify,
+)
 from hedge_serving.gateway.balancer import stable_hash
 from hedge_serving.gateway.endpoints import MODE, Endpoint, Mode
 from hedge_serving.gateway.errors import (
@@ -53,7 +60,7 @@ from hedge_serving.gateway.keys import KeyStore
 from hedge_serving.gateway.metrics import SERVED_BY_SELF, GatewayMetrics
 from hedge_serving.gateway.providers import MissingKey, Provider, make_provider
 from hedge_serving.gateway.providers.base import PassthroughRelay, StreamRelay
-from hedge_serving.gateway.revisions import CLIENT_ERROR, ERROR, SUCCESS, Split
+from hedge_serving.gateway.revisions import SUCCESS, Split
 from hedge_serving.gateway.routing import (
     Backend,
     Demand,
@@ -64,7 +71,6 @@ from hedge_serving.gateway.routing import (
     RoutingTable,
 )
 from hedge_serving.gateway.streams import (
-    ENGINE_BUSY,
     EngineError,
     IncompleteStream,
     Reassembler,
@@ -488,10 +494,8 @@ class Proxy:
         elif mode is Mode.UNARY:
             first_s = idle_s = s.head_limit(len(body))
         # else: a plain non-streamed generation; only the request timeout bounds it.
-        breaker = backend.breaker
-        probe = breaker.acquire()
-        verdict: bool | None = None  # True success, False failure, None neither
-        outcome = -1  # for the revision's counters: SUCCESS, CLIENT_ERROR, ERROR; -1 none
+        probe = backend.breaker.acquire()
+        judged = UNJUDGED  # until the attempt ends with a status or an exception
         backend.outstanding += 1
         state.backend = backend.url
         started = time.perf_counter()
@@ -502,35 +506,28 @@ class Proxy:
                 status = up.status
                 if status >= 300:
                     err = classify_error(status, await up.read(_MAX_ERROR_BYTES))
-                    if err.is_client_error:
-                        verdict = True if probe else None  # it answered: alive, not at fault
-                        outcome = CLIENT_ERROR
+                    judged = classify(status)
+                    if judged[0].step is Step.PASS:
                         return self._client_error(err, state)
-                    if status not in ENGINE_BUSY:
-                        verdict = False
-                        outcome = ERROR
                     raise BackendFailure(f"HTTP {status}", status)
                 state.served_by = SERVED_BY_SELF
                 if upstream_stream and up.content_type.startswith("text/event-stream"):
                     if reassemble:
                         answer = await self._reassembled(up, endpoint, state)
-                        verdict = True
-                        outcome = SUCCESS
+                        judged = classify(status)
                         return answer
                     relay = PassthroughRelay(endpoint)
                     response = await self._relay(
                         request, up.readany, relay, state, _SELF_HEADERS, classify=True
                     )
-                    verdict = not state.upstream_broke
-                    outcome = ERROR if state.upstream_broke else SUCCESS
+                    judged = classify(StreamBroke() if state.upstream_broke else status)
                     return response
                 try:
                     data = await up.read(s.max_response_bytes)
                 except ResponseTooLarge as exc:
-                    verdict = True if probe else None
+                    judged = classify(exc, whole_answer=True)
                     raise UpstreamFailed(f"the model's answer is too large: {exc}") from None
-                verdict = True
-                outcome = SUCCESS
+                judged = classify(status)
                 state.status = status
                 return web.Response(
                     status=status,
@@ -538,41 +535,25 @@ class Proxy:
                     headers={"Content-Type": up.content_type, HEADER_SERVED_BY: SERVED_BY_SELF},
                 )
             except EngineError as err:  # an error event before anything reached the client
-                if err.is_client_error:
-                    verdict = True if probe else None
-                    outcome = CLIENT_ERROR
+                judged = classify(err)
+                if judged[0].step is Step.PASS:
                     return self._client_error(err, state)
-                verdict = False
-                outcome = ERROR
                 raise BackendFailure(f"error event: {err.message[:200]}", err.status) from None
             except UpstreamStalled as exc:
-                verdict = False
-                outcome = ERROR
+                judged = classify(exc)
                 log.warning("backend %s stalled: %s", backend.url, exc)
                 raise BackendFailure(f"stalled ({exc})") from None
             except (OSError, IncompleteStream, ValueError, ResponseTooLarge) as exc:
-                verdict = False
-                outcome = ERROR
+                judged = classify(exc)
                 raise BackendFailure(str(exc)[:200] or type(exc).__name__) from None
         finally:
-            counters = backend.counters
-            if counters is not None and outcome >= 0:
-                # Per attempt, a retried failure included: the analysis judges the revision,
-                # not whether the client was saved.
-                counters.outcomes[outcome] += 1
-                if outcome == SUCCESS and state.first_token_at is not None:
-                    counters.ttft.observe(state.first_token_at - started)
-                    if state.reads:
-                        counters.itl.observe(state.gap_sum / state.reads)
+            verdict, outcome = judged
+            if outcome is not None:
+                _count(backend, outcome, state, started)
             backend.outstanding -= 1
             if up is not None:
                 up.release()
-            if verdict is True:
-                breaker.record_success()
-            elif verdict is False:
-                breaker.record_failure()
-            else:
-                breaker.release(probe)
+            _tell_breaker(backend, verdict.breaker, probe)
 
     def _client_error(self, err: EngineError, state: RequestState) -> web.Response:
         state.served_by = SERVED_BY_SELF
@@ -803,6 +784,29 @@ class Proxy:
         state.served_by = "gateway"
         state.fallback_reason = None
         return None
+
+
+def _count(backend: Backend, outcome: int, state: RequestState, started: float) -> None:
+    """One attempt in its revision's counters, with its timings when it succeeded."""
+    counters = backend.counters
+    if counters is not None:
+        # Per attempt, a retried failure included: the analysis judges the revision, not
+        # whether the client was saved.
+        counters.outcomes[outcome] += 1
+        if outcome == SUCCESS and state.first_token_at is not None:
+            counters.ttft.observe(state.first_token_at - started)
+            if state.reads:
+                counters.itl.observe(state.gap_sum / state.reads)
+
+
+def _tell_breaker(backend: Backend, health: Health, probe: bool) -> None:
+    breaker = backend.breaker
+    if health is Health.SUCCESS or (health is Health.ALIVE and probe):
+        breaker.record_success()
+    elif health is Health.FAILURE:
+        breaker.record_failure()
+    else:
+        breaker.release(probe)
 
 
 def _split_pool(split: Split, candidates: list[Backend], attempt: int) -> list[Backend]:

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 from bisect import bisect_left
 
+from hedge_core.contracts import OUTCOMES as CONTRACT_OUTCOMES
+
 SUCCESS = 0
 CLIENT_ERROR = 1
 ERROR = 2
-OUTCOMES = ("success", "client_error", "error")  # the `outcome` label, by index
+OUTCOMES = CONTRACT_OUTCOMES  # the `outcome` label, by index
 
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 5.0)

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from hedge_core.contracts import DEMAND_STATES
 from hedge_serving.gateway.balancer import stable_hash
 from hedge_serving.gateway.breaker import CircuitBreaker
 from hedge_serving.gateway.budget import BudgetMeter, BudgetSpec
@@ -47,7 +48,7 @@ class DemandState(enum.IntEnum):
     FALLBACK = 2  # served by a fallback provider
 
 
-DEMAND_STATE_LABELS = ("self_hosted", "held", "fallback")
+DEMAND_STATE_LABELS = DEMAND_STATES  # the `state` label, by DemandState
 
 
 class Demand:

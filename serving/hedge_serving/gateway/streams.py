@@ -24,7 +24,10 @@ import re
 from typing import Any
 
 from hedge_serving.gateway.errors import error_body
-from hedge_serving.gateway.upstream import ResponseTooLarge
+from hedge_serving.gateway.failures import ENGINE_BUSY as ENGINE_BUSY
+from hedge_serving.gateway.failures import EngineError as EngineError
+from hedge_serving.gateway.failures import IncompleteStream as IncompleteStream
+from hedge_serving.gateway.failures import ResponseTooLarge
 
 # Cheap prefixes that mark an event worth parsing as a possible error.
 _ERROR_PREFIXES = (
@@ -56,8 +59,6 @@ _TYPE_STATUS = {
     "overloaded_error": 529,
     "serviceunavailableerror": 503,
 }
-# 4xx that are not the client's: the engine is busy or slow, another pod may serve.
-ENGINE_BUSY = frozenset({408, 429})
 
 
 def last_event_end(data: bytes | bytearray) -> int:
@@ -111,20 +112,6 @@ def _json_type(event: bytes) -> str | None:
 
 def looks_like_error_event(event: bytes) -> bool:
     return event.lstrip().startswith(_ERROR_PREFIXES)
-
-
-class EngineError(Exception):
-    """An error answered by an engine (HTTP status or error event), with its status."""
-
-    def __init__(self, status: int, message: str, body: bytes) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.body = body  # in the OpenAI error shape
-
-    @property
-    def is_client_error(self) -> bool:
-        return 400 <= self.status < 500 and self.status not in ENGINE_BUSY
 
 
 def parse_error(body: bytes, http_status: int | None = None) -> EngineError:
@@ -238,10 +225,6 @@ _TOKEN_CHUNK = re.compile(
     rb'(?:,"stop_reason":(null|\d+|' + _STR + rb"))?"
     rb'(?:,"prompt_token_ids":null)?(?:,"token_ids":null)?\}\]\}'
 )
-
-
-class IncompleteStream(Exception):
-    """The engine's stream ended before `data: [DONE]`."""
 
 
 class _Choice:

@@ -10,7 +10,7 @@ Why hand-written: measured side by side in one run of `bench/gateway_bench.py` (
 `hedge-aiohttp` contender runs the same gateway with aiohttp's client on this path),
 this client carries about 1.6x the requests per second per process and half the added
 latency; docs/gateway.md has the numbers. What keeps it correct is held to aiohttp's
-(strict) parser by tests/serving/test_gateway_upstream.py, fuzzed with hypothesis:
+(strict) parser by tests/serving/gateway/units/test_upstream.py, fuzzed with hypothesis:
 
 - framing is strict: one Content-Length (digits only; repeated equal values allowed),
   never with Transfer-Encoding; chunked only as the final coding; chunk sizes in hex
@@ -42,6 +42,10 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 from urllib.parse import urlsplit
+
+from hedge_serving.gateway.failures import ResponseTooLarge as ResponseTooLarge
+from hedge_serving.gateway.failures import UpstreamProtocolError as UpstreamProtocolError
+from hedge_serving.gateway.failures import UpstreamStalled as UpstreamStalled
 
 _MAX_HEAD = 64 * 1024
 _MAX_HEADERS = 128
@@ -93,28 +97,6 @@ class Upstream(Protocol):
     ) -> Answer: ...
 
     def close(self) -> Awaitable[None] | None: ...
-
-
-class UpstreamProtocolError(ConnectionError):
-    """The backend answered something that is not valid HTTP/1.1."""
-
-
-class UpstreamStalled(TimeoutError):
-    """The backend sent nothing within a `watch()` limit. `phase` is `first` or `idle`."""
-
-    def __init__(self, phase: str, seconds: float) -> None:
-        what = "first byte of the answer" if phase == "first" else "next bytes of the answer"
-        super().__init__(f"no {what} within {seconds:g}s")
-        self.phase = phase
-        self.seconds = seconds
-
-
-class ResponseTooLarge(Exception):
-    """`read()` was asked to hold more than its limit of body bytes."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"the backend's answer is larger than {limit} bytes")
-        self.limit = limit
 
 
 class _Conn(asyncio.Protocol):

@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from hedge_core.contracts import ENGINE_KV_CACHE, ENGINE_RUNNING, ENGINE_WAITING
+
 # vLLM's buckets, so dashboards and the autoscaler's quantiles read the same as on a GPU.
 TTFT_BUCKETS = (
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
@@ -55,11 +57,9 @@ class SimulatorMetrics:
         def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
             return Histogram(name, doc, names, registry=reg, buckets=buckets).labels(*values)
 
-        gauge(
-            "vllm:num_requests_running", "Number of requests in model execution batches.", running
-        )
-        gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.", waiting)
-        gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", cache_usage)
+        gauge(ENGINE_RUNNING, "Number of requests in model execution batches.", running)
+        gauge(ENGINE_WAITING, "Number of requests waiting to be processed.", waiting)
+        gauge(ENGINE_KV_CACHE, "KV-cache usage. 1 means 100 percent usage.", cache_usage)
 
         # prometheus_client appends `_total` to counter names, giving vLLM's exposed names.
         self.prefix_cache_queries = counter(

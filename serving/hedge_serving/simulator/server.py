@@ -30,6 +30,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from hedge_core.contracts import METRICS_PATH
 from hedge_serving import __version__
 from hedge_serving.simulator.config import Faults, SimulatorConfig
 from hedge_serving.simulator.engine import (
@@ -567,7 +568,7 @@ def build_app(engine: Engine) -> web.Application:
     app[ENGINE_KEY] = engine
     h = _Handlers(engine)
     app.router.add_get("/health", h.health)
-    app.router.add_get("/metrics", h.metrics)
+    app.router.add_get(METRICS_PATH, h.metrics)
     app.router.add_get("/version", h.version)
     app.router.add_get("/v1/models", h.models)
     app.router.add_post("/v1/chat/completions", h.chat_completions)

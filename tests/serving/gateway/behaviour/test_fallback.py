@@ -17,8 +17,10 @@ from hedge_serving.gateway.routing import (
     SecretRef,
     ServingOptions,
 )
-from tests.serving.gateway_stubs import AnthropicStub, AzureStub, Engine, OpenAIStub, reply_text
+from tests.serving.gateway_stubs.engines import Engine
 from tests.serving.gateway_stubs.harness import Clients, start_test_gateway, wait_for
+from tests.serving.gateway_stubs.providers import AnthropicStub, AzureStub, OpenAIStub
+from tests.serving.gateway_stubs.replies import reply_text
 
 MODEL = "llama-3-8b"
 SECRET = "sk-very-secret-value-123"

@@ -14,7 +14,7 @@ from hedge_serving.gateway.auth import ClientAuth
 from hedge_serving.gateway.discovery import KubernetesDiscovery, ready_endpoints
 from hedge_serving.gateway.keys import SecretCache
 from hedge_serving.gateway.routing import ProviderType, RoutingTable, SecretRef
-from tests.serving.gateway_stubs import Engine, OpenAIStub, reply_text
+from tests.serving.gateway_stubs.engines import Engine
 from tests.serving.gateway_stubs.harness import Clients, start_test_gateway, wait_for
 from tests.serving.gateway_stubs.kubeapi import (
     FakeKubeAPI,
@@ -23,6 +23,8 @@ from tests.serving.gateway_stubs.kubeapi import (
     model_deployment,
     secret,
 )
+from tests.serving.gateway_stubs.providers import OpenAIStub
+from tests.serving.gateway_stubs.replies import reply_text
 
 NS = "team-a"
 

@@ -13,8 +13,9 @@ from hedge_serving.gateway.providers.anthropic import AnthropicStreamRelay
 from hedge_serving.gateway.providers.base import PassthroughRelay
 from hedge_serving.gateway.proxy import ProxySettings
 from hedge_serving.gateway.routing import ProviderSpec, ProviderType, RouteSpec, SecretRef
-from tests.serving.gateway_stubs import Engine, OpenAIStub
+from tests.serving.gateway_stubs.engines import Engine
 from tests.serving.gateway_stubs.harness import start_test_gateway, wait_for
+from tests.serving.gateway_stubs.providers import OpenAIStub
 
 MODEL = "llama-3-8b"
 

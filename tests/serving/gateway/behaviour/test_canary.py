@@ -24,7 +24,7 @@ from hedge_serving.gateway.discovery import KubernetesDiscovery
 from hedge_serving.gateway.keys import SecretCache
 from hedge_serving.gateway.revisions import Buckets, Split
 from hedge_serving.gateway.routing import RouteSpec, RoutingTable
-from tests.serving.gateway_stubs import Engine
+from tests.serving.gateway_stubs.engines import Engine
 from tests.serving.gateway_stubs.harness import Clients, start_test_gateway, wait_for
 from tests.serving.gateway_stubs.kubeapi import (
     FakeKubeAPI,

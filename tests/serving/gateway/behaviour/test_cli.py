@@ -11,8 +11,10 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.serving.gateway_stubs import Engine, OpenAIStub, reply_text
+from tests.serving.gateway_stubs.engines import Engine
 from tests.serving.gateway_stubs.harness import Clients
+from tests.serving.gateway_stubs.providers import OpenAIStub
+from tests.serving.gateway_stubs.replies import reply_text
 
 MODEL = "llama-3-8b"
 

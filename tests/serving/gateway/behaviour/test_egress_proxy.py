@@ -10,9 +10,11 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.serving.gateway_stubs import Engine, OpenAIStub, reply_text
+from tests.serving.gateway.behaviour.test_cli import start_cli
 from tests.serving.gateway_stubs.egress import ConnectProxy, make_tls
-from tests.serving.test_gateway_cli import start_cli
+from tests.serving.gateway_stubs.engines import Engine
+from tests.serving.gateway_stubs.providers import OpenAIStub
+from tests.serving.gateway_stubs.replies import reply_text
 
 MODEL = "llama-3-8b"
 

@@ -20,8 +20,8 @@ from hedge_serving.gateway.routing import (
     ServingOptions,
 )
 from hedge_serving.simulator import RunningSimulator, SimulatorConfig, start_simulator
-from tests.serving.gateway_stubs import OpenAIStub
 from tests.serving.gateway_stubs.harness import Clients, start_test_gateway, wait_for
+from tests.serving.gateway_stubs.providers import OpenAIStub
 
 MODEL = "llama-3-8b"
 

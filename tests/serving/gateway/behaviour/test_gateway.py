@@ -13,8 +13,9 @@ import pytest
 from hedge_serving.gateway.app import RunningGateway
 from hedge_serving.gateway.proxy import ProxySettings
 from hedge_serving.gateway.routing import RouteSpec, ServingOptions
-from tests.serving.gateway_stubs import Engine, reply_text
+from tests.serving.gateway_stubs.engines import Engine
 from tests.serving.gateway_stubs.harness import Clients, start_test_gateway, wait_for
+from tests.serving.gateway_stubs.replies import reply_text
 
 MODEL = "llama-3-8b"
 

@@ -17,7 +17,7 @@ from hedge_core.api import ModelDeployment
 from hedge_serving.gateway.auth import ClientAuth, keys_from_secret, parse_keys_file
 from hedge_serving.gateway.discovery import Parsed, route_specs
 from hedge_serving.gateway.routing import RoutingTable
-from tests.serving.gateway_stubs import Engine
+from tests.serving.gateway_stubs.engines import Engine
 from tests.serving.gateway_stubs.harness import Clients, start_test_gateway
 
 MODEL = "llama"

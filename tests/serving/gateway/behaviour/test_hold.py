@@ -21,7 +21,7 @@ from hedge_serving.gateway.routing import (
     RouteSpec,
     ServingOptions,
 )
-from tests.serving.gateway_stubs import Engine
+from tests.serving.gateway_stubs.engines import Engine
 from tests.serving.gateway_stubs.harness import Clients, start_test_gateway, wait_for
 
 MODEL = "llama-3-8b"

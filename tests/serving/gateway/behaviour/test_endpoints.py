@@ -16,8 +16,10 @@ from hedge_serving.gateway.endpoints import Endpoint
 from hedge_serving.gateway.keys import LocalKeyStore
 from hedge_serving.gateway.proxy import ProxySettings
 from hedge_serving.gateway.routing import ProviderSpec, ProviderType, RouteSpec, SecretRef
-from tests.serving.gateway_stubs import AnthropicStub, Engine, OpenAIStub, reply_text
+from tests.serving.gateway_stubs.engines import Engine
 from tests.serving.gateway_stubs.harness import start_test_gateway
+from tests.serving.gateway_stubs.providers import AnthropicStub, OpenAIStub
+from tests.serving.gateway_stubs.replies import reply_text
 
 MODEL = "llama-3-8b"
 KEYS = LocalKeyStore({"K": "sk-x"})

@@ -18,8 +18,9 @@ from hedge_serving.gateway.keys import LocalKeyStore
 from hedge_serving.gateway.proxy import ProxySettings
 from hedge_serving.gateway.routing import ProviderSpec, ProviderType, RouteSpec, SecretRef
 from hedge_serving.simulator import RunningSimulator, SimulatorConfig, start_simulator
-from tests.serving.gateway_stubs import Engine, OpenAIStub
+from tests.serving.gateway_stubs.engines import Engine
 from tests.serving.gateway_stubs.harness import Clients, start_test_gateway
+from tests.serving.gateway_stubs.providers import OpenAIStub
 
 MODEL = "llama-3-8b"
 TOO_LONG = "This model's maximum context length is 8 tokens. However, you requested 99 tokens."

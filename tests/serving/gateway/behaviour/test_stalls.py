@@ -28,8 +28,10 @@ from hedge_serving.gateway.routing import (
     ServingOptions,
 )
 from hedge_serving.simulator import RunningSimulator, SimulatorConfig, start_simulator
-from tests.serving.gateway_stubs import Engine, OpenAIStub, reply_text
+from tests.serving.gateway_stubs.engines import Engine
 from tests.serving.gateway_stubs.harness import Clients, start_test_gateway
+from tests.serving.gateway_stubs.providers import OpenAIStub
+from tests.serving.gateway_stubs.replies import reply_text
 
 MODEL = "llama-3-8b"
 LIMITS = ProxySettings(

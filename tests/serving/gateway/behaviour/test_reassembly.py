@@ -22,7 +22,7 @@ from hedge_serving.gateway.app import RunningGateway
 from hedge_serving.gateway.routing import RouteSpec
 from hedge_serving.gateway.streams import Reassembler, can_reassemble, streamed_body
 from hedge_serving.simulator import RunningSimulator, SimulatorConfig, start_simulator
-from tests.serving.gateway_stubs import Engine
+from tests.serving.gateway_stubs.engines import Engine
 from tests.serving.gateway_stubs.harness import start_test_gateway
 
 MODEL = "llama-3-8b"
@@ -110,7 +110,8 @@ async def test_the_engine_is_asked_to_stream() -> None:
         await engine.stop()
 
 
-RECORDED = json.loads((Path(__file__).parent / "data" / "vllm-0.32.0-answers.json").read_text())
+DATA = Path(__file__).parents[2] / "data"  # tests/serving/data
+RECORDED = json.loads((DATA / "vllm-0.32.0-answers.json").read_text())
 
 
 STREAMABLE = sorted(c for c in RECORDED if can_reassemble(RECORDED[c]["request"]))

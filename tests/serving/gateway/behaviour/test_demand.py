@@ -23,7 +23,7 @@ from hedge_serving.gateway.routing import (
     RouteSpec,
     RoutingTable,
 )
-from tests.serving.gateway_stubs import Engine
+from tests.serving.gateway_stubs.engines import Engine
 from tests.serving.gateway_stubs.harness import Clients, start_test_gateway, wait_for
 
 KEY = ("team-a", "llama")

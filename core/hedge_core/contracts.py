@@ -1,0 +1,131 @@
+"""Pure: the names the gateway, the operator and the engines agree on, each spelled once.
+
+    what                                   written by                 read by
+    ─────────────────────────────────────  ─────────────────────────  ──────────────────────
+    gateway admin /metrics series and       gateway.metrics            operator signals
+      their labels (docs/contracts.md)        (prometheus_client)        (the scraper's parser)
+    vLLM's queue and KV-cache gauges        vLLM, the simulator        gateway.engine_metrics,
+                                                                         operator signals
+    who owns a bare model name that         -                          gateway.discovery
+      several ModelDeployments claim                                     (route order), operator
+                                                                         names (conflicts)
+
+A counter's name is its exposed sample name (`..._total`): prometheus_client strips the
+suffix when it registers a counter and adds it back on exposition, so the same string
+serves both sides. Histograms are named by family; their samples add `_bucket`, `_sum` and
+`_count`.
+
+Imports nothing but the standard library and `hedge_core.api` (for `unix_seconds`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hedge_core.api import unix_seconds
+
+# -- where /metrics is --------------------------------------------------------------------
+
+METRICS_PATH = "/metrics"  # gateways' admin port and engines alike
+ADMIN_PORT_NAME = "admin"  # the gateways' admin Service port, found through EndpointSlices
+
+# -- gateway series the operator scrapes ---------------------------------------------------
+
+NAMESPACE = "namespace"
+MODEL_DEPLOYMENT = "model_deployment"
+STATE = "state"
+REVISION = "revision"
+OUTCOME = "outcome"
+PROVIDER = "provider"
+
+#: gauge {namespace, model_deployment, state}: requests in flight at one gateway.
+DEMAND_IN_FLIGHT = "hedge_gateway_demand_in_flight"
+#: counter {namespace, model_deployment}: requests that arrived.
+DEMAND_ARRIVALS = "hedge_gateway_demand_arrivals_total"
+#: counter {namespace, model_deployment, revision, outcome}: self-hosted attempts.
+REVISION_REQUESTS = "hedge_gateway_revision_requests_total"
+#: histogram {namespace, model_deployment, revision}: time to first token.
+REVISION_TTFT = "hedge_gateway_revision_ttft_seconds"
+#: histogram {namespace, model_deployment, revision}: each request's mean inter-token gap.
+REVISION_ITL = "hedge_gateway_revision_itl_seconds"
+#: counter {namespace, model_deployment, provider}: tokens the fallback providers reported.
+FALLBACK_TOKENS = "hedge_gateway_fallback_tokens_total"
+
+MODEL_LABELS = (NAMESPACE, MODEL_DEPLOYMENT)
+REVISION_LABELS = (NAMESPACE, MODEL_DEPLOYMENT, REVISION)
+
+#: Each scraped series and its labels, in the order the gateway writes them.
+GATEWAY_SERIES: dict[str, tuple[str, ...]] = {
+    DEMAND_IN_FLIGHT: (*MODEL_LABELS, STATE),
+    DEMAND_ARRIVALS: MODEL_LABELS,
+    REVISION_REQUESTS: (*REVISION_LABELS, OUTCOME),
+    REVISION_TTFT: REVISION_LABELS,
+    REVISION_ITL: REVISION_LABELS,
+    FALLBACK_TOKENS: (*MODEL_LABELS, PROVIDER),
+}
+#: Line prefixes that select the scraped series on a gateway's page (and their comments).
+GATEWAY_PREFIXES = ("hedge_gateway_demand_", "hedge_gateway_revision_", FALLBACK_TOKENS)
+
+#: Values of `state`, by `DemandState` index: routed self-hosted, held while no engine pod
+#: is ready (scale from zero), served by a fallback provider.
+DEMAND_STATES = ("self_hosted", "held", "fallback")
+#: Values of `outcome`, by index (the gateway's revisions.SUCCESS, CLIENT_ERROR, ERROR).
+OUTCOMES = ("success", "client_error", "error")
+
+# -- vLLM's gauges -------------------------------------------------------------------------
+
+ENGINE_RUNNING = "vllm:num_requests_running"
+ENGINE_WAITING = "vllm:num_requests_waiting"
+ENGINE_KV_CACHE = "vllm:kv_cache_usage_perc"
+ENGINE_PREFIXES = (ENGINE_RUNNING, ENGINE_WAITING, ENGINE_KV_CACHE)
+
+# -- model-name ownership -------------------------------------------------------------------
+
+OwnershipKey = tuple[int, str, str]
+
+
+def created_seconds(creation_timestamp: Any) -> int:
+    """`metadata.creationTimestamp` in whole unix seconds, 0 when missing or unreadable.
+
+    Whole seconds because that is the API server's resolution: two objects created in the
+    same second are then ordered by namespace and name, on both sides alike."""
+    return int(unix_seconds(creation_timestamp) or 0)
+
+
+def ownership_key(created: float, namespace: str, name: str) -> OwnershipKey:
+    """The order that settles a bare model name several ModelDeployments claim: the least
+    key owns it — the oldest by `created` (unix seconds, compared whole: see
+    `created_seconds`), then by namespace, then by name. Total and stable: no two objects
+    share (namespace, name)."""
+    return (int(created), namespace, name)
+
+
+__all__ = [
+    "ADMIN_PORT_NAME",
+    "DEMAND_ARRIVALS",
+    "DEMAND_IN_FLIGHT",
+    "DEMAND_STATES",
+    "ENGINE_KV_CACHE",
+    "ENGINE_PREFIXES",
+    "ENGINE_RUNNING",
+    "ENGINE_WAITING",
+    "FALLBACK_TOKENS",
+    "GATEWAY_PREFIXES",
+    "GATEWAY_SERIES",
+    "METRICS_PATH",
+    "MODEL_DEPLOYMENT",
+    "MODEL_LABELS",
+    "NAMESPACE",
+    "OUTCOME",
+    "OUTCOMES",
+    "PROVIDER",
+    "REVISION",
+    "REVISION_ITL",
+    "REVISION_LABELS",
+    "REVISION_REQUESTS",
+    "REVISION_TTFT",
+    "STATE",
+    "OwnershipKey",
+    "created_seconds",
+    "ownership_key",
+]
