@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from hedge_core.contracts import DEMAND_STATES
+
 if TYPE_CHECKING:  # the rollout modules import this one
     from hedge_operator.dataplane.signals import RevisionStats
     from hedge_operator.rollout.machine import Decision
@@ -92,7 +94,7 @@ def forget_model(namespace: str, name: str) -> None:
     for gauge in _PER_MODEL:
         with contextlib.suppress(KeyError):
             gauge.remove(namespace, name)
-    for state in ("self_hosted", "held", "fallback"):
+    for state in DEMAND_STATES:
         with contextlib.suppress(KeyError):
             DEMAND_IN_FLIGHT.remove(namespace, name, state)
     for window in ("minute", "day"):

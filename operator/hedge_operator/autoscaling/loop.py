@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from hedge_core.api import ENGINE_PORT, ModelDeployment
+from hedge_core.contracts import DEMAND_STATES
 from hedge_operator import metrics
 from hedge_operator.autoscaling.step import DELETION_COST, ModelScaler, deletion_costs, pods_of
 from hedge_operator.dataplane.signals import Snapshot
@@ -59,7 +60,7 @@ async def tick(
     if decision.demand is not None:
         metrics.DEMAND.labels(*key).set(decision.demand)
     if signals is not None and signals.demand is not None:
-        for state in ("self_hosted", "held", "fallback"):
+        for state in DEMAND_STATES:
             metrics.DEMAND_IN_FLIGHT.labels(*key, state).set(signals.by_state.get(state, 0.0))
     if not step.write:
         return None

@@ -26,7 +26,7 @@ from typing import Any
 
 from hedge_core.api import AutoscalingSpec, ModelDeployment, rfc3339, unix_seconds
 from hedge_operator.autoscaling import policy as scaling
-from hedge_operator.dataplane.signals import EngineReading, ModelSignals
+from hedge_operator.dataplane.signals import EngineReading, ModelSignals, engine_metrics_url
 from hedge_operator.events import Event
 from hedge_operator.provisioning.observed import PodSummary
 
@@ -126,7 +126,7 @@ def deletion_costs(
     for pod in summaries:
         if pod.deleting or not pod.ready or not pod.ip:
             continue
-        reading = engines.get(f"http://{pod.ip}:{port}/metrics")
+        reading = engines.get(engine_metrics_url(pod.ip, port))
         costs[pod.name] = (
             1_000_000 if reading is None else math.ceil(reading.running + reading.waiting)
         )

@@ -21,7 +21,7 @@ from hedge_core.api import ENGINE_PORT
 from hedge_core.kube import ListWatch
 from hedge_operator import metrics
 from hedge_operator.dataplane.scraper import Scraper
-from hedge_operator.dataplane.signals import ModelKey, Snapshot, admin_urls
+from hedge_operator.dataplane.signals import ModelKey, Snapshot, admin_urls, engine_metrics_url
 from hedge_operator.kube import Kube
 from hedge_operator.provisioning.observed import PodSummary
 
@@ -48,7 +48,7 @@ def engine_urls(
     out: dict[ModelKey, list[str]] = {}
     for key in wanted:
         urls = [
-            f"http://{p.ip}:{ENGINE_PORT}/metrics"
+            engine_metrics_url(p.ip, ENGINE_PORT)
             for p in pods.get(key, ())
             if p.ready and p.ip and not p.deleting
         ]

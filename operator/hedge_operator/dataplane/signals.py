@@ -40,21 +40,27 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-DEMAND_IN_FLIGHT = "hedge_gateway_demand_in_flight"
-DEMAND_ARRIVALS = "hedge_gateway_demand_arrivals_total"
-REVISION_REQUESTS = "hedge_gateway_revision_requests_total"
-REVISION_TTFT = "hedge_gateway_revision_ttft_seconds"
-REVISION_ITL = "hedge_gateway_revision_itl_seconds"
-FALLBACK_TOKENS = "hedge_gateway_fallback_tokens_total"
-ENGINE_RUNNING = "vllm:num_requests_running"
-ENGINE_WAITING = "vllm:num_requests_waiting"
-ENGINE_KV_CACHE = "vllm:kv_cache_usage_perc"
-
-OUTCOMES = ("success", "client_error", "error")
-
-GATEWAY_PREFIXES = ("hedge_gateway_demand_", "hedge_gateway_revision_", FALLBACK_TOKENS)
-ENGINE_PREFIXES = (ENGINE_RUNNING, ENGINE_WAITING, ENGINE_KV_CACHE)
-ADMIN_PORT_NAME = "admin"
+from hedge_core.contracts import (
+    ADMIN_PORT_NAME,
+    DEMAND_ARRIVALS,
+    DEMAND_IN_FLIGHT,
+    ENGINE_KV_CACHE,
+    ENGINE_PREFIXES,
+    ENGINE_RUNNING,
+    ENGINE_WAITING,
+    FALLBACK_TOKENS,
+    GATEWAY_PREFIXES,
+    METRICS_PATH,
+    MODEL_DEPLOYMENT,
+    NAMESPACE,
+    OUTCOME,
+    OUTCOMES,
+    REVISION,
+    REVISION_ITL,
+    REVISION_REQUESTS,
+    REVISION_TTFT,
+    STATE,
+)
 
 ModelKey = tuple[str, str]  # (namespace, ModelDeployment name)
 RevisionKey = tuple[str, str, str]  # (namespace, ModelDeployment name, revision)
@@ -80,7 +86,7 @@ class GatewayReading:
 
 
 def _model(labels: Mapping[str, str]) -> ModelKey | None:
-    ns, name = labels.get("namespace"), labels.get("model_deployment")
+    ns, name = labels.get(NAMESPACE), labels.get(MODEL_DEPLOYMENT)
     return (ns, name) if ns is not None and name else None
 
 
@@ -112,7 +118,7 @@ def parse_gateway(text: str) -> GatewayReading:
             value = float(sample.value)
             if sample.name == DEMAND_IN_FLIGHT:
                 states = reading.in_flight.setdefault(model, {})
-                state = labels.get("state", "")
+                state = labels.get(STATE, "")
                 states[state] = states.get(state, 0.0) + value
                 continue
             if sample.name == DEMAND_ARRIVALS:
@@ -120,9 +126,9 @@ def parse_gateway(text: str) -> GatewayReading:
             elif sample.name == FALLBACK_TOKENS:
                 key = ("fallback_tokens", *model)
             else:
-                revision = labels.get("revision", "")
+                revision = labels.get(REVISION, "")
                 if sample.name == REVISION_REQUESTS:
-                    key = ("requests", *model, revision, labels.get("outcome", ""))
+                    key = ("requests", *model, revision, labels.get(OUTCOME, ""))
                 else:
                     kind = "ttft" if sample.name.startswith(REVISION_TTFT) else "itl"
                     suffix = sample.name.rsplit("_", 1)[1]
@@ -168,7 +174,7 @@ def admin_urls(slices: Iterable[Mapping[str, Any]], port_name: str = ADMIN_PORT_
         for endpoint in slice_.get("endpoints") or []:
             for addr in (endpoint.get("addresses") or [])[:1]:
                 host = f"[{addr}]" if v6 else addr
-                urls.add(f"http://{host}:{port}/metrics")
+                urls.add(f"http://{host}:{port}{METRICS_PATH}")
     return sorted(urls)
 
 
@@ -258,13 +264,18 @@ class RevisionStats:
         )
 
 
+def engine_metrics_url(ip: str, port: int) -> str:
+    """Where an engine pod's /metrics is (the scraper's key for its reading)."""
+    return f"http://{ip}:{port}{METRICS_PATH}"
+
+
 def revision_stats(counters: Counters, key: RevisionKey) -> RevisionStats:
     """Cumulative stats of one revision, over every gateway replica."""
-    outcomes = {o: counters.total(("requests", *key, o)) for o in OUTCOMES}
+    success, client_error, error = (counters.total(("requests", *key, o)) for o in OUTCOMES)
     return RevisionStats(
-        requests=sum(outcomes.values()),
-        errors=outcomes["error"],
-        client_errors=outcomes["client_error"],
+        requests=success + client_error + error,
+        errors=error,
+        client_errors=client_error,
         ttft_sum=counters.total(("ttft_sum", *key)),
         ttft_count=counters.total(("ttft_count", *key)),
         itl_sum=counters.total(("itl_sum", *key)),

@@ -15,7 +15,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hedge_core.api import ModelDeployment, SpecError, unix_seconds
+from hedge_core.api import ModelDeployment, SpecError
+from hedge_core.contracts import OwnershipKey, created_seconds, ownership_key
 from hedge_operator.provisioning.validation import Problem
 
 MODEL_NAME_CONFLICT = "ModelNameConflict"
@@ -29,12 +30,8 @@ class Claim:
     names: frozenset[str]
 
     @property
-    def order(self) -> tuple[float, str, str]:
-        return (self.created, self.namespace, self.name)
-
-
-def _created(meta: Mapping[str, Any]) -> float:
-    return unix_seconds(meta.get("creationTimestamp")) or 0.0
+    def order(self) -> OwnershipKey:
+        return ownership_key(self.created, self.namespace, self.name)
 
 
 def claim_of(body: Mapping[str, Any], *, deleting: bool = False) -> Claim | None:
@@ -48,8 +45,8 @@ def claim_of(body: Mapping[str, Any], *, deleting: bool = False) -> Claim | None
     except SpecError:
         return None
     names = frozenset({md.served_model, *(a.name for a in md.spec.adapters)})
-    # Whole seconds, as the gateway compares them.
-    return Claim(md.namespace, md.name, float(int(_created(meta))), names)
+    created = float(created_seconds(meta.get("creationTimestamp")))
+    return Claim(md.namespace, md.name, created, names)
 
 
 def owners(claims: Iterable[Claim]) -> dict[str, Claim]:
