@@ -24,11 +24,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hedge_core.api import AutoscalingSpec, ModelDeployment, rfc3339, unix_seconds
+from hedge_core.api import (
+    AutoscalingSpec,
+    AutoscalingStatus,
+    ModelDeployment,
+    rfc3339,
+    unix_seconds,
+)
 from hedge_operator.autoscaling import policy as scaling
 from hedge_operator.dataplane.signals import EngineReading, ModelSignals, engine_metrics_url
 from hedge_operator.events import Event
 from hedge_operator.provisioning.observed import PodSummary
+from hedge_operator.statuses import read, write
 
 #: Seconds between two decisions of one model (the kopf timer's interval).
 TICK = 1.0
@@ -62,8 +69,8 @@ def effective_replicas(md: ModelDeployment, autoscaling: Mapping[str, Any] | Non
     if spec is None:
         return md.spec.replicas
     policy = policy_of(spec)
-    desired = (autoscaling or {}).get("desiredReplicas")
-    if isinstance(desired, int) and not isinstance(desired, bool):
+    desired = read(AutoscalingStatus, autoscaling).desired_replicas
+    if desired is not None:
         return policy.clamp(desired)
     return policy.clamp(md.spec.replicas)
 
@@ -71,13 +78,15 @@ def effective_replicas(md: ModelDeployment, autoscaling: Mapping[str, Any] | Non
 def initial_status(md: ModelDeployment, now: str) -> dict[str, Any]:
     """status.autoscaling of a model the autoscaler has not decided on yet."""
     replicas = effective_replicas(md, None)
-    return {
-        "desiredReplicas": replicas,
-        "reason": INITIAL,
-        "message": f"starting at {replicas} replica(s) (spec.replicas within "
-        "minReplicas..maxReplicas) until the first decision",
-        "lastScaleTime": now,
-    }
+    return write(
+        AutoscalingStatus(
+            desired_replicas=replicas,
+            reason=INITIAL,
+            message=f"starting at {replicas} replica(s) (spec.replicas within "
+            "minReplicas..maxReplicas) until the first decision",
+            last_scale_time=now,
+        )
+    )
 
 
 def current_status(
@@ -95,7 +104,7 @@ def current_status(
         return None
     if latest is not None:
         return latest
-    if isinstance(kept, Mapping) and "desiredReplicas" in kept:
+    if isinstance(kept, Mapping) and read(AutoscalingStatus, kept).desired_replicas is not None:
         return dict(kept)
     return initial_status(md, now)
 
@@ -152,7 +161,7 @@ class ModelScaler:
     """One ModelDeployment's windows and the last status block it produced."""
 
     windows: scaling.Autoscaler = field(default_factory=scaling.Autoscaler)
-    block: dict[str, Any] | None = None
+    block: AutoscalingStatus | None = None
     written_at: float = -math.inf
     #: When a request was last seen, to the tick (status keeps it to the second, and only
     #: every few seconds: it is what a restarted operator starts from).
@@ -172,11 +181,9 @@ class ModelScaler:
         spec = md.spec.autoscaling
         assert spec is not None
         policy = policy_of(spec)
-        block = dict(self.block or status.get("autoscaling") or {})
-        current = effective_replicas(md, block)
-        memory = self.memory or scaling.Memory(
-            last_active=unix_seconds(block.get("lastRequestTime"))
-        )
+        block = self.block or read(AutoscalingStatus, status.get("autoscaling"))
+        current = effective_replicas(md, write(block))
+        memory = self.memory or scaling.Memory(last_active=unix_seconds(block.last_request_time))
 
         if signals is None:
             demand, arrivals, complete = None, 0.0, True
@@ -185,66 +192,77 @@ class ModelScaler:
         self.windows.observe(scaling.Observation(now, demand, arrivals, complete))
         decision = self.windows.decide(policy, current, pods, memory, now)
         self.memory = decision.memory
-        message = decision.message
-        if decision.reason == scaling.NO_DATA:
-            if signals is None:
-                message += "; no gateway to read (hedge operator --gateway-service)"
-            elif unreadable:
-                message += f"; unreadable: {', '.join(unreadable[:3])}"
-                if len(unreadable) > 3:
-                    message += f" and {len(unreadable) - 3} more"
-
-        new: dict[str, Any] = {
-            "desiredReplicas": decision.desired,
-            "reason": decision.reason,
-            "message": message[:1024],
-        }
-        if decision.demand is not None:
-            new["demand"] = round(decision.demand, 2)
         scaled = decision.desired != current
-        last_scale = rfc3339(now) if scaled else block.get("lastScaleTime")
-        if last_scale:
-            new["lastScaleTime"] = last_scale
         last_active = decision.memory.last_active
-        if last_active is not None:
-            new["lastRequestTime"] = rfc3339(last_active)
+        new = AutoscalingStatus(
+            desired_replicas=decision.desired,
+            reason=decision.reason,
+            message=_explained(decision, signals, unreadable)[:1024],
+            demand=round(decision.demand, 2) if decision.demand is not None else None,
+            last_scale_time=(rfc3339(now) if scaled else block.last_scale_time) or None,
+            last_request_time=rfc3339(last_active) if last_active is not None else None,
+        )
+        if self._must_write(policy, block, new, scaled, last_active, now):
+            self.written_at = now
+            self.block = new
+            return Step(decision, write(new), True, current)
+        return Step(decision, write(block), False, current)
 
-        # Writes: at once when the count changes or the metrics fail or come back; the
-        # rest (numbers, the last request) at most every STATUS_REFRESH seconds, and the
-        # last request soon enough that a restarted operator does not scale to zero early.
-        was_active = unix_seconds(block.get("lastRequestTime"))
+    def _must_write(
+        self,
+        policy: scaling.Policy,
+        block: AutoscalingStatus,
+        new: AutoscalingStatus,
+        scaled: bool,
+        last_active: float | None,
+        now: float,
+    ) -> bool:
+        """At once when the count changes or the metrics fail or come back; the rest (the
+        numbers, the last request) at most every STATUS_REFRESH seconds, and the last
+        request soon enough that a restarted operator does not scale to zero early."""
+        was_active = unix_seconds(block.last_request_time)
         stale_activity = last_active is not None and (
             was_active is None
             or last_active - was_active > min(STATUS_REFRESH, policy.scale_to_zero_after / 4)
         )
-        no_data_changed = (block.get("reason") == scaling.NO_DATA) != (
-            decision.reason == scaling.NO_DATA
-        )
-        write = (
+        no_data_changed = (block.reason == scaling.NO_DATA) != (new.reason == scaling.NO_DATA)
+        return (
             scaled
             or no_data_changed
             or stale_activity
             or (new != block and now - self.written_at >= STATUS_REFRESH)
-            or block.get("reason") == INITIAL
+            or block.reason == INITIAL
         )
-        if write:
-            self.written_at = now
-            self.block = new
-        return Step(decision, new if write else block, write, current)
+
+
+def _explained(
+    decision: scaling.Decision, signals: ModelSignals | None, unreadable: Sequence[str]
+) -> str:
+    """The decision's message, and why there are no metrics when there are none."""
+    message = decision.message
+    if decision.reason != scaling.NO_DATA:
+        return message
+    if signals is None:
+        return message + "; no gateway to read (hedge operator --gateway-service)"
+    if unreadable:
+        message += f"; unreadable: {', '.join(unreadable[:3])}"
+        if len(unreadable) > 3:
+            message += f" and {len(unreadable) - 3} more"
+    return message
 
 
 def autoscaling_events(previous: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[Event]:
     """An Event on every change of the replica count, with the numbers; a Warning when the
     autoscaler loses its metrics."""
-    before = (previous or {}).get("autoscaling") or {}
-    after = new.get("autoscaling") or {}
-    if not after:
+    if not new.get("autoscaling"):
         return []
+    before = read(AutoscalingStatus, (previous or {}).get("autoscaling"))
+    after = read(AutoscalingStatus, new.get("autoscaling"))
     events: list[Event] = []
-    was, now = before.get("desiredReplicas"), after.get("desiredReplicas")
-    reason = str(after.get("reason") or "")
+    was, now = before.desired_replicas, after.desired_replicas
+    reason = after.reason or ""
     if was is not None and now is not None and was != now and reason in SCALE_REASONS:
-        events.append(Event("Normal", reason, f"{was} → {now} replica(s): {after['message']}"))
-    if reason == scaling.NO_DATA and before.get("reason") != scaling.NO_DATA:
-        events.append(Event("Warning", scaling.NO_DATA, str(after.get("message") or "")))
+        events.append(Event("Normal", reason, f"{was} → {now} replica(s): {after.message}"))
+    if reason == scaling.NO_DATA and before.reason != scaling.NO_DATA:
+        events.append(Event("Warning", scaling.NO_DATA, after.message or ""))
     return events
