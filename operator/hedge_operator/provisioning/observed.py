@@ -12,6 +12,16 @@ from typing import Any
 
 from hedge_core.api import REVISION_LABEL
 
+# Which pod problem to report when pods show several: the most actionable first.
+PROBLEM_ORDER = (
+    "ImagePullBackOff",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "CrashLoopBackOff",
+    "Unschedulable",
+)
+
+
 # Container waiting reasons that mean the pod will not get ready without a change.
 # Image pull errors report as ImagePullBackOff whichever of the two the kubelet shows.
 WAITING_PROBLEMS = {

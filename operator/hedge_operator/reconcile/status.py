@@ -21,8 +21,14 @@ from hedge_operator.config import GPU_RESOURCE
 from hedge_operator.events import Event
 from hedge_operator.provisioning.builders import selector_string, service_url
 from hedge_operator.provisioning.names import MODEL_NAME_CONFLICT
-from hedge_operator.provisioning.observed import DeploymentSummary, Observed, PodProblem
+from hedge_operator.provisioning.observed import (
+    PROBLEM_ORDER,
+    DeploymentSummary,
+    Observed,
+    PodProblem,
+)
 from hedge_operator.provisioning.validation import Problem
+from hedge_operator.rollout.convert import RolloutReport
 
 INSUFFICIENT_GPUS = "InsufficientGPUs"
 
@@ -39,32 +45,12 @@ ROLLOUT_PAUSED = "RolloutPaused"
 #: Degraded reasons that nothing but a change of spec (or a person) will clear.
 STALLED_REASONS = frozenset({ROLLOUT_ABORTED, "ProgressDeadlineExceeded"})
 
-# Which pod problem to report when pods show several: the most actionable first.
-PROBLEM_ORDER = (
-    "ImagePullBackOff",
-    "CreateContainerConfigError",
-    "CreateContainerError",
-    "CrashLoopBackOff",
-    "Unschedulable",
-)
-
 
 @dataclass(frozen=True)
 class ObjectRef:
     name: str
     namespace: str
     generation: int
-
-
-@dataclass(frozen=True)
-class RolloutReport:
-    """What the rollout state machine says, for the conditions."""
-
-    active: bool  # pods are moving between revisions, or a canary runs
-    paused: bool  # held by spec.rollout.paused or the pause annotation
-    aborted: str | None  # why the spec's revision was aborted (None: it was not)
-    message: str  # the state machine's one line
-    stable: str | None = None
 
 
 def _condition(

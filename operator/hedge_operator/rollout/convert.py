@@ -14,20 +14,23 @@ from __future__ import annotations
 import datetime
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from hedge_core.api import (
     ABORT_ANNOTATION,
     PAUSE_ANNOTATION,
     PROMOTE_ANNOTATION,
     RETRY_ANNOTATION,
+    AnalysisStatus,
+    RevisionMetrics,
+    RolloutStatus,
 )
 from hedge_operator.dataplane.signals import Counters, RevisionStats, revision_stats
 from hedge_operator.events import Event
-from hedge_operator.provisioning.observed import Observed, PodSummary
-from hedge_operator.reconcile.status import PROBLEM_ORDER, RolloutReport
+from hedge_operator.provisioning.observed import PROBLEM_ORDER, Observed, PodSummary
 from hedge_operator.rollout import machine as rollout
 from hedge_operator.rollout.machine import Commands, Decision, Revision, State, Verdict
+from hedge_operator.statuses import read, write
 
 UNSCHEDULABLE = "Unschedulable"
 COMMANDS = (
@@ -35,6 +38,17 @@ COMMANDS = (
     ("abort", ABORT_ANNOTATION),
     ("retry", RETRY_ANNOTATION),
 )
+
+
+@dataclass(frozen=True)
+class RolloutReport:
+    """What the rollout state machine says, for the conditions."""
+
+    active: bool  # pods are moving between revisions, or a canary runs
+    paused: bool  # held by spec.rollout.paused or the pause annotation
+    aborted: str | None  # why the spec's revision was aborted (None: it was not)
+    message: str  # the state machine's one line
+    stable: str | None = None
 
 
 # --------------------------------------------------------------------------------- time
@@ -116,20 +130,15 @@ def revisions_from(observed: Observed) -> dict[str, Revision]:
 
 
 def state_from(status_rollout: Mapping[str, Any] | None) -> State:
-    r = status_rollout or {}
-
-    def text(key: str) -> str | None:
-        value = r.get(key)
-        return str(value) if value else None
-
+    r = read(RolloutStatus, status_rollout)
     return State(
-        stable=text("stableRevision"),
-        canary=text("canaryRevision"),
-        step=int(r.get("step") or 0),
-        weight=int(r.get("canaryWeight") or 0),
-        step_started=parse_time(r.get("stepStartTime")),
-        aborted=text("abortedRevision"),
-        abort_reason=text("abortReason"),
+        stable=r.stable_revision or None,
+        canary=r.canary_revision or None,
+        step=r.step or 0,
+        weight=r.canary_weight or 0,
+        step_started=parse_time(r.step_start_time),
+        aborted=r.aborted_revision or None,
+        abort_reason=r.abort_reason or None,
     )
 
 
@@ -203,25 +212,27 @@ def windows(
 # ------------------------------------------------------------------------------- status
 
 
-def _metrics(stats: RevisionStats) -> dict[str, Any]:
-    out: dict[str, Any] = {"requests": int(stats.requests)}
-    if stats.error_rate is not None:
-        out["errorRatePercent"] = round(stats.error_rate * 100, 2)
-    if stats.ttft_mean is not None:
-        out["ttftMeanSeconds"] = round(stats.ttft_mean, 4)
-    if stats.itl_mean is not None:
-        out["itlMeanSeconds"] = round(stats.itl_mean, 5)
-    return out
+def _metrics(stats: RevisionStats) -> RevisionMetrics:
+    def rounded(value: float | None, digits: int) -> float | None:
+        return None if value is None else round(value, digits)
+
+    rate = stats.error_rate
+    return RevisionMetrics(
+        requests=int(stats.requests),
+        error_rate_percent=None if rate is None else round(rate * 100, 2),
+        ttft_mean_seconds=rounded(stats.ttft_mean, 4),
+        itl_mean_seconds=rounded(stats.itl_mean, 5),
+    )
 
 
-def analysis_status(verdict: Verdict, now: str) -> dict[str, Any]:
-    return {
-        "time": now,
-        "verdict": verdict.verdict,
-        "message": verdict.message[:1024],
-        "canary": _metrics(verdict.canary),
-        "stable": _metrics(verdict.stable),
-    }
+def analysis_status(verdict: Verdict, now: str) -> AnalysisStatus:
+    return AnalysisStatus(
+        time=now,
+        verdict=cast(Any, verdict.verdict),  # one of Verdict's three values
+        message=verdict.message[:1024],
+        canary=_metrics(verdict.canary),
+        stable=_metrics(verdict.stable),
+    )
 
 
 def rollout_status(
@@ -239,40 +250,40 @@ def rollout_status(
     A judgement that still waits for requests is recorded once per step: its counts change
     every tick, and writing status every tick would cost an API write per second per
     ModelDeployment (the operator's metrics carry the live numbers)."""
-    previous = previous or {}
+    before = read(RolloutStatus, previous)
     state = decision.state
-    out: dict[str, Any] = {"strategy": strategy}
-    if state.stable:
-        out["stableRevision"] = state.stable
     in_rollout = state.canary is not None and state.canary == target
-    if state.canary:
-        out["canaryRevision"] = state.canary
-        if strategy == rollout.CANARY:
-            out["step"] = state.step
-            out["canaryWeight"] = decision.weight or 0
-            if state.step_started is not None:
-                out["stepStartTime"] = format_time(state.step_started)
-        if paused:
-            out["paused"] = True
-    if state.aborted:
-        out["abortedRevision"] = state.aborted
-        if state.abort_reason:
-            out["abortReason"] = state.abort_reason[:1024]
-    last = previous.get("lastAnalysis")
+    canary_steps = bool(state.canary) and strategy == rollout.CANARY
+    step_start = (
+        format_time(state.step_started) if canary_steps and state.step_started is not None else None
+    )
+    last = before.last_analysis
     verdict = decision.verdict
     if verdict is not None:
         same_wait = (
             verdict.verdict == rollout.INCONCLUSIVE
-            and isinstance(last, Mapping)
-            and last.get("verdict") == rollout.INCONCLUSIVE
-            and previous.get("stepStartTime") == out.get("stepStartTime")
+            and last is not None
+            and last.verdict == rollout.INCONCLUSIVE
+            and before.step_start_time == step_start
         )
         if not same_wait:
             last = analysis_status(verdict, now)
-    if last:
-        out["lastAnalysis"] = last
-    if handled:
-        out["handledCommands"] = dict(handled)
+    status = RolloutStatus(
+        strategy=strategy,
+        stable_revision=state.stable or None,
+        canary_revision=state.canary or None,
+        step=state.step if canary_steps else None,
+        canary_weight=(decision.weight or 0) if canary_steps else None,
+        step_start_time=step_start,
+        paused=True if state.canary and paused else None,
+        aborted_revision=state.aborted or None,
+        abort_reason=state.abort_reason[:1024] if state.aborted and state.abort_reason else None,
+        last_analysis=last,
+        handled_commands=dict(handled),
+    )
+    out = write(status)
+    if not handled:
+        del out["handledCommands"]  # status leaves an empty map out
     report = RolloutReport(
         active=in_rollout or decision.progressing,
         paused=paused and in_rollout,
@@ -287,7 +298,7 @@ def events_for(
 ) -> list[Event]:
     """The decision's Events, the ignored commands, and pause/resume transitions."""
     events = [*seen.events, *decision.events]
-    was = bool((previous or {}).get("paused"))
+    was = bool(read(RolloutStatus, previous).paused)
     canary = decision.state.canary
     if canary is not None and paused != was:
         if paused:

@@ -20,9 +20,9 @@ from hedge_operator import metrics
 from hedge_operator.dataplane.signals import RevisionStats
 from hedge_operator.events import Event
 from hedge_operator.provisioning.observed import Observed
-from hedge_operator.reconcile.status import RolloutReport
 from hedge_operator.rollout import convert
 from hedge_operator.rollout import machine as rollout
+from hedge_operator.rollout.convert import RolloutReport
 
 log = logging.getLogger(__name__)
 
