@@ -34,6 +34,7 @@ from hedge_core.api import (
     MD_LABEL,
     PLURAL,
     VERSION,
+    ModelDeploymentStatus,
 )
 from hedge_operator import metrics
 from hedge_operator.autoscaling.step import TICK
@@ -42,6 +43,7 @@ from hedge_operator.provisioning.observed import strip, summarize_pod
 from hedge_operator.provisioning.validation import Problem
 from hedge_operator.reconcile.outcome import Outcome
 from hedge_operator.runtime import RETRY_DELAY, Indexes, Key, Nudger, Runtime, runtime
+from hedge_operator.statuses import read
 
 __all__ = ["Indexes", "Nudger", "Runtime"]
 
@@ -268,7 +270,7 @@ async def model_event(
     # Spec changes go to `reconcile`; this re-checks status after other writes settle (a
     # status written by a slower path must not stay stale).
     generation = body.get("metadata", {}).get("generation")
-    if body.get("status", {}).get("observedGeneration") == generation:
+    if read(ModelDeploymentStatus, body.get("status")).observed_generation == generation:
         rt.nudger.nudge((namespace or "", name))
 
 

@@ -35,7 +35,7 @@ from hedge_operator.autoscaling import policy as scaling
 from hedge_operator.dataplane.signals import EngineReading, ModelSignals, engine_metrics_url
 from hedge_operator.events import Event
 from hedge_operator.provisioning.observed import PodSummary
-from hedge_operator.statuses import read, write
+from hedge_operator.statuses import AUTOSCALING, read, write
 
 #: Seconds between two decisions of one model (the kopf timer's interval).
 TICK = 1.0
@@ -97,7 +97,7 @@ def current_status(
 ) -> dict[str, Any] | None:
     """status.autoscaling: the autoscaler's newest decision (`latest`), else what status
     holds, else the count a new model starts at; none without spec.autoscaling."""
-    kept = previous.get("autoscaling")
+    kept = previous.get(AUTOSCALING)
     if md is None:
         return dict(kept) if isinstance(kept, Mapping) else None
     if md.spec.autoscaling is None:
@@ -181,7 +181,7 @@ class ModelScaler:
         spec = md.spec.autoscaling
         assert spec is not None
         policy = policy_of(spec)
-        block = self.block or read(AutoscalingStatus, status.get("autoscaling"))
+        block = self.block or read(AutoscalingStatus, status.get(AUTOSCALING))
         current = effective_replicas(md, write(block))
         memory = self.memory or scaling.Memory(last_active=unix_seconds(block.last_request_time))
 
@@ -254,10 +254,10 @@ def _explained(
 def autoscaling_events(previous: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[Event]:
     """An Event on every change of the replica count, with the numbers; a Warning when the
     autoscaler loses its metrics."""
-    if not new.get("autoscaling"):
+    if not new.get(AUTOSCALING):
         return []
-    before = read(AutoscalingStatus, (previous or {}).get("autoscaling"))
-    after = read(AutoscalingStatus, new.get("autoscaling"))
+    before = read(AutoscalingStatus, (previous or {}).get(AUTOSCALING))
+    after = read(AutoscalingStatus, new.get(AUTOSCALING))
     events: list[Event] = []
     was, now = before.desired_replicas, after.desired_replicas
     reason = after.reason or ""

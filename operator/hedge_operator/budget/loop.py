@@ -14,7 +14,7 @@ from hedge_core.api import FallbackBudget, FallbackBudgetStatus
 from hedge_operator import metrics
 from hedge_operator.budget.windows import BudgetWindows
 from hedge_operator.dataplane.signals import Snapshot
-from hedge_operator.statuses import read
+from hedge_operator.statuses import FALLBACK_BUDGET, read
 
 Key = tuple[str, str]
 
@@ -31,7 +31,7 @@ def tick(
     total = None
     if snapshot is not None and snapshot.gateways_read:
         total = snapshot.counters.total(("fallback_tokens", *key))
-    block, write = windows.step(budget, total, status.get("fallbackBudget") or {}, now)
+    block, write = windows.step(budget, total, status.get(FALLBACK_BUDGET) or {}, now)
     spent = read(FallbackBudgetStatus, block)
     metrics.FALLBACK_TOKENS.labels(*key, "minute").set(spent.minute_tokens or 0)
     metrics.FALLBACK_TOKENS.labels(*key, "day").set(spent.day_tokens or 0)

@@ -24,7 +24,7 @@ from hedge_core.api import (
     unix_seconds,
 )
 from hedge_operator.events import Event
-from hedge_operator.statuses import read, write
+from hedge_operator.statuses import FALLBACK_BUDGET, read, write
 
 MINUTE = 60.0
 DAY = 86400.0
@@ -118,10 +118,10 @@ def budget_events(
     budget: FallbackBudget | None, previous: Mapping[str, Any] | None, new: Mapping[str, Any]
 ) -> list[Event]:
     """A Warning when spilling stops for a spent budget, and a Normal Event when it resumes."""
-    if budget is None or not new.get("fallbackBudget"):
+    if budget is None or not new.get(FALLBACK_BUDGET):
         return []
-    before = read(FallbackBudgetStatus, (previous or {}).get("fallbackBudget"))
-    after = read(FallbackBudgetStatus, new.get("fallbackBudget"))
+    before = read(FallbackBudgetStatus, (previous or {}).get(FALLBACK_BUDGET))
+    after = read(FallbackBudgetStatus, new.get(FALLBACK_BUDGET))
     was, now = before.exhausted_until, after.exhausted_until
     if now and now != was:
         if budget.tokens_per_day is not None and (after.day_tokens or 0) >= budget.tokens_per_day:
@@ -149,7 +149,7 @@ def current_status(
 ) -> dict[str, Any] | None:
     """status.fallbackBudget: the newest windows (`latest`), else what status holds; none
     without spec.fallback.budget."""
-    kept = previous.get("fallbackBudget")
+    kept = previous.get(FALLBACK_BUDGET)
     if md is None:
         return dict(kept) if isinstance(kept, Mapping) else None
     if md.spec.fallback is None or md.spec.fallback.budget is None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from hedge_core.api import REVISION_LABEL, ModelDeployment
+from hedge_core.api import REVISION_LABEL, ModelDeployment, ModelDeploymentStatus
 from hedge_operator.config import OperatorConfig
 from hedge_operator.events import Event
 from hedge_operator.provisioning.builders import (
@@ -31,6 +31,7 @@ from hedge_operator.provisioning.builders import (
     content_hash,
 )
 from hedge_operator.provisioning.observed import Observed
+from hedge_operator.statuses import read
 
 APPLIED_HASH = "hedge.dev/applied-hash"
 
@@ -269,7 +270,8 @@ def drift_events(
 ) -> list[Event]:
     """Repairs of children changed or deleted by someone else, once this generation had been
     reconciled (creating children for a new spec is not drift)."""
-    settled = previous.get("observedGeneration") == generation
+    was = read(ModelDeploymentStatus, previous)
+    settled = was.observed_generation == generation
     events: list[Event] = []
     for action in actions:
         if not isinstance(action, Apply):
@@ -288,8 +290,7 @@ def drift_events(
             and settled
             and (
                 kind != "Deployment"
-                or previous.get("revision")
-                == action.manifest["metadata"]["labels"].get("hedge.dev/revision")
+                or was.revision == action.manifest["metadata"]["labels"].get("hedge.dev/revision")
             )
         ):
             # A new revision's Deployment is not drift; the current one missing is.

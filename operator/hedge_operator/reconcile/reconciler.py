@@ -251,13 +251,9 @@ class Reconciler:
             rollout=moved.status if moved else None,
             report=moved.report if moved else None,
             name_conflict=None if mine is None else conflict(mine, self.claims()),
+            autoscaling=self._autoscaling(md, previous, mem, now),
+            fallback_budget=budget.current_status(md, previous, mem.fallback_budget),
         )
-        scaled = self._autoscaling(md, previous, mem, now)
-        if scaled is not None:
-            status["autoscaling"] = scaled
-        spent = budget.current_status(md, previous, mem.fallback_budget)
-        if spent is not None:
-            status["fallbackBudget"] = spent
         events = list(moved.events if moved else [])
         events += transition_events(previous, status)
         events += autoscaling.autoscaling_events(previous, status)

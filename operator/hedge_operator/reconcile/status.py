@@ -12,11 +12,18 @@ an invalid spec, a progress deadline passed).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, cast
 
-from hedge_core.api import ModelDeployment
+from hedge_core.api import (
+    AutoscalingStatus,
+    Condition,
+    FallbackBudgetStatus,
+    ModelDeployment,
+    ModelDeploymentStatus,
+    RolloutStatus,
+)
 from hedge_operator.config import GPU_RESOURCE
 from hedge_operator.events import Event
 from hedge_operator.provisioning.builders import selector_string, service_url
@@ -29,6 +36,7 @@ from hedge_operator.provisioning.observed import (
 )
 from hedge_operator.provisioning.validation import Problem
 from hedge_operator.rollout.convert import RolloutReport
+from hedge_operator.statuses import read, write
 
 INSUFFICIENT_GPUS = "InsufficientGPUs"
 
@@ -53,28 +61,35 @@ class ObjectRef:
     generation: int
 
 
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
 def _condition(
     type_: str,
     status: str,
     reason: str,
     message: str,
     generation: int,
-    previous: Mapping[str, Mapping[str, Any]],
+    previous: Mapping[str, Condition],
     now: str,
-) -> dict[str, Any]:
+) -> Condition:
     before = previous.get(type_)
-    if before is not None and before.get("status") == status and before.get("lastTransitionTime"):
-        since = str(before["lastTransitionTime"])
+    if before is not None and before.status == status and before.last_transition_time:
+        since = before.last_transition_time
     else:
         since = now
-    return {
-        "type": type_,
-        "status": status,
-        "reason": reason,
-        "message": message[:4096],
-        "lastTransitionTime": since,
-        "observedGeneration": generation,
-    }
+    return Condition(
+        type=type_,
+        status=cast(ConditionStatus, status),
+        reason=reason,
+        message=message[:4096],
+        last_transition_time=since,
+        observed_generation=generation,
+    )
+
+
+#: Builds one condition of this generation from (type, status, reason, message).
+Cond = Callable[[str, str, str, str], Condition]
 
 
 def worst_pod_problem(observed: Observed, revision: str | None) -> PodProblem | None:
@@ -134,6 +149,8 @@ def compute_status(
     rollout: Mapping[str, Any] | None = None,
     report: RolloutReport | None = None,
     name_conflict: Problem | None = None,
+    autoscaling: Mapping[str, Any] | None = None,
+    fallback_budget: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The full `.status` for this generation. `md` is None when the spec does not parse;
     `problem` is the spec-level problem (invalid spec, missing Secret, failed apply);
@@ -142,96 +159,100 @@ def compute_status(
     the rollout state machine left it (None: keep what was there) and `report` what it says
     for the conditions; `name_conflict` an older ModelDeployment owning a name this one
     claims (the pods run and serve the qualified name, but Ready is False: the bare name
-    does not reach them, and Stalled is True: only a person can settle it)."""
-    previous = previous or {}
-    prev_conditions = {
-        str(c.get("type")): c for c in previous.get("conditions") or [] if isinstance(c, Mapping)
-    }
+    does not reach them, and Stalled is True: only a person can settle it).
+    `autoscaling` and `fallback_budget` are those blocks as their loops last said them."""
+    before = read(ModelDeploymentStatus, previous)
+    prev_conditions = {c.type: c for c in before.conditions}
     deployments = observed.deployment_summaries()
     current = next((d for d in deployments if revision and d.revision == revision), None)
     olds = [d for d in deployments if d is not current]
 
-    status: dict[str, Any] = {
-        "observedGeneration": ref.generation,
-        "replicas": sum(d.replicas for d in deployments),
-        "readyReplicas": sum(d.ready for d in deployments),
-        "updatedReplicas": current.replicas if current else 0,
-        "availableReplicas": current.available if current else 0,
-        "selector": selector_string(ref.name),
-    }
-    if revision is not None:
-        status["revision"] = revision
-    elif previous.get("revision"):
-        status["revision"] = previous["revision"]
-    if md is not None:
-        status["servedModel"] = md.served_model
-        status["url"] = service_url(md)
-        if md.spec.fallback is not None:
-            status["fallback"] = ",".join(p.type for p in md.spec.fallback.providers)
-    else:
-        for key in ("servedModel", "url", "fallback"):
-            if previous.get(key):
-                status[key] = previous[key]
-
-    if rollout is not None:
-        status["rollout"] = dict(rollout)
-    elif previous.get("rollout"):
-        status["rollout"] = previous["rollout"]
-
-    def cond(type_: str, value: str, reason: str, message: str) -> dict[str, Any]:
+    def cond(type_: str, value: str, reason: str, message: str) -> Condition:
         return _condition(type_, value, reason, message, ref.generation, prev_conditions, now)
 
+    ready_replicas = sum(d.ready for d in deployments)
     if problem is not None or md is None:
-        problem = problem or Problem("InvalidSpec", "spec could not be read")
-        conditions = [
-            cond(READY, "False", problem.reason, problem.message),
-            cond(
-                PROGRESSING,
-                "False",
-                problem.reason,
-                "spec not applied; existing engine pods are left as they are",
-            ),
-            cond(DEGRADED, "True", problem.reason, problem.message),
-        ]
-        # Waiting on something outside the spec (a Secret) is progress still to come.
-        conditions += [
-            cond(RECONCILING, str(problem.waiting), problem.reason, problem.message),
-            cond(STALLED, str(not problem.waiting), problem.reason, problem.message),
-        ]
+        conditions = _problem_conditions(problem, cond)
     else:
         desired = md.spec.replicas if desired_replicas is None else desired_replicas
         conditions = _conditions(md, desired, current, olds, observed, revision, cond)
         if report is not None:
-            conditions = _rollout_conditions(conditions, report, revision, status, cond)
+            conditions = _rollout_conditions(conditions, report, revision, ready_replicas, cond)
         conditions += _kstatus_conditions(conditions, cond)
         if name_conflict is not None:
-            # The pods serve, but not under the bare name: not Ready, and only a person can
-            # settle it (Stalled, for kstatus and Flux).
-            override = {READY: "False", STALLED: "True"}
-            conditions = [
-                cond(c["type"], override[c["type"]], name_conflict.reason, name_conflict.message)
-                if c["type"] in override
-                else c
-                for c in conditions
-            ]
-    status["conditions"] = conditions
-    return status
+            conditions = _name_conflict(conditions, name_conflict, cond)
+    status = ModelDeploymentStatus(
+        observed_generation=ref.generation,
+        replicas=sum(d.replicas for d in deployments),
+        ready_replicas=ready_replicas,
+        updated_replicas=current.replicas if current else 0,
+        available_replicas=current.available if current else 0,
+        selector=selector_string(ref.name),
+        revision=revision if revision is not None else (before.revision or None),
+        served_model=md.served_model if md is not None else (before.served_model or None),
+        url=service_url(md) if md is not None else (before.url or None),
+        fallback=_fallback(md) if md is not None else (before.fallback or None),
+        autoscaling=None if autoscaling is None else read(AutoscalingStatus, autoscaling),
+        fallback_budget=(
+            None if fallback_budget is None else read(FallbackBudgetStatus, fallback_budget)
+        ),
+        rollout=read(RolloutStatus, rollout) if rollout is not None else before.rollout,
+        conditions=conditions,
+    )
+    return write(status)
+
+
+def _fallback(md: ModelDeployment) -> str | None:
+    """status.fallback: the provider types, in order."""
+    if md.spec.fallback is None:
+        return None
+    return ",".join(p.type for p in md.spec.fallback.providers)
+
+
+def _problem_conditions(problem: Problem | None, cond: Cond) -> list[Condition]:
+    """A spec that is not applied: not ready, not progressing, degraded; waiting on
+    something outside the spec (a Secret) is progress still to come."""
+    problem = problem or Problem("InvalidSpec", "spec could not be read")
+    return [
+        cond(READY, "False", problem.reason, problem.message),
+        cond(
+            PROGRESSING,
+            "False",
+            problem.reason,
+            "spec not applied; existing engine pods are left as they are",
+        ),
+        cond(DEGRADED, "True", problem.reason, problem.message),
+        cond(RECONCILING, str(problem.waiting), problem.reason, problem.message),
+        cond(STALLED, str(not problem.waiting), problem.reason, problem.message),
+    ]
+
+
+def _name_conflict(conditions: list[Condition], conflict: Problem, cond: Cond) -> list[Condition]:
+    """The pods serve, but not under the bare name: not Ready, and only a person can settle
+    it (Stalled, for kstatus and Flux)."""
+    override = {READY: "False", STALLED: "True"}
+    return [
+        cond(c.type, override[c.type], conflict.reason, conflict.message)
+        if c.type in override
+        else c
+        for c in conditions
+    ]
 
 
 def _rollout_conditions(
-    conditions: list[dict[str, Any]],
+    conditions: list[Condition],
     report: RolloutReport,
     revision: str | None,
-    status: Mapping[str, Any],
-    cond: Any,
-) -> list[dict[str, Any]]:
+    ready_replicas: int,
+    cond: Cond,
+) -> list[Condition]:
     """Ready, Progressing and Degraded as the rollout state machine sees them: an aborted
     revision is not ready and degrades the object (what Argo CD shows as Degraded); a paused
     rollout is neither progressing nor done (Progressing=Unknown, as a paused Deployment)."""
     ready, progressing, degraded = conditions
     if report.aborted is not None:
         what = f"the rollout of revision {revision} was aborted: {report.aborted}"
-        serving = f"{status.get('readyReplicas', 0)} replica(s) ready"
+        serving = f"{ready_replicas} replica(s) ready"
         if report.stable:
             serving += f" at revision {report.stable}"
         return [
@@ -246,18 +267,18 @@ def _rollout_conditions(
     return [ready, progressing, degraded]
 
 
-def _kstatus_conditions(conditions: list[dict[str, Any]], cond: Any) -> list[dict[str, Any]]:
-    by_type = {c["type"]: c for c in conditions}
+def _kstatus_conditions(conditions: list[Condition], cond: Cond) -> list[Condition]:
+    by_type = {c.type: c for c in conditions}
     progressing, degraded = by_type[PROGRESSING], by_type[DEGRADED]
-    moving = progressing["status"] != "False"
-    stalled = degraded["status"] == "True" and degraded["reason"] in STALLED_REASONS
+    moving = progressing.status != "False"
+    stalled = degraded.status == "True" and degraded.reason in STALLED_REASONS
     return [
-        cond(RECONCILING, str(moving), progressing["reason"], progressing["message"]),
+        cond(RECONCILING, str(moving), progressing.reason, progressing.message),
         cond(
             STALLED,
             str(stalled),
-            degraded["reason"] if stalled else "AsExpected",
-            degraded["message"] if stalled else "nothing is stuck",
+            degraded.reason if stalled else "AsExpected",
+            degraded.message if stalled else "nothing is stuck",
         ),
     ]
 
@@ -269,8 +290,8 @@ def _conditions(
     olds: Sequence[DeploymentSummary],
     observed: Observed,
     revision: str | None,
-    cond: Any,
-) -> list[dict[str, Any]]:
+    cond: Cond,
+) -> list[Condition]:
     available = current.available if current else 0
     total = sum(d.replicas for d in [*([current] if current else []), *olds])
     current_synced = current is not None and current.synced and (current.spec_replicas == desired)
@@ -344,46 +365,46 @@ def status_patch(previous: Mapping[str, Any] | None, new: Mapping[str, Any]) -> 
 def transition_events(previous: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[Event]:
     """Events for significant transitions: a new revision, and conditions that change status
     or reason (Ready, Degraded, end of a rollout)."""
-    previous = previous or {}
-    before = {str(c.get("type")): c for c in previous.get("conditions") or []}
-    after = {str(c.get("type")): c for c in new.get("conditions") or []}
+    was_status = read(ModelDeploymentStatus, previous)
+    now_status = read(ModelDeploymentStatus, new)
+    before = {c.type: c for c in was_status.conditions}
+    after = {c.type: c for c in now_status.conditions}
     events: list[Event] = []
 
     def changed(type_: str) -> bool:
         old, cur = before.get(type_), after.get(type_)
         if cur is None:
             return False
-        return old is None or (old.get("status"), old.get("reason")) != (
-            cur.get("status"),
-            cur.get("reason"),
-        )
+        return old is None or (old.status, old.reason) != (cur.status, cur.reason)
 
-    if new.get("revision") and previous.get("revision") != new.get("revision"):
-        was = previous.get("revision")
+    if now_status.revision and was_status.revision != now_status.revision:
+        was = was_status.revision
         events.append(
             Event(
                 "Normal",
                 "NewRevision",
-                f"revision {new['revision']}" + (f" replaces {was}" if was else ""),
+                f"revision {now_status.revision}" + (f" replaces {was}" if was else ""),
             )
         )
     ready, degraded, progressing = after.get(READY), after.get(DEGRADED), after.get(PROGRESSING)
+    was_degraded, was_progressing = before.get(DEGRADED), before.get(PROGRESSING)
     if degraded is not None and changed(DEGRADED):
-        if degraded["reason"] == ROLLOUT_ABORTED:
+        if degraded.reason == ROLLOUT_ABORTED:
             pass  # the rollout posts its own Event, with the numbers
-        elif degraded["status"] == "True":
-            events.append(Event("Warning", degraded["reason"], degraded["message"]))
-        elif before.get(DEGRADED, {}).get("status") == "True":
-            events.append(Event("Normal", "Recovered", degraded["message"]))
-    if ready is not None and changed(READY) and ready["status"] == "True":
-        events.append(Event("Normal", ready["reason"], ready["message"]))
-    if ready is not None and changed(READY) and ready["reason"] == MODEL_NAME_CONFLICT:
-        events.append(Event("Warning", ready["reason"], ready["message"]))
+        elif degraded.status == "True":
+            events.append(Event("Warning", degraded.reason, degraded.message))
+        elif was_degraded is not None and was_degraded.status == "True":
+            events.append(Event("Normal", "Recovered", degraded.message))
+    if ready is not None and changed(READY) and ready.status == "True":
+        events.append(Event("Normal", ready.reason, ready.message))
+    if ready is not None and changed(READY) and ready.reason == MODEL_NAME_CONFLICT:
+        events.append(Event("Warning", ready.reason, ready.message))
     if (
         progressing is not None
         and changed(PROGRESSING)
-        and progressing["reason"] == "RolloutComplete"
-        and before.get(PROGRESSING, {}).get("reason") == ROLLING_OUT
+        and progressing.reason == "RolloutComplete"
+        and was_progressing is not None
+        and was_progressing.reason == ROLLING_OUT
     ):
-        events.append(Event("Normal", "RolloutComplete", progressing["message"]))
+        events.append(Event("Normal", "RolloutComplete", progressing.message))
     return events

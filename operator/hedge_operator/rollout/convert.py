@@ -282,8 +282,6 @@ def rollout_status(
         handled_commands=dict(handled),
     )
     out = write(status)
-    if not handled:
-        del out["handledCommands"]  # status leaves an empty map out
     report = RolloutReport(
         active=in_rollout or decision.progressing,
         paused=paused and in_rollout,

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from hedge_core.api import ModelDeployment
+from hedge_core.api import ModelDeployment, RolloutStatus
 from hedge_operator import metrics
 from hedge_operator.dataplane.signals import RevisionStats
 from hedge_operator.events import Event
@@ -23,6 +23,7 @@ from hedge_operator.provisioning.observed import Observed
 from hedge_operator.rollout import convert
 from hedge_operator.rollout import machine as rollout
 from hedge_operator.rollout.convert import RolloutReport
+from hedge_operator.statuses import ROLLOUT, read
 
 log = logging.getLogger(__name__)
 
@@ -102,15 +103,15 @@ class RolloutDriver:
         """The rollout's next move (pods per revision, canary weight, status.rollout) for
         `desired` engine pods (spec.replicas, or the autoscaler's count)."""
         spec = md.spec.rollout
-        before: Mapping[str, Any] = previous.get("rollout") or {}
-        handled = before.get("handledCommands") or {}
-        seen = convert.read_commands(meta.get("annotations") or {}, handled, revision)
+        before: Mapping[str, Any] = previous.get(ROLLOUT) or {}
+        was = read(RolloutStatus, before)
+        seen = convert.read_commands(meta.get("annotations") or {}, was.handled_commands, revision)
         policy = rollout.Policy.from_spec(spec, desired, paused=seen.paused)
         state = convert.state_from(before)
         now = self._wall()
 
         numbers = await self._numbers(md)
-        key = (state.canary, before.get("stepStartTime"))
+        key = (state.canary, was.step_start_time)
         windows = self._window(md.uid, key, numbers)
         decision = rollout.decide(
             policy,
@@ -132,7 +133,7 @@ class RolloutDriver:
             now=self._now(),
         )
         report = replace(report, stable=decision.state.stable)
-        step = (decision.state.canary, status.get("stepStartTime"))
+        step = (decision.state.canary, read(RolloutStatus, status).step_start_time)
         if step != key:  # a new step: its window starts now
             self._windows[md.uid] = _Window(step, _copy(numbers))
         metrics.record_rollout(md.namespace, md.name, decision, windows)
