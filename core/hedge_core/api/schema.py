@@ -84,10 +84,17 @@ def json_name(f: dataclasses.Field[Any]) -> str:
     return head + "".join(part[:1].upper() + part[1:] for part in rest)
 
 
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
 def _hints(cls: type) -> dict[str, Any]:
     """The resolved field types of a dataclass (its annotations are strings: each resolves
-    in the module that defines the class)."""
-    return typing.get_type_hints(cls)
+    in the module that defines the class). Cached per class: resolving them cost more than
+    the rest of a parse. Callers only read the dict."""
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls)
+    return hints
 
 
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
