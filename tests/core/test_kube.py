@@ -414,8 +414,8 @@ async def test_each_error_status_raises_its_class(status_server: str, tmp_path: 
 
 def test_the_tree_and_the_factory() -> None:
     k = kube_module
-    for cls in (k.Forbidden, k.NotFound, k.Conflict, k.Gone, k.Throttled):
-        assert issubclass(cls, k.ClientError) and issubclass(cls, ApiError)
+    for sub in (k.Forbidden, k.NotFound, k.Conflict, k.Gone, k.Throttled):
+        assert issubclass(sub, k.ClientError) and issubclass(sub, ApiError)
     assert issubclass(k.ServerError, ApiError) and not issubclass(k.ServerError, k.ClientError)
     assert not issubclass(k.Expired, ApiError)  # callers that catch ApiError never caught it
     for code, cls in STATUS_CLASSES:

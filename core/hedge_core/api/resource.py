@@ -4,6 +4,8 @@ the whole object (the only ones that may read metadata.name)."""
 from __future__ import annotations
 
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -53,7 +55,38 @@ class ModelDeployment:
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> ModelDeployment:
-        """Parses an object as the API server returns it; raises SpecError."""
+        """Parses an object as the API server returns it; raises SpecError.
+
+        Memoised: the same inputs (name, namespace, uid, generation and the spec, compared by
+        `repr`, so `1`, `1.0`, `True` and `"1"` or a list and a tuple stay apart) return the
+        same object, or raise the same problems, without parsing again. The object is shared:
+        treat it, and the lists and dicts in its spec, as read-only.
+        """
+        meta = body.get("metadata") or {}
+        name = str(meta.get("name", ""))
+        namespace = str(meta.get("namespace", ""))
+        uid = str(meta.get("uid", ""))
+        try:
+            generation = int(meta.get("generation") or 0)
+        except (TypeError, ValueError):
+            return cls.parse_body(body)  # raises as it always did (or SpecError first)
+        key = (cls, name, namespace, uid, generation, repr(body.get("spec") or {}))
+        found = _MEMO.get(key)
+        if found is None:
+            try:
+                found = cls.parse_body(body)
+            except SpecError as e:
+                _MEMO.put(key, tuple(e.problems))
+                raise
+            _MEMO.put(key, found)
+        if isinstance(found, tuple):
+            raise SpecError(list(found)) from None
+        assert isinstance(found, cls)
+        return found
+
+    @classmethod
+    def parse_body(cls, body: Mapping[str, Any]) -> ModelDeployment:
+        """`from_body` without the memo: parses every time."""
         meta = body.get("metadata") or {}
         name = str(meta.get("name", ""))
         problems: list[tuple[str, str]] = []
@@ -78,3 +111,44 @@ class ModelDeployment:
             generation=int(meta.get("generation") or 0),
             spec=spec,
         )
+
+
+Problems = tuple[tuple[str, str], ...]
+
+
+class _Memo:
+    """A bounded LRU map of parse results (a ModelDeployment, or the problems of a refused
+    spec), safe to use from several threads."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[tuple[Any, ...], ModelDeployment | Problems] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[Any, ...]) -> ModelDeployment | Problems | None:
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+            return found
+
+    def put(self, key: tuple[Any, ...], value: ModelDeployment | Problems) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+#: Parse results by their inputs: a few per object (its current and recent generations)
+#: for a few thousand objects; the autoscale timer asks for each autoscaled model every
+#: second, the reconciler and the gateway's discovery on every event.
+MEMO_SIZE = 4096
+_MEMO = _Memo(MEMO_SIZE)
