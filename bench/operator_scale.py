@@ -10,9 +10,13 @@ reports:
 - reconciles and the operator's own API requests (per reconcile and per object), from its
   Prometheus metrics; kopf's requests counted by the API server (apiserver_request_total)
   for ModelDeployments and the children;
-- requests during an idle window afterwards (a steady cluster should cost no writes).
+- requests during an idle window afterwards (a steady cluster should cost no writes);
+- parse time per object (`ModelDeployment.from_body`, in this process, no cluster): with the
+  type hints resolved on every parse (as before they were cached), with them cached, and
+  with the memo (a repeat of the same object, and a new generation of it).
 
 Usage: .venv/bin/python bench/operator_scale.py [--count 200] [--idle 30] [--json FILE]
+       .venv/bin/python bench/operator_scale.py --parse-only [--repeat 1000]
 """
 
 from __future__ import annotations
@@ -140,6 +144,70 @@ def ready_times(api: BlockingKube, started: float, seen: dict[str, float]) -> in
         if ready and status.get("observedGeneration") == md["metadata"]["generation"]:
             seen.setdefault(md["metadata"]["name"], now)
     return len(seen)
+
+
+def parse_bodies() -> list[dict[str, Any]]:
+    """The examples' ModelDeployments and one of this benchmark's, as the API server has
+    them (namespace, uid, generation)."""
+    docs = [
+        doc
+        for path in sorted((ROOT / "examples").glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc and doc.get("kind") == "ModelDeployment"
+    ]
+    docs.append(model_deployment(0))
+    return [
+        {
+            **doc,
+            "metadata": {
+                **doc["metadata"],
+                "namespace": NAMESPACE,
+                "uid": f"u{i}",
+                "generation": 1,
+            },
+        }
+        for i, doc in enumerate(docs)
+    ]
+
+
+def parse_times(repeat: int) -> dict[str, Any]:
+    """Microseconds per `from_body`, by body, in four ways (see the module docstring)."""
+    from hedge_core.api import resource
+
+    out = {body["metadata"]["name"]: parse_times_of(body, repeat) for body in parse_bodies()}
+    resource._MEMO.clear()
+    return out
+
+
+def parse_times_of(body: dict[str, Any], repeat: int) -> dict[str, float]:
+    import timeit
+    import typing
+
+    from hedge_core.api import ModelDeployment, resource, schema
+
+    def per_call(fn: Any) -> float:
+        fn()  # warm: hints resolved, memo filled
+        return round(min(timeit.repeat(fn, number=repeat, repeat=3)) / repeat * 1e6, 1)
+
+    cached_hints = schema._hints
+    schema._hints = typing.get_type_hints  # what every parse did before the cache
+    try:
+        uncached = per_call(lambda: ModelDeployment.parse_body(body))
+    finally:
+        schema._hints = cached_hints
+    generations = iter(range(2, 10**9))
+
+    def new_generation() -> None:
+        meta = {**body["metadata"], "generation": next(generations)}
+        ModelDeployment.from_body({**body, "metadata": meta})
+
+    resource._MEMO.clear()
+    return {
+        "uncached_hints_us": uncached,
+        "cached_hints_us": per_call(lambda: ModelDeployment.parse_body(body)),
+        "memo_hit_us": per_call(lambda: ModelDeployment.from_body(body)),
+        "memo_miss_us": per_call(new_generation),
+    }
 
 
 def run(count: int, idle: float, timeout: float) -> dict[str, Any]:
@@ -313,8 +381,17 @@ def main() -> int:
     parser.add_argument("--idle", type=float, default=30.0, help="idle window (seconds)")
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--parse-only", action="store_true", help="only the parse times (no cluster)"
+    )
+    parser.add_argument("--repeat", type=int, default=1000, help="parses per measurement")
     args = parser.parse_args()
-    result = run(args.count, args.idle, args.timeout)
+    parse = parse_times(args.repeat)
+    result = (
+        {"parse": parse}
+        if args.parse_only
+        else {**run(args.count, args.idle, args.timeout), "parse": parse}
+    )
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

@@ -68,7 +68,22 @@ class KubeConfigError(Exception):
 
 
 class ApiError(Exception):
-    """The API server answered with an error status (a `Status` object, usually)."""
+    """The API server answered with an error status (a `Status` object, usually).
+
+    Raised as the subclass its status names (kopf's client errors are the model):
+
+        ApiError
+        ├── ClientError         4xx: the request is at fault
+        │   ├── Forbidden       403
+        │   ├── NotFound        404
+        │   ├── Conflict        409 (a stale resourceVersion, or AlreadyExists)
+        │   ├── Gone            410
+        │   └── Throttled       429
+        └── ServerError         5xx
+
+    A status outside 400-599 (or a watch ERROR event without a code: 0) stays a plain
+    ApiError. `Expired` (410 on a list or watch, where the caller lists again) is apart.
+    """
 
     def __init__(self, status: int, reason: str, message: str) -> None:
         super().__init__(f"HTTP {status} {reason}: {message}")
@@ -81,15 +96,83 @@ class ApiError(Exception):
         """Server-side or throttling trouble: try again later, the request is not at fault."""
         return self.status >= 500 or self.status in (409, 429)
 
-    @classmethod
-    def from_body(cls, status: int, text: str) -> ApiError:
+    @staticmethod
+    def from_status(status: int, reason: str, message: str) -> ApiError:
+        """The error of the class `status` names (`Conflict` for 409, `ServerError` for 503…)."""
+        return _class_for(status)(status, reason, message)
+
+    @staticmethod
+    def from_body(status: int, text: str) -> ApiError:
+        """The error for a response's status and body (a `Status` object, or any text)."""
         try:
             body = json.loads(text)
         except ValueError:
-            return cls(status, "", text[:500])
+            return ApiError.from_status(status, "", text[:500])
         if not isinstance(body, dict):
-            return cls(status, "", text[:500])
-        return cls(status, str(body.get("reason", "")), str(body.get("message", ""))[:1000])
+            return ApiError.from_status(status, "", text[:500])
+        return ApiError.from_status(
+            status, str(body.get("reason", "")), str(body.get("message", ""))[:1000]
+        )
+
+
+class ClientError(ApiError):
+    """4xx: the request is at fault (retrying the same request fails the same way, except for
+    a `Conflict` or `Throttled`)."""
+
+
+class Forbidden(ClientError):
+    """403: RBAC does not allow it."""
+
+
+class NotFound(ClientError):
+    """404: no such object (or collection)."""
+
+
+class Conflict(ClientError):
+    """409: the object changed since the version a write was computed from, or already
+    exists."""
+
+
+class Gone(ClientError):
+    """410: the resourceVersion is too old (outside list and watch, which raise Expired)."""
+
+
+class Throttled(ClientError):
+    """429: too many requests (API priority and fairness); try again later."""
+
+
+class ServerError(ApiError):
+    """5xx: the API server (or what is behind it) failed; try again later."""
+
+
+_BY_STATUS: dict[int, type[ApiError]] = {
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    410: Gone,
+    429: Throttled,
+}
+
+
+def _class_for(status: int) -> type[ApiError]:
+    exact = _BY_STATUS.get(status)
+    if exact is not None:
+        return exact
+    if 400 <= status < 500:
+        return ClientError
+    if 500 <= status < 600:
+        return ServerError
+    return ApiError
+
+
+#: What a caller catches to mean "the API could not be reached or answered with an error":
+#: every `ApiError`, and what aiohttp, timeouts and sockets raise on the way.
+TRANSIENT: tuple[type[ApiError], type[aiohttp.ClientError], type[TimeoutError], type[OSError]] = (
+    ApiError,
+    aiohttp.ClientError,
+    TimeoutError,
+    OSError,
+)
 
 
 class Expired(Exception):
@@ -645,7 +728,7 @@ class ListWatch:
                 if kind == "ERROR":
                     if obj.get("code") == 410:
                         raise Expired()
-                    raise ApiError(
+                    raise ApiError.from_status(
                         int(obj.get("code") or 0),
                         str(obj.get("reason", "")),
                         str(obj.get("message", obj)),

@@ -312,3 +312,122 @@ async def test_watch_lines_are_bounded(api: FakeKubeAPI, tmp_path: Path) -> None
                 pass
     finally:
         await kube.close()
+
+
+# ------------------------------------------------------------------- the error classes
+
+STATUS_CLASSES: list[tuple[int, type[ApiError]]] = [
+    (400, kube_module.ClientError),
+    (403, kube_module.Forbidden),
+    (404, kube_module.NotFound),
+    (409, kube_module.Conflict),
+    (410, kube_module.Gone),
+    (422, kube_module.ClientError),
+    (429, kube_module.Throttled),
+    (500, kube_module.ServerError),
+    (503, kube_module.ServerError),
+]
+
+
+@pytest.fixture
+async def status_server() -> AsyncIterator[str]:
+    """A server on loopback answering `/status/<code>` with that status and a Status body
+    (`/text/<code>`: a plain-text body)."""
+    from aiohttp import web
+
+    async def status(request: web.Request) -> web.Response:
+        code = int(request.match_info["code"])
+        return web.json_response(
+            {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "status": "Failure",
+                "reason": f"Reason{code}",
+                "message": f"message {code}",
+                "code": code,
+            },
+            status=code,
+        )
+
+    async def text(request: web.Request) -> web.Response:
+        return web.Response(status=int(request.match_info["code"]), text="not json")
+
+    app = web.Application()
+    app.router.add_route("*", "/status/{code}", status)
+    app.router.add_get("/text/{code}", text)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+def _plain_kubeconfig(server: str, directory: Path) -> Path:
+    path = directory / "status-kubeconfig"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "c",
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+                "clusters": [{"name": "c", "cluster": {"server": server}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+            }
+        )
+    )
+    return path
+
+
+async def test_each_error_status_raises_its_class(status_server: str, tmp_path: Path) -> None:
+    kube = Kube(str(_plain_kubeconfig(status_server, tmp_path)))
+    try:
+        for code, cls in STATUS_CLASSES:
+            for method in ("GET", "PATCH"):
+                with pytest.raises(ApiError) as info:
+                    await kube.request(
+                        method, f"/status/{code}", body={} if method != "GET" else None
+                    )
+                err = info.value
+                assert type(err) is cls, (code, method, type(err))
+                assert (err.status, err.reason, err.message) == (
+                    code,
+                    f"Reason{code}",
+                    f"message {code}",
+                )
+                assert str(err) == f"HTTP {code} Reason{code}: message {code}"
+                assert err.retryable == (code >= 500 or code in (409, 429))
+        with pytest.raises(kube_module.Conflict) as conflict:
+            await kube.request("GET", "/text/409")
+        assert (conflict.value.reason, conflict.value.message) == ("", "not json")
+        # A tolerated 404 is still None; list and watch keep raising Expired for 410.
+        assert await kube.request("GET", "/status/404", missing_ok=True) is None
+        with pytest.raises(kube_module.Expired):
+            await kube.list_all("/status/410")
+        with pytest.raises(kube_module.Forbidden):
+            await kube.list_all("/status/403")
+    finally:
+        await kube.close()
+
+
+def test_the_tree_and_the_factory() -> None:
+    k = kube_module
+    for sub in (k.Forbidden, k.NotFound, k.Conflict, k.Gone, k.Throttled):
+        assert issubclass(sub, k.ClientError) and issubclass(sub, ApiError)
+    assert issubclass(k.ServerError, ApiError) and not issubclass(k.ServerError, k.ClientError)
+    assert not issubclass(k.Expired, ApiError)  # callers that catch ApiError never caught it
+    for code, cls in STATUS_CLASSES:
+        assert type(ApiError.from_status(code, "R", "m")) is cls
+    for code in (0, 200, 302, 600):
+        assert type(ApiError.from_status(code, "R", "m")) is ApiError
+    err = ApiError.from_body(409, '{"reason": "AlreadyExists", "message": "exists"}')
+    assert isinstance(err, k.Conflict) and (err.reason, err.message) == ("AlreadyExists", "exists")
+    assert type(ApiError.from_body(502, "[1]")) is k.ServerError
+
+
+def test_transient_is_what_the_operator_catches() -> None:
+    assert (ApiError, aiohttp.ClientError, TimeoutError, OSError) == kube_module.TRANSIENT
+    with pytest.raises(kube_module.TRANSIENT):
+        raise kube_module.Throttled(429, "TooManyRequests", "slow down")
