@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hedge_core.kube import ApiError, BlockingKube
+from hedge_core.kube import BlockingKube, NotFound
 from hedge_dev import tools
 from hedge_dev.pki import ClusterPKI, create_pki, write_kubeconfig
 from hedge_dev.volumes import storage_class
@@ -596,10 +596,8 @@ class LocalCluster:
     def _exists(api: BlockingKube, path: str) -> bool:
         try:
             api.request("GET", path)
-        except ApiError as exc:
-            if exc.status == 404:
-                return False
-            raise
+        except NotFound:
+            return False
         return True
 
     @staticmethod

@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from hedge_core.kube import ApiError, Kube, ListWatch
+from hedge_core.kube import Conflict, Kube, ListWatch
 
 log = logging.getLogger("hedge.podrunner.volumes")
 
@@ -129,9 +129,8 @@ class DirectoryProvisioner:
                 "POST", "/api/v1/persistentvolumes", body=volume_for(claim, directory)
             )
             log.info("provisioned %s for claim %s/%s", directory, meta["namespace"], meta["name"])
-        except ApiError as exc:
-            if exc.status != 409:  # 409: answered already (a re-list sees the claim again)
-                raise
+        except Conflict:
+            pass  # answered already (a re-list sees the claim again)
 
     async def _on_volumes(self, volumes: list[dict[str, Any]]) -> None:
         for volume in volumes:

@@ -8,11 +8,9 @@ TRANSIENT        the client-side exceptions that mean "try again" (any API error
 
 from __future__ import annotations
 
-import aiohttp
+from hedge_core.kube import TRANSIENT
 
-from hedge_core.kube import ApiError
-
-TRANSIENT: tuple[type[BaseException], ...] = (ApiError, aiohttp.ClientError, TimeoutError, OSError)
+__all__ = ["TRANSIENT", "RetryableError"]
 
 
 class RetryableError(Exception):

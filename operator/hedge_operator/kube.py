@@ -9,7 +9,6 @@ does not run: the EndpointSlices of the gateways' admin Service (`watch_gateways
 
 from __future__ import annotations
 
-import datetime
 import os
 import socket
 from collections.abc import Mapping
@@ -17,7 +16,8 @@ from typing import Any
 
 from hedge_core import kube as core
 from hedge_core.api import API_VERSION, FIELD_MANAGER, KIND, PLURAL
-from hedge_core.kube import ApiError, ListWatch, OnEvent, OnList, resource_path
+from hedge_core.clock import utc_now
+from hedge_core.kube import ApiError, Conflict, ListWatch, OnEvent, OnList, resource_path
 from hedge_operator import metrics
 
 __all__ = ["ApiError", "Conflict", "Kube"]
@@ -32,10 +32,6 @@ RESOURCES: dict[tuple[str, str], str] = {
     ("v1", "Event"): "events",
     (API_VERSION, KIND): PLURAL,
 }
-
-
-class Conflict(Exception):
-    """The object changed since the version a write was computed from (HTTP 409)."""
 
 
 def object_path(
@@ -146,17 +142,12 @@ class Kube:
         """Merge-patches status, only if the object is still at `resource_version` (the
         version the status was computed from); raises Conflict otherwise. Returns the new
         resourceVersion (None: the object is gone)."""
-        try:
-            result = await self.client.patch(
-                object_path(API_VERSION, KIND, namespace, name, "status"),
-                {"metadata": {"resourceVersion": resource_version}, "status": patch},
-                missing_ok=True,
-                resource=f"{PLURAL}/status",
-            )
-        except ApiError as exc:
-            if exc.status == 409:
-                raise Conflict(exc.message) from exc
-            raise
+        result = await self.client.patch(
+            object_path(API_VERSION, KIND, namespace, name, "status"),
+            {"metadata": {"resourceVersion": resource_version}, "status": patch},
+            missing_ok=True,
+            resource=f"{PLURAL}/status",
+        )
         if not result:
             return None
         return str((result.get("metadata") or {}).get("resourceVersion") or "") or None
@@ -165,7 +156,7 @@ class Kube:
         self, involved: Mapping[str, Any], type_: str, reason: str, message: str
     ) -> None:
         """A core/v1 Event about a ModelDeployment (`involved` is its metadata)."""
-        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = utc_now()
         namespace = str(involved["namespace"])
         event = {
             "apiVersion": "v1",

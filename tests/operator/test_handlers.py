@@ -70,7 +70,9 @@ class StatusKube(FakeKube):
         if served is not None:
             if served["metadata"]["resourceVersion"] != resource_version:
                 self.conflicts += 1
-                raise Conflict(f"the object has been modified ({resource_version})")
+                raise Conflict(
+                    409, "Conflict", f"the object has been modified ({resource_version})"
+                )
             merge(served.setdefault("status", {}), patch)
             self._bump(served)
         self.status_patches.append((namespace, name, dict(patch)))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from hedge_core.api import ModelDeployment
-from hedge_core.kube import ApiError
+from hedge_core.kube import Forbidden
 from hedge_operator.errors import TRANSIENT, RetryableError
 from hedge_operator.provisioning.validation import secret_uses
 
@@ -80,7 +80,7 @@ class SecretKeys:
         )
         found: Found = {}
         for name, result in zip(names, results, strict=True):
-            if isinstance(result, ApiError) and result.status == 403:
+            if isinstance(result, Forbidden):
                 # Secret reads are granted only where keys are expected (the chart's
                 # rbac.secretNamespaces): elsewhere the reference is passed on unchecked.
                 log.warning(

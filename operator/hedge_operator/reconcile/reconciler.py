@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -33,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from hedge_core.api import ModelDeployment, SpecError
+from hedge_core.clock import utc_now
 from hedge_operator import metrics
 from hedge_operator.autoscaling import step as autoscaling
 from hedge_operator.budget import windows as budget
@@ -65,10 +65,6 @@ from hedge_operator.rollout.driver import Move, RevisionSource, RolloutDriver
 __all__ = ["KubeAPI", "Outcome", "Reconciler", "RetryableError"]
 
 log = logging.getLogger(__name__)
-
-
-def utc_now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class KubeAPI(ChildWriter, SecretReader, StatusAPI, Protocol):

@@ -11,7 +11,6 @@ The reconciler sequences these around `rollout.decide`.
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -25,6 +24,7 @@ from hedge_core.api import (
     RevisionMetrics,
     RolloutStatus,
 )
+from hedge_core.clock import parse_time, rfc3339_ms
 from hedge_operator.dataplane.signals import Counters, RevisionStats, revision_stats
 from hedge_operator.events import Event
 from hedge_operator.provisioning.observed import PROBLEM_ORDER, Observed, PodSummary
@@ -49,30 +49,6 @@ class RolloutReport:
     aborted: str | None  # why the spec's revision was aborted (None: it was not)
     message: str  # the state machine's one line
     stable: str | None = None
-
-
-# --------------------------------------------------------------------------------- time
-
-
-def parse_time(value: object) -> float | None:
-    """An RFC 3339 time from the API (`2026-01-01T00:00:00Z`, fractions allowed) as Unix
-    seconds; None when absent or unreadable."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=datetime.UTC)
-    return parsed.timestamp()
-
-
-def format_time(seconds: float) -> str:
-    """Unix seconds as RFC 3339 with milliseconds (a step's start is compared to the
-    millisecond: it keys the analysis window)."""
-    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 # ---------------------------------------------------------------------------- revisions
@@ -255,7 +231,7 @@ def rollout_status(
     in_rollout = state.canary is not None and state.canary == target
     canary_steps = bool(state.canary) and strategy == rollout.CANARY
     step_start = (
-        format_time(state.step_started) if canary_steps and state.step_started is not None else None
+        rfc3339_ms(state.step_started) if canary_steps and state.step_started is not None else None
     )
     last = before.last_analysis
     verdict = decision.verdict

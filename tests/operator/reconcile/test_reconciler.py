@@ -404,7 +404,7 @@ async def test_secret_the_operator_may_not_read_is_passed_on_unchecked(
 ) -> None:
     """Secret reads are granted only in the namespaces that hold keys (the chart's
     rbac.secretNamespaces); elsewhere a reference is not a reason to stop."""
-    kube.fail["get"] = ApiError(403, "Forbidden", 'secrets "hf" is forbidden')
+    kube.fail["get"] = ApiError.from_status(403, "Forbidden", 'secrets "hf" is forbidden')
     obj = body(spec_with(model={"credentialsSecretRef": {"name": "hf"}}))
     outcome = await reconciler.reconcile(obj, kube.observed(), trigger="spec")
     assert outcome.problem is None
