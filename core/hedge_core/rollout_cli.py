@@ -32,8 +32,11 @@ from hedge_core.api import (
     PLURAL,
     PROMOTE_ANNOTATION,
     RETRY_ANNOTATION,
+    ModelDeploymentStatus,
+    RolloutStatus,
 )
 from hedge_core.kube import ApiError, Kube, KubeConfigError, resource_path
+from hedge_core.statuses import read
 
 ACTIONS = ("status", "pause", "resume", "promote", "abort", "retry")
 
@@ -121,17 +124,17 @@ def _now() -> str:
 def command(action: str, body: Mapping[str, Any], now: str) -> tuple[dict[str, str | None], str]:
     """The annotation patch for `action` on the ModelDeployment `body`, and what to say."""
     meta = body.get("metadata") or {}
-    status = body.get("status") or {}
-    rollout = status.get("rollout") or {}
+    status = read(ModelDeploymentStatus, body.get("status"))
+    rollout = status.rollout or RolloutStatus()
     where = f"{meta.get('namespace')}/{meta.get('name')}"
-    if status.get("observedGeneration") != meta.get("generation") or not status.get("revision"):
+    if status.observed_generation != meta.get("generation") or not status.revision:
         raise RolloutCommandError(
             f"the operator has not reported generation {meta.get('generation')} of {where} "
             "yet, so its revision is not known; try again in a moment"
         )
-    revision = str(status["revision"])
-    in_progress = rollout.get("canaryRevision") == revision
-    aborted = rollout.get("abortedRevision") == revision
+    revision = status.revision
+    in_progress = rollout.canary_revision == revision
+    aborted = rollout.aborted_revision == revision
     if action == "resume":
         note = f"{where}: removed {PAUSE_ANNOTATION}"
         if ((body.get("spec") or {}).get("rollout") or {}).get("paused"):
@@ -144,7 +147,7 @@ def command(action: str, body: Mapping[str, Any], now: str) -> tuple[dict[str, s
         return {RETRY_ANNOTATION: value}, f"{where}: {RETRY_ANNOTATION}={value}"
     if not in_progress:
         state = (
-            f"was aborted ({rollout.get('abortReason')}); `retry` rolls it out again"
+            f"was aborted ({rollout.abort_reason}); `retry` rolls it out again"
             if aborted
             else "is stable"
         )
@@ -168,39 +171,34 @@ def describe(body: Mapping[str, Any]) -> str:
     """`hedge rollout status`: the rollout in a few lines."""
     meta = body.get("metadata") or {}
     spec_rollout = (body.get("spec") or {}).get("rollout") or {}
-    status = body.get("status") or {}
-    r = status.get("rollout") or {}
-    strategy = r.get("strategy") or spec_rollout.get("strategy") or "RollingUpdate"
+    status = read(ModelDeploymentStatus, body.get("status"))
+    r = status.rollout or RolloutStatus()
+    strategy = r.strategy or spec_rollout.get("strategy") or "RollingUpdate"
     lines = [f"{meta.get('namespace')}/{meta.get('name')}  ({strategy})"]
-    revision, stable = status.get("revision"), r.get("stableRevision")
-    ready = f"{status.get('readyReplicas', 0)}/{status.get('replicas', 0)} pods ready"
-    if r.get("canaryRevision"):
-        lines.append(f"  rolling out   {r['canaryRevision']} over {stable}; {ready}")
+    revision, stable = status.revision, r.stable_revision
+    ready = f"{status.ready_replicas or 0}/{status.replicas or 0} pods ready"
+    if r.canary_revision:
+        lines.append(f"  rolling out   {r.canary_revision} over {stable}; {ready}")
         if strategy == "Canary":
             steps = spec_rollout.get("steps") or []
-            line = f"  step          {r.get('step', 0)} of {len(steps)}: "
-            if r.get("step"):
-                line += f"{r.get('canaryWeight', 0)}% of the traffic to the canary"
+            line = f"  step          {r.step or 0} of {len(steps)}: "
+            if r.step:
+                line += f"{r.canary_weight or 0}% of the traffic to the canary"
             else:
                 line += "the canary's pods are starting (no traffic yet)"
-            if r.get("stepStartTime"):
-                line += f" since {r['stepStartTime']}"
+            if r.step_start_time:
+                line += f" since {r.step_start_time}"
             lines.append(line)
             lines.append(f"  steps         {_steps(spec_rollout)}")
-        paused = bool(r.get("paused"))
-        lines.append(f"  paused        {'yes' if paused else 'no'}")
+        lines.append(f"  paused        {'yes' if r.paused else 'no'}")
     else:
         lines.append(f"  stable        {stable or revision}; {ready}")
-    if r.get("abortedRevision"):
-        lines.append(f"  aborted       {r['abortedRevision']}: {r.get('abortReason', '')}")
-    last = r.get("lastAnalysis")
+    if r.aborted_revision:
+        lines.append(f"  aborted       {r.aborted_revision}: {r.abort_reason or ''}")
+    last = r.last_analysis
     if last:
-        lines.append(
-            f"  last analysis {last.get('verdict')} at {last.get('time')}: {last.get('message')}"
-        )
-    for c in status.get("conditions") or []:
-        if c.get("type") in ("Ready", "Progressing", "Degraded"):
-            lines.append(
-                f"  {c['type']:<13} {c.get('status')} ({c.get('reason')}): {c.get('message')}"
-            )
+        lines.append(f"  last analysis {last.verdict} at {last.time}: {last.message}")
+    for c in status.conditions:
+        if c.type in ("Ready", "Progressing", "Degraded"):
+            lines.append(f"  {c.type:<13} {c.status} ({c.reason}): {c.message}")
     return "\n".join(lines)

@@ -2,14 +2,20 @@
 
 Every capability builds its part of status as a `hedge_core.api` status object and writes
 it with `write` (camelCase JSON, unset fields left out), and reads what status holds with
-`read`, so a renamed field fails mypy rather than a cluster. A block that does not parse
-(written by hand, or by a newer operator) reads as empty: status is observed state, and
-the next reconcile rewrites it.
+`read`, so a renamed field fails mypy rather than a cluster.
+
+Reading never fails: the API server checks status against the CRD's schema, but a block
+written by hand or by another version of the operator may still hold something this
+version cannot parse. Then each part that does not parse is left out (the list item or the
+field it is in), and what remains is read: status is observed state, and the next
+reconcile rewrites it.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import re
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -18,14 +24,61 @@ from hedge_core.api import ModelDeploymentStatus, SpecError, json_name, parse, t
 T = TypeVar("T")
 
 
+#: Parts left out before a block is read as empty (each try drops at least one).
+_MAX_PRUNES = 16
+_STEP = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
 def read(cls: type[T], data: Any) -> T:
-    """`data` (a status block as the API server returns it) as a `cls`."""
-    if isinstance(data, Mapping):
+    """`data` (a status block as the API server returns it) as a `cls`; the parts that do
+    not parse are left out (see the module docstring)."""
+    if not isinstance(data, Mapping):
+        return parse(cls, {})
+    value: Any = data
+    for _ in range(_MAX_PRUNES):
         try:
-            return parse(cls, data)
-        except SpecError:
-            pass
+            return parse(cls, value)
+        except SpecError as e:
+            pruned = _prune(value, [path for path, _ in e.problems])
+            if pruned == value:
+                break
+            value = pruned
     return parse(cls, {})
+
+
+def _prune(data: Any, paths: list[str]) -> Any:
+    """`data` without what each problem path points into: the innermost list item on the
+    path, or else the top-level field."""
+    out = copy.deepcopy(data)
+    for path in paths:
+        steps = [(k, int(i) if i else None) for k, i in _STEP.findall(path)]
+        if not steps:
+            continue
+        parent, last_list = out, None
+        for key, index in steps:
+            node = parent.get(key) if key and isinstance(parent, Mapping) else parent
+            if key and index is None:
+                parent = node
+                continue
+            if index is not None and isinstance(node, list) and index < len(node):
+                last_list = (node, index)
+                parent = node[index]
+            else:
+                break
+        if last_list is not None:
+            node, index = last_list
+            node[index] = None  # removed below, so the other paths' indices still hold
+        elif isinstance(out, dict):
+            out.pop(steps[0][0], None)
+    return _without_nones_in_lists(out)
+
+
+def _without_nones_in_lists(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_nones_in_lists(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nones_in_lists(v) for v in value if v is not None]
+    return value
 
 
 def write(obj: object) -> dict[str, Any]:

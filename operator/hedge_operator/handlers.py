@@ -36,6 +36,7 @@ from hedge_core.api import (
     VERSION,
     ModelDeploymentStatus,
 )
+from hedge_core.statuses import read
 from hedge_operator import metrics
 from hedge_operator.autoscaling.step import TICK
 from hedge_operator.errors import RetryableError
@@ -43,7 +44,6 @@ from hedge_operator.provisioning.observed import strip, summarize_pod
 from hedge_operator.provisioning.validation import Problem
 from hedge_operator.reconcile.outcome import Outcome
 from hedge_operator.runtime import RETRY_DELAY, Indexes, Key, Nudger, Runtime, runtime
-from hedge_operator.statuses import read
 
 __all__ = ["Indexes", "Nudger", "Runtime"]
 

@@ -28,13 +28,23 @@ def body(rollout: dict[str, Any], *, generation: int = 2, observed: int = 2) -> 
             "replicas": 4,
             "readyReplicas": 4,
             "rollout": rollout,
+            # As the API server holds them: the CRD requires every field of a condition.
             "conditions": [
-                {"type": "Ready", "status": "False", "reason": "RollingOut", "message": "1/4"},
+                {
+                    "type": "Ready",
+                    "status": "False",
+                    "reason": "RollingOut",
+                    "message": "1/4",
+                    "lastTransitionTime": "2026-05-01T11:59:30Z",
+                    "observedGeneration": observed,
+                },
                 {
                     "type": "Progressing",
                     "status": "True",
                     "reason": "RollingOut",
                     "message": "step 1 of 2",
+                    "lastTransitionTime": "2026-05-01T11:59:30Z",
+                    "observedGeneration": observed,
                 },
             ],
         },

@@ -31,11 +31,11 @@ from hedge_core.api import (
     rfc3339,
     unix_seconds,
 )
+from hedge_core.statuses import AUTOSCALING, read, write
 from hedge_operator.autoscaling import policy as scaling
 from hedge_operator.dataplane.signals import EngineReading, ModelSignals, engine_metrics_url
 from hedge_operator.events import Event
 from hedge_operator.provisioning.observed import PodSummary
-from hedge_operator.statuses import AUTOSCALING, read, write
 
 #: Seconds between two decisions of one model (the kopf timer's interval).
 TICK = 1.0

@@ -11,10 +11,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from hedge_core.api import FallbackBudget, FallbackBudgetStatus
+from hedge_core.statuses import FALLBACK_BUDGET, read
 from hedge_operator import metrics
 from hedge_operator.budget.windows import BudgetWindows
 from hedge_operator.dataplane.signals import Snapshot
-from hedge_operator.statuses import FALLBACK_BUDGET, read
 
 Key = tuple[str, str]
 

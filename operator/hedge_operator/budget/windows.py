@@ -23,8 +23,8 @@ from hedge_core.api import (
     rfc3339,
     unix_seconds,
 )
+from hedge_core.statuses import FALLBACK_BUDGET, read, write
 from hedge_operator.events import Event
-from hedge_operator.statuses import FALLBACK_BUDGET, read, write
 
 MINUTE = 60.0
 DAY = 86400.0

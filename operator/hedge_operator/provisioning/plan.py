@@ -20,6 +20,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from hedge_core.api import REVISION_LABEL, ModelDeployment, ModelDeploymentStatus
+from hedge_core.statuses import read
 from hedge_operator.config import OperatorConfig
 from hedge_operator.events import Event
 from hedge_operator.provisioning.builders import (
@@ -31,7 +32,6 @@ from hedge_operator.provisioning.builders import (
     content_hash,
 )
 from hedge_operator.provisioning.observed import Observed
-from hedge_operator.statuses import read
 
 APPLIED_HASH = "hedge.dev/applied-hash"
 

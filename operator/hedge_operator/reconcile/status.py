@@ -24,6 +24,7 @@ from hedge_core.api import (
     ModelDeploymentStatus,
     RolloutStatus,
 )
+from hedge_core.statuses import read, write
 from hedge_operator.config import GPU_RESOURCE
 from hedge_operator.events import Event
 from hedge_operator.provisioning.builders import selector_string, service_url
@@ -36,7 +37,6 @@ from hedge_operator.provisioning.observed import (
 )
 from hedge_operator.provisioning.validation import Problem
 from hedge_operator.rollout.convert import RolloutReport
-from hedge_operator.statuses import read, write
 
 INSUFFICIENT_GPUS = "InsufficientGPUs"
 

@@ -25,12 +25,12 @@ from hedge_core.api import (
     RolloutStatus,
 )
 from hedge_core.clock import parse_time, rfc3339_ms
+from hedge_core.statuses import read, write
 from hedge_operator.dataplane.signals import Counters, RevisionStats, revision_stats
 from hedge_operator.events import Event
 from hedge_operator.provisioning.observed import PROBLEM_ORDER, Observed, PodSummary
 from hedge_operator.rollout import machine as rollout
 from hedge_operator.rollout.machine import Commands, Decision, Revision, State, Verdict
-from hedge_operator.statuses import read, write
 
 UNSCHEDULABLE = "Unschedulable"
 COMMANDS = (

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from hedge_core.api import ModelDeployment, RolloutStatus
+from hedge_core.statuses import ROLLOUT, read
 from hedge_operator import metrics
 from hedge_operator.dataplane.signals import RevisionStats
 from hedge_operator.events import Event
@@ -23,7 +24,6 @@ from hedge_operator.provisioning.observed import Observed
 from hedge_operator.rollout import convert
 from hedge_operator.rollout import machine as rollout
 from hedge_operator.rollout.convert import RolloutReport
-from hedge_operator.statuses import ROLLOUT, read
 
 log = logging.getLogger(__name__)
 

@@ -34,12 +34,15 @@ from hedge_core.api import (
     MD_LABEL,
     PLURAL,
     REVISION_LABEL,
+    FallbackBudgetStatus,
     ModelDeployment,
+    RolloutStatus,
     SpecError,
     unix_seconds,
 )
 from hedge_core.contracts import created_seconds, ownership_key
 from hedge_core.kube import Key, Kube, KubeConfigError, ListWatch, object_key, resource_path
+from hedge_core.statuses import FALLBACK_BUDGET, ROLLOUT, read
 from hedge_serving.gateway.auth import ClientAuth, keys_from_secret
 from hedge_serving.gateway.budget import BudgetSpec
 from hedge_serving.gateway.keys import SecretCache
@@ -77,21 +80,12 @@ class Rollout:
 
     @classmethod
     def from_status(cls, status: Any) -> Rollout:
-        r = status.get("rollout") if isinstance(status, Mapping) else None
-        if not isinstance(r, Mapping):
-            return cls()
-
-        def text(key: str) -> str | None:
-            value = r.get(key)
-            return value if isinstance(value, str) and value else None
-
-        weight = r.get("canaryWeight")
-        ok = isinstance(weight, int) and not isinstance(weight, bool) and 0 <= weight <= 100
+        r = read(RolloutStatus, status.get(ROLLOUT) if isinstance(status, Mapping) else None)
         return cls(
-            canary=text("canaryRevision"),
-            weight=weight if ok else None,
-            stable=text("stableRevision"),
-            aborted=text("abortedRevision"),
+            canary=r.canary_revision or None,
+            weight=r.canary_weight,
+            stable=r.stable_revision or None,
+            aborted=r.aborted_revision or None,
         )
 
 
@@ -106,24 +100,20 @@ class Parsed:
     budget_status: Mapping[str, Any] | None = None  # status.fallbackBudget
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
 def budget_spec(md: ModelDeployment, status: Mapping[str, Any] | None) -> BudgetSpec | None:
     """spec.fallback.budget's limits with the spend status.fallbackBudget reports."""
     fallback = md.spec.fallback
     if fallback is None or fallback.budget is None:
         return None
-    status = status or {}
+    spent = read(FallbackBudgetStatus, status)
     return BudgetSpec(
         tokens_per_minute=fallback.budget.tokens_per_minute,
         tokens_per_day=fallback.budget.tokens_per_day,
-        minute_start=unix_seconds(status.get("minuteStart")),
-        minute_tokens=_int(status.get("minuteTokens")),
-        day_start=unix_seconds(status.get("dayStart")),
-        day_tokens=_int(status.get("dayTokens")),
-        exhausted_until=unix_seconds(status.get("exhaustedUntil")),
+        minute_start=unix_seconds(spent.minute_start),
+        minute_tokens=spent.minute_tokens or 0,
+        day_start=unix_seconds(spent.day_start),
+        day_tokens=spent.day_tokens or 0,
+        exhausted_until=unix_seconds(spent.exhausted_until),
     )
 
 
@@ -140,7 +130,7 @@ def parse(body: Mapping[str, Any]) -> Parsed:
             exc,
         )
         md = None
-    budget = (body.get("status") or {}).get("fallbackBudget")
+    budget = (body.get("status") or {}).get(FALLBACK_BUDGET)
     return Parsed(
         version,
         md,
