@@ -1,5 +1,6 @@
-"""Operator-wide settings that are not part of any ModelDeployment: the GPU type table and the
-images of the download step. Loaded once at startup (flags, optional YAML file)."""
+"""Does I/O (reads the GPU file): operator-wide settings that are not part of any
+ModelDeployment: the GPU type table and the images of the download step. Loaded once at
+startup (flags, optional YAML file)."""
 
 from __future__ import annotations
 

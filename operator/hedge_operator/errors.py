@@ -1,16 +1,14 @@
-"""The operator's own errors, and the API client's that it catches.
+"""Pure: the operator's own errors.
 
-RetryableError   the API server had trouble (5xx, throttling, conflict, the connection):
-                 reconcile again later; kopf turns it into a TemporaryError
-TRANSIENT        the client-side exceptions that mean "try again" (any API error, the
-                 connection, a timeout): caught once per call site, never spelled out
+    RetryableError   the API server had trouble (5xx, throttling, conflict, the connection):
+                     reconcile again later; kopf turns it into a TemporaryError
+
+What the API client raises is `hedge_core.kube`'s tree (`ApiError` → `ClientError` →
+`Conflict`, `Forbidden`, …; `ServerError`), and what means "try again" is its one
+`TRANSIENT` tuple: call sites catch those, never status numbers or a tuple of their own.
 """
 
 from __future__ import annotations
-
-from hedge_core.kube import TRANSIENT
-
-__all__ = ["TRANSIENT", "RetryableError"]
 
 
 class RetryableError(Exception):

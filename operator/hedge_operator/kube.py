@@ -1,4 +1,5 @@
-"""The only module of the operator that talks to the Kubernetes API (kopf's watches aside).
+"""Does I/O: the only module of the operator that talks to the Kubernetes API (kopf's
+watches aside).
 
 On `hedge_core.kube` (the project's one client, whose credentials kopf logs in with too):
 server-side apply with the `hedge-operator` field manager, deletes, status writes guarded

@@ -1,4 +1,5 @@
-"""`hedge operator`: runs the ModelDeployment operator (kopf) with its metrics endpoint."""
+"""Does I/O: `hedge operator` runs the ModelDeployment operator (kopf) and its metrics
+endpoint."""
 
 from __future__ import annotations
 

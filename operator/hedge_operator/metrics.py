@@ -1,4 +1,4 @@
-"""Prometheus metrics of the operator (served by `hedge operator --metrics-port`)."""
+"""Does I/O: the operator's Prometheus metrics (served by `hedge operator --metrics-port`)."""
 
 from __future__ import annotations
 

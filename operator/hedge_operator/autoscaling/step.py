@@ -1,4 +1,4 @@
-"""The autoscaler between the data plane's readings and the ModelDeployment's status.
+"""Pure: the autoscaler between the data plane's readings and the ModelDeployment's status.
 
 Every tick (a kopf timer of about a second per ModelDeployment with spec.autoscaling, on the
 active operator only) `ModelScaler.step` feeds the latest reading (`signals.ModelSignals`,

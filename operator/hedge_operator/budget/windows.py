@@ -1,4 +1,4 @@
-"""The fallback budget's windows (spec.fallback.budget), as a pure function of the fallback
+"""Pure: the fallback budget's windows (spec.fallback.budget), as a pure function of the fallback
 tokens counted at every gateway (hedge_gateway_fallback_tokens_total, summed by the scraper)
 and the time: status.fallbackBudget, and the Events of a budget spent and renewed.
 

@@ -1,6 +1,6 @@
-"""Where the operator finds the data plane it reads: every gateway replica's admin /metrics
-and the ready engine pods' /metrics, behind one `scraper.Scraper` shared by the autoscaler
-and the rollout analysis.
+"""Does I/O: where the operator finds the data plane it reads: every gateway replica's
+admin /metrics and the ready engine pods' /metrics, behind one `scraper.Scraper` shared by
+the autoscaler and the rollout analysis.
 
 Gateways are found as Prometheus would find them: through the EndpointSlices of the
 gateways' headless admin Service (`--gateway-service NS/NAME`, set by the chart), watched

@@ -1,0 +1,3 @@
+"""Provisioning: spec -> children (builders, plan), what is observed, validation, name claims; the
+writes (executor) and the Secret-key look-ups (secrets).
+"""

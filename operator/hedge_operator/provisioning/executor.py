@@ -16,8 +16,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from hedge_core.api import ModelDeployment
-from hedge_core.kube import ApiError
-from hedge_operator.errors import TRANSIENT, RetryableError
+from hedge_core.kube import TRANSIENT, ApiError
+from hedge_operator.errors import RetryableError
 from hedge_operator.provisioning.observed import Observed
 from hedge_operator.provisioning.plan import APPLIED_HASH, Action, Apply, Scale, in_flight_token
 from hedge_operator.provisioning.validation import APPLY_FAILED, Problem

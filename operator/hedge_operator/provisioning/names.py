@@ -1,4 +1,4 @@
-"""Who owns a served model name when several ModelDeployments claim it (pure).
+"""Pure: who owns a served model name when several ModelDeployments claim it.
 
 A bare model name (the served name or an adapter's) belongs to the oldest ModelDeployment
 that claims it — by creation time, then namespace and name, the order the gateway settles

@@ -1,4 +1,4 @@
-"""What the operator sees of a ModelDeployment's children, reduced to plain values.
+"""Pure: what the operator sees of a ModelDeployment's children, reduced to plain values.
 
 The kopf indexes keep these summaries (and stripped child bodies) in memory from the watch
 streams, so a reconcile reads no object from the API server.

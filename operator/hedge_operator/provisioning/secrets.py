@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from hedge_core.api import ModelDeployment
-from hedge_core.kube import Forbidden
-from hedge_operator.errors import TRANSIENT, RetryableError
+from hedge_core.kube import TRANSIENT, Forbidden
+from hedge_operator.errors import RetryableError
 from hedge_operator.provisioning.validation import secret_uses
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Checks the CRD schema cannot make: the GPU type against the operator's table, referenced
+"""Pure: checks the CRD schema cannot make: the GPU type against the operator's table, referenced
 Secrets, and extraArgs/env that fight the typed fields. Each failure is a `Problem` whose
 reason becomes the Ready condition's reason.
 """

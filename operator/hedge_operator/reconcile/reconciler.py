@@ -33,11 +33,12 @@ from typing import Any, Protocol
 
 from hedge_core.api import ModelDeployment, SpecError
 from hedge_core.clock import utc_now
+from hedge_core.kube import TRANSIENT
 from hedge_operator import metrics
 from hedge_operator.autoscaling import step as autoscaling
 from hedge_operator.budget import windows as budget
 from hedge_operator.config import OperatorConfig
-from hedge_operator.errors import TRANSIENT, RetryableError
+from hedge_operator.errors import RetryableError
 from hedge_operator.events import WARNING, Dedup, Event
 from hedge_operator.provisioning.builders import revision_of
 from hedge_operator.provisioning.executor import ChildWriter, Executor

@@ -152,15 +152,12 @@ def compute_status(
     autoscaling: Mapping[str, Any] | None = None,
     fallback_budget: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The full `.status` for this generation. `md` is None when the spec does not parse;
-    `problem` is the spec-level problem (invalid spec, missing Secret, failed apply);
-    `desired_replicas` the count the engine Deployments are sized to (default
-    spec.replicas; the autoscaler's with spec.autoscaling); `rollout` is status.rollout as
-    the rollout state machine left it (None: keep what was there) and `report` what it says
-    for the conditions; `name_conflict` an older ModelDeployment owning a name this one
-    claims (the pods run and serve the qualified name, but Ready is False: the bare name
-    does not reach them, and Stalled is True: only a person can settle it).
-    `autoscaling` and `fallback_budget` are those blocks as their loops last said them."""
+    """The full `.status` for this generation. `md` None: the spec does not parse;
+    `problem`: the spec-level problem (invalid spec, missing Secret, failed apply);
+    `desired_replicas`: what the engine Deployments are sized to (default spec.replicas);
+    `rollout`/`report`: status.rollout and the conditions' view of the rollout (None: keep);
+    `name_conflict`: an older ModelDeployment owns a name this one claims (Ready=False,
+    Stalled=True); `autoscaling`/`fallback_budget`: those blocks as their loops said them."""
     before = read(ModelDeploymentStatus, previous)
     prev_conditions = {c.type: c for c in before.conditions}
     deployments = observed.deployment_summaries()
@@ -176,30 +173,45 @@ def compute_status(
     else:
         desired = md.spec.replicas if desired_replicas is None else desired_replicas
         conditions = _conditions(md, desired, current, olds, observed, revision, cond)
-        if report is not None:
-            conditions = _rollout_conditions(conditions, report, revision, ready_replicas, cond)
-        conditions += _kstatus_conditions(conditions, cond)
-        if name_conflict is not None:
-            conditions = _name_conflict(conditions, name_conflict, cond)
-    status = ModelDeploymentStatus(
-        observed_generation=ref.generation,
-        replicas=sum(d.replicas for d in deployments),
-        ready_replicas=ready_replicas,
-        updated_replicas=current.replicas if current else 0,
-        available_replicas=current.available if current else 0,
-        selector=selector_string(ref.name),
-        revision=revision if revision is not None else (before.revision or None),
-        served_model=md.served_model if md is not None else (before.served_model or None),
-        url=service_url(md) if md is not None else (before.url or None),
-        fallback=_fallback(md) if md is not None else (before.fallback or None),
-        autoscaling=None if autoscaling is None else read(AutoscalingStatus, autoscaling),
-        fallback_budget=(
-            None if fallback_budget is None else read(FallbackBudgetStatus, fallback_budget)
-        ),
-        rollout=read(RolloutStatus, rollout) if rollout is not None else before.rollout,
-        conditions=conditions,
+        conditions = _adjusted(conditions, report, revision, ready_replicas, name_conflict, cond)
+    return write(
+        ModelDeploymentStatus(
+            observed_generation=ref.generation,
+            replicas=sum(d.replicas for d in deployments),
+            ready_replicas=ready_replicas,
+            updated_replicas=current.replicas if current else 0,
+            available_replicas=current.available if current else 0,
+            selector=selector_string(ref.name),
+            revision=revision if revision is not None else (before.revision or None),
+            served_model=md.served_model if md is not None else (before.served_model or None),
+            url=service_url(md) if md is not None else (before.url or None),
+            fallback=_fallback(md) if md is not None else (before.fallback or None),
+            autoscaling=None if autoscaling is None else read(AutoscalingStatus, autoscaling),
+            fallback_budget=(
+                None if fallback_budget is None else read(FallbackBudgetStatus, fallback_budget)
+            ),
+            rollout=read(RolloutStatus, rollout) if rollout is not None else before.rollout,
+            conditions=conditions,
+        )
     )
-    return write(status)
+
+
+def _adjusted(
+    conditions: list[Condition],
+    report: RolloutReport | None,
+    revision: str | None,
+    ready_replicas: int,
+    name_conflict: Problem | None,
+    cond: Cond,
+) -> list[Condition]:
+    """The pods' conditions as the rollout sees them, with kstatus' two, and a name
+    conflict over both."""
+    if report is not None:
+        conditions = _rollout_conditions(conditions, report, revision, ready_replicas, cond)
+    conditions = conditions + _kstatus_conditions(conditions, cond)
+    if name_conflict is not None:
+        conditions = _name_conflict(conditions, name_conflict, cond)
+    return conditions
 
 
 def _fallback(md: ModelDeployment) -> str | None:

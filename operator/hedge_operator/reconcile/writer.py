@@ -14,7 +14,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from hedge_operator.errors import TRANSIENT, RetryableError
+from hedge_core.kube import TRANSIENT
+from hedge_operator.errors import RetryableError
 from hedge_operator.kube import Conflict
 from hedge_operator.reconcile.outcome import Outcome
 from hedge_operator.reconcile.status import status_patch

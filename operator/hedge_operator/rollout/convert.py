@@ -1,4 +1,4 @@
-"""The rollout state machine's inputs and outputs as the cluster holds them, pure:
+"""Pure: the rollout state machine's inputs and outputs as the cluster holds them:
 
     observed children        -> `rollout.Revision` per revision (pods, readiness, GPUs held)
     status.rollout           <-> `rollout.State` (the state lives in status, not in memory)
