@@ -11,12 +11,12 @@ reports:
   Prometheus metrics; kopf's requests counted by the API server (apiserver_request_total)
   for ModelDeployments and the children;
 - requests during an idle window afterwards (a steady cluster should cost no writes);
-- parse time per object (`ModelDeployment.from_body`, in this process, no cluster): with the
+- parse time per object (`ModelDeployment.from_body`, in a subprocess, no cluster): with the
   type hints resolved on every parse (as before they were cached), with them cached, and
-  with the memo (a repeat of the same object, and a new generation of it).
-
+  with the memo (a repeat of the same object, and a new generation of it);
 - the operator's CPU seconds (utime + stime of its process, from /proc/PID/stat) from the
-  apply to all Ready, and per minute of the idle window (and as % of one core).
+  apply to all Ready, and per minute of the idle window (and as % of one core). The idle
+  window starts `--settle` seconds (10) after the last object is Ready.
 
 `--autoscaled` gives every ModelDeployment `spec.autoscaling` {minReplicas 1, maxReplicas 2}:
 each keeps its one pod (demand 0 never asks for a second, and minReplicas 1 never scales to
@@ -28,6 +28,9 @@ and state, `hedge_gateway_demand_arrivals_total` 0) and passes it to the operato
 `--gateway-metrics-url`; the operator also reads every autoscaled engine pod's /metrics (the
 local cluster's simulators) each tick. Without `--autoscaled`, the objects have no
 autoscaling and the idle window only sees kopf's watches and the resync timer.
+`--import-handlers` starts the operator with hedge_operator.handlers imported first: the
+workaround for a main.py that no longer imports it (kopf then has no handlers; nothing gets
+Ready and the bench times out).
 
 `--compare-with PATH` runs the same measurement (same N, idle window, a fresh local cluster
 with the same binaries) for the checkout at PATH: its operator and its parse timings run with
@@ -397,7 +400,19 @@ def run(
             )
 
         k("apply", "--server-side", "-f", str(root / CRD.relative_to(ROOT)))
-        k("wait", "--for=condition=Established", "crd/modeldeployments.hedge.dev")
+        for attempt in range(5):  # the CRD may not be listed yet on a loaded machine
+            try:
+                k(
+                    "wait",
+                    "--for=condition=Established",
+                    "--timeout=60s",
+                    "crd/modeldeployments.hedge.dev",
+                )
+                break
+            except subprocess.CalledProcessError as e:
+                if attempt == 4:
+                    raise RuntimeError(f"the CRD is not Established: {e.stderr}") from None
+                time.sleep(2)
         k("create", "namespace", NAMESPACE)
 
         port = free_port()
@@ -722,6 +737,8 @@ def main() -> int:
 
     result: dict[str, Any] = measure(ROOT)
     if args.compare_with is not None:
+        if args.json:  # kept if the other checkout's run fails
+            args.json.write_text(json.dumps({"this_checkout": result}, indent=2) + "\n")
         base_root = args.compare_with.resolve()
         result = {"this_checkout": result, "compare_with": measure(base_root)}
     text = json.dumps(result, indent=2)
