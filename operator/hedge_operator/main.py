@@ -116,6 +116,14 @@ def build_config(args: argparse.Namespace) -> OperatorConfig:
     return config
 
 
+def registry() -> kopf.OperatorRegistry:
+    """kopf's registry with Hedge's handlers on it (importing `handlers` registers them)."""
+    from hedge_operator import handlers
+
+    assert handlers.MD  # the module is what registers; this keeps the import in use
+    return kopf.get_default_registry()
+
+
 async def serve(args: argparse.Namespace, config: OperatorConfig) -> int:
     from hedge_core.kube import KubeConfigError
     from hedge_operator.dataplane.discovery import DataPlane
@@ -148,6 +156,7 @@ async def serve(args: argparse.Namespace, config: OperatorConfig) -> int:
         f"http://{args.bind_address}:{args.health_port}/healthz" if args.health_port else None
     )
     await kopf.operator(
+        registry=registry(),
         clusterwide=not args.namespace,
         namespaces=args.namespace,
         standalone=args.peering is None,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,3 +58,21 @@ def test_no_credentials_is_a_clear_error_not_a_retry_loop(
     args = parse("--kubeconfig", str(missing), "--metrics-port", "0", "--health-port", "0")
     assert main.run(args) == 2
     assert str(missing) in caplog.text
+
+
+def test_the_operator_runs_with_hedges_handlers_registered() -> None:
+    """What `hedge operator` hands kopf holds the reconcile, resync, autoscale and event
+    handlers (a fresh interpreter: no test here has imported the handlers before)."""
+    code = (
+        "from hedge_operator import main\n"
+        "registry = main.registry()\n"
+        "ids = {h.id for h in registry._changing.get_all_handlers()}\n"
+        "ids |= {h.id for h in registry._spawning.get_all_handlers()}\n"
+        "ids |= {h.id for h in registry._watching.get_all_handlers()}\n"
+        "print(' '.join(sorted(ids)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    ids = set(out.stdout.split())
+    assert {"reconcile", "resync", "autoscale", "model-event", "child-event"} <= ids, ids
