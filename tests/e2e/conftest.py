@@ -229,19 +229,34 @@ class Operator:
         self.proc: HedgeProcess | None = None
 
     def start(self) -> Operator:
-        self.metrics_port = free_port()
-        self.proc = self._start(
-            "operator",
-            "--namespace",
-            self.namespace,
-            "--metrics-port",
-            str(self.metrics_port),
-            "--health-port",
-            "0",
-            *self.extra,
-        )
-        wait_for(self.metrics, 30, "the operator's metrics endpoint")
+        # A port free_port() saw free can be taken by another process before the operator
+        # binds it: the operator then exits at once with EADDRINUSE, and only that is retried.
+        for _ in range(3):
+            self.metrics_port = free_port()
+            self.proc = self._start(
+                "operator",
+                "--namespace",
+                self.namespace,
+                "--metrics-port",
+                str(self.metrics_port),
+                "--health-port",
+                "0",
+                *self.extra,
+            )
+            wait_for(self._metrics_or_exit, 30, "the operator's metrics endpoint")
+            if self.proc.proc.poll() is None:
+                return self
+            if "Address already in use" not in self.proc.log():
+                self.proc.assert_running()  # fails with the operator's log
+        self.proc.assert_running()
         return self
+
+    def _metrics_or_exit(self) -> str | bool:
+        """The metrics page, or True once the process has exited (the caller tells which)."""
+        assert self.proc is not None
+        if self.proc.proc.poll() is not None:
+            return True
+        return self.metrics()
 
     def stop(self) -> None:
         if self.proc is not None:
