@@ -323,6 +323,18 @@ class RoutingTable:
                 best = route
         return best
 
+    def current(self, route: Route) -> Route | None:
+        """`route` as the table has it now: the same model name of the same ModelDeployment
+        (namespace and name), or None once that ModelDeployment no longer serves it. Never
+        another namespace's route of that name: a request resolved for one ModelDeployment
+        (a held one, say) stays with it whatever the table says the bare name means now."""
+        namespace, _ = route.deployment
+        if namespace:
+            found = self._by_namespace.get(namespace, {}).get(route.model)
+        else:
+            found = self._routes.get(route.model)
+        return found if found is not None and found.deployment == route.deployment else None
+
     def routes(self) -> list[Route]:
         """The routes of bare model names (each name's owner)."""
         return list(self._routes.values())
