@@ -9,6 +9,11 @@
     who owns a bare model name that         -                          gateway.discovery
       several ModelDeployments claim                                     (route order), operator
                                                                          names (conflicts)
+    the label a Secret opts in with to      the platform / tenant      gateway.discovery (its
+      be read as a provider key                                          watch), operator
+                                                                         validation
+    the engine Services a ModelDeployment   operator builders          gateway.discovery (which
+      owns, by name                                                      EndpointSlices count)
 
 A counter's name is its exposed sample name (`..._total`): prometheus_client strips the
 suffix when it registers a counter and adds it back on exposition, so the same string
@@ -79,6 +84,31 @@ ENGINE_WAITING = "vllm:num_requests_waiting"
 ENGINE_KV_CACHE = "vllm:kv_cache_usage_perc"
 ENGINE_PREFIXES = (ENGINE_RUNNING, ENGINE_WAITING, ENGINE_KV_CACHE)
 
+# -- provider-key Secrets -----------------------------------------------------------------
+
+#: A Secret is read as a fallback provider key only when it carries this label, set to
+#: "true": the gateway watches only Secrets with it, the operator refuses references to
+#: Secrets without it (docs/gateway.md, "Provider keys"). Any other Secret of the namespace
+#: stays out of the gateway's memory, whatever a ModelDeployment names.
+PROVIDER_KEY_LABEL = "hedge.dev/provider-key"
+PROVIDER_KEY_SELECTOR = f"{PROVIDER_KEY_LABEL}=true"
+
+# -- engine Services -------------------------------------------------------------------------
+
+#: The label the EndpointSlice controller sets on each slice: the Service it is for.
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+
+
+def shared_service_name(md_name: str) -> str:
+    """The Service in front of every revision's engine pods of a ModelDeployment."""
+    return md_name
+
+
+def revision_service_name(md_name: str, revision: str) -> str:
+    """The headless Service of one revision's engine pods."""
+    return f"{md_name}-{revision}"
+
+
 # -- model-name ownership -------------------------------------------------------------------
 
 OwnershipKey = tuple[int, str, str]
@@ -119,13 +149,18 @@ __all__ = [
     "OUTCOME",
     "OUTCOMES",
     "PROVIDER",
+    "PROVIDER_KEY_LABEL",
+    "PROVIDER_KEY_SELECTOR",
     "REVISION",
     "REVISION_ITL",
     "REVISION_LABELS",
     "REVISION_REQUESTS",
     "REVISION_TTFT",
+    "SERVICE_NAME_LABEL",
     "STATE",
     "OwnershipKey",
     "created_seconds",
     "ownership_key",
+    "revision_service_name",
+    "shared_service_name",
 ]
