@@ -263,7 +263,14 @@ def hedge(cluster: E2ECluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
     values = {
         "watchNamespaces": [namespace],
         "operator": {"metricsPort": free_port(), "healthPort": free_port()},
-        "gateway": {"replicaCount": 1, "drainDelaySeconds": 1, "drainTimeoutSeconds": 10},
+        # Without client keys, said explicitly as the chart requires (issue 16 High-5).
+        "gateway": {
+            "replicaCount": 1,
+            "drainDelaySeconds": 1,
+            "drainTimeoutSeconds": 10,
+            "apiKeys": {"secretName": ""},
+            "allowUnauthenticated": True,
+        },
     }
     path = tmp_path_factory.mktemp("autoscaling") / "values.yaml"
     path.write_text(yaml.safe_dump(values))
