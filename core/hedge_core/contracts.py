@@ -14,6 +14,9 @@
                                                                          validation
     the engine Services a ModelDeployment   operator builders          gateway.discovery (which
       owns, by name                                                      EndpointSlices count)
+    which served names would shadow         -                          gateway.routing (never
+      another namespace's qualified name                                 routed), operator
+                                                                         validation (refused)
 
 A counter's name is its exposed sample name (`..._total`): prometheus_client strips the
 suffix when it registers a counter and adds it back on exposition, so the same string
@@ -113,6 +116,26 @@ def revision_service_name(md_name: str, revision: str) -> str:
 
 OwnershipKey = tuple[int, str, str]
 
+_LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+def _namespace_name(text: str) -> bool:
+    """Whether `text` can be a namespace name (a DNS-1123 label)."""
+    return 0 < len(text) <= 63 and set(text) <= _LABEL_CHARS and text[0] != "-" and text[-1] != "-"
+
+
+def shadowed_namespace(served_name: str, own_namespace: str) -> str | None:
+    """The other namespace whose qualified names `<namespace>/<name>` a served name would
+    shadow, or None. Every model is reachable as `<namespace>/<name>`, so a served name
+    `team-a/llama` in team-b would catch team-a's clients whenever team-a's `llama` is
+    absent. A served name with a `/` is therefore allowed only when its first segment is
+    the object's own namespace or cannot be a namespace name at all (`Qwen/Qwen2.5-7B`,
+    with capitals, can; `meta-llama/llama-3` outside namespace meta-llama cannot)."""
+    prefix, slash, _ = served_name.partition("/")
+    if not slash or prefix == own_namespace or not _namespace_name(prefix):
+        return None
+    return prefix
+
 
 def created_seconds(creation_timestamp: Any) -> int:
     """`metadata.creationTimestamp` in whole unix seconds, 0 when missing or unreadable.
@@ -162,5 +185,6 @@ __all__ = [
     "created_seconds",
     "ownership_key",
     "revision_service_name",
+    "shadowed_namespace",
     "shared_service_name",
 ]

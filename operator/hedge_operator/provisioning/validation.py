@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from hedge_core.api import ModelDeployment
-from hedge_core.contracts import PROVIDER_KEY_LABEL
+from hedge_core.contracts import PROVIDER_KEY_LABEL, shadowed_namespace
 from hedge_operator.config import OperatorConfig
 from hedge_operator.provisioning.builders import (
     DEFAULT_GCS_KEY,
@@ -29,6 +29,7 @@ UNKNOWN_GPU_TYPE = "UnknownGPUType"
 SECRET_NOT_FOUND = "SecretNotFound"
 SECRET_NOT_OPTED_IN = "SecretNotOptedIn"
 CONFLICTING_ARGS = "ConflictingArgs"
+RESERVED_MODEL_NAME = "ReservedModelName"
 APPLY_FAILED = "ApplyFailed"
 
 
@@ -182,6 +183,25 @@ def check_secrets(
     return None
 
 
+def reserved_names(md: ModelDeployment) -> Problem | None:
+    """A served name (the model's or an adapter's) `<ns>/<name>` with another namespace's
+    name in front would shadow that namespace's qualified names: refused, never routed."""
+    for where, name in (
+        ("spec.model.name", md.served_model),
+        *((f"spec.adapters[{a.name}].name", a.name) for a in md.spec.adapters),
+    ):
+        other = shadowed_namespace(name, md.namespace)
+        if other is not None:
+            return Problem(
+                RESERVED_MODEL_NAME,
+                f"{where} {name!r} has the form <namespace>/<name> of namespace {other!r}'s "
+                f"models, which clients reach as {other}/<name>; a served name with a '/' "
+                f"starts with this namespace ({md.namespace}/...) or with something that is "
+                "not a namespace name (e.g. capitals: 'Org/model')",
+            )
+    return None
+
+
 def validate_static(md: ModelDeployment, config: OperatorConfig) -> Problem | None:
     """Checks that need nothing from the cluster."""
     gpu_type = md.spec.resources.gpu_type
@@ -196,7 +216,7 @@ def validate_static(md: ModelDeployment, config: OperatorConfig) -> Problem | No
             f"spec.resources.gpuType {gpu_type!r} is not in the operator's GPU table "
             f"(known: {known})",
         )
-    return conflicting_args(md)
+    return conflicting_args(md) or reserved_names(md)
 
 
 def validate(

@@ -7,7 +7,8 @@ of every backend URL that is still listed, so a table update never resets load c
 Requests only read the table: one dict lookup per request.
 
 Tenants: a bare model name belongs to the oldest ModelDeployment that claims it (the first
-spec listed); every model of a namespace is also reachable as `<namespace>/<name>`; and a
+spec listed); every model of a namespace is also reachable as `<namespace>/<name>`, and no
+served name of another namespace can take that form (`contracts.shadowed_namespace`); and a
 request whose client key is bound to namespaces resolves names among those namespaces only
 (`resolve(model, scope)`), so no other namespace can take its traffic (docs/gateway.md).
 
@@ -30,7 +31,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from hedge_core.contracts import DEMAND_STATES
+from hedge_core.contracts import DEMAND_STATES, shadowed_namespace
 from hedge_serving.gateway.balancer import stable_hash
 from hedge_serving.gateway.breaker import CircuitBreaker
 from hedge_serving.gateway.budget import BudgetMeter, BudgetSpec
@@ -402,6 +403,8 @@ class RoutingTable:
 
         for rank, spec in enumerate(specs):
             namespace = spec.deployment[0] if spec.deployment and spec.deployment[0] else None
+            if namespace is not None and shadowed_namespace(spec.model, namespace):
+                continue  # `team-a/llama` served by team-b: never routed (the operator says)
             if spec.model in routes and (
                 namespace is None or spec.model in by_namespace.get(namespace, {})
             ):
