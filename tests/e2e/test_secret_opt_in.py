@@ -13,7 +13,7 @@ from typing import Any
 
 from hedge_core.contracts import PROVIDER_KEY_LABEL
 
-from .conftest import E2ECluster, Operator, condition, wait_ready
+from .conftest import E2ECluster, Operator, condition, current, get_md, wait_ready
 from .test_modeldeployment import events, example, fast, wait_reason
 
 
@@ -49,7 +49,17 @@ def test_a_provider_key_secret_must_opt_in(
     cluster.apply([with_fallback("probe-db", "db"), with_fallback("probe-none", "nope")], namespace)
     messages = {}
     for name, secret in (("probe-db", "db"), ("probe-none", "nope")):
-        md = wait_reason(cluster, namespace, name, "Ready", "False", "SecretNotOptedIn")
+        try:
+            md = wait_reason(
+                cluster, namespace, name, "Ready", "False", "SecretNotOptedIn", timeout=120
+            )
+        except BaseException:
+            seen = get_md(cluster, namespace, name)
+            log = operator.proc.log() if operator.proc else ""
+            raise AssertionError(
+                f"{name}: current={current(seen)} status={json.dumps(seen.get('status'))}\n"
+                + "\n".join(log.splitlines()[-60:])
+            ) from None
         message = condition(md, "Ready")["message"]
         assert f'{PROVIDER_KEY_LABEL}: "true"' in message
         assert f"kubectl label secret {secret} {PROVIDER_KEY_LABEL}=true" in message
