@@ -9,6 +9,14 @@
     who owns a bare model name that         -                          gateway.discovery
       several ModelDeployments claim                                     (route order), operator
                                                                          names (conflicts)
+    the label a Secret opts in with to      the platform / tenant      gateway.discovery (its
+      be read as a provider key                                          watch), operator
+                                                                         validation
+    the engine Services a ModelDeployment   operator builders          gateway.discovery (which
+      owns, by name                                                      EndpointSlices count)
+    which served names would shadow         -                          gateway.routing (never
+      another namespace's qualified name                                 routed), operator
+                                                                         validation (refused)
 
 A counter's name is its exposed sample name (`..._total`): prometheus_client strips the
 suffix when it registers a counter and adds it back on exposition, so the same string
@@ -79,9 +87,54 @@ ENGINE_WAITING = "vllm:num_requests_waiting"
 ENGINE_KV_CACHE = "vllm:kv_cache_usage_perc"
 ENGINE_PREFIXES = (ENGINE_RUNNING, ENGINE_WAITING, ENGINE_KV_CACHE)
 
+# -- provider-key Secrets -----------------------------------------------------------------
+
+#: A Secret is read as a fallback provider key only when it carries this label, set to
+#: "true": the gateway watches only Secrets with it, the operator refuses references to
+#: Secrets without it (docs/gateway.md, "Provider keys"). Any other Secret of the namespace
+#: stays out of the gateway's memory, whatever a ModelDeployment names.
+PROVIDER_KEY_LABEL = "hedge.dev/provider-key"
+PROVIDER_KEY_SELECTOR = f"{PROVIDER_KEY_LABEL}=true"
+
+# -- engine Services -------------------------------------------------------------------------
+
+#: The label the EndpointSlice controller sets on each slice: the Service it is for.
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+
+
+def shared_service_name(md_name: str) -> str:
+    """The Service in front of every revision's engine pods of a ModelDeployment."""
+    return md_name
+
+
+def revision_service_name(md_name: str, revision: str) -> str:
+    """The headless Service of one revision's engine pods."""
+    return f"{md_name}-{revision}"
+
+
 # -- model-name ownership -------------------------------------------------------------------
 
 OwnershipKey = tuple[int, str, str]
+
+_LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+def _namespace_name(text: str) -> bool:
+    """Whether `text` can be a namespace name (a DNS-1123 label)."""
+    return 0 < len(text) <= 63 and set(text) <= _LABEL_CHARS and text[0] != "-" and text[-1] != "-"
+
+
+def shadowed_namespace(served_name: str, own_namespace: str) -> str | None:
+    """The other namespace whose qualified names `<namespace>/<name>` a served name would
+    shadow, or None. Every model is reachable as `<namespace>/<name>`, so a served name
+    `team-a/llama` in team-b would catch team-a's clients whenever team-a's `llama` is
+    absent. A served name with a `/` is therefore allowed only when its first segment is
+    the object's own namespace or cannot be a namespace name at all (`Qwen/Qwen2.5-7B`,
+    with capitals, can; `meta-llama/llama-3` outside namespace meta-llama cannot)."""
+    prefix, slash, _ = served_name.partition("/")
+    if not slash or prefix == own_namespace or not _namespace_name(prefix):
+        return None
+    return prefix
 
 
 def created_seconds(creation_timestamp: Any) -> int:
@@ -119,13 +172,19 @@ __all__ = [
     "OUTCOME",
     "OUTCOMES",
     "PROVIDER",
+    "PROVIDER_KEY_LABEL",
+    "PROVIDER_KEY_SELECTOR",
     "REVISION",
     "REVISION_ITL",
     "REVISION_LABELS",
     "REVISION_REQUESTS",
     "REVISION_TTFT",
+    "SERVICE_NAME_LABEL",
     "STATE",
     "OwnershipKey",
     "created_seconds",
     "ownership_key",
+    "revision_service_name",
+    "shadowed_namespace",
+    "shared_service_name",
 ]

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hedge_core.api import crd_yaml
+from hedge_core.contracts import PROVIDER_KEY_LABEL
 from hedge_dev import tools
 from hedge_dev.cluster import ClusterError, LocalCluster, free_port
 
@@ -122,6 +123,12 @@ def _fallback_act(cluster: LocalCluster, kubectl: Path, kubeconfig: Path, gatewa
             "generic",
             "provider-key",
             "--from-literal=api-key=demo-key-not-a-secret",
+        )
+    )
+    # Provider keys come only from Secrets that opted in (docs/gateway.md, "Provider keys").
+    print(
+        _kubectl(
+            kubectl, kubeconfig, "label", "secret", "provider-key", f"{PROVIDER_KEY_LABEL}=true"
         )
     )
     patch = {

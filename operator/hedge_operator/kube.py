@@ -18,8 +18,10 @@ from typing import Any
 from hedge_core import kube as core
 from hedge_core.api import API_VERSION, FIELD_MANAGER, KIND, PLURAL
 from hedge_core.clock import utc_now
+from hedge_core.contracts import PROVIDER_KEY_LABEL
 from hedge_core.kube import ApiError, Conflict, ListWatch, OnEvent, OnList, resource_path
 from hedge_operator import metrics
+from hedge_operator.provisioning.validation import ProviderKeys
 
 __all__ = ["ApiError", "Conflict", "Kube"]
 
@@ -124,8 +126,9 @@ class Kube:
         keys = frozenset((body.get("data") or {}).keys()) | frozenset(
             (body.get("stringData") or {}).keys()
         )
+        labels = (body.get("metadata") or {}).get("labels") or {}
         body.clear()
-        return keys
+        return ProviderKeys(keys) if labels.get(PROVIDER_KEY_LABEL) == "true" else keys
 
     # ------------------------------------------------------------------ the resource
 

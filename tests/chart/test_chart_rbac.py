@@ -206,8 +206,16 @@ def test_namespaced_install_stays_in_its_namespaces(render: Render) -> None:
         assert not allowed(manifests, OPERATOR, Request(verb, group, resource, ANY_NAMESPACE))
     for verb, group, resource in GATEWAY_NEEDS:
         assert not allowed(manifests, GATEWAY, Request(verb, group, resource, ANY_NAMESPACE))
-    # The only cluster-wide grants are kopf's read-only discovery of CRDs and namespaces.
+    # The only cluster-wide grants are kopf's read-only discovery of CRDs and namespaces. (The
+    # aggregated hedge-view/hedge-edit ClusterRoles are bound to no one: they add
+    # ModelDeployment access to the view/edit roles people already hold per namespace.)
+    bound = {b["roleRef"]["name"] for b in by_kind(manifests, "ClusterRoleBinding")}
+    aggregated = {"hedge-view", "hedge-edit"}
     for role in by_kind(manifests, "ClusterRole"):
+        if role["metadata"]["name"] in aggregated:
+            assert role["metadata"]["name"] not in bound
+            assert {g for r in role["rules"] for g in r["apiGroups"]} == {"hedge.dev"}
+            continue
         for rule in role["rules"]:
             assert set(rule["resources"]) <= {"customresourcedefinitions", "namespaces"}, rule
             assert set(rule["verbs"]) <= {"get", "list", "watch"}, rule

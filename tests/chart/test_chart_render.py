@@ -104,9 +104,11 @@ def test_default_install(render: Render) -> None:
         "--peering=hedge",
         "--gateway-service=hedge-system/hedge-gateway-admin",
     ]
+    # Client keys by default (issue 16 High-5): the gateway requires them from this Secret.
     assert gw["args"] == [
         "gateway", "--host", "0.0.0.0", "--port=8080",
         "--admin-port=9090", "--drain-delay=5", "--drain-timeout=30", "--log-level=INFO",
+        "--api-keys-secret=hedge-system/hedge-api-keys",
     ]  # fmt: skip
     # Unready and still serving, then draining, then exit: the grace period outlasts both.
     assert gateway["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 45

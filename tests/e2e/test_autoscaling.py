@@ -26,6 +26,7 @@ import yaml
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
+from hedge_core.contracts import PROVIDER_KEY_LABEL
 from hedge_core.kube import ApiError
 from hedge_dev.cluster import NodeSpec, free_port
 from hedge_operator.dataplane.discovery import DataPlane
@@ -262,7 +263,14 @@ def hedge(cluster: E2ECluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
     values = {
         "watchNamespaces": [namespace],
         "operator": {"metricsPort": free_port(), "healthPort": free_port()},
-        "gateway": {"replicaCount": 1, "drainDelaySeconds": 1, "drainTimeoutSeconds": 10},
+        # Without client keys, said explicitly as the chart requires (issue 16 High-5).
+        "gateway": {
+            "replicaCount": 1,
+            "drainDelaySeconds": 1,
+            "drainTimeoutSeconds": 10,
+            "apiKeys": {"secretName": ""},
+            "allowUnauthenticated": True,
+        },
     }
     path = tmp_path_factory.mktemp("autoscaling") / "values.yaml"
     path.write_text(yaml.safe_dump(values))
@@ -272,7 +280,8 @@ def hedge(cluster: E2ECluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
     hedge = Hedge(cluster, namespace, release, provider)
     try:
         cluster.apply(
-            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "fallback"},
+            {"apiVersion": "v1", "kind": "Secret",
+             "metadata": {"name": "fallback", "labels": {PROVIDER_KEY_LABEL: "true"}},
              "stringData": {"api-key": FALLBACK_KEY}},
             namespace,
         )  # fmt: skip

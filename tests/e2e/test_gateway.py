@@ -20,6 +20,8 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from hedge_core.contracts import PROVIDER_KEY_LABEL
+
 from .conftest import (
     E2ECluster,
     HedgeProcess,
@@ -78,7 +80,7 @@ def fallback_secret() -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": "fallback"},
+        "metadata": {"name": "fallback", "labels": {PROVIDER_KEY_LABEL: "true"}},
         "stringData": {"api-key": FALLBACK_KEY},
     }
 

@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
+from hedge_core.contracts import PROVIDER_KEY_LABEL
+
 from .conftest import (
     API,
     ROOT,
@@ -99,6 +101,13 @@ def chat(url: str, model: str) -> dict[str, Any]:
 
 def secret(name: str, **data: str) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data}
+
+
+def provider_key_secret(name: str, **data: str) -> dict[str, Any]:
+    """A Secret that opted in to be read as a fallback provider key."""
+    body = secret(name, **data)
+    body["metadata"]["labels"] = {PROVIDER_KEY_LABEL: "true"}
+    return body
 
 
 # ------------------------------------------------------------------------------ tests
@@ -413,8 +422,8 @@ def test_examples_apply_and_store_fallback_lora_and_cache(
 ) -> None:
     cluster.apply(
         [
-            secret("openai", **{"api-key": "sk-test"}),
-            secret("anthropic", **{"api-key": "sk-ant-test"}),
+            provider_key_secret("openai", **{"api-key": "sk-test"}),
+            provider_key_secret("anthropic", **{"api-key": "sk-ant-test"}),
             secret("hf-token", token="hf_test"),
         ],
         namespace,

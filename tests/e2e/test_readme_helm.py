@@ -83,8 +83,12 @@ def test_readme_helm_install_runs_as_written(cluster: E2ECluster) -> None:
         assert "qwen-0-5b condition met" in shown and "llama-3-8b" in shown
         service = cluster.get_json("service", "-n", "hedge-system", "hedge-gateway")
         url = f"http://{service['spec']['clusterIP']}:{service['spec']['ports'][0]['port']}"
+        # The client key the README's block created, read the way the NOTES show.
+        key = bash(cluster, next(line for line in notes.splitlines() if "HEDGE_API_KEY=" in line)
+                   + "\necho \"$HEDGE_API_KEY\"\n").strip()  # fmt: skip
+        assert key
         reply = wait_for(
-            lambda: _try(cluster, curl, url), 60, "a chat completion with the NOTES' curl"
+            lambda: _try(cluster, curl, url, key), 60, "a chat completion with the NOTES' curl"
         )
         assert "qwen-0-5b" in reply
     finally:
@@ -95,10 +99,10 @@ def test_readme_helm_install_runs_as_written(cluster: E2ECluster) -> None:
                         "--ignore-not-found", check=False)  # fmt: skip
 
 
-def _try(cluster: E2ECluster, curl: str, url: str) -> str | None:
+def _try(cluster: E2ECluster, curl: str, url: str, key: str) -> str | None:
     proc = subprocess.run(
         ["bash", "-c", curl],
-        env={**cluster.env, "GATEWAY": url},
+        env={**cluster.env, "GATEWAY": url, "HEDGE_API_KEY": key},
         capture_output=True,
         text=True,
         timeout=30,

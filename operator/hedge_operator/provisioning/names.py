@@ -7,6 +7,15 @@ keys bound to its namespace), but not under the bare name: the operator says so 
 Ready=False, reason ModelNameConflict, and an Event. No namespace can take another's traffic
 by claiming a name first: client keys bound to a namespace resolve names in it alone
 (docs/gateway.md, "Tenants").
+
+Re-created objects get no claim back: a delete-and-recreate (Helm reinstall, Argo CD
+`Replace=true`, a Velero restore) is a new object, newer than any other claim, so an older
+claim in another namespace owns the bare name from then on. Nothing a tenant writes can prove
+an earlier claim (an annotation could be forged; the gateways keep no memory that survives a
+restart), so the fair rule is the bound key: a key bound to the namespace is served by its
+own model before, during and after the re-creation, and never by another namespace's. Served
+names that take another namespace's qualified form `<ns>/<name>` are refused outright
+(validation, `ReservedModelName`).
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """Does I/O: which keys the Secrets a ModelDeployment names hold, cached per object.
 
 The operator checks that every Secret key a spec references exists (a missing key would
-leave the engine pods failing at start) without ever keeping or returning a value. A found
-set is trusted for `FOUND_TTL` seconds, one with anything missing for `MISSING_TTL` (so a
-Secret created after the ModelDeployment is noticed soon), and a new generation looks again.
+leave the engine pods failing at start) without ever keeping or returning a value, and that
+each fallback provider key's Secret opted in (the reader returns `ProviderKeys` for a Secret
+labelled `hedge.dev/provider-key: "true"`). A found set is trusted for `FOUND_TTL` seconds,
+one with anything missing or not opted in for `MISSING_TTL` (so a Secret created or labelled
+after the ModelDeployment is noticed soon), and a new generation looks again.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Protocol
 from hedge_core.api import ModelDeployment
 from hedge_core.kube import TRANSIENT, Forbidden
 from hedge_operator.errors import RetryableError
-from hedge_operator.provisioning.validation import secret_uses
+from hedge_operator.provisioning.validation import ProviderKeys, opted_in, secret_uses
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +29,15 @@ Found = dict[str, frozenset[str] | None]
 
 
 class SecretReader(Protocol):
-    async def secret_keys(self, namespace: str, name: str) -> frozenset[str] | None: ...
+    async def secret_keys(self, namespace: str, name: str) -> frozenset[str] | None:
+        """The Secret's data keys (a `ProviderKeys` when it carries the provider-key
+        label), or None when it does not exist."""
+        ...
 
 
-class _AnyKeys(frozenset[str]):
-    """The keys of a Secret the operator may not read: any key is taken to be there."""
+class _AnyKeys(ProviderKeys):
+    """The keys of a Secret the operator may not read: any key is taken to be there, and
+    the label too (the gateway, which watches only labelled Secrets, still checks it)."""
 
     def __contains__(self, key: object) -> bool:
         return True
@@ -64,14 +70,20 @@ class SecretKeys:
     async def lookup(self, md: ModelDeployment) -> tuple[Found, int]:
         """The keys of each Secret `md` names, and the API requests it took (0: cached).
         Raises RetryableError when the API server had trouble."""
-        names = sorted({use.name for use in secret_uses(md)})
+        uses = secret_uses(md)
+        names = sorted({use.name for use in uses})
         if not names:
             return {}, 0
+        provider = {use.name for use in uses if use.provider_key}
         now = self._clock()
         entry = self._cache.get(md.uid)
         if entry is not None:
             cached = entry.found
-            complete = all(cached.get(n) is not None for n in names) and set(names) <= set(cached)
+            complete = (
+                all(cached.get(n) is not None for n in names)
+                and set(names) <= set(cached)
+                and all(opted_in(cached.get(n)) for n in provider)
+            )
             ttl = self.FOUND_TTL if complete else self.MISSING_TTL
             if entry.generation == md.generation and now - entry.at < ttl:
                 return cached, 0

@@ -1,6 +1,12 @@
 """Pure: checks the CRD schema cannot make: the GPU type against the operator's table, referenced
 Secrets, and extraArgs/env that fight the typed fields. Each failure is a `Problem` whose
 reason becomes the Ready condition's reason.
+
+Fallback provider keys come only from Secrets that opted in with the label
+`hedge.dev/provider-key: "true"` (the gateway watches no other). A reference to any other
+Secret is `SecretNotOptedIn`, and its message is the same whether that Secret exists or not
+and says nothing of its keys: creating a ModelDeployment must not become a way to learn
+which Secrets a namespace holds.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from hedge_core.api import ModelDeployment
+from hedge_core.contracts import PROVIDER_KEY_LABEL, shadowed_namespace
 from hedge_operator.config import OperatorConfig
 from hedge_operator.provisioning.builders import (
     DEFAULT_GCS_KEY,
@@ -20,7 +27,9 @@ from hedge_operator.provisioning.builders import (
 INVALID_SPEC = "InvalidSpec"
 UNKNOWN_GPU_TYPE = "UnknownGPUType"
 SECRET_NOT_FOUND = "SecretNotFound"
+SECRET_NOT_OPTED_IN = "SecretNotOptedIn"
 CONFLICTING_ARGS = "ConflictingArgs"
+RESERVED_MODEL_NAME = "ReservedModelName"
 APPLY_FAILED = "ApplyFailed"
 
 
@@ -34,7 +43,7 @@ class Problem:
     @property
     def waiting(self) -> bool:
         """True when the fix can come from outside the spec (e.g. creating the Secret)."""
-        return self.reason in (SECRET_NOT_FOUND, APPLY_FAILED)
+        return self.reason in (SECRET_NOT_FOUND, SECRET_NOT_OPTED_IN, APPLY_FAILED)
 
 
 # vLLM flags set from typed fields -> the field to use instead.
@@ -95,11 +104,17 @@ def conflicting_args(md: ModelDeployment) -> Problem | None:
     return None
 
 
+class ProviderKeys(frozenset[str]):
+    """The keys of a Secret labelled `hedge.dev/provider-key: "true"` (opted in to be read
+    as a fallback provider key); a plain frozenset is a Secret without the label."""
+
+
 @dataclass(frozen=True)
 class SecretUse:
     name: str
     key: str | None  # None: the Secret must exist, any keys
     where: str
+    provider_key: bool = False  # read by the gateway: the Secret must have opted in
 
 
 def secret_uses(md: ModelDeployment) -> list[SecretUse]:
@@ -120,17 +135,40 @@ def secret_uses(md: ModelDeployment) -> list[SecretUse]:
         for i, provider in enumerate(md.spec.fallback.providers):
             if provider.api_key_secret_ref is not None:
                 ref = provider.api_key_secret_ref
-                uses.append(
-                    SecretUse(ref.name, ref.key, f"spec.fallback.providers[{i}].apiKeySecretRef")
-                )
+                where = f"spec.fallback.providers[{i}].apiKeySecretRef"
+                uses.append(SecretUse(ref.name, ref.key, where, provider_key=True))
     return uses
+
+
+def opted_in(keys: frozenset[str] | None) -> bool:
+    """Whether a Secret's keys (as the reader returned them) are those of an opted-in
+    Secret."""
+    return isinstance(keys, ProviderKeys)
+
+
+def not_opted_in(md: ModelDeployment, use: SecretUse) -> Problem:
+    """The same words for a Secret without the label and for no Secret at all."""
+    return Problem(
+        SECRET_NOT_OPTED_IN,
+        f"{use.where} names Secret {use.name!r}, which is not a provider-key Secret: "
+        f"fallback provider keys are read only from Secrets labelled "
+        f'{PROVIDER_KEY_LABEL}: "true" in namespace {md.namespace!r} (create the Secret '
+        f"with that label, or add it: kubectl label secret {use.name} "
+        f"{PROVIDER_KEY_LABEL}=true)",
+    )
 
 
 def check_secrets(
     md: ModelDeployment, secrets: Mapping[str, frozenset[str] | None]
 ) -> Problem | None:
-    """`secrets` maps each referenced Secret name to its keys (None: it does not exist)."""
-    for use in secret_uses(md):
+    """`secrets` maps each referenced Secret name to its keys (None: it does not exist; a
+    `ProviderKeys`: it carries the provider-key label). Provider-key references are
+    checked first, so a Secret that did not opt in is never described further."""
+    uses = secret_uses(md)
+    for use in uses:
+        if use.provider_key and not opted_in(secrets.get(use.name)):
+            return not_opted_in(md, use)
+    for use in uses:
         keys = secrets.get(use.name)
         if keys is None:
             return Problem(
@@ -141,6 +179,25 @@ def check_secrets(
             return Problem(
                 SECRET_NOT_FOUND,
                 f"Secret {use.name!r} ({use.where}) has no key {use.key!r}",
+            )
+    return None
+
+
+def reserved_names(md: ModelDeployment) -> Problem | None:
+    """A served name (the model's or an adapter's) `<ns>/<name>` with another namespace's
+    name in front would shadow that namespace's qualified names: refused, never routed."""
+    for where, name in (
+        ("spec.model.name", md.served_model),
+        *((f"spec.adapters[{a.name}].name", a.name) for a in md.spec.adapters),
+    ):
+        other = shadowed_namespace(name, md.namespace)
+        if other is not None:
+            return Problem(
+                RESERVED_MODEL_NAME,
+                f"{where} {name!r} has the form <namespace>/<name> of namespace {other!r}'s "
+                f"models, which clients reach as {other}/<name>; a served name with a '/' "
+                f"starts with this namespace ({md.namespace}/...) or with something that is "
+                "not a namespace name (e.g. capitals: 'Org/model')",
             )
     return None
 
@@ -159,7 +216,7 @@ def validate_static(md: ModelDeployment, config: OperatorConfig) -> Problem | No
             f"spec.resources.gpuType {gpu_type!r} is not in the operator's GPU table "
             f"(known: {known})",
         )
-    return conflicting_args(md)
+    return conflicting_args(md) or reserved_names(md)
 
 
 def validate(

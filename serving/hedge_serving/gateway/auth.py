@@ -1,9 +1,11 @@
-"""Optional client API keys, checked in constant time, each optionally bound to namespaces.
+"""Client API keys, checked in constant time, each optionally bound to namespaces.
 
 Keys come from an environment variable or file (comma or newline separated) or from a
-Kubernetes Secret (every value in it is a key), and can be replaced at run time. With no
-keys configured every request is let through, unless keys are `required` (they come from
-a Secret): then a missing or empty Secret locks the API rather than opening it.
+Kubernetes Secret, and can be replaced at run time. Auth fails closed: a keys source that
+is configured but yields no key (an empty file, an empty or missing Secret, a Secret whose
+data keys are all misspelt) locks the API rather than opening it. Only a gateway started
+with no keys source at all lets every request through, and says so with a WARNING at
+start (the chart refuses to render that unless `gateway.allowUnauthenticated` is set).
 
 A key may be bound to namespaces (its *scope*): it then reaches only the models of those
 namespaces, and resolves a bare model name among them alone, so no other namespace can
@@ -11,18 +13,32 @@ take its traffic (docs/gateway.md, "Tenants"). Scoped keys are written
 
 - in a keys file, one per line: `KEY team-a` or `KEY team-a,team-b`;
 - in the keys Secret, under a data key named `namespace.<namespace>` (every key in that
-  value is bound to that namespace); keys under any other data key are unscoped.
+  value is bound to that namespace). Unbound keys (they reach every namespace: admin keys)
+  live under the data key `keys` alone. Any other data key (`namespaces.team-a`,
+  `team-a`, `namespace.Team_A`) is ignored with a WARNING naming it: a misspelt binding
+  never becomes an admin key.
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
+import re
 from collections.abc import Iterable, Mapping
 
 from hedge_serving.gateway.errors import AuthenticationFailed
 
+log = logging.getLogger("hedge.gateway.auth")
+
 _BEARER = "bearer "
 SCOPED_DATA_KEY_PREFIX = "namespace."
+UNSCOPED_DATA_KEY = "keys"
+_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # a DNS-1123 label
+
+
+class KeysConfigError(ValueError):
+    """A keys source that is configured but unusable (the gateway refuses to start)."""
+
 
 Scope = frozenset[str] | None
 """The namespaces a request may reach; None: every namespace."""
@@ -34,39 +50,78 @@ def split_keys(text: str) -> list[str]:
     return [k.strip() for k in text.replace(",", "\n").splitlines() if k.strip()]
 
 
-def parse_keys_file(text: str) -> list[ClientKey]:
-    """A keys file: plain keys (comma or newline separated), or `KEY ns[,ns…]` lines."""
+def parse_keys_file(text: str, where: str = "keys file") -> list[ClientKey]:
+    """A keys file: plain keys (comma or newline separated), or `KEY ns[,ns…]` lines.
+
+    Raises `KeysConfigError` for a file without a single key (an empty file must not turn
+    auth off) and for a namespace that is not a valid namespace name."""
     keys: list[ClientKey] = []
-    for line in text.splitlines():
+    for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         key, _, namespaces = line.partition(" ")
         if namespaces.strip():
             scope = frozenset(n.strip() for n in namespaces.split(",") if n.strip())
+            bad = sorted(n for n in scope if not _NAMESPACE.match(n))
+            if bad:
+                raise KeysConfigError(
+                    f"{where}, line {number}: {', '.join(map(repr, bad))} is not a namespace "
+                    "name (a line is `KEY` or `KEY namespace[,namespace…]`)"
+                )
             keys.append((key, scope))
         else:
             keys.extend((k, None) for k in split_keys(line))
+    if not keys:
+        raise KeysConfigError(
+            f"{where} holds no client key: refusing to start with authentication off (write "
+            "one key per line, or start without a keys file to run unauthenticated)"
+        )
     return keys
 
 
 def keys_from_secret(data: Mapping[str, str]) -> list[ClientKey]:
-    """A keys Secret's (decoded) data: `namespace.<ns>` entries are bound to <ns>."""
+    """A keys Secret's (decoded) data: `namespace.<ns>` entries are bound to <ns>, `keys`
+    holds unbound keys; any other data key is ignored (logged by name, never its value),
+    so a misspelt binding locks its keys out instead of making them admin keys."""
     keys: list[ClientKey] = []
     for name, value in data.items():
-        scope: Scope = None
-        if name.startswith(SCOPED_DATA_KEY_PREFIX) and name != SCOPED_DATA_KEY_PREFIX:
+        scope: Scope
+        if name == UNSCOPED_DATA_KEY:
+            scope = None
+        elif name.startswith(SCOPED_DATA_KEY_PREFIX) and _NAMESPACE.match(
+            name[len(SCOPED_DATA_KEY_PREFIX) :]
+        ):
             scope = frozenset({name[len(SCOPED_DATA_KEY_PREFIX) :]})
+        else:
+            log.warning(
+                "client keys Secret: data key %r is ignored: keys live under %r (unbound, "
+                "every namespace) or %r<namespace> (bound to that namespace)",
+                name,
+                UNSCOPED_DATA_KEY,
+                SCOPED_DATA_KEY_PREFIX,
+            )
+            continue
         keys.extend((k, scope) for k in split_keys(value))
     return keys
 
 
 class ClientAuth:
+    """`required`: a keys source is configured, so no keys means no access (fail closed);
+    without it and without keys every request is let through (a WARNING says so)."""
+
     def __init__(self, keys: Iterable[str | ClientKey] = (), *, required: bool = False) -> None:
         self._keys: tuple[tuple[bytes, Scope], ...] = ()
         self.required = required
         self.enabled = required
         self.set_keys(keys)
+        self.required = self.enabled  # keys once configured: losing them all locks the API
+        if not self.enabled:
+            log.warning(
+                "client authentication is OFF: no client keys are configured, so anyone who "
+                "can reach the API port can use every model and spend the fallback "
+                "providers' keys (pass --api-keys-secret or --api-keys-file)"
+            )
 
     def set_keys(self, keys: Iterable[str | ClientKey]) -> None:
         entries: list[tuple[bytes, Scope]] = []

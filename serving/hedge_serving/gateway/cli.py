@@ -17,7 +17,13 @@ import signal
 import sys
 
 from hedge_serving.gateway.app import GatewaySettings, start_gateway
-from hedge_serving.gateway.auth import ClientAuth, ClientKey, parse_keys_file, split_keys
+from hedge_serving.gateway.auth import (
+    ClientAuth,
+    ClientKey,
+    KeysConfigError,
+    parse_keys_file,
+    split_keys,
+)
 from hedge_serving.gateway.breaker import CircuitBreaker
 from hedge_serving.gateway.config import RoutesFileError, load_routes
 from hedge_serving.gateway.keys import LocalKeyStore, SecretCache
@@ -222,7 +228,10 @@ def _client_keys(args: argparse.Namespace) -> list[ClientKey]:
             raise SystemExit(f"hedge gateway: ${args.api_keys_env} holds no API keys")
     if args.api_keys_file:
         with open(args.api_keys_file, encoding="utf-8") as f:
-            keys += parse_keys_file(f.read())
+            try:
+                keys += parse_keys_file(f.read(), args.api_keys_file)
+            except KeysConfigError as exc:
+                raise SystemExit(f"hedge gateway: {exc}") from None
     return keys
 
 

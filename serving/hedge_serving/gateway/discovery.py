@@ -10,11 +10,17 @@ in-memory copies, and every change rebuilds the routing table from them:
 - `endpointslices.discovery.k8s.io/v1` labelled `hedge.dev/model-deployment`: the ready
   endpoints (port `http`) of each ModelDeployment's engine pods, from the shared Service's
   slices and each revision's headless Service's (labelled `hedge.dev/revision`), which say
-  which revision each endpoint runs;
+  which revision each endpoint runs. A label is not trust (anyone who may create a Service
+  in the namespace can set it): a slice counts only when its `kubernetes.io/service-name`
+  is one of the Services the operator names for that ModelDeployment, a revision's only
+  for a revision its status names (`trusted_slice`);
 - each ModelDeployment's status.rollout: the canary revision and its weight (the operator's
   decision; the route splits the requests by it) and an aborted revision (never routed);
-- each referenced Secret (and the client-keys Secret), watched by name, so a rotated key
-  is used on the next request without reading Secrets the gateway has no business with.
+- each referenced provider-key Secret, watched by name *and* the opt-in label
+  `hedge.dev/provider-key=true`, so an unlabelled Secret never reaches the gateway's
+  memory whatever a ModelDeployment names; of a Secret only the referenced keys are kept,
+  and a rotated key is used on the next request. The client-keys Secret is watched apart
+  (by name, no label needed) and is never a provider key, even when labelled.
 """
 
 from __future__ import annotations
@@ -40,7 +46,14 @@ from hedge_core.api import (
     SpecError,
     unix_seconds,
 )
-from hedge_core.contracts import created_seconds, ownership_key
+from hedge_core.contracts import (
+    PROVIDER_KEY_SELECTOR,
+    SERVICE_NAME_LABEL,
+    created_seconds,
+    ownership_key,
+    revision_service_name,
+    shared_service_name,
+)
 from hedge_core.kube import Key, Kube, KubeConfigError, ListWatch, object_key, resource_path
 from hedge_core.statuses import FALLBACK_BUDGET, ROLLOUT, read
 from hedge_serving.gateway.auth import ClientAuth, keys_from_secret
@@ -55,7 +68,13 @@ from hedge_serving.gateway.routing import (
     ServingOptions,
 )
 
-__all__ = ["KubeConfigError", "KubernetesDiscovery", "ready_endpoints", "routes_for"]
+__all__ = [
+    "KubeConfigError",
+    "KubernetesDiscovery",
+    "ready_endpoints",
+    "routes_for",
+    "trusted_slice",
+]
 
 log = logging.getLogger("hedge.gateway.discovery")
 
@@ -223,6 +242,22 @@ def ready_endpoints(slice_: Mapping[str, Any]) -> list[str]:
     return urls
 
 
+def trusted_slice(labels: Mapping[str, Any], rollout: Rollout | None) -> bool:
+    """Whether an EndpointSlice labelled for a ModelDeployment is one of that object's own:
+    its `kubernetes.io/service-name` is the shared Service `<md>`, or the headless Service
+    of the revision it is labelled with, and that revision is one the ModelDeployment's
+    status names (stable, canary or aborted). `rollout` None: the object is not known."""
+    md_name = str(labels.get(MD_LABEL) or "")
+    service = labels.get(SERVICE_NAME_LABEL)
+    if not md_name or rollout is None:
+        return False
+    revision = str(labels.get(REVISION_LABEL) or "")
+    if not revision:
+        return service == shared_service_name(md_name)
+    known = {rollout.stable, rollout.canary, rollout.aborted}
+    return revision in known and service == revision_service_name(md_name, revision)
+
+
 def route_specs(
     parsed: Mapping[Key, Parsed], backends: Mapping[Key, Mapping[str, str]]
 ) -> list[RouteSpec]:
@@ -274,7 +309,11 @@ class KubernetesDiscovery:
         self.parsed: dict[str, dict[Key, Parsed]] = {}  # per watched namespace ("" = all)
         self._md_watches: list[ListWatch] = []
         self._slice_watches: list[ListWatch] = []
+        # Provider-key Secrets: one watch per Secret, with the data keys routes reference.
         self._secret_watches: dict[Key, ListWatch] = {}
+        self._secret_keys: dict[Key, frozenset[str]] = {}
+        self._client_keys_watch: ListWatch | None = None
+        self._refused: set[Key] = set()  # references to the client-keys Secret, logged once
         self._background: set[asyncio.Task[None]] = set()
 
     def _watch(self, path: str, name: str, **kw: Any) -> ListWatch:
@@ -311,16 +350,27 @@ class KubernetesDiscovery:
                 )
             )
         if self.client_keys_secret is not None:
-            self._watch_secret(self.client_keys_secret)
+            ns, name = self.client_keys_secret
+            self._client_keys_watch = self._watch(
+                f"/api/v1/namespaces/{quote(ns)}/secrets",
+                f"client keys secret {ns}/{name}",
+                params={"fieldSelector": f"metadata.name={name}"},
+                on_list=lambda _: self._client_keys_changed(),
+                on_event=lambda _t, _o: self._client_keys_changed(),
+            )
 
     async def stop(self) -> None:
         watches = [*self._md_watches, *self._slice_watches, *self._secret_watches.values()]
+        if self._client_keys_watch is not None:
+            watches.append(self._client_keys_watch)
         for w in watches:
             await w.stop()
         await asyncio.gather(*self._background, return_exceptions=True)
         self._md_watches.clear()
         self._slice_watches.clear()
         self._secret_watches.clear()
+        self._secret_keys.clear()
+        self._client_keys_watch = None
 
     def synced(self) -> bool:
         """Whether every watched collection has been listed at least once."""
@@ -354,37 +404,73 @@ class KubernetesDiscovery:
             parsed[object_key(obj)] = parse(obj)
         self.changed()
 
-    def _watch_secret(self, ref: Key) -> None:
+    def _watch_secret(self, ref: Key, keys: frozenset[str]) -> None:
+        """Watch one provider-key Secret (only if it opted in) for these data keys; a
+        watch for other keys is replaced, since a watch keeps no more than its keys."""
         if ref in self._secret_watches:
-            return
+            if self._secret_keys.get(ref) == keys:
+                return
+            self._stop_secret_watch(ref)
         ns, name = ref
+        self._secret_keys[ref] = keys
         self._secret_watches[ref] = self._watch(
             f"/api/v1/namespaces/{quote(ns)}/secrets",
             f"secret {ns}/{name}",
-            params={"fieldSelector": f"metadata.name={name}"},
-            on_list=lambda _: self._secret_changed(ref),
-            on_event=lambda _t, _o: self._secret_changed(ref),
+            params={
+                "fieldSelector": f"metadata.name={name}",
+                "labelSelector": PROVIDER_KEY_SELECTOR,
+            },
+            on_list=lambda items: self._secret_listed(ref, items),
+            on_event=lambda kind, obj: self._secret_event(ref, kind, obj),
         )
 
-    def _secret_changed(self, ref: Key) -> None:
-        w = self._secret_watches.get(ref)
-        if w is None:
+    def _stop_secret_watch(self, ref: Key) -> None:
+        task = asyncio.get_running_loop().create_task(self._secret_watches.pop(ref).stop())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        self._secret_keys.pop(ref, None)
+        self.secrets.set_secret(ref[0], ref[1], None)
+
+    def _secret_listed(self, ref: Key, items: list[dict[str, Any]]) -> None:
+        found = next((i for i in items if object_key(i) == ref), None)
+        self._secret_event(ref, "ADDED" if found is not None else "DELETED", found or {})
+
+    def _secret_event(self, ref: Key, kind: str, obj: dict[str, Any]) -> None:
+        """Keep the referenced keys' values in the key cache and nothing else: the watch's
+        own copy of the Secret is stripped of its data (and annotations, which may hold a
+        last-applied copy of it) at once."""
+        if self._secret_watches.get(ref) is None:
             return
-        secret = w.items.get(ref)
-        data = _decode(secret) if secret is not None else None
+        if kind == "DELETED" or not obj:
+            self.secrets.set_secret(ref[0], ref[1], None)
+            return
+        keys = self._secret_keys.get(ref, frozenset())
+        data = _decode(obj, keys)
+        _strip(obj)
         self.secrets.set_secret(ref[0], ref[1], data)
-        if ref == self.client_keys_secret and self.auth is not None:
-            self.auth.set_keys(keys_from_secret(data or {}))
+
+    def _client_keys_changed(self) -> None:
+        w = self._client_keys_watch
+        if w is None or self.client_keys_secret is None:
+            return
+        secret = w.items.get(self.client_keys_secret)
+        data = _decode(secret) if secret is not None else {}
+        if secret is not None:
+            _strip(secret)
+        if self.auth is not None:
+            self.auth.set_keys(keys_from_secret(data))
 
     def changed(self) -> None:
         """Rebuild the routing table from what the watches hold; watch the Secrets the
         routes need, and stop watching those no route needs any more."""
+        parsed = {key: p for scope in self.parsed.values() for key, p in scope.items()}
         backends: dict[Key, dict[str, str]] = {}  # URL -> revision ("": not known)
         for w in self._slice_watches:
             for (ns, _), s in w.items.items():
                 labels = (s.get("metadata") or {}).get("labels") or {}
-                md_name = labels.get(MD_LABEL)
-                if not md_name:
+                md_name = str(labels.get(MD_LABEL) or "")
+                known = parsed.get((ns, md_name))
+                if not trusted_slice(labels, None if known is None else known.rollout):
                     continue
                 revision = str(labels.get(REVISION_LABEL) or "")
                 urls = backends.setdefault((ns, md_name), {})
@@ -393,30 +479,54 @@ class KubernetesDiscovery:
                     # which is which; a revision's own slice can.
                     if revision or url not in urls:
                         urls[url] = revision
-        parsed = {key: p for scope in self.parsed.values() for key, p in scope.items()}
         specs = route_specs(parsed, backends)
         self.table.replace(specs)
-        wanted: set[Key] = set()
+        wanted: dict[Key, set[str]] = {}
         for spec in specs:
             for p in spec.fallback:
                 if p.api_key is not None and p.api_key.namespace and p.api_key.name:
-                    wanted.add((p.api_key.namespace, p.api_key.name))
-        for ref in wanted:
-            self._watch_secret(ref)
-        if self.client_keys_secret is not None:
-            wanted.add(self.client_keys_secret)
+                    ref = (p.api_key.namespace, p.api_key.name)
+                    if ref == self.client_keys_secret:
+                        self._refuse(ref)  # never a provider key, labelled or not
+                        continue
+                    wanted.setdefault(ref, set()).add(p.api_key.key or DEFAULT_SECRET_KEY)
+        for ref, keys in wanted.items():
+            self._watch_secret(ref, frozenset(keys))
         for ref in [r for r in self._secret_watches if r not in wanted]:
-            task = asyncio.get_running_loop().create_task(self._secret_watches.pop(ref).stop())
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-            self.secrets.set_secret(ref[0], ref[1], None)
+            self._stop_secret_watch(ref)
+
+    def _refuse(self, ref: Key) -> None:
+        if ref not in self._refused:
+            self._refused.add(ref)
+            log.warning(
+                "Secret %s/%s holds the gateway's client keys and is never used as a "
+                "provider key: the fallback providers that name it get no key",
+                *ref,
+            )
 
 
-def _decode(secret: Mapping[str, Any]) -> dict[str, str]:
+DEFAULT_SECRET_KEY = "api-key"  # apiKeySecretRef without `key`
+
+
+def _decode(secret: Mapping[str, Any], keys: frozenset[str] | None = None) -> dict[str, str]:
+    """The decoded data of a Secret: only `keys` when given."""
     out: dict[str, str] = {}
     for k, v in (secret.get("data") or {}).items():
-        with contextlib.suppress(ValueError, TypeError):
-            out[str(k)] = base64.b64decode(v).decode("utf-8")
+        if keys is None or k in keys:
+            with contextlib.suppress(ValueError, TypeError):
+                out[str(k)] = base64.b64decode(v).decode("utf-8")
     for k, v in (secret.get("stringData") or {}).items():
-        out[str(k)] = str(v)
+        if keys is None or k in keys:
+            out[str(k)] = str(v)
     return out
+
+
+def _strip(secret: dict[str, Any]) -> None:
+    """Drop a watched Secret's values from the watch's cache: only what the watch needs to
+    resume (name, namespace, resourceVersion) stays."""
+    secret.pop("data", None)
+    secret.pop("stringData", None)
+    meta = secret.get("metadata") or {}
+    secret["metadata"] = {
+        k: meta[k] for k in ("name", "namespace", "resourceVersion", "uid") if k in meta
+    }

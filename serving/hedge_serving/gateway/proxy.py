@@ -452,7 +452,7 @@ class Proxy:
         state.move(DemandState.HELD)
         try:
             while True:
-                current = table.resolve(route.model)
+                current = table.current(route)  # the same ModelDeployment, never another's
                 if current is None:
                     return None
                 if any(b.breaker.available() for b in current.backends):

@@ -7,7 +7,8 @@ of every backend URL that is still listed, so a table update never resets load c
 Requests only read the table: one dict lookup per request.
 
 Tenants: a bare model name belongs to the oldest ModelDeployment that claims it (the first
-spec listed); every model of a namespace is also reachable as `<namespace>/<name>`; and a
+spec listed); every model of a namespace is also reachable as `<namespace>/<name>`, and no
+served name of another namespace can take that form (`contracts.shadowed_namespace`); and a
 request whose client key is bound to namespaces resolves names among those namespaces only
 (`resolve(model, scope)`), so no other namespace can take its traffic (docs/gateway.md).
 
@@ -30,7 +31,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from hedge_core.contracts import DEMAND_STATES
+from hedge_core.contracts import DEMAND_STATES, shadowed_namespace
 from hedge_serving.gateway.balancer import stable_hash
 from hedge_serving.gateway.breaker import CircuitBreaker
 from hedge_serving.gateway.budget import BudgetMeter, BudgetSpec
@@ -323,6 +324,18 @@ class RoutingTable:
                 best = route
         return best
 
+    def current(self, route: Route) -> Route | None:
+        """`route` as the table has it now: the same model name of the same ModelDeployment
+        (namespace and name), or None once that ModelDeployment no longer serves it. Never
+        another namespace's route of that name: a request resolved for one ModelDeployment
+        (a held one, say) stays with it whatever the table says the bare name means now."""
+        namespace, _ = route.deployment
+        if namespace:
+            found = self._by_namespace.get(namespace, {}).get(route.model)
+        else:
+            found = self._routes.get(route.model)
+        return found if found is not None and found.deployment == route.deployment else None
+
     def routes(self) -> list[Route]:
         """The routes of bare model names (each name's owner)."""
         return list(self._routes.values())
@@ -390,6 +403,8 @@ class RoutingTable:
 
         for rank, spec in enumerate(specs):
             namespace = spec.deployment[0] if spec.deployment and spec.deployment[0] else None
+            if namespace is not None and shadowed_namespace(spec.model, namespace):
+                continue  # `team-a/llama` served by team-b: never routed (the operator says)
             if spec.model in routes and (
                 namespace is None or spec.model in by_namespace.get(namespace, {})
             ):

@@ -1,7 +1,8 @@
 """A fake Kubernetes API server: list and watch with resourceVersions, 410 Gone, restarts.
 
 Just enough of the real semantics for the gateway's discovery: collections at cluster and
-namespace scope, `labelSelector=<key>` (existence) and `fieldSelector=metadata.name=<n>`,
+namespace scope, `labelSelector` (comma-separated `key` existence and `key=value`
+requirements) and `fieldSelector=metadata.name=<n>`,
 list `metadata.resourceVersion`, `watch=1&resourceVersion=N` streaming every later event
 (ADDED/MODIFIED/DELETED, BOOKMARK when asked), an ERROR event with code 410 for a
 compacted version, bearer-token auth, and `drop_watches()` / restarts that cut streams.
@@ -108,9 +109,11 @@ class FakeKubeAPI:
         meta = obj.get("metadata") or {}
         if ns is not None and meta.get("namespace") != ns:
             return False
-        label = query.get("labelSelector")
-        if label and label not in (meta.get("labels") or {}):
-            return False
+        labels = meta.get("labels") or {}
+        for requirement in filter(None, (query.get("labelSelector") or "").split(",")):
+            key, eq, value = requirement.partition("=")
+            if key not in labels or (eq and labels[key] != value):
+                return False
         field = query.get("fieldSelector")
         if field:
             name = field.removeprefix("metadata.name=")
@@ -216,10 +219,29 @@ def model_deployment(
     }
 
 
+PROVIDER_KEY = {"hedge.dev/provider-key": "true"}  # the opt-in label of provider-key Secrets
+
+
+def provider_key_secret(name: str, namespace: str, data: dict[str, str]) -> dict[str, Any]:
+    """A Secret that opted in to be read as a fallback provider key."""
+    return secret(name, namespace, data, PROVIDER_KEY)
+
+
 def endpoint_slice(
-    md: str, namespace: str, endpoints: list[tuple[str, int, bool]], suffix: str = "abc"
+    md: str,
+    namespace: str,
+    endpoints: list[tuple[str, int, bool]],
+    suffix: str = "abc",
+    service: str | None = None,
+    revision: str | None = None,
 ) -> dict[str, Any]:
-    """endpoints: (ip, port, ready). All endpoints of one slice share a port, as in k8s."""
+    """endpoints: (ip, port, ready). All endpoints of one slice share a port, as in k8s.
+    `service`: the Service it is for (default: the ModelDeployment's shared one, `md`, or
+    with `revision` the revision's `<md>-<revision>`)."""
+    labels = {"hedge.dev/model-deployment": md}
+    if revision:
+        labels["hedge.dev/revision"] = revision
+    labels["kubernetes.io/service-name"] = service or (f"{md}-{revision}" if revision else md)
     port = endpoints[0][1] if endpoints else 8000
     return {
         "apiVersion": "discovery.k8s.io/v1",
@@ -227,7 +249,7 @@ def endpoint_slice(
         "metadata": {
             "name": f"{md}-{suffix}",
             "namespace": namespace,
-            "labels": {"hedge.dev/model-deployment": md, "kubernetes.io/service-name": md},
+            "labels": labels,
         },
         "addressType": "IPv4",
         "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
@@ -238,12 +260,17 @@ def endpoint_slice(
     }
 
 
-def secret(name: str, namespace: str, data: dict[str, str]) -> dict[str, Any]:
+def secret(
+    name: str, namespace: str, data: dict[str, str], labels: dict[str, str] | None = None
+) -> dict[str, Any]:
     import base64
 
+    meta: dict[str, Any] = {"name": name, "namespace": namespace}
+    if labels:
+        meta["labels"] = labels
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": name, "namespace": namespace},
+        "metadata": meta,
         "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
     }

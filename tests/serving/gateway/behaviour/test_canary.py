@@ -287,9 +287,9 @@ async def api(tmp_path: Path) -> AsyncIterator[FakeKubeAPI]:
 
 
 def revision_slice(revision: str, ips: list[str]) -> dict[str, object]:
-    s = endpoint_slice(MD, NS, [(ip, 8000, True) for ip in ips], revision[:5])
-    s["metadata"]["labels"]["hedge.dev/revision"] = revision  # type: ignore[index]
-    return s
+    # The revision's headless Service `<md>-<revision>` is the slice's service-name, as
+    # the operator names it (discovery trusts no other).
+    return endpoint_slice(MD, NS, [(ip, 8000, True) for ip in ips], revision[:5], revision=revision)
 
 
 async def test_discovery_reads_revisions_from_slices_and_the_weight_from_status(

@@ -21,6 +21,7 @@ from tests.serving.gateway_stubs.kubeapi import (
     endpoint_slice,
     kubeconfig_for,
     model_deployment,
+    provider_key_secret,
     secret,
 )
 from tests.serving.gateway_stubs.providers import OpenAIStub
@@ -140,7 +141,7 @@ async def test_fallback_keys_come_from_watched_secrets(
     api: FakeKubeAPI, kube: Kube, client: Clients
 ) -> None:
     provider = await OpenAIStub(api_key="sk-one").start()
-    await api.put("Secret", secret("openai", NS, {"api-key": "sk-one"}))
+    await api.put("Secret", provider_key_secret("openai", NS, {"api-key": "sk-one"}))
     await api.put("Secret", secret("unrelated", NS, {"api-key": "nope"}))
     await api.put(
         "ModelDeployment",
@@ -176,7 +177,7 @@ async def test_fallback_keys_come_from_watched_secrets(
         assert raw.parse().choices[0].message.content == reply_text("k")
         # rotate the key at the provider and in the Secret: the next request uses the new one
         provider.api_key = "sk-two"
-        await api.put("Secret", secret("openai", NS, {"api-key": "sk-two"}))
+        await api.put("Secret", provider_key_secret("openai", NS, {"api-key": "sk-two"}))
         await wait_for(lambda: secrets.get(ref) == "sk-two", what="secret rotated")
         await c.chat.completions.create(model="llama", messages=[{"role": "user", "content": "k"}])
         assert provider.received[-1].headers["Authorization"] == "Bearer sk-two"
@@ -184,7 +185,7 @@ async def test_fallback_keys_come_from_watched_secrets(
         assert not any("unrelated" in r for r in api.requests)
         assert all("fieldSelector=metadata.name" in r for r in api.requests if "/secrets" in r)
         # the ModelDeployment now references another Secret: the old one is no longer watched
-        await api.put("Secret", secret("openai-2", NS, {"api-key": "sk-three"}))
+        await api.put("Secret", provider_key_secret("openai-2", NS, {"api-key": "sk-three"}))
         md = model_deployment(
             "llama",
             NS,
@@ -218,7 +219,8 @@ async def test_gateway_serves_discovered_pods_and_client_keys_secret(
         await api.put(
             "EndpointSlice", endpoint_slice("llama", NS, [("127.0.0.1", port, True)], f"s{i}")
         )
-    await api.put("Secret", secret("gateway-keys", "hedge-system", {"k": "client-key"}))
+    # unbound keys live under the data key `keys` (any other data key is ignored)
+    await api.put("Secret", secret("gateway-keys", "hedge-system", {"keys": "client-key"}))
     table, secrets = RoutingTable(), SecretCache()
     auth = ClientAuth(required=True)
     d = _discovery(kube, table, secrets, client_keys_secret="hedge-system/gateway-keys", auth=auth)
