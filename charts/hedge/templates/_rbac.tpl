@@ -12,6 +12,12 @@ them. No wildcards: every rule names its verbs and resources.
 - apiGroups: ["hedge.dev"]
   resources: ["modeldeployments/status"]
   verbs: ["get", "patch"]
+# Children carry ownerReferences with blockOwnerDeletion: true; OpenShift's
+# OwnerReferencesPermissionEnforcement admission then requires update on the owner's
+# finalizers subresource (no other `update` anywhere).
+- apiGroups: ["hedge.dev"]
+  resources: ["modeldeployments/finalizers"]
+  verbs: ["update"]
 # The children it applies with server-side apply (field manager hedge-operator).
 - apiGroups: ["apps"]
   resources: ["deployments"]
