@@ -83,6 +83,8 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
     settings.peering.priority = rt.peering_priority
     for resource in CHILD_RESOURCES:
         settings.watching.label_selectors[resource] = CHILD_SELECTOR
+    if rt.gate is not None:
+        rt.gate.start()  # a standby writes nothing (standby.py)
     if rt.dataplane is not None:
         await rt.dataplane.start()
 
@@ -112,6 +114,8 @@ async def login(memo: Any, **_: Any) -> kopf.AiohttpSession:
 async def cleanup(memo: Any, **_: Any) -> None:
     rt = runtime(memo)
     await rt.nudger.close()
+    if rt.gate is not None:
+        await rt.gate.stop()
     if rt.dataplane is not None:
         await rt.dataplane.stop()
     await rt.kube.close()

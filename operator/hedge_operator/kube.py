@@ -20,6 +20,7 @@ from hedge_core.api import API_VERSION, FIELD_MANAGER, KIND, PLURAL
 from hedge_core.clock import utc_now
 from hedge_core.kube import ApiError, Conflict, ListWatch, OnEvent, OnList, resource_path
 from hedge_operator import metrics
+from hedge_operator.standby import PeeringGate
 
 __all__ = ["ApiError", "Conflict", "Kube"]
 
@@ -58,6 +59,12 @@ class Kube:
             kubeconfig, user_agent="hedge-operator", on_response=_count, max_connections=32
         )
         self.instance = os.environ.get("POD_NAME") or socket.gethostname()
+        #: Closed while this replica is a peering standby: every write below refuses
+        #: (standby.Standby) rather than act on a view frozen at kopf's pause.
+        self.gate = PeeringGate(None, identity=self.instance, priority=0, peering=None)
+
+    def _may_write(self, what: str) -> None:
+        self.gate.check(what)
 
     async def close(self) -> None:
         await self.client.close()
@@ -68,6 +75,7 @@ class Kube:
         """Server-side apply, taking over conflicting fields (we own these objects)."""
         meta = manifest["metadata"]
         api_version, kind = manifest["apiVersion"], manifest["kind"]
+        self._may_write(f"apply {kind} {meta['name']}")
         result = await self.client.apply(
             object_path(api_version, kind, meta.get("namespace"), meta["name"]),
             manifest,
@@ -77,6 +85,7 @@ class Kube:
         return dict(result or {})
 
     async def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
+        self._may_write(f"scale Deployment {name}")
         await self.client.patch(
             object_path("apps/v1", "Deployment", namespace, name),
             {"spec": {"replicas": replicas}},
@@ -87,6 +96,7 @@ class Kube:
 
     async def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str]) -> None:
         """Merge-patches annotations onto a pod (gone pods are fine)."""
+        self._may_write(f"annotate pod {name}")
         await self.client.patch(
             f"/api/v1/namespaces/{namespace}/pods/{name}",
             {"metadata": {"annotations": dict(annotations)}},
@@ -110,6 +120,7 @@ class Kube:
         )
 
     async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        self._may_write(f"delete {kind} {name}")
         await self.client.delete(
             object_path(api_version, kind, namespace, name), resource=RESOURCES[(api_version, kind)]
         )
@@ -143,6 +154,7 @@ class Kube:
         """Merge-patches status, only if the object is still at `resource_version` (the
         version the status was computed from); raises Conflict otherwise. Returns the new
         resourceVersion (None: the object is gone)."""
+        self._may_write(f"status of {namespace}/{name}")
         result = await self.client.patch(
             object_path(API_VERSION, KIND, namespace, name, "status"),
             {"metadata": {"resourceVersion": resource_version}, "status": patch},
@@ -157,6 +169,7 @@ class Kube:
         self, involved: Mapping[str, Any], type_: str, reason: str, message: str
     ) -> None:
         """A core/v1 Event about a ModelDeployment (`involved` is its metadata)."""
+        self._may_write(f"Event {reason}")
         now = utc_now()
         namespace = str(involved["namespace"])
         event = {

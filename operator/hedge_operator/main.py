@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import secrets
 from pathlib import Path
+from typing import Any, cast
 
 import kopf
 import prometheus_client
@@ -122,6 +124,7 @@ async def serve(args: argparse.Namespace, config: OperatorConfig) -> int:
     from hedge_operator.kube import Kube
     from hedge_operator.reconcile.reconciler import Reconciler
     from hedge_operator.runtime import Runtime
+    from hedge_operator.standby import PeeringGate
 
     kube = Kube(args.kubeconfig)
     try:
@@ -130,6 +133,21 @@ async def serve(args: argparse.Namespace, config: OperatorConfig) -> int:
         await kube.close()
         logging.error("%s", exc)
         return 2
+    priority = (
+        args.peering_priority
+        if args.peering_priority is not None
+        else secrets.randbelow(1_000_000) + 1
+    )
+    # One identity for kopf's peering record and for the gate that reads it (kopf's own
+    # default adds a timestamp we could not know).
+    identity = os.environ.get("POD_ID") or (f"{kube.instance}/{os.getpid()}/{secrets.token_hex(3)}")
+    kube.gate = PeeringGate(
+        kube.client,
+        identity=identity,
+        priority=priority,
+        peering=args.peering,
+        namespaces=args.namespace,
+    )
     rt = Runtime(
         config=config,
         kube=kube,
@@ -138,11 +156,8 @@ async def serve(args: argparse.Namespace, config: OperatorConfig) -> int:
         dataplane=DataPlane(
             kube, gateway_service=args.gateway_service, gateway_urls=args.gateway_metrics_url
         ),
-        peering_priority=(
-            args.peering_priority
-            if args.peering_priority is not None
-            else secrets.randbelow(1_000_000) + 1
-        ),
+        peering_priority=priority,
+        gate=kube.gate,
     )
     liveness = (
         f"http://{args.bind_address}:{args.health_port}/healthz" if args.health_port else None
@@ -152,6 +167,7 @@ async def serve(args: argparse.Namespace, config: OperatorConfig) -> int:
         namespaces=args.namespace,
         standalone=args.peering is None,
         peering_name=args.peering,
+        identity=cast(Any, identity),
         liveness_endpoint=liveness,
         memo=kopf.Memo(hedge=rt),
     )

@@ -41,6 +41,14 @@ API_REQUESTS = Counter(
     "Requests to the Kubernetes API made by the operator's own client (watches excluded).",
     ["verb", "resource", "code"],
 )
+STANDBY = Gauge(
+    "hedge_operator_standby",
+    "1 while this replica is a peering standby (it writes nothing), 0 while it is active.",
+)
+STANDBY_REFUSED = Counter(
+    "hedge_operator_standby_writes_refused_total",
+    "Writes this replica refused to make because it was a peering standby.",
+)
 GATEWAYS = Gauge(
     "hedge_operator_gateways",
     "Gateway replicas whose /metrics the last scrape read or failed to read.",
