@@ -84,6 +84,19 @@ class Kube:
         )
         return dict(result or {})
 
+    async def get_child(
+        self, api_version: str, kind: str, namespace: str, name: str
+    ) -> Mapping[str, Any] | None:
+        """A child as the API server has it now (None: there is none), read before creating
+        it, so that an object we do not own is never taken over by the apply."""
+        body = await self.client.request(
+            "GET",
+            object_path(api_version, kind, namespace, name),
+            missing_ok=True,
+            resource=RESOURCES[(api_version, kind)],
+        )
+        return None if body is None else dict(body)
+
     async def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
         self._may_write(f"scale Deployment {name}")
         await self.client.patch(

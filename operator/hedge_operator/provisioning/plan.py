@@ -30,6 +30,7 @@ from hedge_operator.provisioning.builders import (
     build_revision_service,
     build_service,
     content_hash,
+    pvc_claims,
 )
 from hedge_operator.provisioning.observed import Observed
 
@@ -81,6 +82,9 @@ class Desired:
     children: Sequence[Mapping[str, Any]]
     #: Pods per revision (the spec's revision included); a revision not listed has none.
     replicas: Mapping[str, int]
+    #: Claims the spec mounts (cache.existingClaim, pvc:// sources): never deleted, even
+    #: when an earlier `cache: {size}` created (and owns) one of them.
+    named_claims: frozenset[str] = frozenset()
 
 
 def desired_children(
@@ -100,10 +104,14 @@ def desired_children(
     for name in sorted(wanted, key=lambda r: (r != revision, r)):
         if name == revision or wanted[name] > 0:
             children.append(build_revision_service(md, name))
+    named = set(pvc_claims(md))
+    if md.spec.cache is not None and md.spec.cache.existing_claim:
+        named.add(md.spec.cache.existing_claim)
     return Desired(
         revision=revision,
         children=[with_applied_hash(c) for c in children],
         replicas=wanted,
+        named_claims=frozenset(named),
     )
 
 
@@ -246,8 +254,8 @@ def plan(
         ):
             actions.append(Delete("v1", "Service", name))
 
-    # A cache claim the spec no longer asks for.
-    wanted_pvcs = {
+    # A cache claim the spec no longer asks for (nor mounts under another role).
+    wanted_pvcs = desired.named_claims | {
         str(c["metadata"]["name"]) for c in desired.children if c["kind"] == "PersistentVolumeClaim"
     }
     for name in observed.pvcs:
