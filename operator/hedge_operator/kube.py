@@ -30,6 +30,7 @@ RESOURCES: dict[tuple[str, str], str] = {
     ("v1", "Service"): "services",
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
     ("v1", "PersistentVolumeClaim"): "persistentvolumeclaims",
+    ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
     ("v1", "Secret"): "secrets",
     ("v1", "Event"): "events",
     (API_VERSION, KIND): PLURAL,

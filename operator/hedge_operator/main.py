@@ -17,6 +17,7 @@ import prometheus_client
 from hedge_operator.config import (
     DEFAULT_GCS_DOWNLOADER_IMAGE,
     DEFAULT_S3_DOWNLOADER_IMAGE,
+    NetworkPolicyConfig,
     OperatorConfig,
 )
 
@@ -105,13 +106,77 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="a gateway's /metrics URL to read as well (repeatable; gateways outside the "
         "cluster, the local demo)",
     )
+    parser.add_argument(
+        "--no-network-policy",
+        action="store_true",
+        help="do not write a NetworkPolicy per ModelDeployment (default: one that admits only "
+        "the gateways, the operator and spec.serving.allowFrom to the engine pods)",
+    )
+    parser.add_argument(
+        "--gateway-namespace",
+        metavar="NAMESPACE",
+        help="namespace of the gateway pods the engine NetworkPolicy admits (default: that of "
+        "--gateway-service; neither: any namespace)",
+    )
+    parser.add_argument(
+        "--gateway-pod-label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a label of the gateway pods the engine NetworkPolicy admits (repeatable; "
+        "default: app.kubernetes.io/component=gateway)",
+    )
+    parser.add_argument(
+        "--operator-namespace",
+        metavar="NAMESPACE",
+        help="namespace of the operator pods the engine NetworkPolicy admits, for engine "
+        "/metrics (default: $HEDGE_POD_NAMESPACE; unset: any namespace)",
+    )
+    parser.add_argument(
+        "--operator-pod-label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a label of the operator pods the engine NetworkPolicy admits (repeatable; "
+        "default: app.kubernetes.io/component=operator)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _labels(flag: str, pairs: list[str]) -> dict[str, str] | None:
+    if not pairs:
+        return None
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{flag} must be KEY=VALUE, got {pair!r}")
+        out[key] = value
+    return out
+
+
+def network_policy_config(args: argparse.Namespace) -> NetworkPolicyConfig | None:
+    if args.no_network_policy:
+        return None
+    gateway_ns = args.gateway_namespace
+    if gateway_ns is None and args.gateway_service:
+        gateway_ns = str(args.gateway_service).split("/", 1)[0]
+    default = NetworkPolicyConfig()
+    return NetworkPolicyConfig(
+        gateway_namespace=gateway_ns,
+        gateway_pod_labels=_labels("--gateway-pod-label", args.gateway_pod_label)
+        or default.gateway_pod_labels,
+        operator_namespace=args.operator_namespace or os.environ.get("HEDGE_POD_NAMESPACE") or None,
+        operator_pod_labels=_labels("--operator-pod-label", args.operator_pod_label)
+        or default.operator_pod_labels,
+    )
 
 
 def build_config(args: argparse.Namespace) -> OperatorConfig:
     config = OperatorConfig(
         s3_downloader_image=args.s3_downloader_image,
         gcs_downloader_image=args.gcs_downloader_image,
+        network_policy=network_policy_config(args),
     )
     if args.gpu_types is not None:
         config = config.with_gpu_file(args.gpu_types, replace_table=args.replace_gpu_types)

@@ -51,6 +51,7 @@ class Indexes:
     pdbs: Mapping[Key, Any]
     pvcs: Mapping[Key, Any]
     pods: Mapping[Key, Any]
+    netpols: Mapping[Key, Any] = field(default_factory=dict)
     _claims: dict[Key, tuple[str, Claim | None]] = field(default_factory=dict)
 
     @classmethod
@@ -62,6 +63,7 @@ class Indexes:
             pdbs=kwargs["hedge_pdbs"],
             pvcs=kwargs["hedge_pvcs"],
             pods=kwargs["hedge_pods"],
+            netpols=kwargs.get("hedge_netpols", {}),
         )
 
     def observed(self, key: Key) -> Observed:
@@ -75,6 +77,7 @@ class Indexes:
             pdbs=by_name(self.pdbs),
             pvcs=by_name(self.pvcs),
             pods=pods,
+            netpols=by_name(self.netpols),
         )
 
     def claims(self) -> list[Claim]:

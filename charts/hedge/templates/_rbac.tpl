@@ -28,6 +28,11 @@ them. No wildcards: every rule names its verbs and resources.
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# One NetworkPolicy per ModelDeployment: only the gateways, the operator and
+# spec.serving.allowFrom reach the engine pods (operator --no-network-policy: none).
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Engine pods, read for readiness and failure reasons in the status; before a scale-down the
 # autoscaler sets their pod-deletion-cost annotation (the pod with the least work goes).
 - apiGroups: [""]

@@ -25,7 +25,12 @@ from hedge_core.api import (
     REVISION_LABEL,
     ModelDeployment,
 )
-from hedge_operator.config import GPU_PRODUCT_LABEL, GPU_RESOURCE, OperatorConfig
+from hedge_operator.config import (
+    GPU_PRODUCT_LABEL,
+    GPU_RESOURCE,
+    NetworkPolicyConfig,
+    OperatorConfig,
+)
 
 ENGINE_CONTAINER = "engine"
 HEALTH_PATH = "/health"
@@ -506,4 +511,56 @@ def build_cache_pvc(md: ModelDeployment) -> dict[str, Any] | None:
         "kind": "PersistentVolumeClaim",
         "metadata": _metadata(md, f"{md.name}-cache", common_labels(md.name)),
         "spec": spec,
+    }
+
+
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+
+
+def _peer(namespace: str | None, pods: dict[str, str] | None) -> dict[str, Any]:
+    """A NetworkPolicyPeer: pods (None: all) in a namespace (None: any namespace)."""
+    peer: dict[str, Any] = {
+        "namespaceSelector": (
+            {"matchLabels": {NAMESPACE_NAME_LABEL: namespace}} if namespace is not None else {}
+        )
+    }
+    if pods is not None:
+        peer["podSelector"] = {"matchLabels": dict(sorted(pods.items()))}
+    return peer
+
+
+def build_network_policy(md: ModelDeployment, policy: NetworkPolicyConfig) -> dict[str, Any]:
+    """`<md>`: only the gateways, the operator (it reads engine /metrics for the autoscaler)
+    and spec.serving.allowFrom may open connections to the engine port; the engine pods
+    answer nobody else (issue 16: a pod elsewhere in the cluster would bypass client keys,
+    tenancy, budgets and the metrics the autoscaler and canary analysis read)."""
+    peers = [
+        _peer(policy.gateway_namespace, dict(policy.gateway_pod_labels)),
+        _peer(policy.operator_namespace, dict(policy.operator_pod_labels)),
+    ]
+    for extra in md.spec.serving.allow_from:
+        if extra.namespace_labels is None:
+            assert extra.pod_labels is not None  # the CRD's rule
+            peers.append({"podSelector": {"matchLabels": dict(sorted(extra.pod_labels.items()))}})
+            continue
+        peer: dict[str, Any] = {
+            "namespaceSelector": {"matchLabels": dict(sorted(extra.namespace_labels.items()))}
+        }
+        if extra.pod_labels is not None:
+            peer["podSelector"] = {"matchLabels": dict(sorted(extra.pod_labels.items()))}
+        peers.append(peer)
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(md, md.name, common_labels(md.name)),
+        "spec": {
+            "podSelector": {"matchLabels": engine_selector(md.name)},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": peers,
+                    "ports": [{"port": ENGINE_PORT, "protocol": "TCP"}],
+                }
+            ],
+        },
     }

@@ -172,6 +172,7 @@ class Observed:
     pdbs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     pvcs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     pods: Sequence[PodSummary] = ()
+    netpols: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def deployment_summaries(self) -> list[DeploymentSummary]:
         return [summarize_deployment(b) for b in self.deployments.values()]
@@ -182,6 +183,7 @@ class Observed:
             "Service": self.services,
             "PodDisruptionBudget": self.pdbs,
             "PersistentVolumeClaim": self.pvcs,
+            "NetworkPolicy": self.netpols,
         }[kind]
 
 
@@ -205,4 +207,5 @@ def owned_only(observed: Observed, uid: str) -> Observed:
         services=mine(observed.services),
         pdbs=mine(observed.pdbs),
         pvcs=mine(observed.pvcs),
+        netpols=mine(observed.netpols),
     )

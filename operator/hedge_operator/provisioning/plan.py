@@ -26,6 +26,7 @@ from hedge_operator.events import Event
 from hedge_operator.provisioning.builders import (
     build_cache_pvc,
     build_engine_deployment,
+    build_network_policy,
     build_pdb,
     build_revision_service,
     build_service,
@@ -98,6 +99,8 @@ def desired_children(
     wanted.setdefault(revision, 0)
     deployment["spec"]["replicas"] = wanted[revision]
     children = [deployment, build_service(md), build_pdb(md)]
+    if config.network_policy is not None:
+        children.append(build_network_policy(md, config.network_policy))
     pvc = build_cache_pvc(md)
     if pvc is not None:
         children.append(pvc)
@@ -253,6 +256,14 @@ def plan(
             and in_flight.get(("Service", name)) != "delete"
         ):
             actions.append(Delete("v1", "Service", name))
+
+    # A NetworkPolicy the operator no longer writes (--no-network-policy).
+    wanted_policies = {
+        str(c["metadata"]["name"]) for c in desired.children if c["kind"] == "NetworkPolicy"
+    }
+    for name in observed.netpols:
+        if name not in wanted_policies and in_flight.get(("NetworkPolicy", name)) != "delete":
+            actions.append(Delete("networking.k8s.io/v1", "NetworkPolicy", name))
 
     # A cache claim the spec no longer asks for (nor mounts under another role).
     wanted_pvcs = desired.named_claims | {

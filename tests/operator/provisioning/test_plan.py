@@ -28,6 +28,7 @@ def observe(*objects: dict[str, Any]) -> Observed:
         "Service": {},
         "PodDisruptionBudget": {},
         "PersistentVolumeClaim": {},
+        "NetworkPolicy": {},
     }
     for obj in objects:
         by_kind[obj["kind"]][obj["metadata"]["name"]] = obj
@@ -36,6 +37,7 @@ def observe(*objects: dict[str, Any]) -> Observed:
         services=by_kind["Service"],
         pdbs=by_kind["PodDisruptionBudget"],
         pvcs=by_kind["PersistentVolumeClaim"],
+        netpols=by_kind["NetworkPolicy"],
     )
 
 
@@ -51,6 +53,7 @@ def test_first_plan_creates_every_child() -> None:
         ("Apply", ("Deployment", f"llama-{desired.revision}"), "create"),
         ("Apply", ("Service", "llama"), "create"),
         ("Apply", ("PodDisruptionBudget", "llama"), "create"),
+        ("Apply", ("NetworkPolicy", "llama"), "create"),
         ("Apply", ("PersistentVolumeClaim", "llama-cache"), "create"),
         ("Apply", ("Service", f"llama-{desired.revision}"), "create"),
     ]

@@ -71,6 +71,7 @@ class FakeKube:
             services=kind("Service"),
             pdbs=kind("PodDisruptionBudget"),
             pvcs=kind("PersistentVolumeClaim"),
+            netpols=kind("NetworkPolicy"),
         )
 
     def writes(self) -> list[tuple[str, ...]]:
@@ -120,6 +121,7 @@ async def test_first_reconcile_creates_children_then_nothing(
     assert first.problem is None
     assert sorted(k for _, k, _ in kube.writes()) == [
         "Deployment",
+        "NetworkPolicy",
         "PersistentVolumeClaim",
         "PodDisruptionBudget",
         "Service",
@@ -328,6 +330,7 @@ async def test_missing_secret_waits_then_proceeds(
         "Deployment",
         "Service",
         "PodDisruptionBudget",
+        "NetworkPolicy",
         "Service",
     ]
     assert ("Normal", "Recovered") in [(t, r) for t, r, _ in kube.events]
@@ -365,7 +368,7 @@ async def test_children_of_a_deleted_namesake_are_not_ours(
     fresh = body(uid="new-uid")
     await settle(reconciler, kube, fresh)
     applied = kube.writes()
-    assert len(applied) == 4  # re-applied: the new owner reference must be set
+    assert len(applied) == 5  # re-applied: the new owner reference must be set
     for obj in kube.objects.values():
         assert obj["metadata"]["ownerReferences"][0]["uid"] == "new-uid"
 
