@@ -201,6 +201,15 @@ class EngineSpec:
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = prop(
         "When the kubelet pulls the image.", default="IfNotPresent"
     )
+    security_profile: Literal["Unset", "Restricted"] = prop(
+        "Restricted: the engine pods (init containers included) pass Pod Security "
+        "`restricted`: run as a non-root user (uid/gid 1000, fsGroup 1000 so the cache "
+        "volume is writable), no privilege escalation, every capability dropped, the "
+        "runtime's default seccomp profile, HOME on the cache volume. Unset: no "
+        "securityContext (the vLLM image runs as root); left as the default so that an "
+        "upgrade does not restart every engine with a new pod template.",
+        default="Unset",
+    )
     max_model_len: int | None = prop(
         "Context length (--max-model-len). Defaults to the model's own.",
         default=None,

@@ -5,6 +5,7 @@ table of specs. Names and labels follow docs/contracts.md.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -50,6 +51,22 @@ REVISION_LENGTH = 10
 PRE_STOP_SECONDS = 5
 #: Time for the engine process to exit once drained, within the grace period.
 EXIT_SECONDS = 15
+
+#: spec.engine.securityProfile: Restricted, what Pod Security `restricted` requires.
+RESTRICTED_UID = 1000
+RESTRICTED_POD_CONTEXT: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": RESTRICTED_UID,
+    "runAsGroup": RESTRICTED_UID,
+    "fsGroup": RESTRICTED_UID,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+RESTRICTED_CONTAINER_CONTEXT: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 
 #: Environment variables the operator sets on the engine; spec.engine.env may not redefine them.
 OPERATOR_ENV = frozenset({"HF_HOME", "HF_TOKEN"})
@@ -396,6 +413,14 @@ def engine_pod_template(md: ModelDeployment, config: OperatorConfig) -> dict[str
         pod_spec["tolerations"] = [
             {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"},
         ]
+    if spec.engine.security_profile == "Restricted":
+        pod_spec["securityContext"] = copy.deepcopy(RESTRICTED_POD_CONTEXT)
+        for c in [*init, container]:
+            c["securityContext"] = copy.deepcopy(RESTRICTED_CONTAINER_CONTEXT)
+        # The image's user (root) owns HOME; caches (triton, torch, vllm) go to the volume.
+        container["env"].append({"name": "HOME", "value": f"{MODELS_DIR}/home"})
+        for c in init:
+            c.setdefault("env", []).append({"name": "HOME", "value": f"{MODELS_DIR}/home"})
     if init:
         pod_spec["initContainers"] = init
     pod_spec["containers"] = [container]

@@ -459,3 +459,38 @@ def test_no_network_policy_when_turned_off() -> None:
     assert "NetworkPolicy" in [
         c["kind"] for c in desired_children(model(), OperatorConfig()).children
     ]
+
+
+def test_restricted_profile_passes_pod_security_restricted() -> None:
+    """The checks of Pod Security `restricted` (kubernetes.io/docs/concepts/security/
+    pod-security-standards), on every container, init containers included."""
+    md = model(
+        spec_with(
+            engine={"securityProfile": "Restricted"},
+            model={"source": "s3://bucket/llama", "name": "llama"},
+            cache={"size": "10Gi"},
+        )
+    )
+    deployment = build_engine_deployment(md, OperatorConfig())
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+    assert pod["initContainers"], "the s3 download step is checked too"
+    for c in [*pod["initContainers"], *pod["containers"]]:
+        ctx = c["securityContext"]
+        assert ctx["allowPrivilegeEscalation"] is False, c["name"]
+        assert ctx["capabilities"] == {"drop": ["ALL"]}, c["name"]
+        assert ctx["runAsNonRoot"] is True
+        assert {"name": "HOME", "value": "/models/home"} in c["env"], c["name"]
+        assert "privileged" not in ctx and not c.get("ports", [{}])[0].get("hostPort")
+    assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC")
+    assert all("hostPath" not in v for v in pod["volumes"])
+
+
+def test_the_default_profile_leaves_the_pod_template_as_it_was() -> None:
+    """Unset (the default) writes no securityContext, so an upgrade keeps every revision."""
+    pod = build_engine_deployment(model(), OperatorConfig())["spec"]["template"]["spec"]
+    assert "securityContext" not in pod
+    assert all("securityContext" not in c for c in pod["containers"])
