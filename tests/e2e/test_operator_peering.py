@@ -129,8 +129,33 @@ def test_a_paused_replica_writes_nothing_while_a_rollout_moves_on(
     def log(op: Operator) -> str:
         return op.proc.log() if op.proc is not None else ""
 
-    a = operator(20).start()
-    b = operator(10).start()
+    started: list[Operator] = []
+
+    def start(priority: int) -> Operator:
+        started.append(operator(priority).start())
+        return started[-1]
+
+    try:
+        a = start(20)
+        b = start(10)
+        play(cluster, namespace, gw, a, b, start)
+    finally:
+        for i, op in enumerate(started):
+            print(f"--- operator {i} log:\n{log(op)[-5000:]}")
+        print(f"--- gateway log:\n{gw.proc.log()[-2000:]}")
+
+
+def play(
+    cluster: E2ECluster,
+    namespace: str,
+    gw: gateway_e2e.Gateway,
+    a: Operator,
+    b: Operator,
+    start: Callable[[int], Operator],
+) -> None:
+    def log(op: Operator) -> str:
+        return op.proc.log() if op.proc is not None else ""
+
     wait_for(
         lambda: peering_state(log(a)) == "running" and peering_state(log(b)) == "paused",
         30,
@@ -147,34 +172,32 @@ def test_a_paused_replica_writes_nothing_while_a_rollout_moves_on(
 
     wait_for(lambda: md_ready(cluster, namespace, "chat"), 90, "the first revision Ready")
     stable = str(md()["status"]["revision"])
-    try:
-        with load_through(gw.url + "/v1") as load:
-            wait_for(lambda: len(load.answers) >= 20, 30, "load running")
-            cluster.apply(model_deployment(version="2", rollout=steps), namespace)
-            wait_for(lambda: rollout().get("canaryWeight"), 60, "the canary taking traffic")
-            # A goes (kopf drops its peering record on SIGTERM): B takes over the rollout.
-            a.stop()
-            wait_for(lambda: peering_state(log(b)) == "running", 60, "B to resume")
-            before = writes(b)
-            wait_for(lambda: writes(b) != before, 60, "B to drive the rollout")
-            # A comes back with the higher priority: B pauses, A resumes.
-            a2 = operator(20).start()
-            wait_for(lambda: peering_state(log(b)) == "paused", 60, "B to pause")
-            paused_at = writes(b)
-            wait_for(lambda: peering_state(log(a2)) == "running", 60, "A to resume")
+    with load_through(gw.url + "/v1") as load:
+        wait_for(lambda: len(load.answers) >= 20, 30, "load running")
+        cluster.apply(model_deployment(version="2", rollout=steps), namespace)
+        wait_for(lambda: rollout().get("canaryWeight"), 60, "the canary taking traffic")
+        # A goes (kopf drops its peering record on SIGTERM): B takes over the rollout.
+        a.stop()
+        wait_for(lambda: peering_state(log(b)) == "running", 60, "B to resume")
+        before = writes(b)
+        wait_for(lambda: writes(b) != before, 60, "B to drive the rollout")
+        # A comes back with the higher priority: B pauses, A resumes.
+        a2 = start(20)
+        wait_for(lambda: peering_state(log(b)) == "paused", 60, "B to pause")
+        paused_at = writes(b)
+        wait_for(lambda: peering_state(log(a2)) == "running", 60, "A to resume")
 
-            def promoted() -> bool:
-                r = rollout()
-                target = md()["status"].get("revision")
-                return bool(target != stable and r.get("stableRevision") == target) and not (
-                    r.get("canaryRevision")
-                )
+        def promoted() -> bool:
+            r = rollout()
+            target = md()["status"].get("revision")
+            return bool(target != stable and r.get("stableRevision") == target) and not (
+                r.get("canaryRevision")
+            )
 
-            wait_for(promoted, 120, "the canary promoted by A")
-            wait_for(lambda: md_ready(cluster, namespace, "chat"), 60, "the new revision Ready")
-        assert writes(b) == paused_at, "the paused replica wrote"
-        assert load.failures == []
-        b.proc.assert_running() if b.proc else None
-        a2.proc.assert_running() if a2.proc else None
-    finally:
-        print(f"B log:\n{log(b)[-4000:]}\nA log:\n{log(a)[-2000:]}")
+        wait_for(promoted, 120, "the canary promoted by A")
+        wait_for(lambda: md_ready(cluster, namespace, "chat"), 60, "the new revision Ready")
+    assert writes(b) == paused_at, f"the paused replica wrote: {paused_at} -> {writes(b)}"
+    assert load.failures == []
+    for op in (b, a2):
+        assert op.proc is not None
+        op.proc.assert_running()
