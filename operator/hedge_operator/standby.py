@@ -93,19 +93,32 @@ class PeeringGate:
         if peering is None or client is None:
             return
         selector = {"fieldSelector": f"metadata.name={peering}"}
+
+        def watch(path: str) -> ListWatch:
+            # Re-evaluated on every change, so the gauge (and the log) follow kopf's pause
+            # even while nothing is written.
+            return ListWatch(
+                client,
+                path,
+                params=selector,
+                name=path,
+                on_list=lambda _items: self._refresh(),
+                on_event=lambda _type, _obj: self._refresh(),
+            )
+
         explicit = [ns for ns in namespaces if not any(c in ns for c in "*?[")]
         if not namespaces:
             path = resource_path(PEERING_GROUP_VERSION, "clusterkopfpeerings", None)
-            self._watches.append((None, ListWatch(client, path, params=selector, name=path)))
+            self._watches.append((None, watch(path)))
         elif len(explicit) == len(namespaces):
             for ns in explicit:
                 path = resource_path(PEERING_GROUP_VERSION, "kopfpeerings", ns)
-                self._watches.append((ns, ListWatch(client, path, params=selector, name=path)))
+                self._watches.append((ns, watch(path)))
         else:
             # Glob patterns: every namespace's peering object, matched here (needs list of
             # kopfpeerings cluster-wide; the chart always names its namespaces).
             path = resource_path(PEERING_GROUP_VERSION, "kopfpeerings", None)
-            self._watches.append((None, ListWatch(client, path, params=selector, name=path)))
+            self._watches.append((None, watch(path)))
 
     @property
     def standalone(self) -> bool:
@@ -145,6 +158,9 @@ class PeeringGate:
 
     def _matches(self, namespace: str | None) -> bool:
         return namespace is not None and any(fnmatch.fnmatch(namespace, p) for p in self._patterns)
+
+    def _refresh(self) -> None:
+        self.is_open()
 
     def is_open(self) -> bool:
         blocked = self.blockers()
