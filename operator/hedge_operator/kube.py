@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from hedge_core import kube as core
-from hedge_core.api import API_VERSION, FIELD_MANAGER, KIND, PLURAL
+from hedge_core.api import API_VERSION, FIELD_MANAGER, GROUP, KIND, PLURAL
 from hedge_core.clock import utc_now
 from hedge_core.kube import ApiError, Conflict, ListWatch, OnEvent, OnList, resource_path
 from hedge_operator import metrics
@@ -153,6 +153,16 @@ class Kube:
         return keys
 
     # ------------------------------------------------------------------ the resource
+
+    async def get_crd(self) -> dict[str, Any] | None:
+        """The installed ModelDeployment CRD (None: not installed)."""
+        body = await self.client.request(
+            "GET",
+            f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{PLURAL}.{GROUP}",
+            missing_ok=True,
+            resource="customresourcedefinitions",
+        )
+        return None if body is None else dict(body)
 
     async def get_model(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The ModelDeployment as the API server has it now (None once deleted)."""

@@ -198,6 +198,7 @@ async def serve(args: argparse.Namespace, config: OperatorConfig) -> int:
         await kube.close()
         logging.error("%s", exc)
         return 2
+    await check_crd(kube)
     priority = (
         args.peering_priority
         if args.peering_priority is not None
@@ -237,6 +238,22 @@ async def serve(args: argparse.Namespace, config: OperatorConfig) -> int:
         memo=kopf.Memo(hedge=rt),
     )
     return 0
+
+
+async def check_crd(kube: Any) -> None:
+    """Logs (and exports) a CRD that is not the one this binary was built for."""
+    from hedge_core.kube import TRANSIENT, ApiError
+    from hedge_operator import metrics
+    from hedge_operator.crdcheck import skew
+
+    try:
+        problem = skew(await kube.get_crd())
+    except (ApiError, *TRANSIENT) as exc:  # e.g. no RBAC to read CRDs: say so, run on
+        logging.warning("could not read the ModelDeployment CRD: %s", exc)
+        return
+    metrics.CRD_CURRENT.set(0 if problem else 1)
+    if problem:
+        logging.error("%s", problem)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -41,6 +41,10 @@ API_REQUESTS = Counter(
     "Requests to the Kubernetes API made by the operator's own client (watches excluded).",
     ["verb", "resource", "code"],
 )
+CRD_CURRENT = Gauge(
+    "hedge_operator_crd_current",
+    "1 when the installed ModelDeployment CRD is the one this operator was built for.",
+)
 STANDBY = Gauge(
     "hedge_operator_standby",
     "1 while this replica is a peering standby (it writes nothing), 0 while it is active.",

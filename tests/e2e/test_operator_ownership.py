@@ -120,3 +120,9 @@ def test_pods_refused_by_a_quota_show_at_once(
     assert "exceeded quota" in ready["message"] and "no-pods" in ready["message"]
     degraded = condition(get_md(cluster, namespace, MD), "Degraded")
     assert (degraded["status"], degraded["reason"]) == ("True", "FailedCreate")
+
+
+def test_the_operator_finds_the_installed_crd_current(operator: Operator) -> None:
+    """The CRD the session installed from crds/ is the one this operator was built for (the
+    start-up check that catches a CRD Helm did not upgrade)."""
+    assert operator.counter("hedge_operator_crd_current") == 1
