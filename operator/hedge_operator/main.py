@@ -185,6 +185,7 @@ def build_config(args: argparse.Namespace) -> OperatorConfig:
 
 async def serve(args: argparse.Namespace, config: OperatorConfig) -> int:
     from hedge_core.kube import KubeConfigError
+    from hedge_operator import handlers  # noqa: F401  (registers the kopf handlers)
     from hedge_operator.dataplane.discovery import DataPlane
     from hedge_operator.kube import Kube
     from hedge_operator.reconcile.reconciler import Reconciler
