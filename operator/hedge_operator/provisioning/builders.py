@@ -374,11 +374,7 @@ def engine_pod_template(md: ModelDeployment, config: OperatorConfig) -> dict[str
     )
     volumes, mounts = _volumes(md, uses_gcs_creds)
 
-    requests: dict[str, str] = {"cpu": res.cpu, "memory": res.memory}
-    limits: dict[str, str] = {"memory": res.memory}
-    if res.gpus > 0:
-        requests[GPU_RESOURCE] = str(res.gpus)
-        limits[GPU_RESOURCE] = str(res.gpus)
+    requests, limits = _resources(md)
 
     startup_failures = math.ceil(spec.engine.startup_timeout_seconds / STARTUP_PROBE_PERIOD)
     container: dict[str, Any] = {
@@ -414,13 +410,7 @@ def engine_pod_template(md: ModelDeployment, config: OperatorConfig) -> dict[str
             {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"},
         ]
     if spec.engine.security_profile == "Restricted":
-        pod_spec["securityContext"] = copy.deepcopy(RESTRICTED_POD_CONTEXT)
-        for c in [*init, container]:
-            c["securityContext"] = copy.deepcopy(RESTRICTED_CONTAINER_CONTEXT)
-        # The image's user (root) owns HOME; caches (triton, torch, vllm) go to the volume.
-        container["env"].append({"name": "HOME", "value": f"{MODELS_DIR}/home"})
-        for c in init:
-            c.setdefault("env", []).append({"name": "HOME", "value": f"{MODELS_DIR}/home"})
+        _restrict(pod_spec, [*init, container])
     if init:
         pod_spec["initContainers"] = init
     pod_spec["containers"] = [container]
@@ -432,6 +422,26 @@ def engine_pod_template(md: ModelDeployment, config: OperatorConfig) -> dict[str
     if spec.engine.pod_annotations:
         metadata["annotations"] = dict(sorted(spec.engine.pod_annotations.items()))
     return {"metadata": metadata, "spec": pod_spec}
+
+
+def _resources(md: ModelDeployment) -> tuple[dict[str, str], dict[str, str]]:
+    """The engine container's (requests, limits)."""
+    res = md.spec.resources
+    requests: dict[str, str] = {"cpu": res.cpu, "memory": res.memory}
+    limits: dict[str, str] = {"memory": res.memory}
+    if res.gpus > 0:
+        requests[GPU_RESOURCE] = str(res.gpus)
+        limits[GPU_RESOURCE] = str(res.gpus)
+    return requests, limits
+
+
+def _restrict(pod_spec: dict[str, Any], containers: list[dict[str, Any]]) -> None:
+    """spec.engine.securityProfile: Restricted (Pod Security `restricted`)."""
+    pod_spec["securityContext"] = copy.deepcopy(RESTRICTED_POD_CONTEXT)
+    for c in containers:
+        c["securityContext"] = copy.deepcopy(RESTRICTED_CONTAINER_CONTEXT)
+        # The image's user (root) owns HOME; caches (triton, torch, vllm) go to the volume.
+        c.setdefault("env", []).append({"name": "HOME", "value": f"{MODELS_DIR}/home"})
 
 
 def content_hash(obj: Any, length: int = REVISION_LENGTH) -> str:

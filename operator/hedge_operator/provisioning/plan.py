@@ -257,22 +257,30 @@ def plan(
         ):
             actions.append(Delete("v1", "Service", name))
 
-    # A NetworkPolicy the operator no longer writes (--no-network-policy).
-    wanted_policies = {
-        str(c["metadata"]["name"]) for c in desired.children if c["kind"] == "NetworkPolicy"
-    }
-    for name in observed.netpols:
-        if name not in wanted_policies and in_flight.get(("NetworkPolicy", name)) != "delete":
-            actions.append(Delete("networking.k8s.io/v1", "NetworkPolicy", name))
-
-    # A cache claim the spec no longer asks for (nor mounts under another role).
-    wanted_pvcs = desired.named_claims | {
-        str(c["metadata"]["name"]) for c in desired.children if c["kind"] == "PersistentVolumeClaim"
-    }
-    for name in observed.pvcs:
-        if name not in wanted_pvcs and in_flight.get(("PersistentVolumeClaim", name)) != "delete":
-            actions.append(Delete("v1", "PersistentVolumeClaim", name))
+    actions += _unwanted(desired, observed, in_flight)
     return actions
+
+
+def _unwanted(
+    desired: Desired, observed: Observed, in_flight: Mapping[tuple[str, str], str]
+) -> list[Action]:
+    """NetworkPolicies the operator no longer writes (--no-network-policy) and cache claims
+    the spec no longer asks for (nor mounts under another role)."""
+
+    def wanted(kind: str) -> set[str]:
+        return {str(c["metadata"]["name"]) for c in desired.children if c["kind"] == kind}
+
+    out: list[Action] = []
+    for name in observed.netpols:
+        if name not in wanted("NetworkPolicy") and in_flight.get(("NetworkPolicy", name)) != (
+            "delete"
+        ):
+            out.append(Delete("networking.k8s.io/v1", "NetworkPolicy", name))
+    claims = desired.named_claims | wanted("PersistentVolumeClaim")
+    for name in observed.pvcs:
+        if name not in claims and in_flight.get(("PersistentVolumeClaim", name)) != "delete":
+            out.append(Delete("v1", "PersistentVolumeClaim", name))
+    return out
 
 
 def in_flight_token(action: Action) -> str:
