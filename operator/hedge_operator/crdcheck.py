@@ -3,7 +3,7 @@
 Helm installs CRDs but never upgrades them, so after `helm upgrade` an operator (or gateway)
 with a newer API can run against an older schema: the API server then prunes fields it does
 not know, silently. `hedge operator` reads the CRD once at start and logs an error (and sets
-`hedge_operator_crd_current` to 0) when the schema of its version differs.
+`hedge_operator_crd_current` to 0) when the installed schema lacks a field of its own.
 """
 
 from __future__ import annotations
@@ -22,6 +22,23 @@ def _schema(body: Mapping[str, Any]) -> Any:
     return None
 
 
+def field_paths(schema: Any, prefix: str = "") -> frozenset[str]:
+    """Every field path of a structural schema (`spec.serving.allowFrom[].podLabels`): what
+    the API server prunes by. Descriptions, defaults and rules are left out: the API server
+    may normalise those, and a missing field is what loses data."""
+    if not isinstance(schema, dict):
+        return frozenset()
+    out: set[str] = set()
+    for name, sub in (schema.get("properties") or {}).items():
+        path = f"{prefix}.{name}" if prefix else str(name)
+        out.add(path)
+        out |= field_paths(sub, path)
+    items = schema.get("items")
+    if isinstance(items, dict):
+        out |= field_paths(items, f"{prefix}[]")
+    return frozenset(out)
+
+
 def skew(installed: Mapping[str, Any] | None) -> str | None:
     """None when the installed CRD serves this binary's schema; else what differs."""
     if installed is None:
@@ -29,10 +46,12 @@ def skew(installed: Mapping[str, Any] | None) -> str | None:
     have = _schema(installed)
     if have is None:
         return f"the installed ModelDeployment CRD has no version {VERSION}"
-    if have != _schema(crd()):
+    missing = sorted(field_paths(_schema(crd())) - field_paths(have))
+    if missing:
+        shown = ", ".join(missing[:5]) + (" …" if len(missing) > 5 else "")
         return (
-            f"the installed ModelDeployment CRD ({VERSION}) is not the one this operator was "
-            "built for (Helm does not upgrade CRDs): apply this release's crds/ with "
-            "`kubectl apply --server-side -f crds/`"
+            f"the installed ModelDeployment CRD ({VERSION}) is older than this operator: it "
+            f"lacks {shown}, which the API server would drop (Helm does not upgrade CRDs): "
+            "apply this release's crds/ with `kubectl apply --server-side -f crds/`"
         )
     return None

@@ -252,6 +252,7 @@ async def check_crd(kube: Any) -> None:
     except (ApiError, *TRANSIENT) as exc:  # e.g. no RBAC to read CRDs: say so, run on
         logging.warning("could not read the ModelDeployment CRD: %s", exc)
         return
+    logging.info("ModelDeployment CRD: %s", problem or "current")
     metrics.CRD_CURRENT.set(0 if problem else 1)
     if problem:
         logging.error("%s", problem)

@@ -18,4 +18,5 @@ def test_an_older_crd_is_reported() -> None:
     spec["properties"]["serving"]["properties"].pop("allowFrom")
     message = skew(older)
     assert message is not None and "Helm does not upgrade CRDs" in message
+    assert "spec.serving.allowFrom" in message
     assert skew(None) == "the ModelDeployment CRD is not installed"
