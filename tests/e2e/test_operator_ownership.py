@@ -125,4 +125,5 @@ def test_pods_refused_by_a_quota_show_at_once(
 def test_the_operator_finds_the_installed_crd_current(operator: Operator) -> None:
     """The CRD the session installed from crds/ is the one this operator was built for (the
     start-up check that catches a CRD Helm did not upgrade)."""
-    assert operator.counter("hedge_operator_crd_current") == 1
+    log = operator.proc.log() if operator.proc is not None else ""
+    assert operator.counter("hedge_operator_crd_current") == 1, log[-3000:]
