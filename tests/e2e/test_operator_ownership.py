@@ -125,5 +125,11 @@ def test_pods_refused_by_a_quota_show_at_once(
 def test_the_operator_finds_the_installed_crd_current(operator: Operator) -> None:
     """The CRD the session installed from crds/ is the one this operator was built for (the
     start-up check that catches a CRD Helm did not upgrade)."""
-    log = operator.proc.log() if operator.proc is not None else ""
-    assert operator.counter("hedge_operator_crd_current") == 1, log[-3000:]
+    # The metrics endpoint is up before the check has run: wait for its verdict.
+    wait_for(lambda: "ModelDeployment CRD:" in log(operator), 30, "the CRD check")
+    assert "ModelDeployment CRD: current" in log(operator), log(operator)[-3000:]
+    assert operator.counter("hedge_operator_crd_current") == 1
+
+
+def log(operator: Operator) -> str:
+    return operator.proc.log() if operator.proc is not None else ""
