@@ -34,10 +34,28 @@ DEFAULT_GCS_DOWNLOADER_IMAGE = "google/cloud-sdk:530.0.0-slim"
 
 
 @dataclass(frozen=True)
+class NetworkPolicyConfig:
+    """Who the per-ModelDeployment NetworkPolicy admits to the engine pods: the gateways and
+    the operator, each as pod labels in a namespace (None: any namespace; the chart always
+    names the release namespace)."""
+
+    gateway_namespace: str | None = None
+    gateway_pod_labels: Mapping[str, str] = field(
+        default_factory=lambda: {"app.kubernetes.io/component": "gateway"}
+    )
+    operator_namespace: str | None = None
+    operator_pod_labels: Mapping[str, str] = field(
+        default_factory=lambda: {"app.kubernetes.io/component": "operator"}
+    )
+
+
+@dataclass(frozen=True)
 class OperatorConfig:
     gpu_products: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_GPU_PRODUCTS))
     s3_downloader_image: str = DEFAULT_S3_DOWNLOADER_IMAGE
     gcs_downloader_image: str = DEFAULT_GCS_DOWNLOADER_IMAGE
+    #: The engine pods' NetworkPolicy (None: the operator writes none, --no-network-policy).
+    network_policy: NetworkPolicyConfig | None = field(default_factory=NetworkPolicyConfig)
 
     def with_gpu_file(self, path: Path, *, replace_table: bool = False) -> OperatorConfig:
         """Merges (or replaces) the GPU table with a YAML mapping `type: product-label`."""

@@ -58,6 +58,7 @@ CHILD_RESOURCES = (
     ("policy", "v1", "poddisruptionbudgets"),
     ("v1", "persistentvolumeclaims"),
     ("v1", "pods"),
+    ("networking.k8s.io", "v1", "networkpolicies"),
 )
 RESYNC_SECONDS = 60.0
 
@@ -83,6 +84,8 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
     settings.peering.priority = rt.peering_priority
     for resource in CHILD_RESOURCES:
         settings.watching.label_selectors[resource] = CHILD_SELECTOR
+    if rt.gate is not None:
+        rt.gate.start()  # a standby writes nothing (standby.py)
     if rt.dataplane is not None:
         await rt.dataplane.start()
 
@@ -112,6 +115,8 @@ async def login(memo: Any, **_: Any) -> kopf.AiohttpSession:
 async def cleanup(memo: Any, **_: Any) -> None:
     rt = runtime(memo)
     await rt.nudger.close()
+    if rt.gate is not None:
+        await rt.gate.stop()
     if rt.dataplane is not None:
         await rt.dataplane.stop()
     await rt.kube.close()
@@ -159,6 +164,13 @@ def hedge_pdbs(
 
 @kopf.index("v1", "persistentvolumeclaims", labels=CHILD_LABELS)
 def hedge_pvcs(
+    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> dict[Key, Any]:
+    return _child_entry(namespace, labels, body)
+
+
+@kopf.index("networking.k8s.io", "v1", "networkpolicies", labels=CHILD_LABELS)
+def hedge_netpols(
     namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
 ) -> dict[Key, Any]:
     return _child_entry(namespace, labels, body)
@@ -279,6 +291,7 @@ async def model_event(
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=CHILD_LABELS, id="child-event")
 @kopf.on.event("v1", "persistentvolumeclaims", labels=CHILD_LABELS, id="child-event")
 @kopf.on.event("v1", "pods", labels=CHILD_LABELS, id="child-event")
+@kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=CHILD_LABELS, id="child-event")
 async def child_event(
     labels: Mapping[str, str], namespace: str | None, memo: Any, **kwargs: Any
 ) -> None:

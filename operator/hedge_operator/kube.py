@@ -16,12 +16,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from hedge_core import kube as core
-from hedge_core.api import API_VERSION, FIELD_MANAGER, KIND, PLURAL
+from hedge_core.api import API_VERSION, FIELD_MANAGER, GROUP, KIND, PLURAL
 from hedge_core.clock import utc_now
 from hedge_core.contracts import PROVIDER_KEY_LABEL
 from hedge_core.kube import ApiError, Conflict, ListWatch, OnEvent, OnList, resource_path
 from hedge_operator import metrics
 from hedge_operator.provisioning.validation import ProviderKeys
+from hedge_operator.standby import PeeringGate
 
 __all__ = ["ApiError", "Conflict", "Kube"]
 
@@ -31,6 +32,7 @@ RESOURCES: dict[tuple[str, str], str] = {
     ("v1", "Service"): "services",
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
     ("v1", "PersistentVolumeClaim"): "persistentvolumeclaims",
+    ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
     ("v1", "Secret"): "secrets",
     ("v1", "Event"): "events",
     (API_VERSION, KIND): PLURAL,
@@ -60,6 +62,12 @@ class Kube:
             kubeconfig, user_agent="hedge-operator", on_response=_count, max_connections=32
         )
         self.instance = os.environ.get("POD_NAME") or socket.gethostname()
+        #: Closed while this replica is a peering standby: every write below refuses
+        #: (standby.Standby) rather than act on a view frozen at kopf's pause.
+        self.gate = PeeringGate(None, identity=self.instance, priority=0, peering=None)
+
+    def _may_write(self, what: str) -> None:
+        self.gate.check(what)
 
     async def close(self) -> None:
         await self.client.close()
@@ -70,6 +78,7 @@ class Kube:
         """Server-side apply, taking over conflicting fields (we own these objects)."""
         meta = manifest["metadata"]
         api_version, kind = manifest["apiVersion"], manifest["kind"]
+        self._may_write(f"apply {kind} {meta['name']}")
         result = await self.client.apply(
             object_path(api_version, kind, meta.get("namespace"), meta["name"]),
             manifest,
@@ -78,7 +87,21 @@ class Kube:
         )
         return dict(result or {})
 
+    async def get_child(
+        self, api_version: str, kind: str, namespace: str, name: str
+    ) -> Mapping[str, Any] | None:
+        """A child as the API server has it now (None: there is none), read before creating
+        it, so that an object we do not own is never taken over by the apply."""
+        body = await self.client.request(
+            "GET",
+            object_path(api_version, kind, namespace, name),
+            missing_ok=True,
+            resource=RESOURCES[(api_version, kind)],
+        )
+        return None if body is None else dict(body)
+
     async def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
+        self._may_write(f"scale Deployment {name}")
         await self.client.patch(
             object_path("apps/v1", "Deployment", namespace, name),
             {"spec": {"replicas": replicas}},
@@ -89,6 +112,7 @@ class Kube:
 
     async def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str]) -> None:
         """Merge-patches annotations onto a pod (gone pods are fine)."""
+        self._may_write(f"annotate pod {name}")
         await self.client.patch(
             f"/api/v1/namespaces/{namespace}/pods/{name}",
             {"metadata": {"annotations": dict(annotations)}},
@@ -112,6 +136,7 @@ class Kube:
         )
 
     async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        self._may_write(f"delete {kind} {name}")
         await self.client.delete(
             object_path(api_version, kind, namespace, name), resource=RESOURCES[(api_version, kind)]
         )
@@ -132,6 +157,16 @@ class Kube:
 
     # ------------------------------------------------------------------ the resource
 
+    async def get_crd(self) -> dict[str, Any] | None:
+        """The installed ModelDeployment CRD (None: not installed)."""
+        body = await self.client.request(
+            "GET",
+            f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{PLURAL}.{GROUP}",
+            missing_ok=True,
+            resource="customresourcedefinitions",
+        )
+        return None if body is None else dict(body)
+
     async def get_model(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The ModelDeployment as the API server has it now (None once deleted)."""
         body = await self.client.request(
@@ -146,6 +181,7 @@ class Kube:
         """Merge-patches status, only if the object is still at `resource_version` (the
         version the status was computed from); raises Conflict otherwise. Returns the new
         resourceVersion (None: the object is gone)."""
+        self._may_write(f"status of {namespace}/{name}")
         result = await self.client.patch(
             object_path(API_VERSION, KIND, namespace, name, "status"),
             {"metadata": {"resourceVersion": resource_version}, "status": patch},
@@ -160,6 +196,7 @@ class Kube:
         self, involved: Mapping[str, Any], type_: str, reason: str, message: str
     ) -> None:
         """A core/v1 Event about a ModelDeployment (`involved` is its metadata)."""
+        self._may_write(f"Event {reason}")
         now = utc_now()
         namespace = str(involved["namespace"])
         event = {

@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import secrets
 from pathlib import Path
+from typing import Any, cast
 
 import kopf
 import prometheus_client
@@ -15,6 +17,7 @@ import prometheus_client
 from hedge_operator.config import (
     DEFAULT_GCS_DOWNLOADER_IMAGE,
     DEFAULT_S3_DOWNLOADER_IMAGE,
+    NetworkPolicyConfig,
     OperatorConfig,
 )
 
@@ -103,13 +106,77 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="a gateway's /metrics URL to read as well (repeatable; gateways outside the "
         "cluster, the local demo)",
     )
+    parser.add_argument(
+        "--no-network-policy",
+        action="store_true",
+        help="do not write a NetworkPolicy per ModelDeployment (default: one that admits only "
+        "the gateways, the operator and spec.serving.allowFrom to the engine pods)",
+    )
+    parser.add_argument(
+        "--gateway-namespace",
+        metavar="NAMESPACE",
+        help="namespace of the gateway pods the engine NetworkPolicy admits (default: that of "
+        "--gateway-service; neither: any namespace)",
+    )
+    parser.add_argument(
+        "--gateway-pod-label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a label of the gateway pods the engine NetworkPolicy admits (repeatable; "
+        "default: app.kubernetes.io/component=gateway)",
+    )
+    parser.add_argument(
+        "--operator-namespace",
+        metavar="NAMESPACE",
+        help="namespace of the operator pods the engine NetworkPolicy admits, for engine "
+        "/metrics (default: $HEDGE_POD_NAMESPACE; unset: any namespace)",
+    )
+    parser.add_argument(
+        "--operator-pod-label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a label of the operator pods the engine NetworkPolicy admits (repeatable; "
+        "default: app.kubernetes.io/component=operator)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _labels(flag: str, pairs: list[str]) -> dict[str, str] | None:
+    if not pairs:
+        return None
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{flag} must be KEY=VALUE, got {pair!r}")
+        out[key] = value
+    return out
+
+
+def network_policy_config(args: argparse.Namespace) -> NetworkPolicyConfig | None:
+    if args.no_network_policy:
+        return None
+    gateway_ns = args.gateway_namespace
+    if gateway_ns is None and args.gateway_service:
+        gateway_ns = str(args.gateway_service).split("/", 1)[0]
+    default = NetworkPolicyConfig()
+    return NetworkPolicyConfig(
+        gateway_namespace=gateway_ns,
+        gateway_pod_labels=_labels("--gateway-pod-label", args.gateway_pod_label)
+        or default.gateway_pod_labels,
+        operator_namespace=args.operator_namespace or os.environ.get("HEDGE_POD_NAMESPACE") or None,
+        operator_pod_labels=_labels("--operator-pod-label", args.operator_pod_label)
+        or default.operator_pod_labels,
+    )
 
 
 def build_config(args: argparse.Namespace) -> OperatorConfig:
     config = OperatorConfig(
         s3_downloader_image=args.s3_downloader_image,
         gcs_downloader_image=args.gcs_downloader_image,
+        network_policy=network_policy_config(args),
     )
     if args.gpu_types is not None:
         config = config.with_gpu_file(args.gpu_types, replace_table=args.replace_gpu_types)
@@ -130,6 +197,7 @@ async def serve(args: argparse.Namespace, config: OperatorConfig) -> int:
     from hedge_operator.kube import Kube
     from hedge_operator.reconcile.reconciler import Reconciler
     from hedge_operator.runtime import Runtime
+    from hedge_operator.standby import PeeringGate
 
     kube = Kube(args.kubeconfig)
     try:
@@ -138,6 +206,22 @@ async def serve(args: argparse.Namespace, config: OperatorConfig) -> int:
         await kube.close()
         logging.error("%s", exc)
         return 2
+    await check_crd(kube)
+    priority = (
+        args.peering_priority
+        if args.peering_priority is not None
+        else secrets.randbelow(1_000_000) + 1
+    )
+    # One identity for kopf's peering record and for the gate that reads it (kopf's own
+    # default adds a timestamp we could not know).
+    identity = os.environ.get("POD_ID") or (f"{kube.instance}/{os.getpid()}/{secrets.token_hex(3)}")
+    kube.gate = PeeringGate(
+        kube.client,
+        identity=identity,
+        priority=priority,
+        peering=args.peering,
+        namespaces=args.namespace,
+    )
     rt = Runtime(
         config=config,
         kube=kube,
@@ -146,11 +230,8 @@ async def serve(args: argparse.Namespace, config: OperatorConfig) -> int:
         dataplane=DataPlane(
             kube, gateway_service=args.gateway_service, gateway_urls=args.gateway_metrics_url
         ),
-        peering_priority=(
-            args.peering_priority
-            if args.peering_priority is not None
-            else secrets.randbelow(1_000_000) + 1
-        ),
+        peering_priority=priority,
+        gate=kube.gate,
     )
     liveness = (
         f"http://{args.bind_address}:{args.health_port}/healthz" if args.health_port else None
@@ -161,10 +242,28 @@ async def serve(args: argparse.Namespace, config: OperatorConfig) -> int:
         namespaces=args.namespace,
         standalone=args.peering is None,
         peering_name=args.peering,
+        identity=cast(Any, identity),
         liveness_endpoint=liveness,
         memo=kopf.Memo(hedge=rt),
     )
     return 0
+
+
+async def check_crd(kube: Any) -> None:
+    """Logs (and exports) a CRD that is not the one this binary was built for."""
+    from hedge_core.kube import TRANSIENT, ApiError
+    from hedge_operator import metrics
+    from hedge_operator.crdcheck import skew
+
+    try:
+        problem = skew(await kube.get_crd())
+    except (ApiError, *TRANSIENT) as exc:  # e.g. no RBAC to read CRDs: say so, run on
+        logging.warning("could not read the ModelDeployment CRD: %s", exc)
+        return
+    logging.info("ModelDeployment CRD: %s", problem or "current")
+    metrics.CRD_CURRENT.set(0 if problem else 1)
+    if problem:
+        logging.error("%s", problem)
 
 
 def run(args: argparse.Namespace) -> int:

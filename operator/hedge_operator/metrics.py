@@ -41,6 +41,18 @@ API_REQUESTS = Counter(
     "Requests to the Kubernetes API made by the operator's own client (watches excluded).",
     ["verb", "resource", "code"],
 )
+CRD_CURRENT = Gauge(
+    "hedge_operator_crd_current",
+    "1 when the installed ModelDeployment CRD is the one this operator was built for.",
+)
+STANDBY = Gauge(
+    "hedge_operator_standby",
+    "1 while this replica is a peering standby (it writes nothing), 0 while it is active.",
+)
+STANDBY_REFUSED = Counter(
+    "hedge_operator_standby_writes_refused_total",
+    "Writes this replica refused to make because it was a peering standby.",
+)
 GATEWAYS = Gauge(
     "hedge_operator_gateways",
     "Gateway replicas whose /metrics the last scrape read or failed to read.",

@@ -31,6 +31,7 @@ from hedge_operator.provisioning.names import Claim, claim_of
 from hedge_operator.provisioning.observed import Observed, PodSummary
 from hedge_operator.reconcile.reconciler import Outcome, Reconciler
 from hedge_operator.rollout.convert import cumulative
+from hedge_operator.standby import PeeringGate, Standby
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class Indexes:
     pdbs: Mapping[Key, Any]
     pvcs: Mapping[Key, Any]
     pods: Mapping[Key, Any]
+    netpols: Mapping[Key, Any] = field(default_factory=dict)
     _claims: dict[Key, tuple[str, Claim | None]] = field(default_factory=dict)
 
     @classmethod
@@ -61,6 +63,7 @@ class Indexes:
             pdbs=kwargs["hedge_pdbs"],
             pvcs=kwargs["hedge_pvcs"],
             pods=kwargs["hedge_pods"],
+            netpols=kwargs.get("hedge_netpols", {}),
         )
 
     def observed(self, key: Key) -> Observed:
@@ -74,6 +77,7 @@ class Indexes:
             pdbs=by_name(self.pdbs),
             pvcs=by_name(self.pvcs),
             pods=pods,
+            netpols=by_name(self.netpols),
         )
 
     def claims(self) -> list[Claim]:
@@ -116,8 +120,14 @@ class Nudger:
     a child event that arrives meanwhile, or status would lag by the re-check's delay.
     """
 
-    def __init__(self, run: Callable[[Key], Awaitable[None]], delay: float = NUDGE_DELAY):
+    def __init__(
+        self,
+        run: Callable[[Key], Awaitable[None]],
+        delay: float = NUDGE_DELAY,
+        may_run: Callable[[], bool] = lambda: True,
+    ):
         self._run = run
+        self._may_run = may_run
         self._delay = delay
         self._pending: dict[Key, tuple[float, asyncio.Task[None]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -139,8 +149,14 @@ class Nudger:
     async def _later(self, key: Key, delay: float) -> None:
         await asyncio.sleep(delay)
         self._pending.pop(key, None)  # events from now on schedule another round
+        if not self._may_run():
+            # A peering standby: kopf paused, and re-lists and reconciles all on resume.
+            log.debug("standby: dropped the nudge of %s/%s", *key)
+            return
         try:
             await self._run(key)
+        except Standby as e:
+            log.info("reconcile of %s/%s stopped: %s", *key, e)  # kopf resumes it
         except RetryableError as e:
             log.warning("reconcile of %s/%s will be retried: %s", *key, e)
             self.nudge(key, RETRY_DELAY)
@@ -169,10 +185,15 @@ class Runtime:
     #: The autoscaler's windows and the fallback budget's, per ModelDeployment uid.
     scalers: dict[str, ModelScaler] = field(default_factory=dict)
     budgets: dict[str, BudgetWindows] = field(default_factory=dict)
+    #: Closed while this replica is a peering standby (kube.Kube refuses writes then too).
+    gate: PeeringGate | None = None
     nudger: Nudger = field(init=False)
 
     def __post_init__(self) -> None:
-        self.nudger = Nudger(self.reconcile_key)
+        gate = self.gate
+        self.nudger = Nudger(
+            self.reconcile_key, may_run=gate.is_open if gate is not None else lambda: True
+        )
         if self.dataplane is not None:
             self.dataplane.set_engines(self.autoscaled_engines)
             self.reconciler.revision_source = self.revision_numbers

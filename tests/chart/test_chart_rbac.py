@@ -63,6 +63,9 @@ OPERATOR_NEEDS = [
     for group, resource, verbs in [
         ("hedge.dev", "modeldeployments", ["get", "list", "watch", "patch"]),
         ("hedge.dev", "modeldeployments/status", ["get", "patch"]),
+        # blockOwnerDeletion on the children: OpenShift's OwnerReferencesPermissionEnforcement
+        # admission wants `update` on the owner's finalizers subresource.
+        ("hedge.dev", "modeldeployments/finalizers", ["update"]),
         ("apps", "deployments", ["get", "list", "watch", "create", "patch", "delete"]),
         ("", "services", ["get", "list", "watch", "create", "patch", "delete"]),
         ("", "persistentvolumeclaims", ["get", "list", "watch", "create", "patch", "delete"]),
@@ -103,7 +106,10 @@ def test_no_wildcards_and_no_privilege_escalation(render: Render) -> None:
                 for field in ("apiGroups", "resources", "verbs", "resourceNames"):
                     assert "*" not in rule.get(field, []), (name, role["metadata"]["name"], rule)
                 assert not set(rule["resources"]) & dangerous_resources, (name, rule)
-                assert not set(rule["verbs"]) & dangerous_verbs, (name, rule)
+                # `update` only on a finalizers subresource (what blockOwnerDeletion needs).
+                finalizers_only = all(r.endswith("/finalizers") for r in rule["resources"])
+                verbs = set(rule["verbs"]) - ({"update"} if finalizers_only else set())
+                assert not verbs & dangerous_verbs, (name, rule)
                 assert "nonResourceURLs" not in rule
 
 
@@ -128,6 +134,24 @@ def test_cluster_wide_install_grants_what_each_component_needs(render: Render) -
     assert allowed(
         manifests, OPERATOR, Request("patch", "kopf.dev", "clusterkopfpeerings", None, "hedge")
     )
+
+
+def test_operator_may_block_owner_deletion_on_openshift(render: Render) -> None:
+    """Children carry `blockOwnerDeletion: true`; OpenShift (OwnerReferencesPermission-
+    Enforcement) then requires `update` on `modeldeployments/finalizers`, in every mode."""
+    for name, manifests in _all_renders(render):
+        if "bring-your-own" in name:
+            continue  # rbac.create=false
+        namespaces = [ANY_NAMESPACE] if "namespaced" not in name else ["team-a", "team-b"]
+        for namespace in namespaces:
+            req = Request("update", "hedge.dev", "modeldeployments/finalizers", namespace)
+            assert allowed(manifests, OPERATOR, req), name
+        # nothing else gets `update`
+        assert not allowed(
+            manifests, OPERATOR, Request("update", "hedge.dev", "modeldeployments", ANY_NAMESPACE)
+        )
+        finalizers = Request("update", "hedge.dev", "modeldeployments/finalizers", ANY_NAMESPACE)
+        assert not allowed(manifests, GATEWAY, finalizers)
 
 
 def test_components_get_nothing_beyond_their_job(render: Render) -> None:

@@ -102,6 +102,15 @@ def test_default_install(render: Render) -> None:
         "--metrics-port=9090",
         "--health-port=8081",
         "--peering=hedge",
+        # the engine NetworkPolicies admit this release's gateway and operator pods only
+        "--gateway-namespace=hedge-system",
+        "--gateway-pod-label=app.kubernetes.io/component=gateway",
+        "--gateway-pod-label=app.kubernetes.io/instance=hedge",
+        "--gateway-pod-label=app.kubernetes.io/name=hedge",
+        "--operator-namespace=hedge-system",
+        "--operator-pod-label=app.kubernetes.io/component=operator",
+        "--operator-pod-label=app.kubernetes.io/instance=hedge",
+        "--operator-pod-label=app.kubernetes.io/name=hedge",
         "--gateway-service=hedge-system/hedge-gateway-admin",
     ]
     # Client keys by default (issue 16 High-5): the gateway requires them from this Secret.

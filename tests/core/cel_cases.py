@@ -137,6 +137,11 @@ CASES: list[CelCase] = [
         {"serving": {"requestTimeoutSeconds": 60, "coldStartHoldSeconds": 90}},
     ),
     CelCase(
+        "spec.serving.allowFrom[]",
+        "serving.allowFrom: give namespaceLabels, podLabels or both",
+        {"serving": {"allowFrom": [{}]}},
+    ),
+    CelCase(
         "spec.fallback.providers[]",
         "AzureOpenAI providers need baseURL and apiVersion",
         {

@@ -256,6 +256,10 @@ INVALID = [
         "serving.coldStartHoldSeconds must not exceed serving.requestTimeoutSeconds",
     ),
     (
+        {"serving": {"allowFrom": [{}]}},
+        "serving.allowFrom: give namespaceLabels, podLabels or both",
+    ),
+    (
         {
             "fallback": {
                 "providers": [{"type": "OpenAICompatible", "model": "m", "baseURL": "http://x"}],

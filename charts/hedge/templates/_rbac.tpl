@@ -12,6 +12,12 @@ them. No wildcards: every rule names its verbs and resources.
 - apiGroups: ["hedge.dev"]
   resources: ["modeldeployments/status"]
   verbs: ["get", "patch"]
+# Children carry ownerReferences with blockOwnerDeletion: true; OpenShift's
+# OwnerReferencesPermissionEnforcement admission then requires update on the owner's
+# finalizers subresource (no other `update` anywhere).
+- apiGroups: ["hedge.dev"]
+  resources: ["modeldeployments/finalizers"]
+  verbs: ["update"]
 # The children it applies with server-side apply (field manager hedge-operator).
 - apiGroups: ["apps"]
   resources: ["deployments"]
@@ -21,6 +27,11 @@ them. No wildcards: every rule names its verbs and resources.
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# One NetworkPolicy per ModelDeployment: only the gateways, the operator and
+# spec.serving.allowFrom reach the engine pods (operator --no-network-policy: none).
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Engine pods, read for readiness and failure reasons in the status; before a scale-down the
 # autoscaler sets their pod-deletion-cost annotation (the pod with the least work goes).

@@ -201,6 +201,15 @@ class EngineSpec:
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = prop(
         "When the kubelet pulls the image.", default="IfNotPresent"
     )
+    security_profile: Literal["Unset", "Restricted"] = prop(
+        "Restricted: the engine pods (init containers included) pass Pod Security "
+        "`restricted`: run as a non-root user (uid/gid 1000, fsGroup 1000 so the cache "
+        "volume is writable), no privilege escalation, every capability dropped, the "
+        "runtime's default seccomp profile, HOME on the cache volume. Unset: no "
+        "securityContext (the vLLM image runs as root); left as the default so that an "
+        "upgrade does not restart every engine with a new pod template.",
+        default="Unset",
+    )
     max_model_len: int | None = prop(
         "Context length (--max-model-len). Defaults to the model's own.",
         default=None,
@@ -435,6 +444,33 @@ class AutoscalingSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class NetworkPeer:
+    """Pods allowed to call the engine pods directly, besides the gateways and the operator
+    (e.g. a Prometheus that scrapes them). Both selectors given: pods matching podLabels in
+    namespaces matching namespaceLabels; one alone: that one; an empty peer is refused."""
+
+    namespace_labels: dict[str, str] | None = prop(
+        "Namespaces whose labels include all of these (e.g. "
+        "kubernetes.io/metadata.name: monitoring). Unset: this namespace only.",
+        default=None,
+        maxProperties=16,
+    )
+    pod_labels: dict[str, str] | None = prop(
+        "Pods whose labels include all of these. Unset: every pod of the namespaces selected.",
+        default=None,
+        maxProperties=16,
+    )
+
+    __rules__: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            "has(self.namespaceLabels) || has(self.podLabels)",
+            "serving.allowFrom: give namespaceLabels, podLabels or both",
+            lambda v: v.namespace_labels is not None or v.pod_labels is not None,
+        ),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class ServingSpec:
     """How the gateway treats requests for this model."""
 
@@ -458,6 +494,14 @@ class ServingSpec:
         default=None,
         minimum=0,
         maximum=3600,
+    )
+    allow_from: list[NetworkPeer] = prop(
+        "Who else may call the engine pods directly. The operator writes a NetworkPolicy "
+        "per ModelDeployment that admits only the gateways and the operator (for /metrics) "
+        "on the engine port, plus these peers (a platform team can turn the policy off "
+        "operator-wide).",
+        default_factory=list,
+        maxItems=16,
     )
 
     __rules__: ClassVar[tuple[Rule, ...]] = (

@@ -5,6 +5,7 @@ table of specs. Names and labels follow docs/contracts.md.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -25,7 +26,12 @@ from hedge_core.api import (
     REVISION_LABEL,
     ModelDeployment,
 )
-from hedge_operator.config import GPU_PRODUCT_LABEL, GPU_RESOURCE, OperatorConfig
+from hedge_operator.config import (
+    GPU_PRODUCT_LABEL,
+    GPU_RESOURCE,
+    NetworkPolicyConfig,
+    OperatorConfig,
+)
 
 ENGINE_CONTAINER = "engine"
 HEALTH_PATH = "/health"
@@ -45,6 +51,22 @@ REVISION_LENGTH = 10
 PRE_STOP_SECONDS = 5
 #: Time for the engine process to exit once drained, within the grace period.
 EXIT_SECONDS = 15
+
+#: spec.engine.securityProfile: Restricted, what Pod Security `restricted` requires.
+RESTRICTED_UID = 1000
+RESTRICTED_POD_CONTEXT: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": RESTRICTED_UID,
+    "runAsGroup": RESTRICTED_UID,
+    "fsGroup": RESTRICTED_UID,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+RESTRICTED_CONTAINER_CONTEXT: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 
 #: Environment variables the operator sets on the engine; spec.engine.env may not redefine them.
 OPERATOR_ENV = frozenset({"HF_HOME", "HF_TOKEN"})
@@ -352,11 +374,7 @@ def engine_pod_template(md: ModelDeployment, config: OperatorConfig) -> dict[str
     )
     volumes, mounts = _volumes(md, uses_gcs_creds)
 
-    requests: dict[str, str] = {"cpu": res.cpu, "memory": res.memory}
-    limits: dict[str, str] = {"memory": res.memory}
-    if res.gpus > 0:
-        requests[GPU_RESOURCE] = str(res.gpus)
-        limits[GPU_RESOURCE] = str(res.gpus)
+    requests, limits = _resources(md)
 
     startup_failures = math.ceil(spec.engine.startup_timeout_seconds / STARTUP_PROBE_PERIOD)
     container: dict[str, Any] = {
@@ -391,6 +409,8 @@ def engine_pod_template(md: ModelDeployment, config: OperatorConfig) -> dict[str
         pod_spec["tolerations"] = [
             {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"},
         ]
+    if spec.engine.security_profile == "Restricted":
+        _restrict(pod_spec, [*init, container])
     if init:
         pod_spec["initContainers"] = init
     pod_spec["containers"] = [container]
@@ -402,6 +422,26 @@ def engine_pod_template(md: ModelDeployment, config: OperatorConfig) -> dict[str
     if spec.engine.pod_annotations:
         metadata["annotations"] = dict(sorted(spec.engine.pod_annotations.items()))
     return {"metadata": metadata, "spec": pod_spec}
+
+
+def _resources(md: ModelDeployment) -> tuple[dict[str, str], dict[str, str]]:
+    """The engine container's (requests, limits)."""
+    res = md.spec.resources
+    requests: dict[str, str] = {"cpu": res.cpu, "memory": res.memory}
+    limits: dict[str, str] = {"memory": res.memory}
+    if res.gpus > 0:
+        requests[GPU_RESOURCE] = str(res.gpus)
+        limits[GPU_RESOURCE] = str(res.gpus)
+    return requests, limits
+
+
+def _restrict(pod_spec: dict[str, Any], containers: list[dict[str, Any]]) -> None:
+    """spec.engine.securityProfile: Restricted (Pod Security `restricted`)."""
+    pod_spec["securityContext"] = copy.deepcopy(RESTRICTED_POD_CONTEXT)
+    for c in containers:
+        c["securityContext"] = copy.deepcopy(RESTRICTED_CONTAINER_CONTEXT)
+        # The image's user (root) owns HOME; caches (triton, torch, vllm) go to the volume.
+        c.setdefault("env", []).append({"name": "HOME", "value": f"{MODELS_DIR}/home"})
 
 
 def content_hash(obj: Any, length: int = REVISION_LENGTH) -> str:
@@ -506,4 +546,56 @@ def build_cache_pvc(md: ModelDeployment) -> dict[str, Any] | None:
         "kind": "PersistentVolumeClaim",
         "metadata": _metadata(md, f"{md.name}-cache", common_labels(md.name)),
         "spec": spec,
+    }
+
+
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+
+
+def _peer(namespace: str | None, pods: dict[str, str] | None) -> dict[str, Any]:
+    """A NetworkPolicyPeer: pods (None: all) in a namespace (None: any namespace)."""
+    peer: dict[str, Any] = {
+        "namespaceSelector": (
+            {"matchLabels": {NAMESPACE_NAME_LABEL: namespace}} if namespace is not None else {}
+        )
+    }
+    if pods is not None:
+        peer["podSelector"] = {"matchLabels": dict(sorted(pods.items()))}
+    return peer
+
+
+def build_network_policy(md: ModelDeployment, policy: NetworkPolicyConfig) -> dict[str, Any]:
+    """`<md>`: only the gateways, the operator (it reads engine /metrics for the autoscaler)
+    and spec.serving.allowFrom may open connections to the engine port; the engine pods
+    answer nobody else (issue 16: a pod elsewhere in the cluster would bypass client keys,
+    tenancy, budgets and the metrics the autoscaler and canary analysis read)."""
+    peers = [
+        _peer(policy.gateway_namespace, dict(policy.gateway_pod_labels)),
+        _peer(policy.operator_namespace, dict(policy.operator_pod_labels)),
+    ]
+    for extra in md.spec.serving.allow_from:
+        if extra.namespace_labels is None:
+            assert extra.pod_labels is not None  # the CRD's rule
+            peers.append({"podSelector": {"matchLabels": dict(sorted(extra.pod_labels.items()))}})
+            continue
+        peer: dict[str, Any] = {
+            "namespaceSelector": {"matchLabels": dict(sorted(extra.namespace_labels.items()))}
+        }
+        if extra.pod_labels is not None:
+            peer["podSelector"] = {"matchLabels": dict(sorted(extra.pod_labels.items()))}
+        peers.append(peer)
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(md, md.name, common_labels(md.name)),
+        "spec": {
+            "podSelector": {"matchLabels": engine_selector(md.name)},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": peers,
+                    "ports": [{"port": ENGINE_PORT, "protocol": "TCP"}],
+                }
+            ],
+        },
     }

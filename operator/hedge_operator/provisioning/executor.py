@@ -15,10 +15,10 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from hedge_core.api import ModelDeployment
+from hedge_core.api import GROUP, KIND, ModelDeployment
 from hedge_core.kube import TRANSIENT, ApiError
 from hedge_operator.errors import RetryableError
-from hedge_operator.provisioning.observed import Observed
+from hedge_operator.provisioning.observed import Observed, owned_by
 from hedge_operator.provisioning.plan import APPLIED_HASH, Action, Apply, Scale, in_flight_token
 from hedge_operator.provisioning.validation import APPLY_FAILED, Problem
 
@@ -27,8 +27,24 @@ log = logging.getLogger(__name__)
 ChildKey = tuple[str, str]  # (kind, name)
 
 
+#: A child's name is taken by an object this ModelDeployment does not own.
+NAME_IN_USE = "NameInUse"
+
+
+class NameInUse(Exception):
+    """A create found an object of that name without our ownerReference."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
 class ChildWriter(Protocol):
     async def apply(self, manifest: Mapping[str, Any]) -> Mapping[str, Any]: ...
+
+    async def get_child(
+        self, api_version: str, kind: str, namespace: str, name: str
+    ) -> Mapping[str, Any] | None: ...
 
     async def scale_deployment(self, namespace: str, name: str, replicas: int) -> None: ...
 
@@ -71,6 +87,8 @@ class Executor:
 
         async def one(action: Action) -> None:
             if isinstance(action, Apply):
+                if action.why == "create":
+                    await self._refuse_taken(md, action)
                 await self._kube.apply(action.manifest)
             elif isinstance(action, Scale):
                 await self._kube.scale_deployment(md.namespace, action.name, action.replicas)
@@ -84,7 +102,9 @@ class Executor:
         for action, result in zip(actions, results, strict=True):
             if not isinstance(result, BaseException):
                 continue
-            if isinstance(result, ApiError) and not result.retryable:
+            if isinstance(result, NameInUse):
+                problem = problem or Problem(NAME_IN_USE, result.message)
+            elif isinstance(result, ApiError) and not result.retryable:
                 kind, name = action.key
                 problem = problem or Problem(APPLY_FAILED, f"{kind} {name}: {result.message}")
             elif isinstance(result, TRANSIENT):
@@ -92,6 +112,46 @@ class Executor:
             else:
                 raise result
         return problem
+
+    async def _refuse_taken(self, md: ModelDeployment, action: Apply) -> None:
+        """Server-side apply with force would take over (and the garbage collector later
+        delete with us) an object someone else made under a child's name: a hand-made
+        `llama` Service, a `llama-cache` claim, or another ModelDeployment's child whose
+        name collides with ours (MD `foo-<hash>` vs MD `foo`'s revision Service). Only
+        creates are checked: the watch shows what we own, so an update is ours already."""
+        manifest = action.manifest
+        kind, name = action.key
+        live = await self._kube.get_child(str(manifest["apiVersion"]), kind, md.namespace, name)
+        if live is None or owned_by(live, md.uid) or _earlier_incarnation(live, md):
+            return
+        raise NameInUse(
+            f"{kind} {name} already exists and is not owned by this ModelDeployment "
+            f"({_owner_text(live)}); the operator does not take it over: delete or rename "
+            f"that {kind}, or rename this ModelDeployment"
+        )
+
+
+def _earlier_incarnation(live: Mapping[str, Any], md: ModelDeployment) -> bool:
+    """Controlled by a ModelDeployment of this name (a deleted namesake, e.g. a Helm
+    reinstall, whose children the garbage collector has not removed yet): ours to adopt.
+    A made-up reference of that kind cannot be used to make us adopt anything for long:
+    the garbage collector deletes an object whose owner uid does not exist."""
+    refs = (live.get("metadata") or {}).get("ownerReferences") or []
+    return any(
+        r.get("controller")
+        and r.get("kind") == KIND
+        and str(r.get("apiVersion", "")).split("/")[0] == GROUP
+        and r.get("name") == md.name
+        for r in refs
+    )
+
+
+def _owner_text(live: Mapping[str, Any]) -> str:
+    refs = (live.get("metadata") or {}).get("ownerReferences") or []
+    controller = next((r for r in refs if r.get("controller")), None)
+    if controller is None:
+        return "it has no controller"
+    return f"controlled by {controller.get('kind')} {controller.get('name')}"
 
 
 def _shows(observed: Observed, key: ChildKey, token: str) -> bool:

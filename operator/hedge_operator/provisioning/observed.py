@@ -68,6 +68,9 @@ class DeploymentSummary:
     synced: bool  # status.observedGeneration caught up with metadata.generation
     deadline_exceeded: str | None  # the Progressing=False message, if any
     created: str
+    #: ReplicaFailure=True (the ReplicaSet could not create pods: Pod Security admission,
+    #: a ResourceQuota, …): (reason, the API server's message).
+    replica_failure: tuple[str, str] | None = None
 
 
 def strip(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -146,9 +149,15 @@ def summarize_deployment(body: Mapping[str, Any]) -> DeploymentSummary:
     spec = body.get("spec") or {}
     status = body.get("status") or {}
     deadline = None
+    failure = None
     for c in status.get("conditions") or []:
         if c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded":
             deadline = str(c.get("message") or "progress deadline exceeded")
+        if c.get("type") == "ReplicaFailure" and c.get("status") == "True":
+            failure = (
+                str(c.get("reason") or "FailedCreate"),
+                str(c.get("message") or "the engine pods could not be created"),
+            )
     return DeploymentSummary(
         name=str(meta.get("name", "")),
         revision=str((meta.get("labels") or {}).get(REVISION_LABEL, "")),
@@ -160,6 +169,7 @@ def summarize_deployment(body: Mapping[str, Any]) -> DeploymentSummary:
         synced=int(status.get("observedGeneration") or 0) >= int(meta.get("generation") or 0),
         deadline_exceeded=deadline,
         created=str(meta.get("creationTimestamp") or ""),
+        replica_failure=failure,
     )
 
 
@@ -172,6 +182,7 @@ class Observed:
     pdbs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     pvcs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     pods: Sequence[PodSummary] = ()
+    netpols: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def deployment_summaries(self) -> list[DeploymentSummary]:
         return [summarize_deployment(b) for b in self.deployments.values()]
@@ -182,6 +193,7 @@ class Observed:
             "Service": self.services,
             "PodDisruptionBudget": self.pdbs,
             "PersistentVolumeClaim": self.pvcs,
+            "NetworkPolicy": self.netpols,
         }[kind]
 
 
@@ -205,4 +217,5 @@ def owned_only(observed: Observed, uid: str) -> Observed:
         services=mine(observed.services),
         pdbs=mine(observed.pdbs),
         pvcs=mine(observed.pvcs),
+        netpols=mine(observed.netpols),
     )

@@ -26,10 +26,12 @@ from hedge_operator.events import Event
 from hedge_operator.provisioning.builders import (
     build_cache_pvc,
     build_engine_deployment,
+    build_network_policy,
     build_pdb,
     build_revision_service,
     build_service,
     content_hash,
+    pvc_claims,
 )
 from hedge_operator.provisioning.observed import Observed
 
@@ -81,6 +83,9 @@ class Desired:
     children: Sequence[Mapping[str, Any]]
     #: Pods per revision (the spec's revision included); a revision not listed has none.
     replicas: Mapping[str, int]
+    #: Claims the spec mounts (cache.existingClaim, pvc:// sources): never deleted, even
+    #: when an earlier `cache: {size}` created (and owns) one of them.
+    named_claims: frozenset[str] = frozenset()
 
 
 def desired_children(
@@ -94,16 +99,22 @@ def desired_children(
     wanted.setdefault(revision, 0)
     deployment["spec"]["replicas"] = wanted[revision]
     children = [deployment, build_service(md), build_pdb(md)]
+    if config.network_policy is not None:
+        children.append(build_network_policy(md, config.network_policy))
     pvc = build_cache_pvc(md)
     if pvc is not None:
         children.append(pvc)
     for name in sorted(wanted, key=lambda r: (r != revision, r)):
         if name == revision or wanted[name] > 0:
             children.append(build_revision_service(md, name))
+    named = set(pvc_claims(md))
+    if md.spec.cache is not None and md.spec.cache.existing_claim:
+        named.add(md.spec.cache.existing_claim)
     return Desired(
         revision=revision,
         children=[with_applied_hash(c) for c in children],
         replicas=wanted,
+        named_claims=frozenset(named),
     )
 
 
@@ -246,14 +257,30 @@ def plan(
         ):
             actions.append(Delete("v1", "Service", name))
 
-    # A cache claim the spec no longer asks for.
-    wanted_pvcs = {
-        str(c["metadata"]["name"]) for c in desired.children if c["kind"] == "PersistentVolumeClaim"
-    }
-    for name in observed.pvcs:
-        if name not in wanted_pvcs and in_flight.get(("PersistentVolumeClaim", name)) != "delete":
-            actions.append(Delete("v1", "PersistentVolumeClaim", name))
+    actions += _unwanted(desired, observed, in_flight)
     return actions
+
+
+def _unwanted(
+    desired: Desired, observed: Observed, in_flight: Mapping[tuple[str, str], str]
+) -> list[Action]:
+    """NetworkPolicies the operator no longer writes (--no-network-policy) and cache claims
+    the spec no longer asks for (nor mounts under another role)."""
+
+    def wanted(kind: str) -> set[str]:
+        return {str(c["metadata"]["name"]) for c in desired.children if c["kind"] == kind}
+
+    out: list[Action] = []
+    for name in observed.netpols:
+        if name not in wanted("NetworkPolicy") and in_flight.get(("NetworkPolicy", name)) != (
+            "delete"
+        ):
+            out.append(Delete("networking.k8s.io/v1", "NetworkPolicy", name))
+    claims = desired.named_claims | wanted("PersistentVolumeClaim")
+    for name in observed.pvcs:
+        if name not in claims and in_flight.get(("PersistentVolumeClaim", name)) != "delete":
+            out.append(Delete("v1", "PersistentVolumeClaim", name))
+    return out
 
 
 def in_flight_token(action: Action) -> str:

@@ -313,6 +313,10 @@ def _conditions(
     pod_problem = worst_pod_problem(observed, revision)
     if pod_problem is not None and pod_problem.reason == "Unschedulable":
         pod_problem = gpu_shortage(md, desired, observed, pod_problem)
+    if pod_problem is None and current is not None and current.replica_failure:
+        # Pods refused at creation (admission, quota) never exist to show a problem.
+        reason, message = current.replica_failure
+        pod_problem = PodProblem(reason, f"engine pods of revision {revision}: {message}")
     if pod_problem is None and current is not None and current.deadline_exceeded:
         pod_problem = PodProblem("ProgressDeadlineExceeded", current.deadline_exceeded)
 

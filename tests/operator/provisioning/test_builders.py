@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from hedge_operator.config import OperatorConfig
+from hedge_core.api import SpecError
+from hedge_operator.config import NetworkPolicyConfig, OperatorConfig
 from hedge_operator.provisioning.builders import (
     build_cache_pvc,
     build_engine_deployment,
+    build_network_policy,
     build_pdb,
     build_service,
     revision_of,
     selector_string,
     service_url,
 )
+from hedge_operator.provisioning.plan import desired_children
 from tests.operator.factories import model, spec_with
 
 CONFIG = OperatorConfig()
@@ -398,3 +402,95 @@ def test_a_stopping_engine_pod_stops_getting_requests_then_drains_them(timeout: 
     assert container["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
     assert flags(container["args"])["--shutdown-timeout"] == [str(timeout)]
     assert pod_spec(deployment)["terminationGracePeriodSeconds"] == 5 + timeout + 15
+
+
+def test_engine_network_policy_admits_only_gateways_operator_and_allow_from() -> None:
+    md = model(
+        spec_with(
+            serving={
+                "allowFrom": [
+                    {"namespaceLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                    {"podLabels": {"app": "batch"}},
+                ]
+            }
+        )
+    )
+    config = NetworkPolicyConfig(
+        gateway_namespace="hedge-system",
+        gateway_pod_labels={"app.kubernetes.io/component": "gateway", "i": "hedge"},
+        operator_namespace="hedge-system",
+    )
+    policy = build_network_policy(md, config)
+    assert policy["kind"] == "NetworkPolicy" and policy["metadata"]["name"] == "llama"
+    assert policy["metadata"]["ownerReferences"][0]["uid"] == md.uid
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress"]
+    assert spec["podSelector"] == {
+        "matchLabels": {"hedge.dev/model-deployment": "llama", "hedge.dev/component": "engine"}
+    }
+    (rule,) = spec["ingress"]
+    assert rule["ports"] == [{"port": 8000, "protocol": "TCP"}]
+    ns = {"matchLabels": {"kubernetes.io/metadata.name": "hedge-system"}}
+    assert rule["from"] == [
+        {
+            "namespaceSelector": ns,
+            "podSelector": {
+                "matchLabels": {"app.kubernetes.io/component": "gateway", "i": "hedge"}
+            },
+        },
+        {
+            "namespaceSelector": ns,
+            "podSelector": {"matchLabels": {"app.kubernetes.io/component": "operator"}},
+        },
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},
+        {"podSelector": {"matchLabels": {"app": "batch"}}},  # this namespace only
+    ]
+
+
+def test_an_empty_allow_from_peer_is_refused() -> None:
+    with pytest.raises(SpecError, match="allowFrom"):
+        model(spec_with(serving={"allowFrom": [{}]}))
+
+
+def test_no_network_policy_when_turned_off() -> None:
+    config = replace(OperatorConfig(), network_policy=None)
+    kinds = [c["kind"] for c in desired_children(model(), config).children]
+    assert "NetworkPolicy" not in kinds
+    assert "NetworkPolicy" in [
+        c["kind"] for c in desired_children(model(), OperatorConfig()).children
+    ]
+
+
+def test_restricted_profile_passes_pod_security_restricted() -> None:
+    """The checks of Pod Security `restricted` (kubernetes.io/docs/concepts/security/
+    pod-security-standards), on every container, init containers included."""
+    md = model(
+        spec_with(
+            engine={"securityProfile": "Restricted"},
+            model={"source": "s3://bucket/llama", "name": "llama"},
+            cache={"size": "10Gi"},
+        )
+    )
+    deployment = build_engine_deployment(md, OperatorConfig())
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+    assert pod["initContainers"], "the s3 download step is checked too"
+    for c in [*pod["initContainers"], *pod["containers"]]:
+        ctx = c["securityContext"]
+        assert ctx["allowPrivilegeEscalation"] is False, c["name"]
+        assert ctx["capabilities"] == {"drop": ["ALL"]}, c["name"]
+        assert ctx["runAsNonRoot"] is True
+        assert {"name": "HOME", "value": "/models/home"} in c["env"], c["name"]
+        assert "privileged" not in ctx and not c.get("ports", [{}])[0].get("hostPort")
+    assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC")
+    assert all("hostPath" not in v for v in pod["volumes"])
+
+
+def test_the_default_profile_leaves_the_pod_template_as_it_was() -> None:
+    """Unset (the default) writes no securityContext, so an upgrade keeps every revision."""
+    pod = build_engine_deployment(model(), OperatorConfig())["spec"]["template"]["spec"]
+    assert "securityContext" not in pod
+    assert all("securityContext" not in c for c in pod["containers"])

@@ -28,6 +28,7 @@ def observe(*objects: dict[str, Any]) -> Observed:
         "Service": {},
         "PodDisruptionBudget": {},
         "PersistentVolumeClaim": {},
+        "NetworkPolicy": {},
     }
     for obj in objects:
         by_kind[obj["kind"]][obj["metadata"]["name"]] = obj
@@ -36,6 +37,7 @@ def observe(*objects: dict[str, Any]) -> Observed:
         services=by_kind["Service"],
         pdbs=by_kind["PodDisruptionBudget"],
         pvcs=by_kind["PersistentVolumeClaim"],
+        netpols=by_kind["NetworkPolicy"],
     )
 
 
@@ -51,6 +53,7 @@ def test_first_plan_creates_every_child() -> None:
         ("Apply", ("Deployment", f"llama-{desired.revision}"), "create"),
         ("Apply", ("Service", "llama"), "create"),
         ("Apply", ("PodDisruptionBudget", "llama"), "create"),
+        ("Apply", ("NetworkPolicy", "llama"), "create"),
         ("Apply", ("PersistentVolumeClaim", "llama-cache"), "create"),
         ("Apply", ("Service", f"llama-{desired.revision}"), "create"),
     ]
@@ -197,3 +200,24 @@ def test_contains_and_quantities() -> None:
     assert not contains({"memory": "1Gi"}, {"memory": "1G"})
     assert quantity_value("1.5Gi") == quantity_value("1536Mi")
     assert quantity_value("lots") is None
+
+
+def test_a_claim_the_spec_now_names_is_never_deleted() -> None:
+    """`cache: {size}` made `llama-cache`; the spec then says `existingClaim: llama-cache`
+    (or mounts it as a pvc:// source): that claim holds the weights the spec asks for."""
+    before = desired_children(model(spec_with(cache={"size": "50Gi"})), CONFIG)
+    live = served(before)
+    for spec in (
+        spec_with(cache={"existingClaim": "llama-cache"}),
+        spec_with(model={"source": "pvc://llama-cache/weights", "name": "llama"}),
+    ):
+        after = desired_children(model(spec), CONFIG)
+        actions = plan(after, observe(*live))
+        deleted = [a.key for a in actions if isinstance(a, Delete)]
+        assert ("PersistentVolumeClaim", "llama-cache") not in deleted, (spec, deleted)
+    # a claim nothing names any more still goes
+    after = desired_children(model(spec_with(cache=None)), CONFIG)
+    actions = plan(after, observe(*live))
+    assert ("PersistentVolumeClaim", "llama-cache") in [
+        a.key for a in actions if isinstance(a, Delete)
+    ]

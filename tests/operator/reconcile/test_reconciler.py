@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -36,6 +37,12 @@ class FakeKube:
         self.objects[key] = as_served(manifest)
         return self.objects[key]
 
+    async def get_child(
+        self, api_version: str, kind: str, namespace: str, name: str
+    ) -> Mapping[str, Any] | None:
+        self.requests.append(("get", kind, name))
+        return self.objects.get((kind, name))
+
     async def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
         self.requests.append(("scale", name, str(replicas)))
         self.objects[("Deployment", name)]["spec"]["replicas"] = replicas
@@ -64,6 +71,7 @@ class FakeKube:
             services=kind("Service"),
             pdbs=kind("PodDisruptionBudget"),
             pvcs=kind("PersistentVolumeClaim"),
+            netpols=kind("NetworkPolicy"),
         )
 
     def writes(self) -> list[tuple[str, ...]]:
@@ -113,6 +121,7 @@ async def test_first_reconcile_creates_children_then_nothing(
     assert first.problem is None
     assert sorted(k for _, k, _ in kube.writes()) == [
         "Deployment",
+        "NetworkPolicy",
         "PersistentVolumeClaim",
         "PodDisruptionBudget",
         "Service",
@@ -321,6 +330,7 @@ async def test_missing_secret_waits_then_proceeds(
         "Deployment",
         "Service",
         "PodDisruptionBudget",
+        "NetworkPolicy",
         "Service",
     ]
     assert ("Normal", "Recovered") in [(t, r) for t, r, _ in kube.events]
@@ -358,7 +368,7 @@ async def test_children_of_a_deleted_namesake_are_not_ours(
     fresh = body(uid="new-uid")
     await settle(reconciler, kube, fresh)
     applied = kube.writes()
-    assert len(applied) == 4  # re-applied: the new owner reference must be set
+    assert len(applied) == 5  # re-applied: the new owner reference must be set
     for obj in kube.objects.values():
         assert obj["metadata"]["ownerReferences"][0]["uid"] == "new-uid"
 
@@ -493,3 +503,48 @@ async def test_losing_the_metrics_is_a_warning_event(
     blind = {"desiredReplicas": 0, "reason": "NoMetrics", "message": "no gateway could be read"}
     await reconciler.reconcile(obj, kube.observed(), trigger="autoscale", autoscaling=blind)
     assert ("Warning", "NoMetrics", "no gateway could be read") in kube.events
+
+
+def condition_of(outcome: Outcome, type_: str) -> dict[str, Any]:
+    return dict(next(c for c in outcome.status["conditions"] if c["type"] == type_))
+
+
+async def test_a_hand_made_object_under_a_childs_name_is_never_taken_over(
+    reconciler: Reconciler, kube: FakeKube
+) -> None:
+    """A hand-made `llama` Service (no owner reference): server-side apply with force would
+    make it ours and the garbage collector would delete it with the ModelDeployment."""
+    hand_made = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "llama", "namespace": "team-a", "labels": {"app": "mine"}},
+        "spec": {"selector": {"app": "mine"}, "ports": [{"port": 80}]},
+    }
+    kube.objects[("Service", "llama")] = copy.deepcopy(hand_made)
+    outcome = await settle(reconciler, kube, body())
+    assert ("apply", "Service", "llama") not in kube.writes()
+    assert kube.objects[("Service", "llama")] == hand_made
+    assert outcome.problem is not None and outcome.problem.reason == "NameInUse"
+    cond = condition_of(outcome, "Ready")
+    assert (cond["status"], cond["reason"]) == ("False", "NameInUse")
+    assert (
+        "Service llama already exists and is not owned by this ModelDeployment" in (cond["message"])
+    )
+    assert any(r == "NameInUse" for _, r, _ in kube.events)
+    # the other children are still made (the Deployment, the PDB, the revision Service)
+    assert ("PodDisruptionBudget", "llama") in kube.objects
+
+
+async def test_a_model_deployment_named_like_anothers_revision_service_is_refused(
+    reconciler: Reconciler, kube: FakeKube
+) -> None:
+    """MD `llama-<rev>`'s Service would be MD `llama`'s revision Service: the later one
+    reports NameInUse instead of the two fighting over it."""
+    first = await settle(reconciler, kube, body())
+    squat = f"llama-{first.status['revision']}"
+    owner_before = kube.objects[("Service", squat)]["metadata"]["ownerReferences"]
+    outcome = await settle(reconciler, kube, body(name=squat, uid="uid-2"))
+    assert outcome.problem is not None and outcome.problem.reason == "NameInUse"
+    assert f"Service {squat} already exists" in outcome.problem.message
+    assert "controlled by ModelDeployment llama" in outcome.problem.message
+    assert kube.objects[("Service", squat)]["metadata"]["ownerReferences"] == owner_before

@@ -323,3 +323,24 @@ def test_events_on_transitions() -> None:
     assert [(e.type, e.reason, e.message) for e in events] == [
         ("Warning", "SecretNotFound", "Secret 'hf' not found")
     ]
+
+
+def test_pods_the_api_server_refuses_to_create_show_at_once() -> None:
+    """Pod Security admission or a ResourceQuota refuses the engine pods: the ReplicaSet's
+    ReplicaFailure (copied onto the Deployment) is Ready=False/Degraded with the API
+    server's own message, on the first reconcile that sees it (not after the ~35 min
+    progress deadline)."""
+    dep = deployment_body("llama-rev-new", "rev-new", spec_replicas=1, ready=0)
+    message = (
+        'pods "llama-rev-new-abc" is forbidden: violates PodSecurity "restricted:latest": '
+        "allowPrivilegeEscalation != false"
+    )
+    dep["status"]["conditions"] = [
+        {"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated"},
+        {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": message},
+    ]
+    status = status_for(model(), observed(dep))
+    assert brief(status)["Degraded"] == ("True", "FailedCreate")
+    assert brief(status)["Ready"] == ("False", "FailedCreate")
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert message in ready["message"]
