@@ -45,7 +45,7 @@ from .conftest import (
     scrape,
     wait_for,
 )
-from .traffic import FALLBACK_MODEL, FallbackProvider
+from .traffic import EGRESS_VALUES, FALLBACK_MODEL, FallbackProvider
 
 # ------------------------------------------------------------------- finding the gateways
 
@@ -262,7 +262,12 @@ def hedge(cluster: E2ECluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
     values = {
         "watchNamespaces": [namespace],
         "operator": {"metricsPort": free_port(), "healthPort": free_port()},
-        "gateway": {"replicaCount": 1, "drainDelaySeconds": 1, "drainTimeoutSeconds": 10},
+        "gateway": {
+            "replicaCount": 1,
+            "drainDelaySeconds": 1,
+            "drainTimeoutSeconds": 10,
+            "egress": EGRESS_VALUES,
+        },
     }
     path = tmp_path_factory.mktemp("autoscaling") / "values.yaml"
     path.write_text(yaml.safe_dump(values))
