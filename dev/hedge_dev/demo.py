@@ -240,6 +240,9 @@ def _demo(cluster: LocalCluster, args: argparse.Namespace) -> int:
             "--host=127.0.0.1",
             f"--port={gw_port}",
             f"--admin-port={gw_admin}",
+            # The demo's provider stub is on loopback over http: allow exactly that.
+            "--egress-allow-http=127.0.0.1",
+            "--egress-allow-cidr=127.0.0.0/8",
         ],
     )
     _wait_http(f"http://127.0.0.1:{op_health}/healthz", 60, cluster, "operator")

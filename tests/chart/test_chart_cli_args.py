@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import ipaddress
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,35 @@ def test_operator_accepts_the_chart_args(render: Render, values: Path) -> None:
     assert args.health_port == ports["health"]
     peering = [a for a in container["args"] if a.startswith("--peering")]
     assert bool(peering) == (args.peering is not None)
+
+
+def test_the_gateway_egress_values_become_its_policy(render: Render, tmp_path: Path) -> None:
+    """`gateway.egress` and `gateway.fallbackLimits` reach the gateway's flags, with the
+    meaning the values file gives them (issue 16, High-1 and Medium-10)."""
+    from hedge_serving.gateway.cli import settings_from_args
+
+    values = tmp_path / "egress.yaml"
+    values.write_text(
+        "gateway:\n"
+        "  replicaCount: 4\n"
+        "  egress:\n"
+        "    allowedHosts: ['*.openai.azure.com', 'team-a=llm.team-a.example']\n"
+        "    allowInsecureHTTP: [llm-proxy.platform.svc]\n"
+        "    allowedCIDRs: [10.40.0.0/16]\n"
+        "    clusterCIDRs: [34.118.224.0/20]\n"
+        "  fallbackLimits: {maxN: 2, maxTokens: 1000}\n"
+    )
+    (container,) = containers(one(render(values), "Deployment", "hedge-gateway"))
+    proxy = settings_from_args(parse(container["args"])).proxy
+    egress = proxy.egress
+    assert egress.url_refused("https://x.openai.azure.com", "team-b") is None
+    assert egress.url_refused("https://api.openai.com/v1", "team-b") is not None
+    assert egress.url_refused("https://llm.team-a.example/v1", "team-a") is None
+    assert egress.url_refused("https://llm.team-a.example/v1", "team-b") is not None
+    assert egress.url_refused("http://llm-proxy.platform.svc/v1", "team-b") is None
+    # the ranges are checked on the addresses connected to
+    assert egress.address_refused(ipaddress.ip_address("10.40.1.1")) is None
+    assert egress.address_refused(ipaddress.ip_address("10.41.1.1")) is not None
+    assert egress.address_refused(ipaddress.ip_address("34.118.224.9")) is not None
+    assert (proxy.fallback_limits.max_n, proxy.fallback_limits.max_tokens) == (2, 1000)
+    assert proxy.fallback_budget_share == 0.25  # 1 / replicaCount by default

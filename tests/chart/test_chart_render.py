@@ -118,6 +118,10 @@ def test_default_install(render: Render) -> None:
         "gateway", "--host", "0.0.0.0", "--port=8080",
         "--admin-port=9090", "--drain-delay=5", "--drain-timeout=30", "--log-level=INFO",
         "--api-keys-secret=hedge-system/hedge-api-keys",
+        # provider egress: the public providers only; fallback caps; 2 replicas share a budget
+        "--egress-allow-host=api.openai.com", "--egress-allow-host=*.openai.azure.com",
+        "--egress-allow-host=api.anthropic.com", "--fallback-max-n=4",
+        "--fallback-max-tokens=4096", "--fallback-budget-share=0.5",
     ]  # fmt: skip
     # Unready and still serving, then draining, then exit: the grace period outlasts both.
     assert gateway["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 45

@@ -46,7 +46,7 @@ from .conftest import (
     scrape,
     wait_for,
 )
-from .traffic import FALLBACK_MODEL, FallbackProvider
+from .traffic import EGRESS_VALUES, FALLBACK_MODEL, FallbackProvider
 
 # ------------------------------------------------------------------- finding the gateways
 
@@ -270,6 +270,7 @@ def hedge(cluster: E2ECluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
             "drainTimeoutSeconds": 10,
             "apiKeys": {"secretName": ""},
             "allowUnauthenticated": True,
+            "egress": EGRESS_VALUES,
         },
     }
     path = tmp_path_factory.mktemp("autoscaling") / "values.yaml"

@@ -32,7 +32,7 @@ from .conftest import (
     wait_for,
     wait_ready,
 )
-from .traffic import FALLBACK_MODEL, FallbackProvider, Load, chat
+from .traffic import EGRESS_ARGS, FALLBACK_MODEL, FallbackProvider, Load, chat
 
 MD = "chat"
 MODEL = "tiny"
@@ -142,6 +142,7 @@ def gateway(
         "0",
         "--engine-metrics-interval",
         "0.5",
+        *EGRESS_ARGS,
     )
     return Gateway(proc)
 

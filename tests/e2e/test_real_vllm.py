@@ -27,7 +27,7 @@ from hedge_serving.gateway.engine_metrics import parse_waiting
 
 from .conftest import E2ECluster, HedgeProcess, Operator, pod_ready, scrape, wait_for, wait_ready
 from .test_gateway import FALLBACK_KEY, Gateway, fallback_secret
-from .traffic import FALLBACK_MODEL, FallbackProvider
+from .traffic import EGRESS_ARGS, FALLBACK_MODEL, FallbackProvider
 
 # Two engine starts on two shared cores (pytest-timeout counts fixture setup too).
 pytestmark = pytest.mark.timeout(900)
@@ -90,6 +90,7 @@ def gateway(
 ) -> Gateway:
     args = ["--kubeconfig", str(cluster.kubeconfig), "--namespace", namespace]
     args += ["--port", "0", "--admin-port", "0", "--engine-metrics-interval", "0.5"]
+    args += EGRESS_ARGS
     return Gateway(hedge_process("gateway", *args))
 
 

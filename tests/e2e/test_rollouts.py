@@ -39,7 +39,7 @@ from .conftest import (
     wait_for,
     wait_ready,
 )
-from .traffic import FALLBACK_MODEL, FallbackProvider, Load
+from .traffic import EGRESS_ARGS, FALLBACK_MODEL, FallbackProvider, Load
 
 MD = "chat"
 MODEL = "tiny"
@@ -236,6 +236,7 @@ def rig(
             "0",
             "--drain-delay",
             "0",
+            *EGRESS_ARGS,
         )
     )
     operator = Operator(

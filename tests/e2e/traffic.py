@@ -19,6 +19,15 @@ from typing import Any
 import openai
 
 from tests.serving.gateway_stubs import OpenAIStub
+from tests.serving.gateway_stubs.harness import LOOPBACK_EGRESS_FLAGS
+
+# The stub provider is on loopback over http: the e2e tests' platform admin allows that, as
+# flags of a `hedge gateway` process or as the chart's `gateway.egress` values.
+EGRESS_ARGS = LOOPBACK_EGRESS_FLAGS
+EGRESS_VALUES = {
+    "allowInsecureHTTP": ["127.*", "localhost"],
+    "allowedCIDRs": ["127.0.0.0/8", "::1/128"],
+}
 
 FALLBACK_MODEL = "gpt-4o-mini"
 

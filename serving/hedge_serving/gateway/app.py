@@ -35,6 +35,7 @@ from hedge_serving.gateway import errors
 from hedge_serving.gateway.auth import ClientAuth, Scope
 from hedge_serving.gateway.balancer import Balancer
 from hedge_serving.gateway.breaker import CircuitBreaker
+from hedge_serving.gateway.egress import provider_session
 from hedge_serving.gateway.endpoints import BY_PATH, Endpoint
 from hedge_serving.gateway.engine_metrics import EngineMetricsScraper
 from hedge_serving.gateway.keys import KeyStore, LocalKeyStore
@@ -378,16 +379,9 @@ async def start_gateway(
         )
     metrics = GatewayMetrics(table)
     # Provider calls honour HTTPS_PROXY / HTTP_PROXY / NO_PROXY (trust_env), as corporate
-    # egress requires; engine pods are reached directly (pooled client, scraper session).
-    session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(
-            limit=0, keepalive_timeout=settings.upstream_keepalive_s, ttl_dns_cache=300
-        ),
-        auto_decompress=False,
-        skip_auto_headers=("User-Agent",),
-        timeout=aiohttp.ClientTimeout(total=None),
-        trust_env=True,
-    )
+    # egress requires, and connect only where the egress policy allows; engine pods are
+    # reached directly (pooled client, scraper session).
+    session = provider_session(settings.proxy.egress, settings.upstream_keepalive_s)
     scrape_session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=settings.upstream_keepalive_s),
         timeout=aiohttp.ClientTimeout(total=None),

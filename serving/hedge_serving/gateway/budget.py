@@ -8,6 +8,18 @@ and several overshoot by at most what the others spent since the last status. Wi
 UTC minutes and days; a gateway resumes spilling when its window turns, without waiting for
 the operator.
 
+Each fallback request reserves what it may spend at admission (`reserve`: the prompt
+estimate + `max_tokens` x `n`) and settles on what it did spend (`settle`); reservations of
+requests in flight count as spent, so the requests admitted while a ceiling is crossed cannot
+all run to completion on top of it: a request is admitted while spend + reservations is
+below the limit, so one gateway overshoots by at most one request's spend.
+
+`share` (`--fallback-budget-share`, the chart sets 1 / replicas) bounds what one gateway
+spends on its own count: while the operator has not written the current window (it is down,
+or the window just turned) a gateway stops at `share` x the limit; between two status
+updates it spends at most `share` x what the status says remains. With N gateways of share
+1/N, the operator down costs at most the budget, not N budgets.
+
 `BudgetMeter` lives with the ModelDeployment's `Demand` (it survives routing-table updates);
 `BudgetSpec` is what the ModelDeployment says (limits and the status numbers).
 """
@@ -55,6 +67,17 @@ class _Window:
             return status_tokens + self.since_status
         return self.local  # the operator has not written this window yet
 
+    def allowance(
+        self, limit: int, status_start: float | None, status_tokens: int, share: float
+    ) -> tuple[int, float]:
+        """(what counts as spent, the ceiling it is held to) in this window."""
+        if status_start is not None and math.floor(status_start / self.length) == self.index:
+            if share >= 1:
+                return status_tokens + self.since_status, limit
+            # This gateway's own spend since the status, against its share of what remains.
+            return self.since_status, share * max(0, limit - status_tokens)
+        return self.local, share * limit
+
     def ends(self) -> float:
         return (self.index + 1) * self.length
 
@@ -62,10 +85,11 @@ class _Window:
 class BudgetMeter:
     """One ModelDeployment's fallback spend at this gateway, and whether it may spill."""
 
-    __slots__ = ("_day", "_minute", "spec")
+    __slots__ = ("_day", "_minute", "reserved", "spec")
 
     def __init__(self) -> None:
         self.spec: BudgetSpec | None = None
+        self.reserved = 0  # tokens reserved by fallback requests in flight
         self._minute = _Window(MINUTE)
         self._day = _Window(DAY)
 
@@ -93,8 +117,21 @@ class BudgetMeter:
             window.local += tokens
             window.since_status += tokens
 
-    def blocked(self, now: float) -> tuple[float, str] | None:
-        """None while the fallback may be used; else (seconds until it may again, why)."""
+    def reserve(self, tokens: int) -> int:
+        """Reserve what an admitted request may spend; give it back to `settle`."""
+        tokens = max(0, tokens)
+        self.reserved += tokens
+        return tokens
+
+    def settle(self, reservation: int, tokens: int, now: float) -> None:
+        """A request that reserved `reservation` is done, having spent `tokens`."""
+        self.reserved = max(0, self.reserved - reservation)
+        if tokens > 0:
+            self.record(tokens, now)
+
+    def blocked(self, now: float, share: float = 1.0) -> tuple[float, str] | None:
+        """None while the fallback may be used; else (seconds until it may again, why).
+        Reservations of requests in flight count as spent."""
         spec = self.spec
         if spec is None or (spec.tokens_per_minute is None and spec.tokens_per_day is None):
             return None
@@ -113,7 +150,13 @@ class BudgetMeter:
             if limit is None:
                 continue
             window.roll(now)
-            spent = window.spent(start, tokens)
-            if spent >= limit:
-                return window.ends() - now, f"{spent} of {name} {limit} spent"
+            spent, ceiling = window.allowance(limit, start, tokens, share)
+            if spent + self.reserved >= ceiling:
+                held = f" ({self.reserved} reserved by requests in flight)" if self.reserved else ""
+                if ceiling < limit:
+                    return window.ends() - now, (
+                        f"{spent} of this gateway's share {ceiling:g} of {name} {limit} spent{held}"
+                    )
+                total = window.spent(start, tokens)
+                return window.ends() - now, f"{total} of {name} {limit} spent{held}"
         return None

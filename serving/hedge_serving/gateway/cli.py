@@ -26,6 +26,8 @@ from hedge_serving.gateway.auth import (
 )
 from hedge_serving.gateway.breaker import CircuitBreaker
 from hedge_serving.gateway.config import RoutesFileError, load_routes
+from hedge_serving.gateway.egress import DEFAULT_PROVIDER_HOSTS, EgressPolicy
+from hedge_serving.gateway.fallback_limits import FallbackLimits
 from hedge_serving.gateway.keys import LocalKeyStore, SecretCache
 from hedge_serving.gateway.proxy import ProxySettings
 from hedge_serving.gateway.routing import RoutingTable
@@ -188,10 +190,76 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         default=1.0,
         help="seconds between scrapes of backends' vLLM /metrics; 0 disables",
     )
+    out = parser.add_argument_group(
+        "fallback providers: where calls may go and what they may spend (see docs/gateway.md)"
+    )
+    out.add_argument(
+        "--egress-allow-host",
+        action="append",
+        metavar="[NAMESPACE=]PATTERN",
+        help="a host pattern provider base URLs may name (repeat; NAMESPACE= limits it to "
+        "that namespace's ModelDeployments); given, it replaces the default "
+        f"{', '.join(DEFAULT_PROVIDER_HOSTS)}; '*' allows any public host",
+    )
+    out.add_argument(
+        "--egress-allow-http",
+        action="append",
+        default=[],
+        metavar="[NAMESPACE=]PATTERN",
+        help="a host that may be reached over plain http:// (repeat; else https only)",
+    )
+    out.add_argument(
+        "--egress-allow-cidr",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="a non-public destination range provider calls may connect to (repeat; by "
+        "default loopback, link-local, private, CGNAT and cluster ranges are refused)",
+    )
+    out.add_argument(
+        "--cluster-cidr",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="the cluster's pod or Service range, refused to provider calls (repeat)",
+    )
+    out.add_argument(
+        "--fallback-max-n",
+        type=int,
+        default=FallbackLimits().max_n,
+        help="largest `n` (and `best_of`) a fallback request may ask for; more is a 400 "
+        "(default: %(default)s)",
+    )
+    out.add_argument(
+        "--fallback-max-tokens",
+        type=int,
+        default=FallbackLimits().max_tokens,
+        help="largest output-token limit a fallback request may ask for; more is a 400, "
+        "none is this with a budget (default: %(default)s)",
+    )
+    out.add_argument(
+        "--fallback-budget-share",
+        type=float,
+        default=1.0,
+        help="the fraction of a fallback budget this gateway spends on its own count, "
+        "e.g. 1/replicas (default: %(default)s)",
+    )
     parser.add_argument("--log-level", default="INFO")
 
 
 def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
+    """The settings the flags give; SystemExit naming a bad egress or fallback value."""
+    try:
+        egress = EgressPolicy.parse(
+            args.egress_allow_host, args.egress_allow_http, args.egress_allow_cidr,
+            args.cluster_cidr,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise SystemExit(f"hedge gateway: {exc}") from None
+    if args.fallback_max_n < 1 or args.fallback_max_tokens < 1:
+        raise SystemExit("hedge gateway: --fallback-max-n and --fallback-max-tokens must be >= 1")
+    if not 0 < args.fallback_budget_share <= 1:
+        raise SystemExit("hedge gateway: --fallback-budget-share must be in (0, 1]")
     return GatewaySettings(
         host=args.host,
         port=args.port,
@@ -216,6 +284,9 @@ def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
             idle_timeout_s=args.idle_timeout,
             response_head_timeout_s=args.response_head_timeout,
             max_response_bytes=args.max_response_bytes,
+            egress=egress,
+            fallback_limits=FallbackLimits(args.fallback_max_n, args.fallback_max_tokens),
+            fallback_budget_share=args.fallback_budget_share,
         ),
     )
 

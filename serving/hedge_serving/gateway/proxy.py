@@ -32,7 +32,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import aiohttp
@@ -46,6 +46,7 @@ from hedge_serving.gateway.attempts import (
     classify,
 )
 from hedge_serving.gateway.balancer import stable_hash
+from hedge_serving.gateway.egress import EgressPolicy
 from hedge_serving.gateway.endpoints import MODE, Endpoint, Mode
 from hedge_serving.gateway.errors import (
     BackendFailure,
@@ -56,6 +57,7 @@ from hedge_serving.gateway.errors import (
     UpstreamTimeout,
     error_event,
 )
+from hedge_serving.gateway.fallback_limits import FallbackLimits, admit_fallback
 from hedge_serving.gateway.keys import KeyStore
 from hedge_serving.gateway.metrics import SERVED_BY_SELF, GatewayMetrics
 from hedge_serving.gateway.providers import MissingKey, Provider, make_provider
@@ -81,7 +83,12 @@ from hedge_serving.gateway.streams import (
     streamed_body,
 )
 from hedge_serving.gateway.upstream import Answer, ResponseTooLarge, Upstream, UpstreamStalled
-from hedge_serving.gateway.usage import MeteredRelay, answer_tokens
+from hedge_serving.gateway.usage import (
+    MeteredRelay,
+    answer_tokens,
+    estimate_answer_tokens,
+    estimate_prompt_tokens,
+)
 
 log = logging.getLogger("hedge.gateway")
 
@@ -118,6 +125,11 @@ class ProxySettings:
     # Endpoints that answer in one piece (pooling, tokenizer): the whole answer's head.
     response_head_timeout_s: float = 30.0
     max_response_bytes: int = 64 * 1024 * 1024  # one answer held in memory
+    # Where provider calls may go (see `egress`): the public providers only, by default.
+    egress: EgressPolicy = field(default_factory=EgressPolicy)
+    fallback_limits: FallbackLimits = field(default_factory=FallbackLimits)
+    # What this gateway may spend of a budget on its own count (1 / gateway replicas).
+    fallback_budget_share: float = 1.0
 
     def first_token_limit(self, body_bytes: int, queued: float) -> float:
         tokens_k = body_bytes / 4000  # ~4 bytes of JSON per prompt token, rounding up
@@ -402,13 +414,20 @@ class Proxy:
                 if failures:
                     log.warning("model %s: %s", route.model, "; ".join(failures))
                 raise self._budget_error(route)
+            refused: list[str] = []
             response = await self._fallback(
-                request, route, endpoint, payload, stream, state, reason, skipped
-            )
+                request, route, endpoint, payload, stream, state, reason, skipped, refused,
+                len(body),
+            )  # fmt: skip
             if response is not None:
                 return response
             detail = "no self-hosted backend could serve it and every fallback provider failed"
-            if len(skipped) == len(route.fallback):
+            if refused and len(skipped) + len(refused) == len(route.fallback):
+                detail = (
+                    "no self-hosted backend could serve it and the gateway's egress policy "
+                    f"does not allow its fallback provider(s) ({'; '.join(refused + skipped)})"
+                )
+            elif len(skipped) == len(route.fallback):
                 detail = (
                     "no self-hosted backend could serve it and no fallback provider serves "
                     f"{endpoint.value} ({'; '.join(skipped)})"
@@ -426,9 +445,8 @@ class Proxy:
             headers={"Retry-After": str(self.settings.retry_after_s)},
         )
 
-    @staticmethod
-    def _budget_spent(route: Route) -> tuple[float, str] | None:
-        return route.demand.budget.blocked(time.time())
+    def _budget_spent(self, route: Route) -> tuple[float, str] | None:
+        return route.demand.budget.blocked(time.time(), self.settings.fallback_budget_share)
 
     def _budget_error(self, route: Route) -> FallbackBudgetExhausted:
         blocked = self._budget_spent(route)
@@ -661,13 +679,13 @@ class Proxy:
     # -- fallback ---------------------------------------------------------------------------
 
     @staticmethod
-    def _spent(route: Route, provider: str, tokens: int | None) -> None:
-        """What a provider reported spending, for the budget and the tokens metric."""
-        if not tokens:
-            return
-        demand = route.demand
-        demand.fallback_tokens[provider] = demand.fallback_tokens.get(provider, 0) + tokens
-        demand.budget.record(tokens, time.time())
+    def _spent(route: Route, provider: str, tokens: int) -> int:
+        """What a provider spent (reported or estimated), for the tokens metric; the budget
+        is charged when the request settles its reservation."""
+        if tokens > 0:
+            demand = route.demand
+            demand.fallback_tokens[provider] = demand.fallback_tokens.get(provider, 0) + tokens
+        return max(0, tokens)
 
     def _provider(self, spec: ProviderSpec) -> Provider:
         provider = self._providers.get(spec)
@@ -685,6 +703,39 @@ class Proxy:
         state: RequestState,
         reason: FallbackReason,
         skipped: list[str],
+        refused: list[str],
+        body_bytes: int,
+    ) -> web.StreamResponse | None:
+        s = self.settings
+        budget = route.demand.budget
+        payload, need = admit_fallback(
+            endpoint, payload, body_bytes, s.fallback_limits, budget.spec is not None
+        )
+        # Reserved at admission (no await since the budget check), settled on what the
+        # providers spent, reported or estimated, however the request ends.
+        reservation = budget.reserve(need)
+        spent = [0]
+        try:
+            return await self._try_providers(
+                request, route, endpoint, payload, stream, state, reason, skipped, refused,
+                estimate_prompt_tokens(body_bytes), spent,
+            )  # fmt: skip
+        finally:
+            budget.settle(reservation, spent[0], time.time())
+
+    async def _try_providers(
+        self,
+        request: web.BaseRequest,
+        route: Route,
+        endpoint: Endpoint,
+        payload: dict[str, Any],
+        stream: bool,
+        state: RequestState,
+        reason: FallbackReason,
+        skipped: list[str],
+        refused: list[str],
+        prompt_tokens: int,
+        spent: list[int],
     ) -> web.StreamResponse | None:
         s = self.settings
         stream = stream and MODE[endpoint] is not Mode.UNARY
@@ -727,6 +778,16 @@ class Proxy:
                     "model %s: fallback %s has no API key (%s)", route.model, provider.label, exc
                 )
                 continue
+            why = s.egress.url_refused(call.url, route.deployment[0])
+            if why is not None:
+                log.warning(
+                    "model %s: fallback %s refused by the egress policy: %s",
+                    route.label,
+                    provider.label,
+                    why,
+                )
+                refused.append(f"{provider.label}: {why}")
+                continue
             self._metrics.fallback(route.label, provider.label, reason.value)
             headers = {HEADER_SERVED_BY: provider.label, HEADER_FALLBACK_REASON: reason.value}
             state.move(DemandState.FALLBACK)
@@ -734,10 +795,24 @@ class Proxy:
             state.fallback_reason = reason.value
             state.restart()
             try:
+                # Never follow a redirect: the key headers would go to another origin, and
+                # a 302 turns the POST into a GET of whatever the Location names.
                 async with self._session.post(
-                    call.url, data=call.body, headers=call.headers, timeout=timeout
+                    call.url,
+                    data=call.body,
+                    headers=call.headers,
+                    timeout=timeout,
+                    allow_redirects=False,
                 ) as up:
                     status = up.status
+                    if 300 <= status < 400:
+                        log.warning(
+                            "model %s: fallback %s answered HTTP %d (a redirect: not followed)",
+                            route.model,
+                            provider.label,
+                            status,
+                        )
+                        continue
                     if status >= 400:
                         data = await _read_limited(up, _MAX_ERROR_BYTES)
                         if status >= 500 or status in _PROVIDER_NEXT_STATUSES:
@@ -762,10 +837,15 @@ class Proxy:
                                 request, up.content.readany, meter, state, headers
                             )
                         finally:
-                            self._spent(route, provider.label, meter.tokens)
+                            # As reported, else estimated from what was relayed (a client
+                            # that left early, a provider that sends no usage).
+                            spent[0] += self._spent(
+                                route, provider.label, meter.charge(prompt_tokens)
+                            )
                     raw = await _read_limited(up, s.max_response_bytes)
                     data = provider.translate_body(endpoint, raw)
-                    self._spent(route, provider.label, answer_tokens(data))
+                    tokens = answer_tokens(data) or prompt_tokens + estimate_answer_tokens(data)
+                    spent[0] += self._spent(route, provider.label, tokens)
                     state.status = status
                     return web.Response(
                         status=status, body=data, headers={"Content-Type": _JSON, **headers}

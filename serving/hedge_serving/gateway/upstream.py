@@ -794,8 +794,13 @@ class AiohttpUpstream:
             total=None, sock_connect=self._connect_timeout_s, sock_read=max(limits, default=None)
         )
         try:
+            # A 3xx from an engine is an engine failure, not somewhere else to go.
             resp = await self._session.post(
-                base_url + path, data=body, headers=self._headers, timeout=timeout
+                base_url + path,
+                data=body,
+                headers=self._headers,
+                timeout=timeout,
+                allow_redirects=False,
             )
         except self._aiohttp.ClientError as exc:
             raise ConnectionError(str(exc)) from exc

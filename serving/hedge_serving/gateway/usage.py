@@ -7,11 +7,19 @@ providers for and takes out again when the client did not ask), the Responses AP
 `response.completed`, Anthropic's `message_start` and `message_delta`. Counted as
 `total_tokens`, else prompt + completion (input + output). Only fallback answers are read
 this way, never the self-hosted path.
+
+When the provider reports no usage (it omits it, or the client left the stream before its
+last chunk) the spend is estimated, on the side of charging more: the prompt at one token
+per 4 bytes of the request body as sent, plus one token per 4 characters of the text the
+client was relayed (`content`, `text`, `delta`, `refusal`, tool-call `arguments` … strings,
+counted as the stream goes; for an answer in one piece, of the answer's body) — about what
+OpenAI's tokenizers give for English text, never less than one token per relayed event.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from hedge_serving.gateway.providers.base import StreamRelay
@@ -56,6 +64,47 @@ def _usages(doc: Any) -> list[Any]:
     return found
 
 
+CHARS_PER_TOKEN = 4
+_TEXT_KEYS = frozenset(
+    {"content", "text", "delta", "refusal", "arguments", "partial_json", "thinking", "output"}
+)
+_MAX_DEPTH = 32
+
+
+def text_chars(doc: Any, depth: int = 0) -> int:
+    """Characters of generated text in an answer or stream event (the strings under the
+    keys a model's text travels in), bounded in depth; `usage` is not text."""
+    if depth > _MAX_DEPTH:
+        return 0
+    total = 0
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            if key == "usage":
+                continue
+            if isinstance(value, str):
+                if key in _TEXT_KEYS:
+                    total += len(value)
+            elif isinstance(value, dict | list):
+                total += text_chars(value, depth + 1)
+    elif isinstance(doc, list):
+        for item in doc:
+            total += text_chars(item, depth + 1)
+    return total
+
+
+def estimate_prompt_tokens(body_bytes: int) -> int:
+    return math.ceil(body_bytes / CHARS_PER_TOKEN)
+
+
+def estimate_answer_tokens(body: bytes) -> int:
+    """Completion tokens of an answer in one piece that reports no usage."""
+    try:
+        chars = text_chars(json.loads(body))
+    except ValueError:
+        chars = len(body)
+    return max(1, math.ceil(chars / CHARS_PER_TOKEN))
+
+
 def answer_tokens(body: bytes) -> int | None:
     """The tokens an answer in one piece reports, or None."""
     if b'"usage"' not in body:
@@ -74,24 +123,55 @@ class MeteredRelay:
     """A provider's stream relay that notes the usage the stream reports (`tokens`) and,
     with `strip_usage_chunk`, drops OpenAI's usage-only chunk the client did not ask for."""
 
-    __slots__ = ("_count", "_inner", "_strip")
+    __slots__ = ("_chars", "_count", "_events", "_finished", "_inner", "_strip")
 
     def __init__(self, inner: StreamRelay, strip_usage_chunk: bool) -> None:
         self._inner = inner
         self._strip = strip_usage_chunk
         self._count = _Count()
+        self._chars = 0  # generated text relayed so far, for the estimate
+        self._events = 0
+        self._finished = False  # the upstream stream reached its end
 
     @property
     def tokens(self) -> int | None:
+        """What the stream reported, or None."""
         return self._count.tokens
+
+    def charge(self, prompt_tokens: int) -> int:
+        """The tokens to charge: as reported by a stream that ended; else (no usage, or the
+        client or the upstream left early, when Anthropic's running counts are partial)
+        the larger of what was reported and the estimate of what was relayed."""
+        reported = self._count.tokens or 0
+        if reported and self._finished:
+            return reported
+        completion = max(self._events, math.ceil(self._chars / CHARS_PER_TOKEN))
+        return max(reported, prompt_tokens + completion)
 
     def feed(self, chunk: bytes) -> bytes:
         out = self._inner.feed(chunk)
+        self._measure(out)
         return self._scan(out) if b'"usage"' in out else out
 
     def finish(self) -> bytes:
+        self._finished = True
         out = self._inner.finish()
+        self._measure(out)
         return self._scan(out) if b'"usage"' in out else out
+
+    def _measure(self, out: bytes) -> None:
+        if not out:
+            return
+        for event in split_events(out[: last_event_end(out) or len(out)]):
+            data = event_data(event)
+            if not data or data == b"[DONE]":
+                continue
+            try:
+                doc = json.loads(data)
+            except ValueError:
+                continue
+            self._events += 1
+            self._chars += text_chars(doc)
 
     def _scan(self, out: bytes) -> bytes:
         end = last_event_end(out) or len(out)

@@ -13,8 +13,19 @@ import openai
 from hedge_serving.gateway.app import GatewaySettings, RunningGateway, start_gateway
 from hedge_serving.gateway.auth import ClientAuth
 from hedge_serving.gateway.breaker import CircuitBreaker
+from hedge_serving.gateway.egress import EgressPolicy
 from hedge_serving.gateway.keys import KeyStore
 from hedge_serving.gateway.routing import RouteSpec, RoutingTable
+
+# The stubs listen on loopback over plain http: the tests' platform admin allows that, as a
+# real one would allow an in-cluster proxy (`--egress-allow-http`, `--egress-allow-cidr`).
+LOOPBACK_EGRESS = EgressPolicy.parse(
+    http_hosts=("127.*", "localhost"), allow_cidrs=("127.0.0.0/8", "::1/128")
+)
+LOOPBACK_EGRESS_FLAGS = (
+    "--egress-allow-http", "127.*", "--egress-allow-http", "localhost",
+    "--egress-allow-cidr", "127.0.0.0/8", "--egress-allow-cidr", "::1/128",
+)  # fmt: skip
 
 
 async def start_test_gateway(
@@ -24,6 +35,7 @@ async def start_test_gateway(
     api_keys: tuple[str, ...] = (),
     table: RoutingTable | None = None,
     auth: ClientAuth | None = None,
+    egress: EgressPolicy = LOOPBACK_EGRESS,
     **overrides: Any,
 ) -> RunningGateway:
     settings = dataclasses.replace(
@@ -35,6 +47,9 @@ async def start_test_gateway(
             drain_delay_s=0,  # tests that drain set their own
         ),
         **overrides,
+    )
+    settings = dataclasses.replace(
+        settings, proxy=dataclasses.replace(settings.proxy, egress=egress)
     )
     if table is None:
         table = RoutingTable(

@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 
 from tests.serving.gateway_stubs.engines import Engine
-from tests.serving.gateway_stubs.harness import Clients
+from tests.serving.gateway_stubs.harness import LOOPBACK_EGRESS_FLAGS, Clients
 from tests.serving.gateway_stubs.providers import OpenAIStub
 from tests.serving.gateway_stubs.replies import reply_text
 
@@ -67,6 +67,7 @@ async def test_routes_file_serves_and_sigterm_drains(tmp_path: Path, client: Cli
         "-1",
         "--drain-delay",
         "1",
+        *LOOPBACK_EGRESS_FLAGS,  # the provider stub is on loopback, over http
         env={"TEST_OPENAI_KEY": "sk-cli"},
     )
     try:

@@ -44,6 +44,9 @@ async def test_providers_go_through_the_egress_proxy(tmp_path: Path, no_proxy: b
     }
     proc, url = await start_cli(
         "--routes", str(routes), "--port", "0", "--admin-port", "-1", "--drain-delay", "0",
+        # the TLS stub is https://localhost: loopback, which the tests' admin allows
+        "--egress-allow-host", "localhost", "--egress-allow-cidr", "127.0.0.0/8",
+        "--egress-allow-cidr", "::1/128",
         env=env,
     )  # fmt: skip
     try:
