@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 
+from hedge_serving.gateway import streams
 from hedge_serving.gateway.app import GatewaySettings, start_gateway
 from hedge_serving.gateway.auth import ClientAuth, ClientKey, parse_keys_file, split_keys
 from hedge_serving.gateway.bodies import BodyLimits
@@ -194,6 +195,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="largest answer held in memory; larger ones are a 502 (default: %(default)s)",
     )
     hung.add_argument(
+        "--max-reassembly-bytes",
+        type=int,
+        default=256 * 1024 * 1024,
+        help="what all answers being re-assembled from streams hold together, logprobs "
+        "weighted 6x; over it, a 502 (default: %(default)s)",
+    )
+    hung.add_argument(
         "--upstream-client",
         choices=("pooled", "aiohttp"),
         default="pooled",
@@ -292,6 +300,7 @@ def _client_keys(args: argparse.Namespace) -> list[ClientKey]:
 
 async def _serve(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
+    streams.GATEWAY_HELD.limit = args.max_reassembly_bytes  # one per process
     table = RoutingTable(lambda: CircuitBreaker(settings.breaker_failures, settings.breaker_open_s))
     auth = ClientAuth(_client_keys(args), required=bool(args.api_keys_secret))
     stop = asyncio.Event()
