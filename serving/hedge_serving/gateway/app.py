@@ -600,7 +600,9 @@ async def start_gateway(
     admin_runner = None
     admin_port = None
     if settings.admin_port is not None:
-        admin_runner = web.AppRunner(gateway.admin_app(), access_log=None)
+        admin_runner = web.AppRunner(
+            gateway.admin_app(), access_log=None, keepalive_timeout=settings.keepalive_timeout_s
+        )
         await admin_runner.setup()
         admin_site = web.TCPSite(
             admin_runner, settings.admin_host or settings.host, settings.admin_port
