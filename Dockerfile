@@ -13,7 +13,7 @@ FROM python:3.11-slim-bookworm@sha256:2e32f7d302adc1c37428355c1e646897c0c53f4fd6
 WORKDIR /src
 # Only what the install needs (tests/chart/test_image.py installs from exactly these paths).
 COPY pyproject.toml README.md ./
-COPY scripts/install-image-deps scripts/
+COPY scripts/install-image-deps scripts/image-constraints.txt scripts/
 COPY core/ core/
 COPY operator/ operator/
 COPY serving/ serving/

@@ -1,7 +1,9 @@
 """Does I/O: scrapes every gateway replica's and engine pod's /metrics into a `Snapshot`.
 
 Once per tick whoever asks, and never raises: a source that cannot be read is left out and
-reported (see dataplane.signals for what is read and why).
+reported (see dataplane.signals for what is read and why). Pages are read within a byte
+cap and the timeout: an engine pod runs a tenant's image, and a page over the cap (or
+compressed: decompression output is not capped) counts as unreadable, never held whole.
 """
 
 from __future__ import annotations
@@ -24,6 +26,25 @@ from hedge_operator.dataplane.signals import (
 )
 
 log = logging.getLogger(__name__)
+
+# A gateway's page grows with its models (~10 KB each); an engine's (vLLM) is ~50-200 KB.
+MAX_GATEWAY_METRICS_BYTES = 64 * 1024 * 1024
+MAX_ENGINE_METRICS_BYTES = 4 * 1024 * 1024
+_IDENTITY = {"Accept-Encoding": "identity"}
+
+
+async def read_capped(response: aiohttp.ClientResponse, limit: int) -> str | None:
+    """The page as text, or None once it is over `limit` bytes or compressed."""
+    if response.headers.get("Content-Encoding", "identity").lower() != "identity":
+        return None
+    if (response.content_length or 0) > limit:
+        return None
+    data = bytearray()
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        data += chunk
+        if len(data) > limit:
+            return None
+    return data.decode("utf-8", "replace")
 
 
 class Scraper:
@@ -51,6 +72,8 @@ class Scraper:
         self._pending: asyncio.Task[Snapshot] | None = None
         self._previous_arrivals: dict[ModelKey, float] = {}
         self._scrapes = 0
+        self.max_gateway_bytes = MAX_GATEWAY_METRICS_BYTES
+        self.max_engine_bytes = MAX_ENGINE_METRICS_BYTES
 
     async def snapshot(self) -> Snapshot:
         latest = self._latest
@@ -60,20 +83,28 @@ class Scraper:
             self._pending = asyncio.create_task(self._scrape())
         return await asyncio.shield(self._pending)
 
-    async def _get(self, url: str) -> str | None:
+    async def _get(self, url: str, limit: int) -> str | None:
         try:
-            async with self._session.get(url, timeout=self._timeout) as response:
+            async with self._session.get(
+                url, timeout=self._timeout, headers=_IDENTITY, auto_decompress=False
+            ) as response:
                 if response.status != 200:
                     return None
-                return await response.text()
+                text = await read_capped(response, limit)
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
             return None
+        if text is None:
+            log.warning("the /metrics page of %s is over %d bytes or compressed", url, limit)
+        return text
 
     async def _scrape(self) -> Snapshot:
         gateways = sorted(set(self._gateways()))
         engines = {k: sorted(set(v)) for k, v in (self._engines() if self._engines else {}).items()}
         engine_urls = sorted({url for urls in engines.values() for url in urls})
-        texts = await asyncio.gather(*(self._get(u) for u in [*gateways, *engine_urls]))
+        texts = await asyncio.gather(
+            *(self._get(u, self.max_gateway_bytes) for u in gateways),
+            *(self._get(u, self.max_engine_bytes) for u in engine_urls),
+        )
         gateway_texts = dict(zip(gateways, texts[: len(gateways)], strict=True))
         engine_texts = dict(zip(engine_urls, texts[len(gateways) :], strict=True))
 

@@ -6,6 +6,11 @@ Every answer it makes itself, including the HTTP parser's own rejections (oversi
 headers, garbage request lines), is in the OpenAI error shape. The admin port serves
 `/metrics`, `/healthz` and `/readyz`.
 
+Connections are bounded before anyone is authenticated (issue 16, High-4): a request head
+must arrive whole within `head_timeout_s` and within `max_head_bytes`, an idle keep-alive
+connection closes after `keepalive_timeout_s`, and connections over the global or the
+per-client-IP cap are closed at accept, before aiohttp builds anything for them.
+
 Stopping (SIGTERM) drains without refusing anyone: `/readyz` turns 503 at once while the API
 keeps serving for `drain_delay_s` (endpoints take that long to drop the pod; answers now
 carry `Connection: close` so clients reconnect elsewhere), then the listener closes and
@@ -21,7 +26,8 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from http import HTTPStatus
+from typing import Any, cast
 
 import aiohttp
 from aiohttp import web
@@ -34,6 +40,7 @@ from hedge_core.contracts import METRICS_PATH
 from hedge_serving.gateway import errors
 from hedge_serving.gateway.auth import ClientAuth, Scope
 from hedge_serving.gateway.balancer import Balancer
+from hedge_serving.gateway.bodies import BodyLimits, parse_request_json
 from hedge_serving.gateway.breaker import CircuitBreaker
 from hedge_serving.gateway.egress import provider_session
 from hedge_serving.gateway.endpoints import BY_PATH, Endpoint
@@ -69,6 +76,13 @@ class GatewaySettings:
     upstream_keepalive_s: float = 4.0  # below uvicorn's 5 s so pooled sockets are not stale
     upstream_max_conns: int = 1024  # per backend; more requests wait for a connection
     upstream_client: str = "pooled"  # or "aiohttp" (measured in bench/gateway_bench.py)
+    # Before authentication (docs/gateway.md, "Limits"): 0 turns a cap off.
+    head_timeout_s: float = 10.0  # from the connection (or the head's first byte) to its end
+    max_head_bytes: int = 32 * 1024  # request line and all headers together
+    keepalive_timeout_s: float = 75.0  # idle keep-alive; above common LB idle timeouts (60 s)
+    max_connections: int = 4096  # open client connections, all clients together
+    max_connections_per_ip: int = 512  # open client connections from one address
+    body_limits: BodyLimits = field(default_factory=BodyLimits)
     proxy: ProxySettings = field(default_factory=ProxySettings)
 
 
@@ -86,10 +100,100 @@ def error_response(err: errors.GatewayError) -> web.Response:
     return resp
 
 
+def _raw_error(status: int, message: str) -> bytes:
+    """A whole `Connection: close` answer, for connections closed before a request exists."""
+    body = errors.for_status(status, message).body()
+    head = (
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
+        f"Content-Type: {_JSON}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
 class OpenAIRequestHandler(RequestHandler):
-    """aiohttp's connection handler, with its own error pages in the OpenAI shape."""
+    """aiohttp's connection handler, with its own error pages in the OpenAI shape, a
+    deadline and a byte budget for each request head, and the connection caps."""
 
     reading: StreamReader | None = None  # body of the request being handled
+    _admitted: str | None = None  # the client address counted against the caps
+    _head_bytes = 0  # bytes of the head being read
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        server = self._manager
+        assert isinstance(server, _Server)
+        peer = transport.get_extra_info("peername")
+        address = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        if not server.admit(address):
+            # Over a cap: close before aiohttp starts a task or a parser buffer for it.
+            cast(asyncio.Transport, transport).abort()
+            return
+        self._admitted = address
+        super().connection_made(transport)
+        self._arm_head_deadline()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._admitted is None:
+            return  # refused at accept: nothing was started
+        server = self._manager
+        if isinstance(server, _Server):
+            server.release(self._admitted)
+        self._cancel_head_deadline()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._admitted is None or self._force_close:
+            return
+        payload = self._messages[-1][1] if self._messages else self.reading
+        if payload is None or payload.is_eof():  # not a body: the (next) request's head
+            if self._head_timer is None:
+                self._arm_head_deadline()
+            self._head_bytes += len(data)
+        heads = self._request_count
+        super().data_received(data)
+        if self._request_count != heads:
+            self._head_bytes = 0
+            self._cancel_head_deadline()
+        elif self._head_bytes > self._limits().max_head_bytes > 0:
+            self._refuse_head(
+                431,
+                f"The request head is over {self._limits().max_head_bytes} bytes "
+                "(request line and headers together).",
+            )
+
+    def _limits(self) -> GatewaySettings:
+        server = self._manager
+        return server.settings if isinstance(server, _Server) else GatewaySettings()
+
+    def _arm_head_deadline(self) -> None:
+        timeout = self._limits().head_timeout_s
+        if timeout > 0 and self._head_timer is None:
+            self._head_timer = self._loop.call_later(timeout, self._head_deadline)
+
+    def _cancel_head_deadline(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_deadline(self) -> None:
+        self._head_timer = None
+        if self._current_request is not None:
+            # A pipelined head behind a request in flight: judge it once that one is done.
+            self._arm_head_deadline()
+            return
+        if self._head_bytes:
+            timeout = self._limits().head_timeout_s
+            self._refuse_head(408, f"The request head was not received within {timeout:g}s.")
+        else:
+            self.force_close()  # a connection that never sent a byte: nothing to answer
+
+    def _refuse_head(self, status: int, message: str) -> None:
+        self._cancel_head_deadline()
+        transport = self.transport
+        if transport is not None and not self._force_close:
+            log.debug("closing a connection from %s: %s", self._admitted, message)
+            transport.write(_raw_error(status, message))
+        self.force_close()
 
     def handle_error(
         self,
@@ -122,6 +226,42 @@ class OpenAIRequestHandler(RequestHandler):
 
 
 class _Server(web.Server):
+    """aiohttp's server, with the gateway's connection handler and the connection caps."""
+
+    def __init__(self, *args: Any, settings: GatewaySettings, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.settings = settings
+        self.open_total = 0
+        self.open_by_address: dict[str, int] = {}
+        self.refused = 0  # connections closed at accept, over a cap
+
+    def admit(self, address: str) -> bool:
+        s = self.settings
+        held = self.open_by_address.get(address, 0)
+        if (0 < s.max_connections <= self.open_total) or (0 < s.max_connections_per_ip <= held):
+            self.refused += 1
+            if self.refused & (self.refused - 1) == 0:  # 1st, 2nd, 4th, 8th ...: not a flood
+                log.warning(
+                    "refused a connection from %s at accept (over the connection caps: "
+                    "%d open, %d from this address); %d refused so far",
+                    address,
+                    self.open_total,
+                    held,
+                    self.refused,
+                )
+            return False
+        self.open_total += 1
+        self.open_by_address[address] = held + 1
+        return True
+
+    def release(self, address: str) -> None:
+        self.open_total -= 1
+        left = self.open_by_address.get(address, 1) - 1
+        if left > 0:
+            self.open_by_address[address] = left
+        else:
+            self.open_by_address.pop(address, None)
+
     def __call__(self) -> RequestHandler:
         # aiohttp has no hook for the connection handler class; `Server.__call__` builds a
         # plain RequestHandler from the same (private) attributes.
@@ -214,13 +354,7 @@ class Gateway:
         try:
             scope = self.auth.check(request.headers.get("Authorization"))
             body = await self._read_body(request)
-            try:
-                payload: Any = json.loads(body)
-            except (ValueError, RecursionError):
-                raise errors.BadRequest(
-                    "We could not parse the JSON body of your request. The body must be a "
-                    "JSON object with a `model` field."
-                ) from None
+            payload: Any = parse_request_json(body, self.settings.body_limits)
             if type(payload) is not dict:
                 raise errors.BadRequest("The request body must be a JSON object.")
             model = payload.get("model")
@@ -444,11 +578,13 @@ async def start_gateway(
 
     server = _Server(
         gateway.handle,
+        settings=settings,
         request_factory=request_factory,
         handler_cancellation=True,
         access_log=None,
         max_field_size=16 * 1024,
         max_line_size=16 * 1024,
+        keepalive_timeout=settings.keepalive_timeout_s,
     )
     runner = web.ServerRunner(server, shutdown_timeout=settings.drain_timeout_s)
     await runner.setup()
@@ -458,7 +594,9 @@ async def start_gateway(
     admin_runner = None
     admin_port = None
     if settings.admin_port is not None:
-        admin_runner = web.AppRunner(gateway.admin_app(), access_log=None)
+        admin_runner = web.AppRunner(
+            gateway.admin_app(), access_log=None, keepalive_timeout=settings.keepalive_timeout_s
+        )
         await admin_runner.setup()
         admin_site = web.TCPSite(
             admin_runner, settings.admin_host or settings.host, settings.admin_port

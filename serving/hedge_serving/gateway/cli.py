@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 
+from hedge_serving.gateway import streams
 from hedge_serving.gateway.app import GatewaySettings, start_gateway
 from hedge_serving.gateway.auth import (
     ClientAuth,
@@ -24,6 +25,7 @@ from hedge_serving.gateway.auth import (
     parse_keys_file,
     split_keys,
 )
+from hedge_serving.gateway.bodies import BodyLimits
 from hedge_serving.gateway.breaker import CircuitBreaker
 from hedge_serving.gateway.config import RoutesFileError, load_routes
 from hedge_serving.gateway.egress import DEFAULT_PROVIDER_HOSTS, EgressPolicy
@@ -60,6 +62,59 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=9090,
         help="port of /metrics, /healthz, /readyz; -1 disables (default: %(default)s)",
+    )
+    lim = parser.add_argument_group(
+        "limits before authentication (docs/gateway.md, Limits; 0 turns a cap off)"
+    )
+    lim.add_argument(
+        "--head-timeout",
+        type=float,
+        default=10.0,
+        help="seconds for a request head to arrive whole, from the connection or the head's "
+        "first byte; then 408 and close (default: %(default)s)",
+    )
+    lim.add_argument(
+        "--max-head-bytes",
+        type=int,
+        default=32 * 1024,
+        help="request line and headers together; over it, 431 and close (default: %(default)s)",
+    )
+    lim.add_argument(
+        "--keepalive-timeout",
+        type=float,
+        default=75.0,
+        help="seconds an idle keep-alive connection stays open (default: %(default)s)",
+    )
+    lim.add_argument(
+        "--max-connections",
+        type=int,
+        default=4096,
+        help="open client connections; more are closed at accept (default: %(default)s)",
+    )
+    lim.add_argument(
+        "--max-connections-per-ip",
+        type=int,
+        default=512,
+        help="open client connections from one address; raise it (or 0) behind a proxy that "
+        "all clients share (default: %(default)s)",
+    )
+    lim.add_argument(
+        "--max-json-depth",
+        type=int,
+        default=64,
+        help="nesting of a request body's objects and arrays (default: %(default)s)",
+    )
+    lim.add_argument(
+        "--max-json-containers",
+        type=int,
+        default=65_536,
+        help="objects and arrays in a request body (default: %(default)s)",
+    )
+    lim.add_argument(
+        "--max-json-values",
+        type=int,
+        default=1_048_576,
+        help="array elements and object members in a request body (default: %(default)s)",
     )
     sec = parser.add_argument_group("client authentication (optional)")
     sec.add_argument(
@@ -146,6 +201,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=64 * 1024 * 1024,
         help="largest answer held in memory; larger ones are a 502 (default: %(default)s)",
+    )
+    hung.add_argument(
+        "--max-reassembly-bytes",
+        type=int,
+        default=256 * 1024 * 1024,
+        help="what all answers being re-assembled from streams hold together, logprobs "
+        "weighted 6x; over it, a 502 (default: %(default)s)",
     )
     hung.add_argument(
         "--upstream-client",
@@ -266,6 +328,16 @@ def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
         admin_host=args.admin_host,
         admin_port=None if args.admin_port < 0 else args.admin_port,
         max_body_bytes=args.max_body_bytes,
+        head_timeout_s=args.head_timeout,
+        max_head_bytes=args.max_head_bytes,
+        keepalive_timeout_s=args.keepalive_timeout,
+        max_connections=args.max_connections,
+        max_connections_per_ip=args.max_connections_per_ip,
+        body_limits=BodyLimits(
+            max_depth=args.max_json_depth,
+            max_containers=args.max_json_containers,
+            max_values=args.max_json_values,
+        ),
         drain_timeout_s=args.drain_timeout,
         drain_delay_s=args.drain_delay,
         upstream_max_conns=args.upstream_max_connections,
@@ -308,6 +380,7 @@ def _client_keys(args: argparse.Namespace) -> list[ClientKey]:
 
 async def _serve(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
+    streams.GATEWAY_HELD.limit = args.max_reassembly_bytes  # one per process
     table = RoutingTable(lambda: CircuitBreaker(settings.breaker_failures, settings.breaker_open_s))
     auth = ClientAuth(_client_keys(args), required=bool(args.api_keys_secret))
     stop = asyncio.Event()

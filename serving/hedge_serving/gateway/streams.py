@@ -12,7 +12,11 @@ and never counts against the engine; everything else is the engine's.
 `stream_options.include_usage`) back into the non-streamed answer vLLM would have given:
 `id`, `object`, `created`, `model`, `choices` in index order (`n` > 1) with the message or
 text, tool calls, reasoning, logprobs, `finish_reason`, `stop_reason`, token ids, and
-`usage`. The fields vLLM always writes but a stream leaves out (`null`s, empty tool call
+`usage`. What it holds is bounded per answer and per gateway: logprobs, decoded, hold ~6x
+the bytes they arrived as (a dict per token and per alternative; issue 16, Medium-9), so
+their events count `LOGPROBS_WEIGHT` times against the answer's `max_bytes`, and all the
+re-assemblies of one gateway together hold at most `HeldBytes.limit` (`GATEWAY_HELD`).
+The fields vLLM always writes but a stream leaves out (`null`s, empty tool call
 lists) come from the `*_DEFAULTS` tables below, the one place to align with an engine
 version.
 """
@@ -241,12 +245,49 @@ class _Choice:
         self.extra: dict[str, Any] = {}  # other choice keys (token_ids, ...)
 
 
+LOGPROBS_WEIGHT = 6  # decoded logprobs hold 5.3x (5 top per token, tracemalloc) to 5.8x
+MAX_HELD_BYTES = 256 * 1024 * 1024  # all re-assemblies of one gateway, weighted as above
+_LOGPROBS_SET = re.compile(rb'"logprobs":\s*[\[{]')
+
+
+class HeldBytes:
+    """The weighted bytes all `Reassembler`s of one gateway hold, against one cap."""
+
+    def __init__(self, limit: int = MAX_HELD_BYTES) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, n: int) -> bool:
+        if self.held + n > self.limit > 0:
+            return False
+        self.held += n
+        return True
+
+    def give(self, n: int) -> None:
+        self.held -= n
+
+
+GATEWAY_HELD = HeldBytes()
+
+
+class GatewayHoldsTooMuch(ResponseTooLarge):
+    """Re-assembled answers in flight already hold the gateway's cap."""
+
+    def __init__(self, limit: int) -> None:
+        Exception.__init__(
+            self, f"answers being re-assembled already hold the gateway's {limit} bytes"
+        )
+        self.limit = limit
+
+
 class Reassembler:
     """Feeds on the engine's stream bytes; `result()` is the non-streamed body."""
 
-    def __init__(self, chat: bool, max_bytes: int) -> None:
+    def __init__(self, chat: bool, max_bytes: int, held: HeldBytes | None = None) -> None:
         self.chat = chat
         self.max_bytes = max_bytes
+        self._held = GATEWAY_HELD if held is None else held
+        self._taken = 0  # what this answer holds of `_held`
         self._size = 0
         self._pending = b""
         self._top: dict[str, Any] = {}
@@ -257,9 +298,7 @@ class Reassembler:
     def feed(self, chunk: bytes) -> None:
         """Raises `EngineError` for an error event, `ValueError` for unreadable data,
         `ResponseTooLarge` past `max_bytes`."""
-        self._size += len(chunk)
-        if self._size > self.max_bytes:
-            raise ResponseTooLarge(self.max_bytes)
+        self._charge(len(chunk))
         data = self._pending + chunk if self._pending else chunk
         if len(data) > 2 and data.find(b"\n\n") == len(data) - 2 and b"\r" not in data:
             events = [data[:-2]]  # the usual read: exactly one whole event
@@ -299,10 +338,31 @@ class Reassembler:
                 err = error_event_of(event)
                 if err is not None:
                     raise err
+            if _LOGPROBS_SET.search(payload) is not None:
+                self._charge(len(payload) * (LOGPROBS_WEIGHT - 1))  # what it holds decoded
             doc = _decode(payload.decode())
             if type(doc) is not dict:
                 raise ValueError("a stream event is not a JSON object")
             self._take(doc)
+
+    def _charge(self, n: int) -> None:
+        self._size += n
+        if self._size > self.max_bytes:
+            self.release()
+            raise ResponseTooLarge(self.max_bytes)
+        if not self._held.take(n):
+            self.release()
+            raise GatewayHoldsTooMuch(self._held.limit)
+        self._taken += n
+
+    def release(self) -> None:
+        """Give back what this answer holds of the gateway's cap (idempotent)."""
+        if self._taken:
+            self._held.give(self._taken)
+            self._taken = 0
+
+    def __del__(self) -> None:  # an answer abandoned mid-stream (client gone, engine cut)
+        self.release()
 
     def _role(self, match: re.Match[bytes]) -> None:
         self._top = {
@@ -418,7 +478,10 @@ class Reassembler:
         for key, value in top.items():  # what a newer engine adds, at the end
             if key not in out:
                 out[key] = value
-        return _encode(out).encode()
+        try:
+            return _encode(out).encode()
+        finally:
+            self.release()
 
     def _choice(self, c: _Choice) -> dict[str, Any]:
         out: dict[str, Any] = {"index": c.index}
@@ -524,7 +587,10 @@ def classify_error(status: int, body: bytes) -> EngineError:
 
 
 __all__ = [
+    "GATEWAY_HELD",
     "EngineError",
+    "GatewayHoldsTooMuch",
+    "HeldBytes",
     "IncompleteStream",
     "Reassembler",
     "can_reassemble",
