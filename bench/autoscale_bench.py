@@ -335,8 +335,10 @@ def live(png: Path) -> None:
         start("operator", "operator", "--namespace", LIVE_NS, "--health-port", "0",
               "--metrics-port", str(op_metrics),
               "--gateway-metrics-url", f"http://127.0.0.1:{gw_admin}/metrics")  # fmt: skip
+        # The simulated provider is on loopback over http: allowed as a platform admin would.
         start("gateway", "gateway", "--namespace", LIVE_NS, "--port", str(gw_port),
-              "--admin-port", str(gw_admin), "--drain-delay", "0")  # fmt: skip
+              "--admin-port", str(gw_admin), "--drain-delay", "0",
+              "--egress-allow-http", "127.0.0.1", "--egress-allow-cidr", "127.0.0.0/8")  # fmt: skip
         md = {
             "apiVersion": "hedge.dev/v1alpha1", "kind": "ModelDeployment",
             "metadata": {"name": LIVE_MODEL, "namespace": LIVE_NS},

@@ -508,8 +508,12 @@ def start_hedge(
         "WARNING",
         *extra,
     ]
-    if "--drain-delay" in hedge_flags(src):
+    flags = hedge_flags(src)
+    if "--drain-delay" in flags:
         cmd += ["--drain-delay", "0"]  # stopping a contender need not wait for endpoints
+    if fallback and "--egress-allow-http" in flags:
+        # The stub provider is on loopback over http: allowed here as a platform admin would.
+        cmd += ["--egress-allow-http", HOST, "--egress-allow-cidr", "127.0.0.0/8"]
     p = procs.start(name, cmd, source_env(src))
     return Router(name, port, p, health="/v1/models")
 
