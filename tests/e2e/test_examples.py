@@ -1,5 +1,5 @@
 """Every file in examples/ reaches Ready on the local cluster, applied as a user would: first
-the Secrets its header comment says to create (`kubectl create secret …`), then
+the Secrets its header comment says to create and label (`kubectl create|label secret …`), then
 `kubectl apply -f`. examples/cache.yaml's weights volume is bound by the cluster's default
 StorageClass — a directory under the cluster's folder — which goes away with the claim."""
 
@@ -18,7 +18,7 @@ import yaml
 from .conftest import ROOT, E2ECluster, Operator, md_ready, pod_ready, wait_for
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
-SECRET_COMMAND = re.compile(r"^#\s+kubectl (create secret .*)$", re.M)
+SECRET_COMMAND = re.compile(r"^#\s+kubectl ((?:create|label) secret .*)$", re.M)
 
 
 def setup_commands(path: Path) -> list[list[str]]:

@@ -12,7 +12,10 @@ Each fallback request reserves what it may spend at admission (`reserve`: the pr
 estimate + `max_tokens` x `n`) and settles on what it did spend (`settle`); reservations of
 requests in flight count as spent, so the requests admitted while a ceiling is crossed cannot
 all run to completion on top of it: a request is admitted while spend + reservations is
-below the limit, so one gateway overshoots by at most one request's spend.
+below the limit, so one gateway overshoots by at most one request's spend. A request that
+only others' reservations keep out waits (briefly, `RESERVATION_WAIT`) for them to settle
+rather than being refused: most settle far below what they reserved, and a 429 answered while
+the budget still has room would be followed by answers that spill after it.
 
 `share` (`--fallback-budget-share`, the chart sets 1 / replicas) bounds what one gateway
 spends on its own count: while the operator has not written the current window (it is down,
@@ -26,11 +29,15 @@ updates it spends at most `share` x what the status says remains. With N gateway
 
 from __future__ import annotations
 
+import asyncio
 import math
 from dataclasses import dataclass
 
 MINUTE = 60.0
 DAY = 86400.0
+#: Seconds a request that only reservations of requests in flight keep from the fallback
+#: waits for them to settle before it is refused.
+RESERVATION_WAIT = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,13 +92,14 @@ class _Window:
 class BudgetMeter:
     """One ModelDeployment's fallback spend at this gateway, and whether it may spill."""
 
-    __slots__ = ("_day", "_minute", "reserved", "spec")
+    __slots__ = ("_day", "_minute", "_settled", "reserved", "spec")
 
     def __init__(self) -> None:
         self.spec: BudgetSpec | None = None
         self.reserved = 0  # tokens reserved by fallback requests in flight
         self._minute = _Window(MINUTE)
         self._day = _Window(DAY)
+        self._settled: asyncio.Event | None = None  # set (and replaced) at each settle
 
     def update(self, spec: BudgetSpec | None) -> None:
         """The ModelDeployment as the gateway now sees it; new status numbers replace what
@@ -128,10 +136,40 @@ class BudgetMeter:
         self.reserved = max(0, self.reserved - reservation)
         if tokens > 0:
             self.record(tokens, now)
+        if self._settled is not None:
+            self._settled.set()
+            self._settled = None
 
-    def blocked(self, now: float, share: float = 1.0) -> tuple[float, str] | None:
+    async def admit_after_reservations(
+        self, now: float, share: float = 1.0, wait: float = RESERVATION_WAIT
+    ) -> tuple[float, str] | None:
+        """`blocked`, after waiting up to `wait` seconds for requests in flight to settle
+        while only their reservations block (the spend alone leaves room)."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while True:
+            at = now + (loop.time() - started)
+            blocked = self.blocked(at, share)
+            if blocked is None or not self.reserved:
+                return blocked
+            if self.blocked(at, share, count_reserved=False) is not None:
+                return blocked  # spent without them: no settle can make room
+            left = started + wait - loop.time()
+            if left <= 0:
+                return blocked
+            if self._settled is None:
+                self._settled = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._settled.wait(), left)
+            except TimeoutError:
+                return self.blocked(now + (loop.time() - started), share)
+
+    def blocked(
+        self, now: float, share: float = 1.0, *, count_reserved: bool = True
+    ) -> tuple[float, str] | None:
         """None while the fallback may be used; else (seconds until it may again, why).
-        Reservations of requests in flight count as spent."""
+        Reservations of requests in flight count as spent (unless `count_reserved` is
+        False)."""
         spec = self.spec
         if spec is None or (spec.tokens_per_minute is None and spec.tokens_per_day is None):
             return None
@@ -151,7 +189,8 @@ class BudgetMeter:
                 continue
             window.roll(now)
             spent, ceiling = window.allowance(limit, start, tokens, share)
-            if spent + self.reserved >= ceiling:
+            reserved = self.reserved if count_reserved else 0
+            if spent + reserved >= ceiling:
                 held = f" ({self.reserved} reserved by requests in flight)" if self.reserved else ""
                 if ceiling < limit:
                     return window.ends() - now, (

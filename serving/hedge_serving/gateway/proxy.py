@@ -410,7 +410,9 @@ class Proxy:
             reason = FallbackReason.ERROR if route.backends else FallbackReason.UNAVAILABLE
         skipped: list[str] = []
         if route.fallback and options.falls_back_on(reason):
-            if self._budget_spent(route) is not None:
+            budget = route.demand.budget
+            share = self.settings.fallback_budget_share
+            if await budget.admit_after_reservations(time.time(), share) is not None:
                 if failures:
                     log.warning("model %s: %s", route.model, "; ".join(failures))
                 raise self._budget_error(route)

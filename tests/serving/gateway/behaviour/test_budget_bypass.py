@@ -6,6 +6,7 @@ spends only its share."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -159,6 +160,36 @@ async def test_requests_in_flight_hold_a_reservation(clients: Clients) -> None:
         assert "reserved by requests in flight" in error["message"]
         assert len(provider.received) == 1  # the refused one never reached the provider
         await stream.close()
+    finally:
+        await gw.stop()
+        await provider.stop()
+
+
+async def test_a_request_kept_out_only_by_reservations_waits_for_them_and_is_served(
+    clients: Clients,
+) -> None:
+    """Reservations that settle below what they reserved must not turn into a 429 that
+    answers after it then contradict (a spill after a refusal in the same window)."""
+    provider = await Engine(model="gpt-4o-mini").start()
+    provider.faults.delay_s = 0.3  # the first request is in flight when the second comes
+    gw = await start_test_gateway(
+        [RouteSpec(MODEL, (), openai_compatible(provider.url + "/v1"), deployment=KEY,
+                   budget=BudgetSpec(tokens_per_minute=30))]
+    )  # fmt: skip
+    try:
+        c = clients(gw)
+
+        async def ask() -> Any:
+            return await c.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=8)
+
+        first = asyncio.create_task(ask())
+        await wait_for(lambda: reserved(gw) > 0, 5, "the first request's reservation")
+        assert reserved(gw) >= 30  # on its own it would keep the second out
+        second = await ask()  # waits for the first to settle, then fits
+        await first
+        assert second.choices[0].message.content is not None
+        assert 0 < charged(gw) < 30
+        assert reserved(gw) == 0
     finally:
         await gw.stop()
         await provider.stop()
