@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import openai
 import pytest
 
@@ -19,7 +16,6 @@ from tests.serving.gateway_stubs.harness import Clients, start_test_gateway, wai
 from tests.serving.gateway_stubs.kubeapi import (
     FakeKubeAPI,
     endpoint_slice,
-    kubeconfig_for,
     model_deployment,
     provider_key_secret,
     secret,
@@ -28,21 +24,6 @@ from tests.serving.gateway_stubs.providers import OpenAIStub
 from tests.serving.gateway_stubs.replies import reply_text
 
 NS = "team-a"
-
-
-@pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[FakeKubeAPI]:
-    server = await FakeKubeAPI().start()
-    server.kubeconfig = kubeconfig_for(server, tmp_path)
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
-async def kube(api: FakeKubeAPI) -> AsyncIterator[Kube]:
-    client = Kube(str(api.kubeconfig))
-    yield client
-    await client.close()
 
 
 def _discovery(

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import openai
@@ -29,7 +28,6 @@ from tests.serving.gateway_stubs.harness import Clients, start_test_gateway, wai
 from tests.serving.gateway_stubs.kubeapi import (
     FakeKubeAPI,
     endpoint_slice,
-    kubeconfig_for,
     model_deployment,
     provider_key_secret,
     secret,
@@ -38,21 +36,6 @@ from tests.serving.gateway_stubs.providers import OpenAIStub
 
 NS = "team-a"
 RELEASE = "hedge-system"
-
-
-@pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[FakeKubeAPI]:
-    server = await FakeKubeAPI().start()
-    server.kubeconfig = kubeconfig_for(server, tmp_path)
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
-async def kube(api: FakeKubeAPI) -> AsyncIterator[Kube]:
-    client = Kube(str(api.kubeconfig))
-    yield client
-    await client.close()
 
 
 @pytest.fixture
