@@ -8,6 +8,7 @@ import asyncio
 import logging
 import os
 import secrets
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -38,16 +39,42 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "(default: in-cluster, then $KUBECONFIG, then ~/.kube/config)",
     )
     parser.add_argument(
+        "--accelerator-profiles",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="YAML file of accelerator profiles (acceleratorProfiles: {name: profile}), "
+        "merged over the shipped catalog by name (repeatable; later files win); see "
+        "docs/placement.md",
+    )
+    parser.add_argument(
+        "--replace-accelerator-profiles",
+        action="store_true",
+        help="use only the --accelerator-profiles files, not the shipped catalog",
+    )
+    parser.add_argument(
+        "--default-accelerator-profile",
+        metavar="NAME",
+        help="the profile of GPU pods whose spec.resources.gpuType is unset "
+        "(default: any nvidia.com/gpu)",
+    )
+    parser.add_argument(
+        "--print-accelerator-profiles",
+        action="store_true",
+        help="print the profiles this configuration resolves to, as YAML, and exit",
+    )
+    parser.add_argument(
         "--gpu-types",
         type=Path,
         metavar="FILE",
-        help="YAML mapping of GPU type -> nvidia.com/gpu.product label, merged over the "
-        "built-in table (or a document with a gpuTypes: key)",
+        help="(before profiles) YAML mapping of GPU type -> nvidia.com/gpu.product label; "
+        "each entry becomes a GPU-operator profile",
     )
     parser.add_argument(
         "--replace-gpu-types",
         action="store_true",
-        help="use only the --gpu-types file, not the built-in table",
+        help="with --gpu-types: use only that file, not the shipped catalog",
     )
     parser.add_argument(
         "--s3-downloader-image",
@@ -178,9 +205,31 @@ def build_config(args: argparse.Namespace) -> OperatorConfig:
         gcs_downloader_image=args.gcs_downloader_image,
         network_policy=network_policy_config(args),
     )
+    replace_table = args.replace_accelerator_profiles
     if args.gpu_types is not None:
         config = config.with_gpu_file(args.gpu_types, replace_table=args.replace_gpu_types)
+        replace_table = replace_table and not args.replace_gpu_types
+    for i, path in enumerate(args.accelerator_profiles):
+        config = config.with_profiles_file(path, replace_table=replace_table and i == 0)
+    config = replace(config, default_accelerator_profile=args.default_accelerator_profile)
+    config.check()
     return config
+
+
+def profiles_yaml(config: OperatorConfig) -> str:
+    """The resolved profiles as the YAML file `--accelerator-profiles` reads."""
+    import yaml
+
+    from hedge_operator.placement.profiles import profile_json
+
+    doc: dict[str, Any] = {
+        "acceleratorProfiles": {
+            name: profile_json(p) for name, p in sorted(config.accelerator_profiles.items())
+        }
+    }
+    if config.default_accelerator_profile:
+        doc["defaultAcceleratorProfile"] = config.default_accelerator_profile
+    return str(yaml.safe_dump(doc, sort_keys=False, width=100))
 
 
 def registry() -> kopf.OperatorRegistry:
@@ -287,6 +336,9 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as e:
         logging.error("%s", e)
         return 2
+    if args.print_accelerator_profiles:
+        print(profiles_yaml(config), end="")
+        return 0
     if args.metrics_port:
         prometheus_client.start_http_server(args.metrics_port, addr=args.bind_address)
     return asyncio.run(serve(args, config))

@@ -142,6 +142,75 @@ CASES: list[CelCase] = [
         {"serving": {"allowFrom": [{}]}},
     ),
     CelCase(
+        "spec.engine.pod.tolerations[]",
+        "a toleration without a key needs operator Exists",
+        {"engine": {"pod": {"tolerations": [{"operator": "Equal", "value": "x"}]}}},
+    ),
+    CelCase(
+        "spec.engine.pod.tolerations[]",
+        "a toleration with operator Exists takes no value",
+        {"engine": {"pod": {"tolerations": [{"key": "k", "operator": "Exists", "value": "x"}]}}},
+    ),
+    CelCase(
+        "spec.engine.pod.tolerations[]",
+        "tolerationSeconds applies only to effect NoExecute",
+        {
+            "engine": {
+                "pod": {
+                    "tolerations": [{"key": "k", "effect": "NoSchedule", "tolerationSeconds": 30}]
+                }
+            }
+        },
+    ),
+    CelCase(
+        "spec.engine.pod.volumeMounts[].mountPath",
+        "engine.pod.volumeMounts: /models, /dev/shm, /mnt/pvc and /var/run/secrets/hedge "
+        "are mounted by the operator",
+        {
+            "engine": {
+                "pod": {
+                    "volumes": [{"name": "data", "emptyDir": {}}],
+                    "volumeMounts": [{"name": "data", "mountPath": "/models/extra"}],
+                }
+            }
+        },
+    ),
+    CelCase(
+        "spec.engine.pod.volumeMounts[].subPath",
+        "engine.pod.volumeMounts.subPath is relative and has no '..'",
+        {
+            "engine": {
+                "pod": {
+                    "volumes": [{"name": "data", "emptyDir": {}}],
+                    "volumeMounts": [{"name": "data", "mountPath": "/data", "subPath": "../x"}],
+                }
+            }
+        },
+    ),
+    CelCase(
+        "spec.engine.pod",
+        "engine.pod.labels: hedge.dev/*, app.kubernetes.io/managed-by and "
+        "app.kubernetes.io/part-of are set by the operator",
+        {"engine": {"pod": {"labels": {"hedge.dev/model-deployment": "other"}}}},
+    ),
+    CelCase(
+        "spec.engine.pod",
+        "engine.pod.extraResources: only extended resources other than the GPU; the GPU "
+        "count is resources.gpus and its resource comes from the accelerator profile",
+        {"engine": {"pod": {"extraResources": {"nvidia.com/gpu": 8}}}},
+    ),
+    CelCase(
+        "spec.engine.pod",
+        "engine.pod.volumes: dshm, models, gcs-credentials and pvc-* are the operator's "
+        "volume names",
+        {"engine": {"pod": {"volumes": [{"name": "models", "emptyDir": {}}]}}},
+    ),
+    CelCase(
+        "spec.engine.pod",
+        "engine.pod.volumeMounts: each mount names one of engine.pod.volumes",
+        {"engine": {"pod": {"volumeMounts": [{"name": "nowhere", "mountPath": "/data"}]}}},
+    ),
+    CelCase(
         "spec.fallback.providers[]",
         "AzureOpenAI providers need baseURL and apiVersion",
         {

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from hedge_operator import main
-from hedge_operator.config import DEFAULT_GPU_PRODUCTS
+from hedge_operator.placement.catalog import GFD_PRODUCT_LABEL, shipped_profiles
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -25,7 +25,8 @@ def test_defaults_watch_every_namespace_standalone() -> None:
     assert args.peering is None
     assert args.watch_timeout == 300 and isinstance(args.watch_timeout, int)
     config = main.build_config(args)
-    assert dict(config.gpu_products) == DEFAULT_GPU_PRODUCTS
+    assert dict(config.accelerator_profiles) == shipped_profiles()
+    assert config.default_accelerator_profile is None
 
 
 def test_namespaces_and_gpu_table_file(tmp_path: Path) -> None:
@@ -34,12 +35,16 @@ def test_namespaces_and_gpu_table_file(tmp_path: Path) -> None:
     args = parse("-n", "team-a", "--namespace", "team-b", "--gpu-types", str(table))
     assert args.namespace == ["team-a", "team-b"]
     config = main.build_config(args)
-    assert config.gpu_products["nvidia-b200"] == "NVIDIA-B200"
-    assert config.gpu_products["nvidia-l4"] == "NVIDIA-L4-CUSTOM"
-    assert config.gpu_products["nvidia-a100-80gb"] == "NVIDIA-A100-SXM4-80GB"
+    product = {
+        name: p.node_selector.get(GFD_PRODUCT_LABEL)
+        for name, p in config.accelerator_profiles.items()
+    }
+    assert product["nvidia-b200"] == "NVIDIA-B200"
+    assert product["nvidia-l4"] == "NVIDIA-L4-CUSTOM"
+    assert product["nvidia-a100-80gb"] == "NVIDIA-A100-SXM4-80GB"
 
     only = main.build_config(parse("--gpu-types", str(table), "--replace-gpu-types"))
-    assert set(only.gpu_products) == {"nvidia-b200", "nvidia-l4"}
+    assert set(only.accelerator_profiles) == {"nvidia-b200", "nvidia-l4"}
 
 
 def test_bad_gpu_table_is_refused(tmp_path: Path) -> None:

@@ -12,10 +12,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field
 from typing import Any, Literal, NewType, TypeVar, get_args, get_origin
 
-from hedge_core.api.constants import INT_OR_PERCENT_PATTERN, QUANTITY_PATTERN
+from hedge_core.api.constants import DNS_LABEL, INT_OR_PERCENT_PATTERN, QUANTITY_PATTERN
 
 Quantity = NewType("Quantity", str)
 """A Kubernetes resource quantity (`4`, `500m`, `32Gi`); YAML integers are accepted."""
+
+KubeObject = NewType("KubeObject", dict)  # type: ignore[type-arg]
+"""A Kubernetes-shaped object passed through as given (an affinity, a volume, a
+securityContext): the API server keeps its unknown fields; the operator checks the parts
+Hedge owns and the API server checks the rest when the Deployment is applied."""
+
+NamedKubeObject = NewType("NamedKubeObject", dict)  # type: ignore[type-arg]
+"""A KubeObject with a required `name` (a volume), so CEL rules can read the name."""
 
 IntOrPercent = NewType("IntOrPercent", str)
 """A count of pods or a percentage of the desired replicas (`1`, `25%`), as in a Deployment's
@@ -123,6 +131,22 @@ def _type_schema(tp: Any) -> dict[str, Any]:
             "x-kubernetes-int-or-string": True,
             "pattern": INT_OR_PERCENT_PATTERN,
         }
+    if tp is KubeObject:
+        return {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    if tp is NamedKubeObject:
+        return {
+            "type": "object",
+            "required": ["name"],
+            "properties": {
+                "name": {
+                    "description": "Name (a DNS label).",
+                    "type": "string",
+                    "maxLength": 63,
+                    "pattern": DNS_LABEL,
+                }
+            },
+            "x-kubernetes-preserve-unknown-fields": True,
+        }
     if tp is str:
         return {"type": "string"}
     if tp is bool:
@@ -138,7 +162,8 @@ def _type_schema(tp: Any) -> dict[str, Any]:
         (item,) = get_args(tp)
         return {"type": "array", "items": _type_schema(item)}
     if origin is dict:
-        return {"type": "object", "additionalProperties": {"type": "string"}}
+        _, value = get_args(tp)
+        return {"type": "object", "additionalProperties": _type_schema(value)}
     if _is_dataclass_type(tp):
         return object_schema(tp)
     raise TypeError(f"no schema for {tp!r}")
@@ -196,6 +221,25 @@ def object_schema(cls: type) -> dict[str, Any]:
 T = TypeVar("T")
 
 
+def _is_json(value: Any, depth: int = 0) -> bool:
+    """Plain JSON (string keys, no cycles, at most 32 levels)."""
+    if depth > 32:
+        return False
+    if isinstance(value, Mapping):
+        return all(isinstance(k, str) and _is_json(v, depth + 1) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return all(_is_json(v, depth + 1) for v in value)
+    return value is None or isinstance(value, str | int | float | bool)
+
+
+def _plain_json(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain_json(v) for v in value]
+    return value
+
+
 class _Parser:
     """Turns JSON-ish data into the dataclasses, applying defaults and every rule."""
 
@@ -223,6 +267,8 @@ class _Parser:
             if not re.search(INT_OR_PERCENT_PATTERN, text):
                 self.fail(path, f"{text!r} is not a number of pods or a percentage such as 25%")
             return IntOrPercent(text)
+        if tp is KubeObject or tp is NamedKubeObject:
+            return self._parse_kube_object(tp, value, path)
         if tp is str or get_origin(tp) is Literal:
             if not isinstance(value, str):
                 self.fail(path, "must be a string")
@@ -252,6 +298,9 @@ class _Parser:
         if origin is list:
             return self._parse_list(tp, value, path, schema)
         if origin is dict:
+            _, value_tp = get_args(tp)
+            if value_tp is not str:
+                return self._parse_map(value_tp, value, path, schema)
             if not isinstance(value, Mapping) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in value.items()
             ):
@@ -263,6 +312,24 @@ class _Parser:
         if _is_dataclass_type(tp):
             return self.parse_object(tp, value, path)
         raise TypeError(f"cannot parse {tp!r}")  # pragma: no cover - guarded by the schema
+
+    def _parse_map(self, tp: Any, value: Any, path: str, schema: Mapping[str, Any]) -> Any:
+        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+            self.fail(path, "must be a map")
+            return {}
+        if "maxProperties" in schema and len(value) > schema["maxProperties"]:
+            self.fail(path, f"must have at most {schema['maxProperties']} entries")
+        return {k: self.parse(tp, v, f"{path}.{k}", {}) for k, v in value.items()}
+
+    def _parse_kube_object(self, tp: Any, value: Any, path: str) -> Any:
+        if not isinstance(value, Mapping) or not _is_json(value):
+            self.fail(path, "must be an object (Kubernetes' own shape for this field)")
+            return None
+        if tp is NamedKubeObject:
+            name = value.get("name")
+            if not isinstance(name, str) or not re.search(DNS_LABEL, name) or len(name) > 63:
+                self.fail(f"{path}.name", "is required: a DNS label (a-z, 0-9, '-')")
+        return _plain_json(value)
 
     def _parse_list(self, tp: Any, value: Any, path: str, schema: Mapping[str, Any]) -> Any:
         if not isinstance(value, list):

@@ -26,7 +26,14 @@ from hedge_core.api.constants import (
     SECRET_KEY,
     SERVED_NAME,
 )
-from hedge_core.api.schema import IntOrPercent, Quantity, Rule, prop
+from hedge_core.api.schema import (
+    IntOrPercent,
+    KubeObject,
+    NamedKubeObject,
+    Quantity,
+    Rule,
+    prop,
+)
 
 
 def _matches(pattern: str) -> Callable[[Any], bool]:
@@ -170,6 +177,246 @@ class EnvVar:
     )
 
 
+#: Labels the operator sets on engine pods (selectors, ownership): spec.engine.pod.labels
+#: may not set them, nor anything else under hedge.dev/.
+OWNED_LABEL_KEYS = ("app.kubernetes.io/managed-by", "app.kubernetes.io/part-of")
+OWNED_LABEL_PREFIX = "hedge.dev/"
+#: The engine pod's own volumes; spec.engine.pod.volumes may not reuse the names.
+OWNED_VOLUMES = ("dshm", "models", "gcs-credentials")
+OWNED_VOLUME_PREFIX = "pvc-"
+#: Where the operator mounts the weights, the shared memory and credentials.
+OWNED_MOUNT_PATHS = ("/dev/shm", "/models", "/mnt/pvc", "/var/run/secrets/hedge")
+#: Accelerator resources the GPU count (spec.resources.gpus) and its profile set.
+GPU_RESOURCES = ("nvidia.com/gpu", "amd.com/gpu")
+
+
+def _cel_list(values: tuple[str, ...]) -> str:
+    return "[" + ", ".join(_cel_string(v) for v in values) + "]"
+
+
+def _owned_mount(path: str) -> bool:
+    clean = "/" + path.strip("/")
+    return any(clean == p or clean.startswith(p + "/") for p in OWNED_MOUNT_PATHS)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Toleration:
+    """A toleration of the engine pods (Kubernetes' own shape)."""
+
+    key: str | None = prop(
+        "Taint key; unset with operator Exists tolerates every taint.",
+        default=None,
+        maxLength=316,
+    )
+    operator: Literal["Equal", "Exists"] = prop(
+        "Equal matches the value; Exists any value.", default="Equal"
+    )
+    value: str | None = prop("Taint value (operator Equal).", default=None, maxLength=63)
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = prop(
+        "Taint effect; unset matches every effect.", default=None
+    )
+    toleration_seconds: int | None = prop(
+        "With NoExecute: how long the pod stays once the taint appears.",
+        default=None,
+        minimum=0,
+        maximum=86400 * 365,
+    )
+
+    __rules__: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            "has(self.key) || self.operator == 'Exists'",
+            "a toleration without a key needs operator Exists",
+            lambda t: t.key is not None or t.operator == "Exists",
+        ),
+        Rule(
+            "self.operator != 'Exists' || !has(self.value)",
+            "a toleration with operator Exists takes no value",
+            lambda t: t.operator != "Exists" or t.value is None,
+        ),
+        Rule(
+            "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+            "tolerationSeconds applies only to effect NoExecute",
+            lambda t: t.toleration_seconds is None or t.effect == "NoExecute",
+        ),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class LocalObjectReference:
+    """A Secret in the ModelDeployment's namespace, by name."""
+
+    name: str = prop("Secret name.", maxLength=253, pattern=DNS_SUBDOMAIN)
+
+
+@dataclass(frozen=True, kw_only=True)
+class VolumeMount:
+    """Where the engine container mounts one of spec.engine.pod.volumes."""
+
+    name: str = prop("The volume's name.", maxLength=63, pattern=DNS_LABEL)
+    mount_path: str = prop(
+        "Absolute path in the engine container. /models, /dev/shm, /mnt/pvc and "
+        "/var/run/secrets/hedge are the operator's.",
+        maxLength=1024,
+        pattern=r"^/",
+        rules=(
+            Rule(
+                "!("
+                + " || ".join(
+                    f"self == {_cel_string(p)} || self.startsWith({_cel_string(p + '/')})"
+                    for p in OWNED_MOUNT_PATHS
+                )
+                + ")",
+                "engine.pod.volumeMounts: /models, /dev/shm, /mnt/pvc and "
+                "/var/run/secrets/hedge are mounted by the operator",
+                lambda path: not _owned_mount(path),
+            ),
+        ),
+    )
+    read_only: bool = prop("Mount read-only.", default=False)
+    sub_path: str | None = prop(
+        "A path inside the volume to mount instead of its root.",
+        default=None,
+        maxLength=1024,
+        rules=(
+            Rule(
+                "!self.startsWith('/') && !self.contains('..')",
+                "engine.pod.volumeMounts.subPath is relative and has no '..'",
+                lambda p: not p.startswith("/") and ".." not in p,
+            ),
+        ),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class PodSettings:
+    """Settings of the engine pods that the platform needs (placement, identity, policy,
+    extra volumes), merged with what the accelerator profile and the operator set. What the
+    operator owns (the engine container's command, ports, probes, the GPU resource, Hedge's
+    labels and volumes) cannot be set here; docs/placement.md gives the precedence."""
+
+    node_selector: dict[str, str] = prop(
+        "Node labels the engine pods require, added to the accelerator profile's (a key "
+        "the profile sets cannot be given another value).",
+        default_factory=dict,
+        maxProperties=32,
+    )
+    tolerations: list[Toleration] = prop(
+        "Tolerations added to the profile's.", default_factory=list, maxItems=32
+    )
+    affinity: KubeObject | None = prop(
+        "A Kubernetes Affinity. Its required node affinity is ANDed with the profile's; "
+        "preferences, pod affinity and anti-affinity are kept as given.",
+        default=None,
+    )
+    topology_spread_constraints: list[KubeObject] = prop(
+        "Kubernetes TopologySpreadConstraints of the engine pods (e.g. across zones); "
+        "a labelSelector may use the pods' hedge.dev/model-deployment label.",
+        default_factory=list,
+        maxItems=8,
+    )
+    priority_class_name: str | None = prop(
+        "PriorityClass of the engine pods.", default=None, maxLength=253, pattern=DNS_SUBDOMAIN
+    )
+    image_pull_secrets: list[LocalObjectReference] = prop(
+        "Secrets (type kubernetes.io/dockerconfigjson) the kubelet pulls the images with.",
+        default_factory=list,
+        maxItems=8,
+        list_map_keys=("name",),
+    )
+    service_account_name: str | None = prop(
+        "ServiceAccount of the engine pods (e.g. one bound to a cloud identity for bucket "
+        "access). Its API token is still not mounted: the engine never calls the API.",
+        default=None,
+        maxLength=253,
+        pattern=DNS_SUBDOMAIN,
+    )
+    runtime_class_name: str | None = prop(
+        "RuntimeClass of the engine pods; overrides the accelerator profile's.",
+        default=None,
+        maxLength=253,
+        pattern=DNS_SUBDOMAIN,
+    )
+    security_context: KubeObject | None = prop(
+        "The pod's securityContext. With securityProfile Restricted, the fields that "
+        "profile sets may not be given other values.",
+        default=None,
+    )
+    container_security_context: KubeObject | None = prop(
+        "The engine container's securityContext (same rule as securityContext).",
+        default=None,
+    )
+    volumes: list[NamedKubeObject] = prop(
+        "Extra Kubernetes Volumes of the engine pods. dshm, models, gcs-credentials and "
+        "pvc-* are the operator's names.",
+        default_factory=list,
+        maxItems=16,
+        list_map_keys=("name",),
+    )
+    volume_mounts: list[VolumeMount] = prop(
+        "Where the engine container mounts the extra volumes.",
+        default_factory=list,
+        maxItems=16,
+        list_map_keys=("mountPath",),
+    )
+    extra_resources: dict[str, Quantity] = prop(
+        "Other extended resources of the engine container, requested and limited alike "
+        "(e.g. vpc.amazonaws.com/efa: 1, rdma/ib: 1). Not cpu or memory "
+        "(spec.resources), nor the GPU (spec.resources.gpus and the profile's resource).",
+        default_factory=dict,
+        maxProperties=16,
+    )
+    labels: dict[str, str] = prop(
+        "Labels added to the engine pods (not hedge.dev/*, app.kubernetes.io/managed-by "
+        "or app.kubernetes.io/part-of).",
+        default_factory=dict,
+        maxProperties=32,
+    )
+    annotations: dict[str, str] = prop(
+        "Annotations added to the engine pods (with engine.podAnnotations; these win).",
+        default_factory=dict,
+        maxProperties=64,
+    )
+
+    __rules__: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            f"self.labels.all(k, !k.startsWith({_cel_string(OWNED_LABEL_PREFIX)}) && "
+            f"!(k in {_cel_list(OWNED_LABEL_KEYS)}))",
+            "engine.pod.labels: hedge.dev/*, app.kubernetes.io/managed-by and "
+            "app.kubernetes.io/part-of are set by the operator",
+            lambda p: (
+                not any(k.startswith(OWNED_LABEL_PREFIX) or k in OWNED_LABEL_KEYS for k in p.labels)
+            ),
+        ),
+        Rule(
+            f"self.extraResources.all(k, k.contains('/') && !(k in {_cel_list(GPU_RESOURCES)}))",
+            "engine.pod.extraResources: only extended resources other than the GPU; the GPU "
+            "count is resources.gpus and its resource comes from the accelerator profile",
+            lambda p: all("/" in k and k not in GPU_RESOURCES for k in p.extra_resources),
+        ),
+        Rule(
+            f"self.volumes.all(v, !(v.name in {_cel_list(OWNED_VOLUMES)}) && "
+            f"!v.name.startsWith({_cel_string(OWNED_VOLUME_PREFIX)}))",
+            "engine.pod.volumes: dshm, models, gcs-credentials and pvc-* are the operator's "
+            "volume names",
+            lambda p: (
+                not any(
+                    v.get("name") in OWNED_VOLUMES
+                    or str(v.get("name")).startswith(OWNED_VOLUME_PREFIX)
+                    for v in p.volumes
+                )
+            ),
+        ),
+        Rule(
+            "self.volumeMounts.all(m, self.volumes.exists(v, v.name == m.name))",
+            "engine.pod.volumeMounts: each mount names one of engine.pod.volumes",
+            lambda p: all(any(v.get("name") == m.name for v in p.volumes) for m in p.volume_mounts),
+        ),
+    )
+
+    def is_empty(self) -> bool:
+        return self == PodSettings()
+
+
 Dtype = Literal["auto", "half", "float16", "bfloat16", "float", "float32"]
 # vLLM's own spellings, so values copy straight from vLLM's documentation.
 QuantizationMethod = Literal[
@@ -275,6 +522,12 @@ class EngineSpec:
         "cluster's sim.hedge.dev/* simulator knobs).",
         default_factory=dict,
         maxProperties=64,
+    )
+    pod: PodSettings = prop(
+        "Settings of the engine pods the platform needs: node selector, tolerations, "
+        "affinity, priority class, pull secrets, service account, runtime class, security "
+        "contexts, extra volumes, labels and annotations (docs/placement.md).",
+        default_factory=PodSettings,
     )
 
 

@@ -26,12 +26,9 @@ from hedge_core.api import (
     REVISION_LABEL,
     ModelDeployment,
 )
-from hedge_operator.config import (
-    GPU_PRODUCT_LABEL,
-    GPU_RESOURCE,
-    NetworkPolicyConfig,
-    OperatorConfig,
-)
+from hedge_operator.config import NetworkPolicyConfig, OperatorConfig
+from hedge_operator.placement import pod as placement
+from hedge_operator.placement.profiles import AcceleratorProfile, resolve
 
 ENGINE_CONTAINER = "engine"
 HEALTH_PATH = "/health"
@@ -240,7 +237,8 @@ def _number(value: float) -> str:
     return text[:-2] if text.endswith(".0") else text
 
 
-def _engine_env(md: ModelDeployment) -> list[dict[str, Any]]:
+def _engine_env(md: ModelDeployment, profile: AcceleratorProfile | None) -> list[dict[str, Any]]:
+    """The operator's variables, the accelerator profile's, then spec.engine.env."""
     env: list[dict[str, Any]] = [{"name": "HF_HOME", "value": HF_HOME}]
     creds = md.spec.model.credentials_secret_ref
     if creds is not None and md.spec.model.source.startswith("hf://"):
@@ -252,6 +250,7 @@ def _engine_env(md: ModelDeployment) -> list[dict[str, Any]]:
                 },
             }
         )
+    env += [v for v in placement.profile_env(md, profile) if v["name"] not in OPERATOR_ENV]
     for var in md.spec.engine.env:
         if var.secret_key_ref is not None:
             ref = var.secret_key_ref
@@ -365,26 +364,38 @@ def _probe(*, period: int, failures: int) -> dict[str, Any]:
     }
 
 
+def accelerator_profile(md: ModelDeployment, config: OperatorConfig) -> AcceleratorProfile | None:
+    """The accelerator profile of a GPU engine pod (None without GPUs)."""
+    res = md.spec.resources
+    if res.gpus == 0:
+        return None
+    profile = resolve(res.gpu_type, config.accelerator_profiles, config.default_accelerator_profile)
+    if profile is None:  # validation.validate reports UnknownGPUType first
+        raise ValueError(f"unknown GPU type {res.gpu_type!r}")
+    return profile
+
+
 def engine_pod_template(md: ModelDeployment, config: OperatorConfig) -> dict[str, Any]:
     """The engine pod template, without the revision label (it is the hash of this)."""
-    spec, res = md.spec, md.spec.resources
+    spec = md.spec
+    profile = accelerator_profile(md, config)
     init = _download_containers(md, config)
     uses_gcs_creds = spec.model.credentials_secret_ref is not None and (
         Source.parse(spec.model.source).scheme == "gs"
     )
     volumes, mounts = _volumes(md, uses_gcs_creds)
 
-    requests, limits = _resources(md)
+    requests, limits = _resources(md, profile)
 
     startup_failures = math.ceil(spec.engine.startup_timeout_seconds / STARTUP_PROBE_PERIOD)
     container: dict[str, Any] = {
         "name": ENGINE_CONTAINER,
-        "image": spec.engine.image,
+        "image": placement.engine_image(md, profile),
         "imagePullPolicy": spec.engine.image_pull_policy,
         "command": ["vllm", "serve"],
         "args": engine_args(md),
         "ports": [{"name": PORT_NAME, "containerPort": ENGINE_PORT, "protocol": "TCP"}],
-        "env": _engine_env(md),
+        "env": _engine_env(md, profile),
         "resources": {"requests": requests, "limits": limits},
         "volumeMounts": mounts,
         "startupProbe": _probe(period=STARTUP_PROBE_PERIOD, failures=startup_failures),
@@ -400,46 +411,44 @@ def engine_pod_template(md: ModelDeployment, config: OperatorConfig) -> dict[str
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": termination_grace_seconds(md),
     }
-    if res.gpus > 0:
-        if res.gpu_type is not None:
-            product = config.gpu_products.get(res.gpu_type)
-            if product is None:  # validation.validate reports UnknownGPUType first
-                raise ValueError(f"unknown GPU type {res.gpu_type!r}")
-            pod_spec["nodeSelector"] = {GPU_PRODUCT_LABEL: product}
-        pod_spec["tolerations"] = [
-            {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"},
-        ]
+    placement.place(pod_spec, md, profile)
+    placement.apply_pod_settings(pod_spec, container, md)
     if spec.engine.security_profile == "Restricted":
         _restrict(pod_spec, [*init, container])
     if init:
         pod_spec["initContainers"] = init
     pod_spec["containers"] = [container]
-    pod_spec["volumes"] = volumes
+    pod_spec["volumes"] = [*volumes, *placement.extra_volumes(md)]
 
-    metadata: dict[str, Any] = {
-        "labels": {**common_labels(md.name), COMPONENT_LABEL: ENGINE_COMPONENT},
-    }
-    if spec.engine.pod_annotations:
-        metadata["annotations"] = dict(sorted(spec.engine.pod_annotations.items()))
-    return {"metadata": metadata, "spec": pod_spec}
+    labels = {**common_labels(md.name), COMPONENT_LABEL: ENGINE_COMPONENT}
+    return {"metadata": placement.pod_metadata(md, labels), "spec": pod_spec}
 
 
-def _resources(md: ModelDeployment) -> tuple[dict[str, str], dict[str, str]]:
+def _resources(
+    md: ModelDeployment, profile: AcceleratorProfile | None
+) -> tuple[dict[str, str], dict[str, str]]:
     """The engine container's (requests, limits)."""
     res = md.spec.resources
     requests: dict[str, str] = {"cpu": res.cpu, "memory": res.memory}
     limits: dict[str, str] = {"memory": res.memory}
-    if res.gpus > 0:
-        requests[GPU_RESOURCE] = str(res.gpus)
-        limits[GPU_RESOURCE] = str(res.gpus)
+    if profile is not None:
+        requests[profile.resource] = str(res.gpus)
+        limits[profile.resource] = str(res.gpus)
     return requests, limits
 
 
 def _restrict(pod_spec: dict[str, Any], containers: list[dict[str, Any]]) -> None:
     """spec.engine.securityProfile: Restricted (Pod Security `restricted`)."""
-    pod_spec["securityContext"] = copy.deepcopy(RESTRICTED_POD_CONTEXT)
+    # spec.engine.pod's contexts first; validation refused any value Restricted contradicts.
+    pod_spec["securityContext"] = {
+        **pod_spec.get("securityContext", {}),
+        **copy.deepcopy(RESTRICTED_POD_CONTEXT),
+    }
     for c in containers:
-        c["securityContext"] = copy.deepcopy(RESTRICTED_CONTAINER_CONTEXT)
+        c["securityContext"] = {
+            **c.get("securityContext", {}),
+            **copy.deepcopy(RESTRICTED_CONTAINER_CONTEXT),
+        }
         # The image's user (root) owns HOME; caches (triton, torch, vllm) go to the volume.
         c.setdefault("env", []).append({"name": "HOME", "value": f"{MODELS_DIR}/home"})
 

@@ -17,11 +17,15 @@ from dataclasses import dataclass
 from hedge_core.api import ModelDeployment
 from hedge_core.contracts import PROVIDER_KEY_LABEL, shadowed_namespace
 from hedge_operator.config import OperatorConfig
+from hedge_operator.placement.pod import INVALID_POD_SETTINGS, pod_settings_problem
 from hedge_operator.provisioning.builders import (
     DEFAULT_GCS_KEY,
     DEFAULT_HF_TOKEN_KEY,
     OPERATOR_ENV,
+    RESTRICTED_CONTAINER_CONTEXT,
+    RESTRICTED_POD_CONTEXT,
     Source,
+    accelerator_profile,
 )
 
 INVALID_SPEC = "InvalidSpec"
@@ -202,21 +206,29 @@ def reserved_names(md: ModelDeployment) -> Problem | None:
     return None
 
 
+def pod_settings(md: ModelDeployment, config: OperatorConfig) -> Problem | None:
+    """spec.engine.pod against the accelerator profile and the security profile."""
+    problem = pod_settings_problem(
+        md, accelerator_profile(md, config), RESTRICTED_POD_CONTEXT, RESTRICTED_CONTAINER_CONTEXT
+    )
+    return None if problem is None else Problem(INVALID_POD_SETTINGS, problem)
+
+
 def validate_static(md: ModelDeployment, config: OperatorConfig) -> Problem | None:
     """Checks that need nothing from the cluster."""
     gpu_type = md.spec.resources.gpu_type
     if (
         md.spec.resources.gpus > 0
         and gpu_type is not None
-        and (gpu_type not in config.gpu_products)
+        and (gpu_type not in config.accelerator_profiles)
     ):
-        known = ", ".join(sorted(config.gpu_products))
+        known = ", ".join(sorted(config.accelerator_profiles))
         return Problem(
             UNKNOWN_GPU_TYPE,
-            f"spec.resources.gpuType {gpu_type!r} is not in the operator's GPU table "
-            f"(known: {known})",
+            f"spec.resources.gpuType {gpu_type!r} is not one of the operator's "
+            f"accelerator profiles (known: {known}); see docs/placement.md",
         )
-    return conflicting_args(md) or reserved_names(md)
+    return conflicting_args(md) or reserved_names(md) or pod_settings(md, config)
 
 
 def validate(

@@ -10,6 +10,7 @@ import pytest
 
 from hedge_core.api import SpecError
 from hedge_operator.config import NetworkPolicyConfig, OperatorConfig
+from hedge_operator.placement.catalog import gfd_profile
 from hedge_operator.provisioning.builders import (
     build_cache_pvc,
     build_engine_deployment,
@@ -224,7 +225,9 @@ def test_revision_is_a_hash_of_the_pod_template() -> None:
     ):
         assert revision_of(model(spec_with(**change)), CONFIG) != revision_of(base, CONFIG)
     # The GPU table is part of the template: a new product label is a new revision.
-    other = OperatorConfig(gpu_products={"nvidia-a100-80gb": "NVIDIA-A100-80GB-PCIe"})
+    other = OperatorConfig().with_profiles(
+        {"nvidia-a100-80gb": gfd_profile("nvidia-a100-80gb", "NVIDIA-A100-80GB-PCIe")}
+    )
     assert revision_of(base, other) != revision_of(base, CONFIG)
 
 

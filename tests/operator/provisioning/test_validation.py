@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from hedge_operator.config import OperatorConfig
+from hedge_operator.placement.catalog import gfd_profile
 from hedge_operator.provisioning.validation import (
     CONFLICTING_ARGS,
     SECRET_NOT_FOUND,
@@ -42,7 +43,9 @@ def test_unknown_gpu_type() -> None:
 
 
 def test_gpu_table_is_configurable() -> None:
-    config = OperatorConfig(gpu_products={"nvidia-b300": "NVIDIA-B300"})
+    config = OperatorConfig(
+        accelerator_profiles={"nvidia-b300": gfd_profile("nvidia-b300", "NVIDIA-B300")}
+    )
     assert validate(model(spec_with(resources={"gpuType": "nvidia-b300"})), config, {}) is None
     assert validate(model(spec_with()), config, {}) is not None  # a100 no longer known
 
