@@ -96,3 +96,61 @@ def test_the_gateway_egress_values_become_its_policy(render: Render, tmp_path: P
     assert egress.address_refused(ipaddress.ip_address("34.118.224.9")) is not None
     assert (proxy.fallback_limits.max_n, proxy.fallback_limits.max_tokens) == (2, 1000)
     assert proxy.fallback_budget_share == 0.25  # 1 / replicaCount by default
+
+
+def test_accelerator_profile_values_reach_the_operator(render: Render, tmp_path: Path) -> None:
+    """`operator.acceleratorProfiles` becomes a ConfigMap mounted where the operator's
+    `--accelerator-profiles` flag reads it: the operator, given that file, resolves the
+    profile as the values say, and a change of the values restarts the operator pod."""
+    import yaml
+
+    from hedge_operator.main import build_config
+
+    values = tmp_path / "values.yaml"
+    values.write_text(
+        "operator:\n"
+        "  defaultAcceleratorProfile: mi300x-pool\n"
+        "  acceleratorProfiles:\n"
+        "    mi300x-pool:\n"
+        "      resource: amd.com/gpu\n"
+        "      nodeSelector: {pool.example.com/name: mi300x}\n"
+        "      tolerations: [{key: amd.com/gpu, operator: Exists, effect: NoSchedule}]\n"
+        "      image: rocm/vllm:custom\n"
+    )
+    manifests = render(values)
+    deployment = one(manifests, "Deployment", "hedge-operator")
+    (container,) = containers(deployment)
+    args = parse(container["args"])
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "accelerator-profiles"]
+    (path,) = args.accelerator_profiles
+    assert str(path).startswith(mount["mountPath"] + "/")
+    volume = next(
+        v
+        for v in deployment["spec"]["template"]["spec"]["volumes"]
+        if v["name"] == "accelerator-profiles"
+    )
+    config_map = one(manifests, "ConfigMap", volume["configMap"]["name"])
+    local = tmp_path / "mounted" / path.name
+    local.parent.mkdir()
+    local.write_text(config_map["data"][path.name])
+    args.accelerator_profiles = [local]
+    config = build_config(args)
+    profile = config.accelerator_profiles["mi300x-pool"]
+    assert (profile.resource, profile.image) == ("amd.com/gpu", "rocm/vllm:custom")
+    assert config.default_accelerator_profile == "mi300x-pool"
+    assert "nvidia-l4" in config.accelerator_profiles  # merged over the catalog
+
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    checksum = annotations["hedge.dev/accelerator-profiles-checksum"]
+    values.write_text(values.read_text().replace("rocm/vllm:custom", "rocm/vllm:other"))
+    changed = one(render(values), "Deployment", "hedge-operator")
+    assert (
+        changed["spec"]["template"]["metadata"]["annotations"][
+            "hedge.dev/accelerator-profiles-checksum"
+        ]
+        != checksum
+    )
+    assert yaml.safe_load(config_map["data"][path.name])["acceleratorProfiles"]
+
+    (plain,) = containers(one(render(), "Deployment", "hedge-operator"))
+    assert parse(plain["args"]).accelerator_profiles == []

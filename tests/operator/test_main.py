@@ -81,3 +81,51 @@ def test_the_operator_runs_with_hedges_handlers_registered() -> None:
     )
     ids = set(out.stdout.split())
     assert {"reconcile", "resync", "autoscale", "model-event", "child-event"} <= ids, ids
+
+
+def test_accelerator_profile_files_merge_replace_and_name_the_default(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = tmp_path / "a.yaml"
+    first.write_text(
+        "acceleratorProfiles:\n"
+        "  pool-a: {resource: amd.com/gpu, nodeSelector: {pool: a}}\n"
+        "  nvidia-l4: {nodeSelector: {cloud.google.com/gke-accelerator: nvidia-l4}}\n"
+    )
+    second = tmp_path / "b.yaml"
+    second.write_text(
+        "acceleratorProfiles:\n  pool-a: {resource: amd.com/gpu, nodeSelector: {pool: b}}\n"
+    )
+    config = main.build_config(
+        parse(
+            "--accelerator-profiles", str(first), "--accelerator-profiles", str(second),
+            "--default-accelerator-profile", "pool-a",
+        )
+    )  # fmt: skip
+    profiles = config.accelerator_profiles
+    assert profiles["pool-a"].node_selector == {"pool": "b"}  # the later file wins
+    assert profiles["nvidia-l4"].node_selector == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    assert "nvidia-h100-80gb" in profiles  # merged over the shipped catalog
+    assert config.default_accelerator_profile == "pool-a"
+
+    only = main.build_config(
+        parse("--accelerator-profiles", str(first), "--replace-accelerator-profiles")
+    )
+    assert set(only.accelerator_profiles) == {"pool-a", "nvidia-l4"}
+
+    args = parse("--accelerator-profiles", str(first), "--print-accelerator-profiles")
+    assert main.run(args) == 0
+    printed = capsys.readouterr().out
+    assert "pool-a:" in printed and "cloud.google.com/gke-accelerator: nvidia-l4" in printed
+
+
+def test_bad_accelerator_profiles_stop_the_operator_with_the_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("acceleratorProfiles:\n  pool-a: {resource: gpu}\n")
+    assert main.run(parse("--accelerator-profiles", str(bad), "--metrics-port", "0")) == 2
+    assert "accelerator profile 'pool-a': resource 'gpu' is not an extended resource" in caplog.text
+    caplog.clear()
+    assert main.run(parse("--default-accelerator-profile", "nope", "--metrics-port", "0")) == 2
+    assert "--default-accelerator-profile 'nope' is not a profile" in caplog.text
