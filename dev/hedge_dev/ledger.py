@@ -21,14 +21,15 @@ GPU_RESOURCE = "nvidia.com/gpu"
 T = TypeVar("T")
 
 
-def gpus_held(pod: dict[str, Any]) -> int:
-    """The GPUs a pod holds now: its containers' requests once bound, until it has finished."""
+def gpus_held(pod: dict[str, Any], resource: str = GPU_RESOURCE) -> int:
+    """The GPUs (of `resource`) a pod holds now: its containers' requests once bound, until
+    it has finished."""
     if not pod.get("spec", {}).get("nodeName"):
         return 0
     if pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
         return 0
     return sum(
-        int(c.get("resources", {}).get("requests", {}).get(GPU_RESOURCE, 0))
+        int(c.get("resources", {}).get("requests", {}).get(resource, 0))
         for c in pod["spec"].get("containers", [])
     )
 
@@ -36,7 +37,10 @@ def gpus_held(pod: dict[str, Any]) -> int:
 class GpuLedger:
     """The GPUs held by one namespace's pods at every moment, and the most held at once."""
 
-    def __init__(self, kubeconfig: str | os.PathLike[str], namespace: str) -> None:
+    def __init__(
+        self, kubeconfig: str | os.PathLike[str], namespace: str, resource: str = GPU_RESOURCE
+    ) -> None:
+        self.resource = resource  # the accelerator's extended resource (amd.com/gpu, …)
         self.held: dict[str, int] = {}
         self.peak = 0
         self._loop = asyncio.new_event_loop()
@@ -67,7 +71,7 @@ class GpuLedger:
         self.peak = max(self.peak, sum(self.held.values()))
 
     def _listed(self, items: list[dict[str, Any]]) -> None:
-        self.held = {p["metadata"]["name"]: gpus_held(p) for p in items}
+        self.held = {p["metadata"]["name"]: gpus_held(p, self.resource) for p in items}
         self._count()
 
     def _event(self, kind: str, pod: dict[str, Any]) -> None:
@@ -75,7 +79,7 @@ class GpuLedger:
         if kind == "DELETED":
             self.held.pop(name, None)
         else:
-            self.held[name] = gpus_held(pod)
+            self.held[name] = gpus_held(pod, self.resource)
         self._count()
 
     def close(self) -> None:

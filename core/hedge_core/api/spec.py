@@ -379,6 +379,7 @@ class PodSettings:
 
     __rules__: ClassVar[tuple[Rule, ...]] = (
         Rule(
+            "!has(self.labels) || "
             f"self.labels.all(k, !k.startsWith({_cel_string(OWNED_LABEL_PREFIX)}) && "
             f"!(k in {_cel_list(OWNED_LABEL_KEYS)}))",
             "engine.pod.labels: hedge.dev/*, app.kubernetes.io/managed-by and "
@@ -388,12 +389,14 @@ class PodSettings:
             ),
         ),
         Rule(
+            "!has(self.extraResources) || "
             f"self.extraResources.all(k, k.contains('/') && !(k in {_cel_list(GPU_RESOURCES)}))",
             "engine.pod.extraResources: only extended resources other than the GPU; the GPU "
             "count is resources.gpus and its resource comes from the accelerator profile",
             lambda p: all("/" in k and k not in GPU_RESOURCES for k in p.extra_resources),
         ),
         Rule(
+            "!has(self.volumes) || "
             f"self.volumes.all(v, !(v.name in {_cel_list(OWNED_VOLUMES)}) && "
             f"!v.name.startsWith({_cel_string(OWNED_VOLUME_PREFIX)}))",
             "engine.pod.volumes: dshm, models, gcs-credentials and pvc-* are the operator's "
@@ -407,7 +410,8 @@ class PodSettings:
             ),
         ),
         Rule(
-            "self.volumeMounts.all(m, self.volumes.exists(v, v.name == m.name))",
+            "!has(self.volumeMounts) || self.volumeMounts.all(m, has(self.volumes) && "
+            "self.volumes.exists(v, v.name == m.name))",
             "engine.pod.volumeMounts: each mount names one of engine.pod.volumes",
             lambda p: all(any(v.get("name") == m.name for v in p.volumes) for m in p.volume_mounts),
         ),
