@@ -38,6 +38,10 @@ PAUSE_ANNOTATION = f"{GROUP}/pause"
 
 #: The upstream vLLM OpenAI-server image, pinned so a restart never changes the engine.
 DEFAULT_ENGINE_IMAGE = "vllm/vllm-openai:v0.32.0"
+#: The ROCm build of the same vLLM release, for AMD Instinct profiles (amd.com/gpu): the
+#: CUDA image cannot drive AMD GPUs, so those profiles swap it in while spec.engine.image
+#: keeps the default.
+ROCM_ENGINE_IMAGE = "vllm/vllm-openai-rocm:v0.32.0"
 
 #: How long a request waits for a pod when the model is cold and no fallback takes it.
 DEFAULT_COLD_START_HOLD_SECONDS = 120
