@@ -25,8 +25,10 @@ import pytest
 import yaml
 
 from hedge_core.api import Dtype, ModelDeployment, QuantizationMethod
+from hedge_core.api.constants import DEFAULT_ENGINE_IMAGE
 from hedge_dev import vllm
 from hedge_operator.config import OperatorConfig
+from hedge_operator.placement.catalog import shipped_profiles
 from hedge_operator.provisioning.builders import ENGINE_CONTAINER, build_engine_deployment
 from tests.engine.conftest import HERE, run_in_vllm
 from tests.operator.factories import model, spec_with
@@ -139,16 +141,39 @@ def spec_matrix() -> dict[str, dict[str, Any]]:
         for n, doc in enumerate(yaml.safe_load_all(path.read_text())):
             if doc and doc.get("kind") == "ModelDeployment":
                 specs[f"example-{path.stem}-{n}"] = doc["spec"]
+    for name in shipped_profiles():
+        specs[f"profile-{name}"] = _profile_spec(name)
     return specs
 
 
-def engine_argv(spec: dict[str, Any]) -> list[str]:
+def _profile_spec(gpu_type: str) -> dict[str, Any]:
+    """One GPU of a shipped profile: the profile moves the pod (and may swap the image and
+    env), never vLLM's arguments."""
+    return spec_with(resources={"gpus": 1, "gpuType": gpu_type})
+
+
+def engine_container(spec: dict[str, Any]) -> dict[str, Any]:
     md: ModelDeployment = model(spec)
     dep = build_engine_deployment(md, CONFIG)
     (container,) = dep["spec"]["template"]["spec"]["containers"]
     assert container["name"] == ENGINE_CONTAINER
     assert container["command"] == ["vllm", "serve"]
-    return list(container["args"])
+    return dict(container)
+
+
+def engine_argv(spec: dict[str, Any]) -> list[str]:
+    return list(engine_container(spec)["args"])
+
+
+def test_every_shipped_profile_builds_the_same_vllm_arguments() -> None:
+    """Where the pod runs is the profile's business; what vLLM is told is the spec's."""
+    profiles = shipped_profiles()
+    argvs = {name: engine_argv(_profile_spec(name)) for name in profiles}
+    reference = argvs["nvidia-h100-80gb"]
+    assert {n: a for n, a in argvs.items() if a != reference} == {}
+    for name, profile in profiles.items():
+        image = engine_container(_profile_spec(name))["image"]
+        assert image == (profile.image or DEFAULT_ENGINE_IMAGE), name
 
 
 @pytest.fixture(scope="module")
