@@ -166,10 +166,12 @@ AMD_TOLERATION: Mapping[str, str] = {"key": AMD_GPU, "operator": "Exists", "effe
 AMD_DOCS = (
     "https://instinct.docs.amd.com/projects/gpu-operator/en/latest/device_plugin/device-plugin.html",
     "https://github.com/ROCm/k8s-device-plugin/blob/master/cmd/k8s-node-labeller/README.md",
-    "https://docs.vllm.ai/en/stable/deployment/docker/",
+    "https://docs.vllm.ai/en/stable/getting_started/installation/gpu/",
 )
-#: Hedge name suffix -> the PCI device id the AMD node labeller puts in amd.com/gpu.device-id.
-AMD_DEVICE_IDS: dict[str, str] = {"mi300x": "74a1", "mi325x": "74a5"}
+#: Hedge name suffix -> the PCI device ids the AMD node labeller puts in
+#: amd.com/gpu.device-id: the bare-metal GPU, and for MI300X also the SR-IOV virtual
+#: function (74b5) that cloud VMs such as Azure's ND MI300X v5 expose.
+AMD_DEVICE_IDS: dict[str, tuple[str, ...]] = {"mi300x": ("74a1", "74b5"), "mi325x": ("74a5",)}
 
 
 def _memory(gpu: str) -> str:
@@ -270,18 +272,21 @@ def aks_profile(gpu: str, vm_sizes: Sequence[str]) -> AcceleratorProfile:
     )
 
 
-def amd_profile(gpu: str, device_id: str) -> AcceleratorProfile:
+def amd_profile(gpu: str, device_ids: Sequence[str]) -> AcceleratorProfile:
     """An AMD Instinct node of the AMD GPU operator: `amd.com/gpu` on nodes the node
-    labeller marks with the PCI device id, running the ROCm build of the pinned vLLM."""
+    labeller marks with the PCI device id (stable, unlike the product-name spelling),
+    running the ROCm build of the pinned vLLM."""
+    one = len(device_ids) == 1
     return AcceleratorProfile(
         name=f"amd-{gpu}",
         resource=AMD_GPU,
-        node_selector={AMD_DEVICE_ID_LABEL: device_id},
+        node_selector={AMD_DEVICE_ID_LABEL: device_ids[0]} if one else {},
+        node_affinity=None if one else _required(_label_in(AMD_DEVICE_ID_LABEL, device_ids)),
         tolerations=(dict(AMD_TOLERATION),),
         image=ROCM_ENGINE_IMAGE,
         gpu_memory=_memory(gpu),
         platform="AMD GPU operator",
-        description=f"AMD Instinct {gpu.upper()} (device id {device_id})",
+        description=f"AMD Instinct {gpu.upper()} (device id {' or '.join(device_ids)})",
         docs=AMD_DOCS,
     )
 
@@ -293,7 +298,7 @@ def platform_profiles() -> list[AcceleratorProfile]:
         *(karpenter_profile(gpu, n, extra) for gpu, (n, extra) in KARPENTER_GPUS.items()),
         *(eks_nodegroup_profile(gpu, types) for gpu, types in EKS_INSTANCE_TYPES.items()),
         *(aks_profile(gpu, sizes) for gpu, sizes in AKS_VM_SIZES.items()),
-        *(amd_profile(gpu, device) for gpu, device in AMD_DEVICE_IDS.items()),
+        *(amd_profile(gpu, ids) for gpu, ids in AMD_DEVICE_IDS.items()),
     ]
 
 

@@ -73,6 +73,9 @@ NODES: list[tuple[str, Mapping[str, str], list[Mapping[str, str]], str]] = [
      [{"key": "amd.com/gpu", "effect": "NoSchedule"}], "amd-mi300x"),
     ("AMD GPU operator", {"amd.com/gpu.device-id": "74a5", "amd.com/gpu.family": "AI"},
      [], "amd-mi325x"),
+    ("AMD GPU operator", {"amd.com/gpu.device-id": "74b5",  # MI300X virtual function (a VM)
+                          "node.kubernetes.io/instance-type": "Standard_ND96isr_MI300X_v5"},
+     [], "amd-mi300x"),
     ("NVIDIA GPU operator", {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3",
                              "nvidia.com/gpu.memory": "81559"},
      [NVIDIA_TAINT], "nvidia-h100-80gb"),
