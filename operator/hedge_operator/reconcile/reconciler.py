@@ -40,7 +40,8 @@ from hedge_operator.budget import windows as budget
 from hedge_operator.config import OperatorConfig
 from hedge_operator.errors import RetryableError
 from hedge_operator.events import WARNING, Dedup, Event
-from hedge_operator.provisioning.builders import revision_of
+from hedge_operator.placement.profiles import AcceleratorProfile
+from hedge_operator.provisioning.builders import accelerator_profile, revision_of
 from hedge_operator.provisioning.executor import ChildWriter, Executor
 from hedge_operator.provisioning.names import Claim, claim_of, conflict
 from hedge_operator.provisioning.observed import Observed, owned_only
@@ -250,6 +251,7 @@ class Reconciler:
             name_conflict=None if mine is None else conflict(mine, self.claims()),
             autoscaling=self._autoscaling(md, previous, mem, now),
             fallback_budget=budget.current_status(md, previous, mem.fallback_budget),
+            profile=self._profile(md),
         )
         events = list(moved.events if moved else [])
         events += transition_events(previous, status)
@@ -269,6 +271,14 @@ class Reconciler:
             requests=requests,
             recheck_after=recheck,
         )
+
+    def _profile(self, md: ModelDeployment | None) -> AcceleratorProfile | None:
+        """The engine pods' accelerator profile, None when there is none to name (no GPUs,
+        an unknown gpuType: validation says so)."""
+        try:
+            return None if md is None else accelerator_profile(md, self.config)
+        except ValueError:
+            return None
 
     @staticmethod
     def _remember_capabilities(md: ModelDeployment | None, mem: _Memory) -> None:
