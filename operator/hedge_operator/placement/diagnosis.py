@@ -49,7 +49,8 @@ def parse_unschedulable(message: str) -> SchedulingCauses | None:
     head = _HEAD.search(message)
     if head is None:
         return None
-    body = head.group(3).split(" preemption:", 1)[0].strip().rstrip(".")
+    # The verdicts end at the first ". " (then DRA's and preemption's notes follow).
+    body = head.group(3).split(". ", 1)[0].split(" preemption:", 1)[0].strip().rstrip(".")
     selector, tainted = 0, 0
     insufficient: dict[str, int] = {}
     taints: list[str] = []
@@ -117,12 +118,14 @@ def diagnose(
     if short:
         return Diagnosis(INSUFFICIENT_GPUS, f"{short} node(s) match but lack {profile.resource}")
     if causes.tainted:
-        taints = ", ".join(causes.taints) or "a taint the scheduler does not name"
+        taints = ", ".join(causes.taints) or "not named by the scheduler"
         return Diagnosis(
             UNTOLERATED_TAINT,
-            f"{causes.tainted} node(s) {named} could use have an untolerated taint ({taints}); "
-            "tolerate it in spec.engine.pod.tolerations or the profile's tolerations"
-            + (f"; also {others}" if others else ""),
+            f"{causes.tainted} node(s) have a taint the pods do not tolerate ({taints}); "
+            "the scheduler checks taints before labels, so whether they carry the labels of "
+            f"{named} ({wanted}) is not known from its message: if they are its nodes, "
+            "tolerate the taint in spec.engine.pod.tolerations or the profile's tolerations"
+            + (f"; the other nodes: {others}" if others else ""),
         )
     if causes.total and causes.selector == causes.total:
         return Diagnosis(NO_MATCHING_NODES, f"no node matches {named} ({wanted})")

@@ -42,6 +42,12 @@ TAINT_UNNAMED = (
     "available: 1 No preemption victims found for incoming pod, 2 Preemption is not helpful "
     "for scheduling."
 )
+#: kube-scheduler v1.34 as measured on the e2e cluster (DRA's note before preemption's).
+V134 = (
+    "0/3 nodes are available: 1 node(s) didn't match Pod's node affinity/selector, 2 node(s) "
+    "had untolerated taint(s). no new claims to deallocate, preemption: 0/3 nodes are "
+    "available: 3 Preemption is not helpful for scheduling."
+)
 
 
 def test_counts_per_cause_ignore_the_preemption_verdict() -> None:
@@ -122,3 +128,14 @@ def test_refusals_at_creation() -> None:
     )
     assert sa is not None and sa.reason == SERVICE_ACCOUNT_NOT_FOUND and "'robot'" in sa.summary
     assert creation_refusal('pods "x" is forbidden: exceeded quota: q') is None
+
+
+def test_v134_wording_with_the_dra_note() -> None:
+    causes = parse_unschedulable(V134)
+    assert causes is not None
+    assert (causes.total, causes.selector, causes.tainted, causes.other) == (3, 1, 2, ())
+    found = diagnose(causes, L4)
+    assert found is not None and found.reason == UNTOLERATED_TAINT
+    assert "not named by the scheduler" in found.summary
+    assert "cloud.google.com/gke-accelerator=nvidia-l4" in found.summary  # which labels
+    assert "1 do not match the node selector/affinity" in found.summary
