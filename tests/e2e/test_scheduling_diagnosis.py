@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from .conftest import E2ECluster, HedgeProcess, Operator, condition, get_md, wait_for, wait_ready
-from .test_placement import kwok_node, model_deployment, nodes, octet, profiles_file
+from .test_placement import SIM, kwok_node, model_deployment, nodes, octet, profiles_file
 
 __all__ = ["nodes"]  # the fixture, imported for the tests here
 
@@ -158,3 +158,29 @@ def test_missing_priority_class_and_service_account_then_created(
         wait_ready(cluster, namespace, "robot", timeout=90)
     finally:
         cluster.api.request("DELETE", f"/apis/scheduling.k8s.io/v1/priorityclasses/{priority}")
+
+
+def test_a_missing_pull_secret_is_named_and_never_holds_a_serving_pod(
+    cluster: E2ECluster,
+    namespace: str,
+    diag_operator: Operator,
+    nodes: Callable[[dict[str, Any]], str],
+) -> None:
+    """The pod runner shows the kubelet's ImagePullBackOff; a pod that pulls without the
+    secret (a public image) is Ready all the same."""
+    nodes(gpu_node(cluster, f"{namespace}-pull", 113, {"hedge.e2e/diag-ok": namespace}))
+    resources = {"gpus": 1, "gpuType": "diag-ok"}
+    pod = {"imagePullSecrets": [{"name": "registry-creds"}]}
+    failing = {**SIM, "sim.hedge.dev/container-state": "ImagePullBackOff"}
+    created = time.monotonic()
+    cluster.apply(
+        model_deployment(
+            "private", resources=resources, engine={"pod": pod, "podAnnotations": failing}
+        ),
+        namespace,
+    )
+    cluster.apply(model_deployment("public", resources=resources, engine={"pod": pod}), namespace)
+    ready = diagnosed(cluster, namespace, "private", "ImagePullSecretNotFound", created)
+    assert "'registry-creds' (spec.engine.pod.imagePullSecrets)" in ready["message"]
+    assert "ImagePullBackOff" in ready["message"]
+    wait_ready(cluster, namespace, "public", timeout=60)

@@ -51,6 +51,7 @@ from hedge_operator.provisioning.validation import (
     INVALID_SPEC,
     Problem,
     check_secrets,
+    missing_pull_secrets,
     validate_static,
 )
 from hedge_operator.reconcile import writer
@@ -218,6 +219,7 @@ class Reconciler:
         actions: list[Action] = []
         revision: str | None = None
         moved: Move | None = None
+        missing_pulls: tuple[str, ...] = ()
         replicas = 0
         if md is not None:
             replicas = autoscaling.effective_replicas(md, self._autoscaling(md, previous, mem, ""))
@@ -226,6 +228,7 @@ class Reconciler:
                 secrets, looked_up = await self._secrets.lookup(md)
                 requests += looked_up
                 problem = check_secrets(md, secrets)
+                missing_pulls = missing_pull_secrets(md, secrets)
             if problem is None:
                 revision = revision_of(md, self.config)
                 moved = await self._rollouts.move(md, meta, previous, observed, revision, replicas)
@@ -252,6 +255,7 @@ class Reconciler:
             autoscaling=self._autoscaling(md, previous, mem, now),
             fallback_budget=budget.current_status(md, previous, mem.fallback_budget),
             profile=self._profile(md),
+            missing_pull_secrets=missing_pulls,
         )
         events = list(moved.events if moved else [])
         events += transition_events(previous, status)

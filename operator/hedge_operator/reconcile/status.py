@@ -165,6 +165,28 @@ def gpu_shortage(
     )
 
 
+IMAGE_PULL_SECRET_NOT_FOUND = "ImagePullSecretNotFound"
+
+
+def pull_secret_problem(
+    md: ModelDeployment, missing: Sequence[str], problem: PodProblem | None
+) -> PodProblem | None:
+    """Pods not ready while a pull secret is missing: the secret is the likelier cause of
+    an image pull failure, or of nothing shown yet (kubelets say it only in an Event). Other
+    problems (a node, a crash) stay: a public image needs no secret. Serving pods are never
+    held back for it."""
+    if problem is not None and problem.reason != "ImagePullBackOff":
+        return problem
+    names = ", ".join(repr(n) for n in missing)
+    text = (
+        f"image pull secret(s) {names} (spec.engine.pod.imagePullSecrets) not found in "
+        f"namespace {md.namespace!r}: create them or drop the reference"
+    )
+    return PodProblem(
+        IMAGE_PULL_SECRET_NOT_FOUND, f"{text}; {problem.message}" if problem else text
+    )
+
+
 def replica_problem(revision: str | None, reason: str, message: str) -> PodProblem:
     """Pods the API server refused at creation: a missing priority class or service
     account named as such, else the ReplicaSet's own reason."""
@@ -190,6 +212,7 @@ def compute_status(
     autoscaling: Mapping[str, Any] | None = None,
     fallback_budget: Mapping[str, Any] | None = None,
     profile: AcceleratorProfile | None = None,
+    missing_pull_secrets: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The full `.status` for this generation. `md` None: the spec does not parse;
     `problem`: the spec-level problem (invalid spec, missing Secret, failed apply);
@@ -197,7 +220,8 @@ def compute_status(
     `rollout`/`report`: status.rollout and the conditions' view of the rollout (None: keep);
     `name_conflict`: an older ModelDeployment owns a name this one claims (Ready=False,
     Stalled=True); `autoscaling`/`fallback_budget`: those blocks as their loops said them;
-    `profile`: the engine pods' accelerator profile (what an Unschedulable pod is told in)."""
+    `profile`: the engine pods' accelerator profile (what an Unschedulable pod is told in);
+    `missing_pull_secrets`: spec.engine.pod.imagePullSecrets the lookup found absent."""
     before = read(ModelDeploymentStatus, previous)
     prev_conditions = {c.type: c for c in before.conditions}
     deployments = observed.deployment_summaries()
@@ -212,7 +236,9 @@ def compute_status(
         conditions = _problem_conditions(problem, cond)
     else:
         desired = md.spec.replicas if desired_replicas is None else desired_replicas
-        conditions = _conditions(md, desired, current, olds, observed, revision, cond, profile)
+        conditions = _conditions(
+            md, desired, current, olds, observed, revision, cond, profile, missing_pull_secrets
+        )
         conditions = _adjusted(conditions, report, revision, ready_replicas, name_conflict, cond)
     return write(
         ModelDeploymentStatus(
@@ -344,6 +370,7 @@ def _conditions(
     revision: str | None,
     cond: Cond,
     profile: AcceleratorProfile | None = None,
+    missing_pull_secrets: Sequence[str] = (),
 ) -> list[Condition]:
     available = current.available if current else 0
     total = sum(d.replicas for d in [*([current] if current else []), *olds])
@@ -357,6 +384,8 @@ def _conditions(
     if pod_problem is None and current is not None and current.replica_failure:
         # Pods refused at creation (admission, quota) never exist to show a problem.
         pod_problem = replica_problem(revision, *current.replica_failure)
+    if missing_pull_secrets and not at_capacity:
+        pod_problem = pull_secret_problem(md, missing_pull_secrets, pod_problem)
     if pod_problem is None and current is not None and current.deadline_exceeded:
         pod_problem = PodProblem("ProgressDeadlineExceeded", current.deadline_exceeded)
 

@@ -433,3 +433,51 @@ def test_an_untolerated_taint_is_named() -> None:
     (state, message) = _unschedulable(verdict, AMD)
     assert state == ("False", "UntoleratedTaint")
     assert "sku=gpu" in message and "spec.engine.pod.tolerations" in message
+
+
+def _pull(pod: dict[str, Any], missing: tuple[str, ...] = ("registry-creds",)) -> Any:
+    md = model()
+    dep = deployment_body("llama-rev-new", "rev-new", spec_replicas=1, ready=0)
+    ref = ObjectRef(md.name, md.namespace, md.generation)
+    status = compute_status(
+        ref,
+        md,
+        observed(dep, pods=[pod]),
+        revision="rev-new",
+        problem=None,
+        previous=None,
+        now=NOW,
+        missing_pull_secrets=missing,
+    )
+    return brief(status)["Ready"], conditions(status)["Ready"]["message"]
+
+
+def test_a_missing_pull_secret_is_named_when_the_pull_fails() -> None:
+    state, message = _pull(pod_body("p1", "rev-new", waiting="ImagePullBackOff"))
+    assert state == ("False", "ImagePullSecretNotFound")
+    assert "'registry-creds'" in message and "ImagePullBackOff" in message
+
+
+def test_a_missing_pull_secret_never_hides_another_problem_or_a_serving_pod() -> None:
+    state, _ = _pull(pod_body("p1", "rev-new", waiting="CrashLoopBackOff"))
+    assert state == ("False", "CrashLoopBackOff")
+    assert _pull(pod_body("p1", "rev-new", waiting="ImagePullBackOff"), ())[0][1] == (
+        "ImagePullBackOff"
+    )
+
+
+def test_serving_pods_are_ready_whatever_pull_secret_is_missing() -> None:
+    md = model()
+    dep = deployment_body("llama-rev-new", "rev-new", spec_replicas=1, ready=1)
+    ref = ObjectRef(md.name, md.namespace, md.generation)
+    status = compute_status(
+        ref,
+        md,
+        observed(dep, pods=[pod_body("p1", "rev-new", ready=True)]),
+        revision="rev-new",
+        problem=None,
+        previous=None,
+        now=NOW,
+        missing_pull_secrets=("registry-creds",),
+    )
+    assert brief(status)["Ready"] == ("True", "ReplicasReady")
