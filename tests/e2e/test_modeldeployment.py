@@ -264,20 +264,20 @@ def test_deleted_and_edited_children_are_repaired(
     assert any(f"Deployment {name}" in m for m in repaired)
 
 
-def test_absent_gpu_type_ends_degraded_unschedulable(
+def test_absent_gpu_type_ends_degraded_no_matching_nodes(
     cluster: E2ECluster, namespace: str, operator: Operator
 ) -> None:
     doc = fast(example("quickstart.yaml"))
     doc["metadata"]["name"] = "on-l4"
     doc["spec"]["resources"]["gpuType"] = "nvidia-l4"  # known type, but no such node here
     cluster.apply(doc, namespace)
-    md = wait_reason(cluster, namespace, "on-l4", "Degraded", "True", "Unschedulable")
-    assert "node" in condition(md, "Degraded")["message"]
+    md = wait_reason(cluster, namespace, "on-l4", "Degraded", "True", "NoMatchingNodes")
+    assert "no node matches accelerator profile 'nvidia-l4'" in condition(md, "Degraded")["message"]
     assert (condition(md, "Ready")["status"], condition(md, "Ready")["reason"]) == (
         "False",
-        "Unschedulable",
+        "NoMatchingNodes",
     )
-    assert ("Warning", "Unschedulable") in [
+    assert ("Warning", "NoMatchingNodes") in [
         (t, r) for t, r, _ in events(cluster, namespace, "on-l4")
     ]
 

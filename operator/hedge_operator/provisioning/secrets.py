@@ -20,7 +20,12 @@ from typing import Protocol
 from hedge_core.api import ModelDeployment
 from hedge_core.kube import TRANSIENT, Forbidden
 from hedge_operator.errors import RetryableError
-from hedge_operator.provisioning.validation import ProviderKeys, opted_in, secret_uses
+from hedge_operator.provisioning.validation import (
+    ProviderKeys,
+    opted_in,
+    pull_secret_names,
+    secret_uses,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +76,9 @@ class SecretKeys:
         """The keys of each Secret `md` names, and the API requests it took (0: cached).
         Raises RetryableError when the API server had trouble."""
         uses = secret_uses(md)
-        names = sorted({use.name for use in uses})
+        # Pull secrets are looked up only to say a missing one (never a reason to hold
+        # the spec back: a public image needs none).
+        names = sorted({use.name for use in uses} | set(pull_secret_names(md)))
         if not names:
             return {}, 0
         provider = {use.name for use in uses if use.provider_key}

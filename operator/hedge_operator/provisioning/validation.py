@@ -144,6 +144,19 @@ def secret_uses(md: ModelDeployment) -> list[SecretUse]:
     return uses
 
 
+def pull_secret_names(md: ModelDeployment) -> list[str]:
+    """spec.engine.pod.imagePullSecrets' names."""
+    return [ref.name for ref in md.spec.engine.pod.image_pull_secrets]
+
+
+def missing_pull_secrets(
+    md: ModelDeployment, secrets: Mapping[str, frozenset[str] | None]
+) -> tuple[str, ...]:
+    """The pull secrets the lookup found absent (not those it may not read: those are
+    passed on unchecked, as every Secret outside rbac.secretNamespaces)."""
+    return tuple(n for n in pull_secret_names(md) if n in secrets and secrets[n] is None)
+
+
 def opted_in(keys: frozenset[str] | None) -> bool:
     """Whether a Secret's keys (as the reader returned them) are those of an opted-in
     Secret."""

@@ -40,7 +40,8 @@ from hedge_operator.budget import windows as budget
 from hedge_operator.config import OperatorConfig
 from hedge_operator.errors import RetryableError
 from hedge_operator.events import WARNING, Dedup, Event
-from hedge_operator.provisioning.builders import revision_of
+from hedge_operator.placement.profiles import AcceleratorProfile
+from hedge_operator.provisioning.builders import accelerator_profile, revision_of
 from hedge_operator.provisioning.executor import ChildWriter, Executor
 from hedge_operator.provisioning.names import Claim, claim_of, conflict
 from hedge_operator.provisioning.observed import Observed, owned_only
@@ -50,6 +51,7 @@ from hedge_operator.provisioning.validation import (
     INVALID_SPEC,
     Problem,
     check_secrets,
+    missing_pull_secrets,
     validate_static,
 )
 from hedge_operator.reconcile import writer
@@ -217,6 +219,7 @@ class Reconciler:
         actions: list[Action] = []
         revision: str | None = None
         moved: Move | None = None
+        missing_pulls: tuple[str, ...] = ()
         replicas = 0
         if md is not None:
             replicas = autoscaling.effective_replicas(md, self._autoscaling(md, previous, mem, ""))
@@ -225,6 +228,7 @@ class Reconciler:
                 secrets, looked_up = await self._secrets.lookup(md)
                 requests += looked_up
                 problem = check_secrets(md, secrets)
+                missing_pulls = missing_pull_secrets(md, secrets)
             if problem is None:
                 revision = revision_of(md, self.config)
                 moved = await self._rollouts.move(md, meta, previous, observed, revision, replicas)
@@ -250,6 +254,8 @@ class Reconciler:
             name_conflict=None if mine is None else conflict(mine, self.claims()),
             autoscaling=self._autoscaling(md, previous, mem, now),
             fallback_budget=budget.current_status(md, previous, mem.fallback_budget),
+            profile=self._profile(md),
+            missing_pull_secrets=missing_pulls,
         )
         events = list(moved.events if moved else [])
         events += transition_events(previous, status)
@@ -269,6 +275,14 @@ class Reconciler:
             requests=requests,
             recheck_after=recheck,
         )
+
+    def _profile(self, md: ModelDeployment | None) -> AcceleratorProfile | None:
+        """The engine pods' accelerator profile, None when there is none to name (no GPUs,
+        an unknown gpuType: validation says so)."""
+        try:
+            return None if md is None else accelerator_profile(md, self.config)
+        except ValueError:
+            return None
 
     @staticmethod
     def _remember_capabilities(md: ModelDeployment | None, mem: _Memory) -> None:

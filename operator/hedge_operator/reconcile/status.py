@@ -25,8 +25,14 @@ from hedge_core.api import (
     RolloutStatus,
 )
 from hedge_core.statuses import read, write
-from hedge_operator.config import GPU_RESOURCE
 from hedge_operator.events import Event
+from hedge_operator.placement.diagnosis import (
+    INSUFFICIENT_GPUS,
+    creation_refusal,
+    diagnose,
+    parse_unschedulable,
+)
+from hedge_operator.placement.profiles import ANY_NVIDIA_GPU, AcceleratorProfile
 from hedge_operator.provisioning.builders import selector_string, service_url
 from hedge_operator.provisioning.names import MODEL_NAME_CONFLICT
 from hedge_operator.provisioning.observed import (
@@ -37,8 +43,6 @@ from hedge_operator.provisioning.observed import (
 )
 from hedge_operator.provisioning.validation import Problem
 from hedge_operator.rollout.convert import RolloutReport
-
-INSUFFICIENT_GPUS = "InsufficientGPUs"
 
 READY = "Ready"
 PROGRESSING = "Progressing"
@@ -108,32 +112,88 @@ def worst_pod_problem(observed: Observed, revision: str | None) -> PodProblem | 
     return worst
 
 
+def pod_selector_text(md: ModelDeployment) -> str:
+    """spec.engine.pod's own node selector (and that it has a node affinity), which the
+    scheduler ANDs with the profile's."""
+    pod = md.spec.engine.pod
+    parts = [f"{k}={v}" for k, v in sorted(pod.node_selector.items())]
+    affinity: Mapping[str, Any] = pod.affinity or {}
+    if affinity.get("nodeAffinity"):
+        parts.append("spec.engine.pod.affinity's node affinity")
+    return ",".join(parts)
+
+
 def gpu_shortage(
-    md: ModelDeployment, desired: int, observed: Observed, problem: PodProblem
+    md: ModelDeployment,
+    desired: int,
+    observed: Observed,
+    problem: PodProblem,
+    profile: AcceleratorProfile | None = None,
 ) -> PodProblem:
-    """Unschedulable engine pods that wait for GPUs, said as what is missing: how many
-    replicas, how many GPUs of which type, and who serves the overflow meanwhile."""
+    """Unschedulable engine pods said in the profile's terms: no node with its labels
+    (NoMatchingNodes), a taint not tolerated (UntoleratedTaint), or GPUs used up
+    (InsufficientGPUs: how many replicas, how many GPUs of which resource, and who serves
+    the overflow meanwhile). The scheduler's message is kept."""
     gpus = md.spec.resources.gpus
-    if gpus == 0 or GPU_RESOURCE not in problem.message:
+    causes = parse_unschedulable(problem.message)
+    if gpus == 0 or causes is None:
         return problem
+    profile = profile or ANY_NVIDIA_GPU
+    found = diagnose(causes, profile, pod_selector_text(md))
+    if found is None:
+        return problem
+    detail = problem.message.split(": ", 1)[-1]
+    if found.reason != INSUFFICIENT_GPUS:
+        return PodProblem(found.reason, f"{found.summary}: {problem.message}")
     waiting = sum(
         1
         for p in observed.pods
         if not p.deleting and p.problem is not None and p.problem.reason == "Unschedulable"
     )
-    kind = f" ({md.spec.resources.gpu_type})" if md.spec.resources.gpu_type else ""
+    named = profile.name or md.spec.resources.gpu_type
+    kind = f" ({named})" if named else ""
     fallback = md.spec.fallback
     overflow = (
         "the fallback serves the overflow"
         if fallback is not None and (fallback.on_overload or fallback.on_unavailable)
         else "requests queue at the ready replicas"
     )
-    detail = problem.message.split(": ", 1)[-1]
     return PodProblem(
         INSUFFICIENT_GPUS,
         f"{waiting} of {desired} replica(s) cannot be scheduled: {waiting * gpus} "
-        f"{GPU_RESOURCE}{kind} missing ({detail}); {overflow}",
+        f"{profile.resource}{kind} missing ({detail}); {overflow}",
     )
+
+
+IMAGE_PULL_SECRET_NOT_FOUND = "ImagePullSecretNotFound"
+
+
+def pull_secret_problem(
+    md: ModelDeployment, missing: Sequence[str], problem: PodProblem | None
+) -> PodProblem | None:
+    """Pods not ready while a pull secret is missing: the secret is the likelier cause of
+    an image pull failure, or of nothing shown yet (kubelets say it only in an Event). Other
+    problems (a node, a crash) stay: a public image needs no secret. Serving pods are never
+    held back for it."""
+    if problem is not None and problem.reason != "ImagePullBackOff":
+        return problem
+    names = ", ".join(repr(n) for n in missing)
+    text = (
+        f"image pull secret(s) {names} (spec.engine.pod.imagePullSecrets) not found in "
+        f"namespace {md.namespace!r}: create them or drop the reference"
+    )
+    return PodProblem(
+        IMAGE_PULL_SECRET_NOT_FOUND, f"{text}; {problem.message}" if problem else text
+    )
+
+
+def replica_problem(revision: str | None, reason: str, message: str) -> PodProblem:
+    """Pods the API server refused at creation: a missing priority class or service
+    account named as such, else the ReplicaSet's own reason."""
+    found = creation_refusal(message)
+    if found is not None:
+        return PodProblem(found.reason, f"{found.summary}: {message}")
+    return PodProblem(reason, f"engine pods of revision {revision}: {message}")
 
 
 def compute_status(
@@ -151,13 +211,17 @@ def compute_status(
     name_conflict: Problem | None = None,
     autoscaling: Mapping[str, Any] | None = None,
     fallback_budget: Mapping[str, Any] | None = None,
+    profile: AcceleratorProfile | None = None,
+    missing_pull_secrets: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The full `.status` for this generation. `md` None: the spec does not parse;
     `problem`: the spec-level problem (invalid spec, missing Secret, failed apply);
     `desired_replicas`: what the engine Deployments are sized to (default spec.replicas);
     `rollout`/`report`: status.rollout and the conditions' view of the rollout (None: keep);
     `name_conflict`: an older ModelDeployment owns a name this one claims (Ready=False,
-    Stalled=True); `autoscaling`/`fallback_budget`: those blocks as their loops said them."""
+    Stalled=True); `autoscaling`/`fallback_budget`: those blocks as their loops said them;
+    `profile`: the engine pods' accelerator profile (what an Unschedulable pod is told in);
+    `missing_pull_secrets`: spec.engine.pod.imagePullSecrets the lookup found absent."""
     before = read(ModelDeploymentStatus, previous)
     prev_conditions = {c.type: c for c in before.conditions}
     deployments = observed.deployment_summaries()
@@ -172,7 +236,9 @@ def compute_status(
         conditions = _problem_conditions(problem, cond)
     else:
         desired = md.spec.replicas if desired_replicas is None else desired_replicas
-        conditions = _conditions(md, desired, current, olds, observed, revision, cond)
+        conditions = _conditions(
+            md, desired, current, olds, observed, revision, cond, profile, missing_pull_secrets
+        )
         conditions = _adjusted(conditions, report, revision, ready_replicas, name_conflict, cond)
     return write(
         ModelDeploymentStatus(
@@ -303,6 +369,8 @@ def _conditions(
     observed: Observed,
     revision: str | None,
     cond: Cond,
+    profile: AcceleratorProfile | None = None,
+    missing_pull_secrets: Sequence[str] = (),
 ) -> list[Condition]:
     available = current.available if current else 0
     total = sum(d.replicas for d in [*([current] if current else []), *olds])
@@ -312,11 +380,12 @@ def _conditions(
 
     pod_problem = worst_pod_problem(observed, revision)
     if pod_problem is not None and pod_problem.reason == "Unschedulable":
-        pod_problem = gpu_shortage(md, desired, observed, pod_problem)
+        pod_problem = gpu_shortage(md, desired, observed, pod_problem, profile)
     if pod_problem is None and current is not None and current.replica_failure:
         # Pods refused at creation (admission, quota) never exist to show a problem.
-        reason, message = current.replica_failure
-        pod_problem = PodProblem(reason, f"engine pods of revision {revision}: {message}")
+        pod_problem = replica_problem(revision, *current.replica_failure)
+    if missing_pull_secrets and not at_capacity:
+        pod_problem = pull_secret_problem(md, missing_pull_secrets, pod_problem)
     if pod_problem is None and current is not None and current.deadline_exceeded:
         pod_problem = PodProblem("ProgressDeadlineExceeded", current.deadline_exceeded)
 

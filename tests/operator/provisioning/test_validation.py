@@ -136,3 +136,13 @@ def test_static_problems_come_before_secret_lookups() -> None:
         resources={"gpuType": "nvidia-b300"}, model={"credentialsSecretRef": {"name": "x"}}
     )
     assert reason_of(spec, {"x": None}) == UNKNOWN_GPU_TYPE
+
+
+def test_missing_pull_secrets_are_only_those_found_absent() -> None:
+    from hedge_operator.provisioning.secrets import UNCHECKED
+    from hedge_operator.provisioning.validation import missing_pull_secrets
+
+    pulls = [{"name": "gone"}, {"name": "here"}, {"name": "forbidden"}, {"name": "unlooked"}]
+    md = model(spec_with(engine={"pod": {"imagePullSecrets": pulls}}))
+    found = {"gone": None, "here": frozenset({".dockerconfigjson"}), "forbidden": UNCHECKED}
+    assert missing_pull_secrets(md, found) == ("gone",)

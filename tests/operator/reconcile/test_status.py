@@ -8,6 +8,7 @@ import pytest
 
 from hedge_core.api import ModelDeployment, ModelDeploymentStatus, parse
 from hedge_operator.config import OperatorConfig
+from hedge_operator.placement.profiles import AcceleratorProfile
 from hedge_operator.provisioning.builders import revision_of
 from hedge_operator.provisioning.observed import Observed, summarize_pod
 from hedge_operator.provisioning.validation import Problem
@@ -171,7 +172,7 @@ def test_rolling_out_a_new_revision() -> None:
                 unschedulable="0/3 nodes are available: 3 node(s) didn't "
                 "match Pod's node affinity/selector.",
             ),
-            "Unschedulable",
+            "NoMatchingNodes",
             "0/3 nodes",
         ),
     ],
@@ -344,3 +345,139 @@ def test_pods_the_api_server_refuses_to_create_show_at_once() -> None:
     assert brief(status)["Ready"] == ("False", "FailedCreate")
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert message in ready["message"]
+
+
+def _refused(message: str) -> dict[str, Any]:
+    dep = deployment_body("llama-rev-new", "rev-new", spec_replicas=1, ready=0)
+    dep["status"]["conditions"] = [
+        {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": message},
+    ]
+    return status_for(model(), observed(dep))
+
+
+@pytest.mark.parametrize(
+    ("message", "reason", "name"),
+    [
+        (
+            'pods "llama-rev-new-abc" is forbidden: no PriorityClass with name gold was found',
+            "PriorityClassNotFound",
+            "'gold'",
+        ),
+        (
+            'pods "llama-rev-new-abc" is forbidden: error looking up service account '
+            'default/robot: serviceaccount "robot" not found',
+            "ServiceAccountNotFound",
+            "'robot'",
+        ),
+    ],
+)
+def test_a_missing_priority_class_or_service_account_is_named(
+    message: str, reason: str, name: str
+) -> None:
+    status = _refused(message)
+    assert brief(status)["Ready"] == ("False", reason)
+    ready = conditions(status)["Ready"]["message"]
+    assert name in ready and message in ready
+
+
+SCHEDULER = (
+    "0/4 nodes are available: {}. preemption: 0/4 nodes are available: "
+    "4 Preemption is not helpful for scheduling."
+)
+
+
+def _unschedulable(verdict: str, profile: AcceleratorProfile | None, **spec: Any) -> Any:
+    md = model(spec_with(**spec)) if spec else model()
+    dep = deployment_body("llama-rev-new", "rev-new", spec_replicas=1, ready=0)
+    pod = pod_body("p1", "rev-new", unschedulable=SCHEDULER.format(verdict))
+    ref = ObjectRef(md.name, md.namespace, md.generation)
+    status = compute_status(
+        ref,
+        md,
+        observed(dep, pods=[pod]),
+        revision="rev-new",
+        problem=None,
+        previous=None,
+        now=NOW,
+        profile=profile,
+    )
+    return brief(status)["Ready"], conditions(status)["Ready"]["message"]
+
+
+AMD = AcceleratorProfile(
+    name="amd-mi300x", resource="amd.com/gpu", node_selector={"amd.com/gpu.product": "mi300x"}
+)
+
+
+def test_amd_gpus_used_up_are_counted_in_the_profiles_resource() -> None:
+    verdict = "1 Insufficient amd.com/gpu, 3 node(s) didn't match Pod's node affinity/selector"
+    (state, message) = _unschedulable(verdict, AMD)
+    assert state == ("False", "InsufficientGPUs")
+    assert "1 of 1 replica(s) cannot be scheduled: 1 amd.com/gpu (amd-mi300x) missing" in message
+    assert "didn't match Pod's node affinity/selector" in message  # the scheduler's own
+
+
+def test_no_node_with_the_profiles_labels() -> None:
+    verdict = "4 node(s) didn't match Pod's node affinity/selector"
+    (state, message) = _unschedulable(verdict, AMD)
+    assert state == ("False", "NoMatchingNodes")
+    assert "'amd-mi300x' (amd.com/gpu.product=mi300x)" in message
+    assert "0/4 nodes are available" in message and "pod p1" in message
+
+
+def test_an_untolerated_taint_is_named() -> None:
+    verdict = (
+        "1 node(s) had untolerated taint {sku: gpu}, "
+        "3 node(s) didn't match Pod's node affinity/selector"
+    )
+    (state, message) = _unschedulable(verdict, AMD)
+    assert state == ("False", "UntoleratedTaint")
+    assert "sku=gpu" in message and "spec.engine.pod.tolerations" in message
+
+
+def _pull(pod: dict[str, Any], missing: tuple[str, ...] = ("registry-creds",)) -> Any:
+    md = model()
+    dep = deployment_body("llama-rev-new", "rev-new", spec_replicas=1, ready=0)
+    ref = ObjectRef(md.name, md.namespace, md.generation)
+    status = compute_status(
+        ref,
+        md,
+        observed(dep, pods=[pod]),
+        revision="rev-new",
+        problem=None,
+        previous=None,
+        now=NOW,
+        missing_pull_secrets=missing,
+    )
+    return brief(status)["Ready"], conditions(status)["Ready"]["message"]
+
+
+def test_a_missing_pull_secret_is_named_when_the_pull_fails() -> None:
+    state, message = _pull(pod_body("p1", "rev-new", waiting="ImagePullBackOff"))
+    assert state == ("False", "ImagePullSecretNotFound")
+    assert "'registry-creds'" in message and "ImagePullBackOff" in message
+
+
+def test_a_missing_pull_secret_never_hides_another_problem_or_a_serving_pod() -> None:
+    state, _ = _pull(pod_body("p1", "rev-new", waiting="CrashLoopBackOff"))
+    assert state == ("False", "CrashLoopBackOff")
+    assert _pull(pod_body("p1", "rev-new", waiting="ImagePullBackOff"), ())[0][1] == (
+        "ImagePullBackOff"
+    )
+
+
+def test_serving_pods_are_ready_whatever_pull_secret_is_missing() -> None:
+    md = model()
+    dep = deployment_body("llama-rev-new", "rev-new", spec_replicas=1, ready=1)
+    ref = ObjectRef(md.name, md.namespace, md.generation)
+    status = compute_status(
+        ref,
+        md,
+        observed(dep, pods=[pod_body("p1", "rev-new", ready=True)]),
+        revision="rev-new",
+        problem=None,
+        previous=None,
+        now=NOW,
+        missing_pull_secrets=("registry-creds",),
+    )
+    assert brief(status)["Ready"] == ("True", "ReplicasReady")
