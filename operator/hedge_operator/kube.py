@@ -155,6 +155,26 @@ class Kube:
         body.clear()
         return ProviderKeys(keys) if labels.get(PROVIDER_KEY_LABEL) == "true" else keys
 
+    async def list_nodes(self) -> list[dict[str, Any]]:
+        """Every node's labels and taints (nothing else is kept), in pages of 500."""
+        out: list[dict[str, Any]] = []
+        params: dict[str, str] = {"limit": "500"}
+        while True:
+            body = await self.client.request(
+                "GET", "/api/v1/nodes", params=params, resource="nodes"
+            )
+            for node in body.get("items") or []:
+                out.append(
+                    {
+                        "labels": dict((node.get("metadata") or {}).get("labels") or {}),
+                        "taints": list((node.get("spec") or {}).get("taints") or []),
+                    }
+                )
+            token = (body.get("metadata") or {}).get("continue")
+            if not token:
+                return out
+            params = {"limit": "500", "continue": str(token)}
+
     # ------------------------------------------------------------------ the resource
 
     async def get_crd(self) -> dict[str, Any] | None:

@@ -274,7 +274,7 @@ async def serve(args: argparse.Namespace, config: OperatorConfig) -> int:
     rt = Runtime(
         config=config,
         kube=kube,
-        reconciler=Reconciler(kube, config),
+        reconciler=Reconciler(kube, config, nodes=kube),
         watch_timeout=args.watch_timeout,
         dataplane=DataPlane(
             kube, gateway_service=args.gateway_service, gateway_urls=args.gateway_metrics_url

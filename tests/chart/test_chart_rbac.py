@@ -105,7 +105,10 @@ def test_no_wildcards_and_no_privilege_escalation(render: Render) -> None:
             for rule in role["rules"]:
                 for field in ("apiGroups", "resources", "verbs", "resourceNames"):
                     assert "*" not in rule.get(field, []), (name, role["metadata"]["name"], rule)
-                assert not set(rule["resources"]) & dangerous_resources, (name, rule)
+                resources = set(rule["resources"])
+                if rule["verbs"] == ["list"] and rule.get("apiGroups") == [""]:
+                    resources -= {"nodes"}  # the operator's read-only scheduling diagnosis
+                assert not resources & dangerous_resources, (name, rule)
                 # `update` only on a finalizers subresource (what blockOwnerDeletion needs).
                 finalizers_only = all(r.endswith("/finalizers") for r in rule["resources"])
                 verbs = set(rule["verbs"]) - ({"update"} if finalizers_only else set())
@@ -133,6 +136,23 @@ def test_cluster_wide_install_grants_what_each_component_needs(render: Render) -
         assert allowed(manifests, OPERATOR, Request(verb, "kopf.dev", "clusterkopfpeerings", None))
     assert allowed(
         manifests, OPERATOR, Request("patch", "kopf.dev", "clusterkopfpeerings", None, "hedge")
+    )
+    # Nodes: the operator lists them (the scheduling diagnosis), nothing more; the gateway not.
+    assert allowed(manifests, OPERATOR, Request("list", "", "nodes", None))
+    for verb in ("get", "watch", "patch", "create", "delete"):
+        assert not allowed(manifests, OPERATOR, Request(verb, "", "nodes", None))
+    assert not allowed(manifests, GATEWAY, Request("list", "", "nodes", None))
+
+
+def test_read_nodes_false_takes_node_access_away(render: Render) -> None:
+    manifests = render(
+        CHART / "ci" / "default-values.yaml", set_values=("operator.readNodes=false",)
+    )
+    assert not allowed(manifests, OPERATOR, Request("list", "", "nodes", None))
+    assert allowed(
+        manifests,
+        OPERATOR,
+        Request("list", "apiextensions.k8s.io", "customresourcedefinitions", None),
     )
 
 
@@ -230,7 +250,8 @@ def test_namespaced_install_stays_in_its_namespaces(render: Render) -> None:
         assert not allowed(manifests, OPERATOR, Request(verb, group, resource, ANY_NAMESPACE))
     for verb, group, resource in GATEWAY_NEEDS:
         assert not allowed(manifests, GATEWAY, Request(verb, group, resource, ANY_NAMESPACE))
-    # The only cluster-wide grants are kopf's read-only discovery of CRDs and namespaces. (The
+    # The only cluster-wide grants are read-only: kopf's discovery of CRDs and namespaces,
+    # and the nodes' labels and taints for the scheduling diagnosis. (The
     # aggregated hedge-view/hedge-edit ClusterRoles are bound to no one: they add
     # ModelDeployment access to the view/edit roles people already hold per namespace.)
     bound = {b["roleRef"]["name"] for b in by_kind(manifests, "ClusterRoleBinding")}
@@ -241,7 +262,8 @@ def test_namespaced_install_stays_in_its_namespaces(render: Render) -> None:
             assert {g for r in role["rules"] for g in r["apiGroups"]} == {"hedge.dev"}
             continue
         for rule in role["rules"]:
-            assert set(rule["resources"]) <= {"customresourcedefinitions", "namespaces"}, rule
+            allowed_kinds = {"customresourcedefinitions", "namespaces", "nodes"}
+            assert set(rule["resources"]) <= allowed_kinds, rule
             assert set(rule["verbs"]) <= {"get", "list", "watch"}, rule
     assert not allowed(
         manifests, OPERATOR, Request("list", "kopf.dev", "clusterkopfpeerings", None)

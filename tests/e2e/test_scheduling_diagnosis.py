@@ -114,6 +114,8 @@ def test_an_untolerated_taint_then_its_toleration(
     ready = diagnosed(cluster, namespace, "tainted", "UntoleratedTaint", created)
     assert "spec.engine.pod.tolerations" in ready["message"]
     assert "untolerated taint" in ready["message"]  # the scheduler's own words
+    # The scheduler does not name the taint; the nodes the operator lists do.
+    assert "hedge.e2e/sku=gpu:NoSchedule" in ready["message"]
     toleration = {"key": "hedge.e2e/sku", "operator": "Equal", "value": "gpu",
                   "effect": "NoSchedule"}  # fmt: skip
     fixed = model_deployment(

@@ -56,6 +56,13 @@ them. No wildcards: every rule names its verbs and resources.
 
 {{/* Operator: cluster-scoped reads kopf needs in every mode. */}}
 {{- define "hedge.operator.clusterRules" -}}
+# Nodes' labels and taints, read only while an engine pod cannot be scheduled, to say why
+# (NoMatchingNodes, UntoleratedTaint naming the taint; docs/placement.md).
+{{- if .Values.operator.readNodes }}
+- apiGroups: [""]
+  resources: ["nodes"]
+  verbs: ["list"]
+{{- end }}
 # kopf discovers the resources it serves and notices CRDs that appear or go (read only).
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]

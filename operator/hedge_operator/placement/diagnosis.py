@@ -10,10 +10,11 @@ counts say which it is. The scheduler's own message is always kept in the condit
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from hedge_operator.placement.profiles import AcceleratorProfile
+from hedge_operator.placement.profiles import AcceleratorProfile, matches, tolerates
 
 NO_MATCHING_NODES = "NoMatchingNodes"
 INSUFFICIENT_GPUS = "InsufficientGPUs"
@@ -103,10 +104,56 @@ class Diagnosis:
     summary: str
 
 
+@dataclass(frozen=True)
+class NodeCensus:
+    """What the cluster's nodes say about the pods of one profile (when the operator may
+    list nodes): the scheduler's message counts each node once, by the first filter it
+    failed (taints before labels), so only the nodes themselves tell "no node has the
+    labels" from "the labelled nodes carry a taint", and which taint."""
+
+    #: Nodes whose labels satisfy the profile's selector/affinity and spec.engine.pod's.
+    matching: int
+    #: Taints (`key=value:effect`) of those nodes the pods do not tolerate.
+    untolerated: tuple[str, ...] = ()
+
+
+def node_census(
+    nodes: Iterable[Mapping[str, Any]],
+    profile: AcceleratorProfile,
+    pod_node_selector: Mapping[str, str],
+    pod_node_affinity: Mapping[str, Any] | None,
+    tolerations: Sequence[Mapping[str, Any]],
+) -> NodeCensus:
+    """Count the nodes the pods could go to by labels, and the taints that keep them off.
+    `nodes`: `{"labels": {...}, "taints": [...]}` per node (Kube.list_nodes)."""
+    spec = AcceleratorProfile(
+        name="", node_selector=pod_node_selector, node_affinity=pod_node_affinity
+    )
+    matching = 0
+    untolerated: set[str] = set()
+    for node in nodes:
+        labels = node.get("labels") or {}
+        if not (matches(profile, labels) and matches(spec, labels)):
+            continue
+        matching += 1
+        for taint in node.get("taints") or []:
+            blocking = taint.get("effect") in ("NoSchedule", "NoExecute")
+            if blocking and not tolerates(tolerations, taint):
+                untolerated.add(_taint_name(taint))
+    return NodeCensus(matching, tuple(sorted(untolerated)))
+
+
+def _taint_name(taint: Mapping[str, Any]) -> str:
+    """A taint as kubectl taint writes it: `key=value:effect` (`key:effect` without one)."""
+    value = f"={taint['value']}" if taint.get("value") else ""
+    return f"{taint.get('key', '')}{value}:{taint.get('effect', '')}"
+
+
 def diagnose(
     causes: SchedulingCauses,
     profile: AcceleratorProfile,
     pod_selector: str = "",
+    census: NodeCensus | None = None,
 ) -> Diagnosis | None:
     """The most useful reason: nodes with the labels exist but are full (InsufficientGPUs)
     before a taint, before no matching node at all; None: a cause Hedge has no advice for
@@ -115,6 +162,10 @@ def diagnose(
     wanted = profile.selector_text() + (f", and {pod_selector}" if pod_selector else "")
     short = causes.insufficient.get(profile.resource, 0)
     others = _others(causes, profile.resource)
+    if census is not None:
+        found = _by_census(census, named, wanted, short)
+        if found is not None:
+            return found
     if short:
         return Diagnosis(INSUFFICIENT_GPUS, f"{short} node(s) match but lack {profile.resource}")
     if causes.tainted:
@@ -129,6 +180,21 @@ def diagnose(
         )
     if causes.total and causes.selector == causes.total:
         return Diagnosis(NO_MATCHING_NODES, f"no node matches {named} ({wanted})")
+    return None
+
+
+def _by_census(census: NodeCensus, named: str, wanted: str, short: int) -> Diagnosis | None:
+    """What the nodes themselves show: none with the labels, or the labelled ones tainted;
+    None: they match and tolerate (the scheduler's counts say the rest)."""
+    if census.matching == 0:
+        return Diagnosis(NO_MATCHING_NODES, f"no node matches {named} ({wanted})")
+    if census.untolerated and not short:
+        return Diagnosis(
+            UNTOLERATED_TAINT,
+            f"{census.matching} node(s) match {named} ({wanted}) but have taint(s) the pods "
+            f"do not tolerate: {', '.join(census.untolerated)}; tolerate them in "
+            "spec.engine.pod.tolerations or the profile's tolerations",
+        )
     return None
 
 

@@ -40,6 +40,9 @@ from hedge_operator.budget import windows as budget
 from hedge_operator.config import OperatorConfig
 from hedge_operator.errors import RetryableError
 from hedge_operator.events import WARNING, Dedup, Event
+from hedge_operator.placement.diagnosis import NodeCensus, node_census
+from hedge_operator.placement.nodes import NodeCache, NodeLister
+from hedge_operator.placement.pod import tolerations as placement_tolerations
 from hedge_operator.placement.profiles import AcceleratorProfile
 from hedge_operator.provisioning.builders import accelerator_profile, revision_of
 from hedge_operator.provisioning.executor import ChildWriter, Executor
@@ -113,6 +116,7 @@ class Reconciler:
         now: Callable[[], str] = utc_now,
         wall: Callable[[], float] = time.time,
         revisions: RevisionSource | None = None,
+        nodes: NodeLister | None = None,
     ) -> None:
         self.kube = kube
         self.config = config
@@ -120,6 +124,9 @@ class Reconciler:
         self._now = now
         self._memory: dict[str, _Memory] = {}
         self._secrets = SecretKeys(kube, clock)
+        #: Node labels and taints for the diagnosis of unschedulable pods (None: the
+        #: scheduler's message alone).
+        self._nodes = NodeCache(nodes, clock) if nodes is not None else None
         self._executor = Executor(kube, clock)
         self._rollouts = RolloutDriver(wall, now, revisions)
         #: The model names every ModelDeployment in the operator's scope claims (the
@@ -238,6 +245,8 @@ class Reconciler:
                 problem = await self._executor.execute(md, actions)
                 requests += len(actions)
 
+        census, listed = await self._census(md, observed)
+        requests += listed
         now = self._now()
         mine = claim_of(body) if md is not None and problem is None else None
         status = compute_status(
@@ -256,6 +265,7 @@ class Reconciler:
             fallback_budget=budget.current_status(md, previous, mem.fallback_budget),
             profile=self._profile(md),
             missing_pull_secrets=missing_pulls,
+            census=census,
         )
         events = list(moved.events if moved else [])
         events += transition_events(previous, status)
@@ -275,6 +285,31 @@ class Reconciler:
             requests=requests,
             recheck_after=recheck,
         )
+
+    async def _census(
+        self, md: ModelDeployment | None, observed: Observed
+    ) -> tuple[NodeCensus | None, int]:
+        """What the nodes show about the engine pods, only while one of them is
+        Unschedulable (the census and the API requests it took)."""
+        profile = self._profile(md)
+        waiting = any(
+            p.problem is not None and p.problem.reason == "Unschedulable" for p in observed.pods
+        )
+        if self._nodes is None or md is None or profile is None or not waiting:
+            return None, 0
+        nodes, requests = await self._nodes.nodes()
+        if nodes is None:
+            return None, requests
+        pod = md.spec.engine.pod
+        affinity: Mapping[str, Any] = pod.affinity or {}
+        census = node_census(
+            nodes,
+            profile,
+            pod.node_selector,
+            affinity.get("nodeAffinity"),
+            placement_tolerations(md, profile),
+        )
+        return census, requests
 
     def _profile(self, md: ModelDeployment | None) -> AcceleratorProfile | None:
         """The engine pods' accelerator profile, None when there is none to name (no GPUs,

@@ -28,6 +28,7 @@ from hedge_core.statuses import read, write
 from hedge_operator.events import Event
 from hedge_operator.placement.diagnosis import (
     INSUFFICIENT_GPUS,
+    NodeCensus,
     creation_refusal,
     diagnose,
     parse_unschedulable,
@@ -129,6 +130,7 @@ def gpu_shortage(
     observed: Observed,
     problem: PodProblem,
     profile: AcceleratorProfile | None = None,
+    census: NodeCensus | None = None,
 ) -> PodProblem:
     """Unschedulable engine pods said in the profile's terms: no node with its labels
     (NoMatchingNodes), a taint not tolerated (UntoleratedTaint), or GPUs used up
@@ -139,7 +141,7 @@ def gpu_shortage(
     if gpus == 0 or causes is None:
         return problem
     profile = profile or ANY_NVIDIA_GPU
-    found = diagnose(causes, profile, pod_selector_text(md))
+    found = diagnose(causes, profile, pod_selector_text(md), census)
     if found is None:
         return problem
     detail = problem.message.split(": ", 1)[-1]
@@ -213,6 +215,7 @@ def compute_status(
     fallback_budget: Mapping[str, Any] | None = None,
     profile: AcceleratorProfile | None = None,
     missing_pull_secrets: Sequence[str] = (),
+    census: NodeCensus | None = None,
 ) -> dict[str, Any]:
     """The full `.status` for this generation. `md` None: the spec does not parse;
     `problem`: the spec-level problem (invalid spec, missing Secret, failed apply);
@@ -221,7 +224,8 @@ def compute_status(
     `name_conflict`: an older ModelDeployment owns a name this one claims (Ready=False,
     Stalled=True); `autoscaling`/`fallback_budget`: those blocks as their loops said them;
     `profile`: the engine pods' accelerator profile (what an Unschedulable pod is told in);
-    `missing_pull_secrets`: spec.engine.pod.imagePullSecrets the lookup found absent."""
+    `missing_pull_secrets`: spec.engine.pod.imagePullSecrets the lookup found absent;
+    `census`: what the nodes show about the profile's pods (None: not listed)."""
     before = read(ModelDeploymentStatus, previous)
     prev_conditions = {c.type: c for c in before.conditions}
     deployments = observed.deployment_summaries()
@@ -237,7 +241,16 @@ def compute_status(
     else:
         desired = md.spec.replicas if desired_replicas is None else desired_replicas
         conditions = _conditions(
-            md, desired, current, olds, observed, revision, cond, profile, missing_pull_secrets
+            md,
+            desired,
+            current,
+            olds,
+            observed,
+            revision,
+            cond,
+            profile,
+            missing_pull_secrets,
+            census,
         )
         conditions = _adjusted(conditions, report, revision, ready_replicas, name_conflict, cond)
     return write(
@@ -371,6 +384,7 @@ def _conditions(
     cond: Cond,
     profile: AcceleratorProfile | None = None,
     missing_pull_secrets: Sequence[str] = (),
+    census: NodeCensus | None = None,
 ) -> list[Condition]:
     available = current.available if current else 0
     total = sum(d.replicas for d in [*([current] if current else []), *olds])
@@ -380,7 +394,7 @@ def _conditions(
 
     pod_problem = worst_pod_problem(observed, revision)
     if pod_problem is not None and pod_problem.reason == "Unschedulable":
-        pod_problem = gpu_shortage(md, desired, observed, pod_problem, profile)
+        pod_problem = gpu_shortage(md, desired, observed, pod_problem, profile, census)
     if pod_problem is None and current is not None and current.replica_failure:
         # Pods refused at creation (admission, quota) never exist to show a problem.
         pod_problem = replica_problem(revision, *current.replica_failure)

@@ -9,8 +9,10 @@ from hedge_operator.placement.diagnosis import (
     PRIORITY_CLASS_NOT_FOUND,
     SERVICE_ACCOUNT_NOT_FOUND,
     UNTOLERATED_TAINT,
+    NodeCensus,
     creation_refusal,
     diagnose,
+    node_census,
     parse_unschedulable,
 )
 from hedge_operator.placement.profiles import AMD_GPU, AcceleratorProfile
@@ -139,3 +141,82 @@ def test_v134_wording_with_the_dra_note() -> None:
     assert "not named by the scheduler" in found.summary
     assert "cloud.google.com/gke-accelerator=nvidia-l4" in found.summary  # which labels
     assert "1 do not match the node selector/affinity" in found.summary
+
+
+# --------------------------------------------------------------------------- nodes
+
+GKE_L4_NODE = {
+    "labels": {"cloud.google.com/gke-accelerator": "nvidia-l4", "kubernetes.io/os": "linux"},
+    "taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}],
+}
+NVIDIA_NODE = {
+    "labels": {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"},
+    "taints": [{"key": "nvidia.com/gpu", "effect": "NoSchedule"}],
+}
+CPU_NODE = {"labels": {"kubernetes.io/os": "linux"}, "taints": []}
+NVIDIA_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+# The scheduler counts a tainted node by its taint even when it lacks the labels.
+TAINTED_ELSEWHERE = (
+    "0/2 nodes are available: 1 node(s) had untolerated taint(s), 1 node(s) didn't match "
+    "Pod's node affinity/selector. preemption: 0/2 nodes are available: 2 Preemption is not "
+    "helpful for scheduling."
+)
+
+
+def test_census_counts_nodes_with_the_labels_and_their_untolerated_taints() -> None:
+    census = node_census([GKE_L4_NODE, NVIDIA_NODE, CPU_NODE], L4, {}, None, ())
+    assert census == NodeCensus(1, ("nvidia.com/gpu=present:NoSchedule",))
+    tolerated = node_census([GKE_L4_NODE, CPU_NODE], L4, {}, None, [NVIDIA_TOLERATION])
+    assert tolerated == NodeCensus(1, ())
+
+
+def test_census_ands_the_specs_selector_and_affinity() -> None:
+    assert node_census([GKE_L4_NODE], L4, {"pool": "a"}, None, ()).matching == 0
+    zone = {
+        "requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [
+                {
+                    "matchExpressions": [
+                        {"key": "kubernetes.io/os", "operator": "In", "values": ["linux"]}
+                    ]
+                }
+            ]
+        }
+    }
+    assert node_census([GKE_L4_NODE, CPU_NODE], L4, {}, zone, ()).matching == 1
+
+
+def test_prefer_no_schedule_does_not_block() -> None:
+    soft = {"labels": GKE_L4_NODE["labels"], "taints": [{"key": "x", "effect": "PreferNoSchedule"}]}
+    assert node_census([soft], L4, {}, None, ()).untolerated == ()
+
+
+def test_nodes_tell_no_matching_node_from_a_taint_elsewhere() -> None:
+    """An AMD profile on a cluster of tainted NVIDIA nodes: the scheduler says "taint",
+    the nodes say no node has the labels."""
+    causes = parse_unschedulable(TAINTED_ELSEWHERE)
+    assert causes is not None
+    census = node_census([NVIDIA_NODE, CPU_NODE], MI300X, {}, None, ())
+    found = diagnose(causes, MI300X, "", census)
+    assert found is not None and found.reason == NO_MATCHING_NODES
+    assert "amd.com/gpu.product=mi300x" in found.summary
+    # Without the nodes, the scheduler's message alone cannot tell.
+    guess = diagnose(causes, MI300X, "")
+    assert guess is not None and guess.reason == UNTOLERATED_TAINT
+
+
+def test_nodes_name_the_taint_the_scheduler_does_not() -> None:
+    causes = parse_unschedulable(TAINTED_ELSEWHERE)
+    assert causes is not None
+    census = node_census([GKE_L4_NODE, CPU_NODE], L4, {}, None, ())
+    found = diagnose(causes, L4, "", census)
+    assert found is not None and found.reason == UNTOLERATED_TAINT
+    assert "nvidia.com/gpu=present:NoSchedule" in found.summary
+    assert "1 node(s) match" in found.summary
+
+
+def test_full_matching_nodes_stay_insufficient_with_a_census() -> None:
+    causes = parse_unschedulable(MIXED)
+    assert causes is not None
+    found = diagnose(causes, L4, "", NodeCensus(2, ()))
+    assert found is not None and found.reason == INSUFFICIENT_GPUS
