@@ -27,6 +27,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="additional 8-GPU A100 nodes (for scale benchmarks)",
     )
+    cluster.add_argument(
+        "--platform-nodes",
+        action="store_true",
+        help="add GPU nodes shaped like GKE, EKS, AKS, the NVIDIA and AMD GPU operators "
+        "(docs/placement.md)",
+    )
 
     tools_p = sub.add_parser("tools", help="build/unpack the cluster binaries into the cache")
     tools_p.add_argument("names", nargs="*", default=list(tools.ALL_TOOLS))
@@ -75,6 +81,10 @@ def run(args: argparse.Namespace) -> int:
     cluster = LocalCluster(args.name)
     if args.action == "up":
         nodes = [*DEFAULT_NODES, *gpu_nodes(args.extra_gpu_nodes)]
+        if args.platform_nodes:
+            from hedge_dev.platforms import platform_nodes
+
+            nodes += platform_nodes()
         try:
             kubeconfig = cluster.up(nodes, timeout=args.timeout)
         except (ClusterError, tools.ToolError) as exc:

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,10 @@ class ClusterError(RuntimeError):
 
 @dataclass(frozen=True)
 class NodeSpec:
-    """A kwok-simulated node; GPU nodes carry capacity, the GFD product label and a taint."""
+    """A kwok-simulated node; GPU nodes carry capacity, the GFD product label and a taint.
+
+    `labels`, `taints` and `resources` add to that, so a node can look like another
+    platform's GPU node (hedge_dev.platforms) without the GFD defaults."""
 
     name: str
     subnet: int  # third octet (1-126) of the node's pod CIDR, 127.<cluster octet>.<subnet>.0/24
@@ -55,6 +58,10 @@ class NodeSpec:
     gpus: int = 0
     cpu: str = "64"
     memory: str = "512Gi"
+    labels: Mapping[str, str] = field(default_factory=dict, hash=False)
+    taints: tuple[Mapping[str, str], ...] = field(default=(), hash=False)
+    #: Extended resources (capacity and allocatable), e.g. {"amd.com/gpu": "8"}.
+    resources: Mapping[str, str] = field(default_factory=dict, hash=False)
 
     def manifest(self, cluster_octet: int) -> dict[str, Any]:
         pod_cidr = f"127.{cluster_octet}.{self.subnet}.0/24"
@@ -77,6 +84,9 @@ class NodeSpec:
             labels["nvidia.com/gpu.present"] = "true"
             resources["nvidia.com/gpu"] = str(self.gpus)
             taints.append(dict(GPU_TAINT))
+        labels.update(self.labels)
+        taints.extend(dict(t) for t in self.taints)
+        resources.update(self.resources)
         return {
             "apiVersion": "v1",
             "kind": "Node",
