@@ -15,6 +15,7 @@ node" hold for those two as for the rest.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -132,12 +133,13 @@ def test_without_its_node_a_profile_says_no_matching_nodes(
     message names the selector (kubectl syntax) the pods are waiting for; within 30 s."""
     profiles = BATCHES[platform]
     with default_nodes_unmatched(cluster, profiles):
+        created = time.monotonic()
         create_mds(cluster, namespace, profiles)
         for name in profiles:
             profile = PROFILES[name]
-            ready = wait_for(
+            ready = wait_for(  # 30 s from creation, for the last profile of the batch too
                 lambda p=profile: no_matching_nodes(cluster, namespace, p),
-                30,
+                max(0.5, created + 30 - time.monotonic()),
                 f"{md_name(name)} Ready=False NoMatchingNodes",
             )
             assert ready["status"] == "False"
