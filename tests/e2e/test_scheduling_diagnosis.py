@@ -184,5 +184,13 @@ def test_a_missing_pull_secret_is_named_and_never_holds_a_serving_pod(
     cluster.apply(model_deployment("public", resources=resources, engine={"pod": pod}), namespace)
     ready = diagnosed(cluster, namespace, "private", "ImagePullSecretNotFound", created)
     assert "'registry-creds' (spec.engine.pod.imagePullSecrets)" in ready["message"]
-    assert "ImagePullBackOff" in ready["message"]
+
+    def with_the_pull_failure() -> dict[str, Any] | None:
+        # The secret is named as soon as the pod is not ready; the kubelet's
+        # ImagePullBackOff joins the message once the pod shows it.
+        now = condition(get_md(cluster, namespace, "private"), "Ready")
+        return now if "ImagePullBackOff" in now.get("message", "") else None
+
+    ready = wait_for(with_the_pull_failure, 30, "the pod's ImagePullBackOff in the message")
+    assert ready["reason"] == "ImagePullSecretNotFound"
     wait_ready(cluster, namespace, "public", timeout=60)

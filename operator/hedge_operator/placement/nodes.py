@@ -1,6 +1,7 @@
-"""The nodes' labels and taints, listed only while an engine pod cannot be scheduled (to
-say why: NoMatchingNodes, UntoleratedTaint naming the taint) and kept a few seconds, so a
-burst of reconciles of unschedulable ModelDeployments costs one list.
+"""Does I/O (through the lister it is given): the nodes' labels and taints, listed only
+while an engine pod cannot be scheduled (to say why: NoMatchingNodes, UntoleratedTaint
+naming the taint) and kept a few seconds, so a burst of reconciles of unschedulable
+ModelDeployments costs one list.
 
 Without the RBAC to list nodes (a chart with rbac.create false, a locked-down install) the
 diagnosis falls back to the scheduler's message alone; the refusal is remembered for a

@@ -61,6 +61,7 @@ from hedge_operator.reconcile import writer
 from hedge_operator.reconcile.outcome import Outcome
 from hedge_operator.reconcile.status import (
     ObjectRef,
+    PlacementFacts,
     compute_status,
     status_patch,
     transition_events,
@@ -263,9 +264,7 @@ class Reconciler:
             name_conflict=None if mine is None else conflict(mine, self.claims()),
             autoscaling=self._autoscaling(md, previous, mem, now),
             fallback_budget=budget.current_status(md, previous, mem.fallback_budget),
-            profile=self._profile(md),
-            missing_pull_secrets=missing_pulls,
-            census=census,
+            placement=PlacementFacts(self._profile(md), missing_pulls, census),
         )
         events = list(moved.events if moved else [])
         events += transition_events(previous, status)

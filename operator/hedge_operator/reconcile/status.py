@@ -198,6 +198,20 @@ def replica_problem(revision: str | None, reason: str, message: str) -> PodProbl
     return PodProblem(reason, f"engine pods of revision {revision}: {message}")
 
 
+@dataclass(frozen=True)
+class PlacementFacts:
+    """What engine pods that cannot start are explained with: their accelerator profile
+    (an Unschedulable pod is told in its terms), spec.engine.pod.imagePullSecrets the
+    lookup found absent, and what the nodes show (None: not listed)."""
+
+    profile: AcceleratorProfile | None = None
+    missing_pull_secrets: Sequence[str] = ()
+    census: NodeCensus | None = None
+
+
+NO_PLACEMENT_FACTS = PlacementFacts()
+
+
 def compute_status(
     ref: ObjectRef,
     md: ModelDeployment | None,
@@ -213,9 +227,7 @@ def compute_status(
     name_conflict: Problem | None = None,
     autoscaling: Mapping[str, Any] | None = None,
     fallback_budget: Mapping[str, Any] | None = None,
-    profile: AcceleratorProfile | None = None,
-    missing_pull_secrets: Sequence[str] = (),
-    census: NodeCensus | None = None,
+    placement: PlacementFacts = NO_PLACEMENT_FACTS,
 ) -> dict[str, Any]:
     """The full `.status` for this generation. `md` None: the spec does not parse;
     `problem`: the spec-level problem (invalid spec, missing Secret, failed apply);
@@ -223,9 +235,7 @@ def compute_status(
     `rollout`/`report`: status.rollout and the conditions' view of the rollout (None: keep);
     `name_conflict`: an older ModelDeployment owns a name this one claims (Ready=False,
     Stalled=True); `autoscaling`/`fallback_budget`: those blocks as their loops said them;
-    `profile`: the engine pods' accelerator profile (what an Unschedulable pod is told in);
-    `missing_pull_secrets`: spec.engine.pod.imagePullSecrets the lookup found absent;
-    `census`: what the nodes show about the profile's pods (None: not listed)."""
+    `placement`: what pods that cannot start are explained with (PlacementFacts)."""
     before = read(ModelDeploymentStatus, previous)
     prev_conditions = {c.type: c for c in before.conditions}
     deployments = observed.deployment_summaries()
@@ -240,18 +250,7 @@ def compute_status(
         conditions = _problem_conditions(problem, cond)
     else:
         desired = md.spec.replicas if desired_replicas is None else desired_replicas
-        conditions = _conditions(
-            md,
-            desired,
-            current,
-            olds,
-            observed,
-            revision,
-            cond,
-            profile,
-            missing_pull_secrets,
-            census,
-        )
+        conditions = _conditions(md, desired, current, olds, observed, revision, cond, placement)
         conditions = _adjusted(conditions, report, revision, ready_replicas, name_conflict, cond)
     return write(
         ModelDeploymentStatus(
@@ -374,6 +373,29 @@ def _kstatus_conditions(conditions: list[Condition], cond: Cond) -> list[Conditi
     ]
 
 
+def _pod_problem(
+    md: ModelDeployment,
+    desired: int,
+    current: DeploymentSummary | None,
+    observed: Observed,
+    revision: str | None,
+    at_capacity: bool,
+    placement: PlacementFacts,
+) -> PodProblem | None:
+    """Why the current revision's pods do not serve, said as specifically as is known."""
+    problem = worst_pod_problem(observed, revision)
+    if problem is not None and problem.reason == "Unschedulable":
+        problem = gpu_shortage(md, desired, observed, problem, placement.profile, placement.census)
+    if problem is None and current is not None and current.replica_failure:
+        # Pods refused at creation (admission, quota) never exist to show a problem.
+        problem = replica_problem(revision, *current.replica_failure)
+    if placement.missing_pull_secrets and not at_capacity:
+        problem = pull_secret_problem(md, placement.missing_pull_secrets, problem)
+    if problem is None and current is not None and current.deadline_exceeded:
+        problem = PodProblem("ProgressDeadlineExceeded", current.deadline_exceeded)
+    return problem
+
+
 def _conditions(
     md: ModelDeployment,
     desired: int,
@@ -382,9 +404,7 @@ def _conditions(
     observed: Observed,
     revision: str | None,
     cond: Cond,
-    profile: AcceleratorProfile | None = None,
-    missing_pull_secrets: Sequence[str] = (),
-    census: NodeCensus | None = None,
+    placement: PlacementFacts = NO_PLACEMENT_FACTS,
 ) -> list[Condition]:
     available = current.available if current else 0
     total = sum(d.replicas for d in [*([current] if current else []), *olds])
@@ -392,16 +412,7 @@ def _conditions(
     at_capacity = current_synced and available >= desired and (desired > 0 or total == 0)
     settled = at_capacity and not olds and total == desired
 
-    pod_problem = worst_pod_problem(observed, revision)
-    if pod_problem is not None and pod_problem.reason == "Unschedulable":
-        pod_problem = gpu_shortage(md, desired, observed, pod_problem, profile, census)
-    if pod_problem is None and current is not None and current.replica_failure:
-        # Pods refused at creation (admission, quota) never exist to show a problem.
-        pod_problem = replica_problem(revision, *current.replica_failure)
-    if missing_pull_secrets and not at_capacity:
-        pod_problem = pull_secret_problem(md, missing_pull_secrets, pod_problem)
-    if pod_problem is None and current is not None and current.deadline_exceeded:
-        pod_problem = PodProblem("ProgressDeadlineExceeded", current.deadline_exceeded)
+    pod_problem = _pod_problem(md, desired, current, observed, revision, at_capacity, placement)
 
     counts = f"{available}/{desired} replicas ready at revision {revision}"
     if at_capacity:

@@ -14,6 +14,7 @@ from hedge_operator.provisioning.observed import Observed, summarize_pod
 from hedge_operator.provisioning.validation import Problem
 from hedge_operator.reconcile.status import (
     ObjectRef,
+    PlacementFacts,
     compute_status,
     status_patch,
     transition_events,
@@ -399,7 +400,7 @@ def _unschedulable(verdict: str, profile: AcceleratorProfile | None, **spec: Any
         problem=None,
         previous=None,
         now=NOW,
-        profile=profile,
+        placement=PlacementFacts(profile=profile),
     )
     return brief(status)["Ready"], conditions(status)["Ready"]["message"]
 
@@ -447,7 +448,7 @@ def _pull(pod: dict[str, Any], missing: tuple[str, ...] = ("registry-creds",)) -
         problem=None,
         previous=None,
         now=NOW,
-        missing_pull_secrets=missing,
+        placement=PlacementFacts(missing_pull_secrets=missing),
     )
     return brief(status)["Ready"], conditions(status)["Ready"]["message"]
 
@@ -478,6 +479,6 @@ def test_serving_pods_are_ready_whatever_pull_secret_is_missing() -> None:
         problem=None,
         previous=None,
         now=NOW,
-        missing_pull_secrets=("registry-creds",),
+        placement=PlacementFacts(missing_pull_secrets=("registry-creds",)),
     )
     assert brief(status)["Ready"] == ("True", "ReplicasReady")
