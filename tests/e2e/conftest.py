@@ -326,7 +326,13 @@ def wait_ready(
             and status.get("replicas") == replicas
             and condition(md, "Progressing").get("status") == "False"
         )
-        return md if ok else None
+        if not ok:  # wait_for reports the last of these when it times out
+            ready = condition(md, "Ready")
+            raise AssertionError(
+                f"readyReplicas={status.get('readyReplicas')} replicas={status.get('replicas')} "
+                f"Ready={ready.get('status')}/{ready.get('reason')}: {ready.get('message')}"
+            )
+        return md
 
     return wait_for(check, timeout, f"{name} Ready with {replicas} replica(s)", interval=0.3)
 
