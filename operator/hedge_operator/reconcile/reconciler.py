@@ -246,7 +246,8 @@ class Reconciler:
                 problem = await self._executor.execute(md, actions)
                 requests += len(actions)
 
-        census, listed = await self._census(md, observed)
+        profile = self._profile(md)
+        census, listed = await self._census(md, profile, observed, problem)
         requests += listed
         now = self._now()
         mine = claim_of(body) if md is not None and problem is None else None
@@ -264,7 +265,7 @@ class Reconciler:
             name_conflict=None if mine is None else conflict(mine, self.claims()),
             autoscaling=self._autoscaling(md, previous, mem, now),
             fallback_budget=budget.current_status(md, previous, mem.fallback_budget),
-            placement=PlacementFacts(self._profile(md), missing_pulls, census),
+            placement=PlacementFacts(profile, missing_pulls, census),
         )
         events = list(moved.events if moved else [])
         events += transition_events(previous, status)
@@ -286,15 +287,20 @@ class Reconciler:
         )
 
     async def _census(
-        self, md: ModelDeployment | None, observed: Observed
+        self,
+        md: ModelDeployment | None,
+        profile: AcceleratorProfile | None,
+        observed: Observed,
+        problem: Problem | None,
     ) -> tuple[NodeCensus | None, int]:
         """What the nodes show about the engine pods, only while one of them is
-        Unschedulable (the census and the API requests it took)."""
-        profile = self._profile(md)
+        Unschedulable and the status will explain it (no spec-level problem, GPUs asked
+        for): the census and the API requests it took."""
         waiting = any(
             p.problem is not None and p.problem.reason == "Unschedulable" for p in observed.pods
         )
-        if self._nodes is None or md is None or profile is None or not waiting:
+        wanted = md is not None and problem is None and md.spec.resources.gpus > 0
+        if self._nodes is None or md is None or profile is None or not (waiting and wanted):
             return None, 0
         nodes, requests = await self._nodes.nodes()
         if nodes is None:

@@ -387,10 +387,9 @@ SCHEDULER = (
 )
 
 
-def _unschedulable(verdict: str, profile: AcceleratorProfile | None, **spec: Any) -> Any:
-    md = model(spec_with(**spec)) if spec else model()
+def _ready_with(md: Any, pod: dict[str, Any], placement: PlacementFacts) -> Any:
+    """Ready's (status, reason) and message for one not-ready pod of the new revision."""
     dep = deployment_body("llama-rev-new", "rev-new", spec_replicas=1, ready=0)
-    pod = pod_body("p1", "rev-new", unschedulable=SCHEDULER.format(verdict))
     ref = ObjectRef(md.name, md.namespace, md.generation)
     status = compute_status(
         ref,
@@ -400,9 +399,15 @@ def _unschedulable(verdict: str, profile: AcceleratorProfile | None, **spec: Any
         problem=None,
         previous=None,
         now=NOW,
-        placement=PlacementFacts(profile=profile),
+        placement=placement,
     )
     return brief(status)["Ready"], conditions(status)["Ready"]["message"]
+
+
+def _unschedulable(verdict: str, profile: AcceleratorProfile | None, **spec: Any) -> Any:
+    md = model(spec_with(**spec)) if spec else model()
+    pod = pod_body("p1", "rev-new", unschedulable=SCHEDULER.format(verdict))
+    return _ready_with(md, pod, PlacementFacts(profile=profile))
 
 
 AMD = AcceleratorProfile(
@@ -437,20 +442,7 @@ def test_an_untolerated_taint_is_named() -> None:
 
 
 def _pull(pod: dict[str, Any], missing: tuple[str, ...] = ("registry-creds",)) -> Any:
-    md = model()
-    dep = deployment_body("llama-rev-new", "rev-new", spec_replicas=1, ready=0)
-    ref = ObjectRef(md.name, md.namespace, md.generation)
-    status = compute_status(
-        ref,
-        md,
-        observed(dep, pods=[pod]),
-        revision="rev-new",
-        problem=None,
-        previous=None,
-        now=NOW,
-        placement=PlacementFacts(missing_pull_secrets=missing),
-    )
-    return brief(status)["Ready"], conditions(status)["Ready"]["message"]
+    return _ready_with(model(), pod, PlacementFacts(missing_pull_secrets=missing))
 
 
 def test_a_missing_pull_secret_is_named_when_the_pull_fails() -> None:
