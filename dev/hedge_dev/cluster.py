@@ -357,7 +357,7 @@ class LocalCluster:
         except BaseException:
             if api is not None:
                 api.close()
-            self.down(quiet=True, keep_logs_in=self._failed_logs_dir())
+            self.down(quiet=True, keep_logs_in=self.failed_logs_dir())
             raise
         api.close()
         say(
@@ -404,7 +404,7 @@ class LocalCluster:
                 return octet
         raise ClusterError("no free pod-IP range left for another local cluster")
 
-    def _failed_logs_dir(self) -> Path:
+    def failed_logs_dir(self) -> Path:
         return self.dir.parent / f"{self.name}.failed-logs"
 
     def _etcd_cmd(self, etcd: Path, ports: dict[str, int]) -> list[str]:

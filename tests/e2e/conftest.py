@@ -110,7 +110,9 @@ class E2ECluster:
 
 
 @pytest.fixture(scope="session")
-def cluster() -> Iterator[E2ECluster]:
+def cluster(request: pytest.FixtureRequest) -> Iterator[E2ECluster]:
+    """The session's cluster; if any test failed, its components' logs are kept beside the
+    cluster directories (``<name>.failed-logs``, the path is printed)."""
     local = LocalCluster(f"e2e-{os.getpid()}")
     local.up()
     try:
@@ -120,7 +122,10 @@ def cluster() -> Iterator[E2ECluster]:
         finally:
             e2e.api.close()
     finally:
-        local.down(quiet=True)
+        keep = local.failed_logs_dir() if request.session.testsfailed else None
+        local.down(quiet=True, keep_logs_in=keep)
+        if keep is not None:
+            print(f"\ncluster logs kept in {keep}", file=sys.stderr)
 
 
 def fresh_namespace(cluster: E2ECluster) -> Iterator[str]:
@@ -330,11 +335,36 @@ def wait_ready(
             ready = condition(md, "Ready")
             raise AssertionError(
                 f"readyReplicas={status.get('readyReplicas')} replicas={status.get('replicas')} "
-                f"Ready={ready.get('status')}/{ready.get('reason')}: {ready.get('message')}"
+                f"Ready={ready.get('status')}/{ready.get('reason')}: {ready.get('message')}; "
+                f"pods: {pods_summary(cluster, namespace, name)}"
             )
         return md
 
     return wait_for(check, timeout, f"{name} Ready with {replicas} replica(s)", interval=0.3)
+
+
+def pods_summary(cluster: E2ECluster, namespace: str, name: str) -> str:
+    """One line per pod of a ModelDeployment: node, phase, IP, conditions and container
+    state, for a timeout to say where the pods got stuck."""
+    pods = cluster.get(
+        f"/api/v1/namespaces/{namespace}/pods?labelSelector=hedge.dev/model-deployment%3D{name}"
+    )["items"]
+    lines = []
+    for pod in pods:
+        status = pod.get("status") or {}
+        conditions = ",".join(
+            f"{c['type']}={c['status']}" + (f"({c['reason']})" if c.get("reason") else "")
+            for c in status.get("conditions") or []
+        )
+        states = [
+            list((c.get("state") or {}).items()) for c in status.get("containerStatuses") or []
+        ]
+        lines.append(
+            f"{pod['metadata']['name']} node={pod['spec'].get('nodeName')} "
+            f"phase={status.get('phase')} ip={status.get('podIP')} [{conditions}] {states}"
+            + (" deleting" if pod["metadata"].get("deletionTimestamp") else "")
+        )
+    return "; ".join(lines) or "none"
 
 
 def pod_ready(pod: dict[str, Any]) -> bool:
