@@ -12,6 +12,8 @@
     the label a Secret opts in with to      the platform / tenant      gateway.discovery (its
       be read as a provider key                                          watch), operator
                                                                          validation
+    the label a Secret opts in with to      the tenant                 gateway (its watch),
+      be read for client keys                                            operator tenants
     the engine Services a ModelDeployment   operator builders          gateway.discovery (which
       owns, by name                                                      EndpointSlices count)
     which served names would shadow         -                          gateway.routing (never
@@ -95,6 +97,15 @@ ENGINE_PREFIXES = (ENGINE_RUNNING, ENGINE_WAITING, ENGINE_KV_CACHE)
 #: stays out of the gateway's memory, whatever a ModelDeployment names.
 PROVIDER_KEY_LABEL = "hedge.dev/provider-key"
 PROVIDER_KEY_SELECTOR = f"{PROVIDER_KEY_LABEL}=true"
+
+# -- client-key Secrets -------------------------------------------------------------------
+
+#: A Secret a ClientPolicy names is read for client keys only when it carries this label,
+#: set to "true": the gateway lists and watches only Secrets with it, and the operator marks
+#: a ClientPolicy naming an unlabelled Secret Ready=False, SecretNotLabelled
+#: (docs/tenants.md). An unlabelled Secret never reaches the gateway.
+CLIENT_KEY_LABEL = "hedge.dev/client-key"
+CLIENT_KEY_SELECTOR = f"{CLIENT_KEY_LABEL}=true"
 
 # -- engine Services -------------------------------------------------------------------------
 

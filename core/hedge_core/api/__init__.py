@@ -1,4 +1,5 @@
-"""The ModelDeployment API (hedge.dev/v1alpha1): typed spec and status, parsing, and the CRD.
+"""The Hedge API (hedge.dev/v1alpha1): ModelDeployment and ClientPolicy, typed spec and
+status, parsing, and the CRDs.
 
 The dataclasses are the one source of truth: the CRD's structural schema (descriptions,
 defaults, bounds, CEL rules) is generated from them, and `parse` validates a spec in Python
@@ -10,12 +11,33 @@ the CRD's CEL) are judged alike. `python -m hedge_core.api` prints the CRD.
 - `spec`: the spec dataclasses and their rules
 - `status`: the status dataclasses
 - `resource`: `ModelDeployment` (identity plus parsed spec), the rules on the whole object
-- `definition`: the CustomResourceDefinition assembled from the above (`crd`, `crd_yaml`;
+- `clientpolicy`: ClientPolicy, a tenant's client keys and limits (spec, status, the
+  `ClientPolicy` readers use, `key_name`)
+- `definition`: the CustomResourceDefinitions assembled from the above (`crd`, `crd_yaml`;
   not named crd.py, which the function `crd` re-exported here would shadow)
 
 Everything is re-exported here: `from hedge_core.api import X` is the way in.
 """
 
+from hedge_core.api.clientpolicy import (
+    CLIENT_POLICY_KIND,
+    CLIENT_POLICY_PLURAL,
+    CLIENT_POLICY_SHORT_NAMES,
+    CLIENT_POLICY_SINGULAR,
+    LIMIT_KINDS,
+    ClientKeyRef,
+    ClientKeySpec,
+    ClientPolicy,
+    ClientPolicySpec,
+    ClientPolicyStatus,
+    ClientPolicyUsage,
+    ClientSecretRef,
+    FallbackAllowance,
+    Limits,
+    ModelLimits,
+    Priority,
+    key_name,
+)
 from hedge_core.api.constants import (
     ABORT_ANNOTATION,
     API_VERSION,
@@ -54,7 +76,16 @@ from hedge_core.api.constants import (
     SOURCE_SCHEMES,
     VERSION,
 )
-from hedge_core.api.definition import CRD_HEADER, PRINTER_COLUMNS, crd, crd_yaml
+from hedge_core.api.definition import (
+    CLIENT_POLICY_PRINTER_COLUMNS,
+    CRD_FILES,
+    CRD_HEADER,
+    PRINTER_COLUMNS,
+    client_policy_crd,
+    client_policy_crd_yaml,
+    crd,
+    crd_yaml,
+)
 from hedge_core.api.resource import ROOT_RULES, ModelDeployment, check_name
 from hedge_core.api.schema import (
     IntOrPercent,
@@ -138,7 +169,13 @@ __all__ = [
     "API_VERSION",
     "BUCKET_SOURCE",
     "CATEGORIES",
+    "CLIENT_POLICY_KIND",
+    "CLIENT_POLICY_PLURAL",
+    "CLIENT_POLICY_PRINTER_COLUMNS",
+    "CLIENT_POLICY_SHORT_NAMES",
+    "CLIENT_POLICY_SINGULAR",
     "COMPONENT_LABEL",
+    "CRD_FILES",
     "CRD_HEADER",
     "CRD_NAME",
     "DEFAULT_COLD_START_HOLD_SECONDS",
@@ -153,6 +190,7 @@ __all__ = [
     "HF_SOURCE",
     "INT_OR_PERCENT_PATTERN",
     "KIND",
+    "LIMIT_KINDS",
     "MANAGED_BY_LABEL",
     "MAX_NAME_LENGTH",
     "MD_LABEL",
@@ -179,20 +217,31 @@ __all__ = [
     "AutoscalingSpec",
     "AutoscalingStatus",
     "CacheSpec",
+    "ClientKeyRef",
+    "ClientKeySpec",
+    "ClientPolicy",
+    "ClientPolicySpec",
+    "ClientPolicyStatus",
+    "ClientPolicyUsage",
+    "ClientSecretRef",
     "Condition",
     "CredentialsRef",
     "Dtype",
     "EngineSpec",
     "EnvVar",
+    "FallbackAllowance",
     "FallbackBudget",
     "FallbackBudgetStatus",
     "FallbackProvider",
     "FallbackSpec",
     "IntOrPercent",
+    "Limits",
     "ModelDeployment",
     "ModelDeploymentSpec",
     "ModelDeploymentStatus",
+    "ModelLimits",
     "ModelSpec",
+    "Priority",
     "ProviderType",
     "Quantity",
     "QuantizationMethod",
@@ -206,9 +255,12 @@ __all__ = [
     "ServingSpec",
     "SpecError",
     "check_name",
+    "client_policy_crd",
+    "client_policy_crd_yaml",
     "crd",
     "crd_yaml",
     "json_name",
+    "key_name",
     "object_schema",
     "parse",
     "prop",
