@@ -53,7 +53,7 @@ def test_shipped_packages_depend_only_downwards() -> None:
 # ------------------------------------------------------------- one folder per capability
 
 OPERATOR = ROOT / "operator" / "hedge_operator"
-CAPABILITIES = ("provisioning", "autoscaling", "budget", "rollout", "dataplane")
+CAPABILITIES = ("provisioning", "autoscaling", "budget", "rollout", "dataplane", "tenants")
 #: What a pure module may not import: the network, the event loop, kopf, the API client.
 IO_MODULES = ("aiohttp", "asyncio", "kopf", "kubernetes", "hedge_core.kube", "hedge_operator.kube")
 #: Longest function a pure module may have (a long decision is a chain of named rules).

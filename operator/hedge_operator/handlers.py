@@ -12,6 +12,10 @@ Status has one writer, the reconciler (through kube.py, guarded by resourceVersi
 the kopf handlers and the nudges alike: kopf's own patch, applied after a handler returns,
 could otherwise land after a newer status and undo it. Handlers return None.
 
+ClientPolicies (tenants/) are checked on create, spec update and resume, and every
+`TENANT_RESYNC_SECONDS` (a Secret created or labelled later is noticed then); their status
+goes through kopf's `patch.status`, as nothing else writes it.
+
 kopf logs in with the same credentials as kube.py (`login`): one client, one notion of
 credentials, re-loaded (exec plugins run again) whenever kopf or kube.py gets a 401.
 """
@@ -26,6 +30,7 @@ import aiohttp
 import kopf
 
 from hedge_core.api import (
+    CLIENT_POLICY_PLURAL,
     COMPONENT_LABEL,
     ENGINE_COMPONENT,
     FIELD_MANAGER,
@@ -44,6 +49,7 @@ from hedge_operator.provisioning.observed import strip, summarize_pod
 from hedge_operator.provisioning.validation import Problem
 from hedge_operator.reconcile.outcome import Outcome
 from hedge_operator.runtime import RETRY_DELAY, Indexes, Key, Nudger, Runtime, runtime
+from hedge_operator.tenants import driver as tenants
 
 __all__ = ["Indexes", "Nudger", "Runtime"]
 
@@ -61,6 +67,8 @@ CHILD_RESOURCES = (
     ("networking.k8s.io", "v1", "networkpolicies"),
 )
 RESYNC_SECONDS = 60.0
+CPOL = (GROUP, VERSION, CLIENT_POLICY_PLURAL)
+TENANT_RESYNC_SECONDS = 30.0
 
 # ----------------------------------------------------------------------- operator-level
 
@@ -299,3 +307,38 @@ async def child_event(
     md = labels.get(MD_LABEL)
     if md:
         rt.nudger.nudge((namespace or "", md))
+
+
+# ------------------------------------------------------------------------------ tenants
+
+
+@kopf.on.resume(*CPOL, id="client-policy")
+@kopf.on.create(*CPOL, id="client-policy")
+@kopf.on.update(*CPOL, field="spec", id="client-policy")
+async def client_policy(body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
+    """Checks the keys at once. No kopf retry: a missing or unlabelled Secret is the
+    tenant's to fix, and the timer below notices the fix."""
+    try:
+        _patch_status(patch, await tenants.check(runtime(memo).kube, body))
+    except RetryableError as e:
+        raise kopf.TemporaryError(str(e), delay=RETRY_DELAY) from e
+
+
+@kopf.timer(
+    *CPOL,
+    interval=TENANT_RESYNC_SECONDS,
+    initial_delay=TENANT_RESYNC_SECONDS,
+    id="client-policy-resync",
+)
+async def client_policy_resync(body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
+    try:
+        _patch_status(patch, await tenants.check(runtime(memo).kube, body))
+    except RetryableError as e:
+        meta = body.get("metadata", {})
+        log.warning("ClientPolicy %s/%s: %s (the next check retries)", meta.get("namespace"),
+                    meta.get("name"), e)  # fmt: skip
+
+
+def _patch_status(patch: kopf.Patch, status: Mapping[str, Any]) -> None:
+    if status:  # an empty status patch would still be sent
+        patch.setdefault("status", {}).update(status)

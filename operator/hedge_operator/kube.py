@@ -4,7 +4,8 @@ watches aside).
 On `hedge_core.kube` (the project's one client, whose credentials kopf logs in with too):
 server-side apply with the `hedge-operator` field manager, deletes, status writes guarded
 by the object's resourceVersion, Events, pod annotations (the deletion cost before a
-scale-down), Secret key look-ups that never keep or return a value, and the one watch kopf
+scale-down), Secret key look-ups that never keep or return a value (provider keys, and the
+client keys a ClientPolicy names), and the one watch kopf
 does not run: the EndpointSlices of the gateways' admin Service (`watch_gateways`).
 """
 
@@ -16,13 +17,22 @@ from collections.abc import Mapping
 from typing import Any
 
 from hedge_core import kube as core
-from hedge_core.api import API_VERSION, FIELD_MANAGER, GROUP, KIND, PLURAL
+from hedge_core.api import (
+    API_VERSION,
+    CLIENT_POLICY_KIND,
+    CLIENT_POLICY_PLURAL,
+    FIELD_MANAGER,
+    GROUP,
+    KIND,
+    PLURAL,
+)
 from hedge_core.clock import utc_now
-from hedge_core.contracts import PROVIDER_KEY_LABEL
+from hedge_core.contracts import CLIENT_KEY_LABEL, PROVIDER_KEY_LABEL
 from hedge_core.kube import ApiError, Conflict, ListWatch, OnEvent, OnList, resource_path
 from hedge_operator import metrics
 from hedge_operator.provisioning.validation import ProviderKeys
 from hedge_operator.standby import PeeringGate
+from hedge_operator.tenants.status import SecretFacts
 
 __all__ = ["ApiError", "Conflict", "Kube"]
 
@@ -36,6 +46,7 @@ RESOURCES: dict[tuple[str, str], str] = {
     ("v1", "Secret"): "secrets",
     ("v1", "Event"): "events",
     (API_VERSION, KIND): PLURAL,
+    (API_VERSION, CLIENT_POLICY_KIND): CLIENT_POLICY_PLURAL,
 }
 
 
@@ -155,6 +166,21 @@ class Kube:
         body.clear()
         return ProviderKeys(keys) if labels.get(PROVIDER_KEY_LABEL) == "true" else keys
 
+    async def client_key_secret(self, namespace: str, name: str) -> SecretFacts | None:
+        """Whether a Secret carries the client-key label, and its data key names; None if it
+        does not exist. The values are dropped here, before anything else sees the body (a
+        ClientPolicy's status counts keys, it never needs one). Raises Forbidden where the
+        operator may not read Secrets."""
+        body = await self.client.request(
+            "GET", object_path("v1", "Secret", namespace, name), missing_ok=True, resource="secrets"
+        )
+        if body is None:
+            return None
+        keys = frozenset((body.get("data") or {}).keys())
+        labels = (body.get("metadata") or {}).get("labels") or {}
+        body.clear()
+        return SecretFacts(labelled=labels.get(CLIENT_KEY_LABEL) == "true", data_keys=keys)
+
     async def list_nodes(self) -> list[dict[str, Any]]:
         """Every node's labels and taints (nothing else is kept), in pages of 500."""
         out: list[dict[str, Any]] = []
@@ -213,9 +239,16 @@ class Kube:
         return str((result.get("metadata") or {}).get("resourceVersion") or "") or None
 
     async def post_event(
-        self, involved: Mapping[str, Any], type_: str, reason: str, message: str
+        self,
+        involved: Mapping[str, Any],
+        type_: str,
+        reason: str,
+        message: str,
+        *,
+        kind: str = KIND,
     ) -> None:
-        """A core/v1 Event about a ModelDeployment (`involved` is its metadata)."""
+        """A core/v1 Event about a ModelDeployment, or another hedge.dev object of `kind`
+        (`involved` is its metadata)."""
         self._may_write(f"Event {reason}")
         now = utc_now()
         namespace = str(involved["namespace"])
@@ -225,7 +258,7 @@ class Kube:
             "metadata": {"generateName": f"{involved['name']}.", "namespace": namespace},
             "involvedObject": {
                 "apiVersion": API_VERSION,
-                "kind": KIND,
+                "kind": kind,
                 "name": involved["name"],
                 "namespace": namespace,
                 "uid": involved.get("uid"),

@@ -1,0 +1,1 @@
+"""Tenants: ClientPolicy objects — their keys checked, their status written."""
