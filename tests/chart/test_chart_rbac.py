@@ -66,6 +66,9 @@ OPERATOR_NEEDS = [
         # blockOwnerDeletion on the children: OpenShift's OwnerReferencesPermissionEnforcement
         # admission wants `update` on the owner's finalizers subresource.
         ("hedge.dev", "modeldeployments/finalizers", ["update"]),
+        # ClientPolicies: checked, status written; kopf annotates what it handled.
+        ("hedge.dev", "clientpolicies", ["get", "list", "watch", "patch"]),
+        ("hedge.dev", "clientpolicies/status", ["patch"]),
         ("apps", "deployments", ["get", "list", "watch", "create", "patch", "delete"]),
         ("", "services", ["get", "list", "watch", "create", "patch", "delete"]),
         ("", "persistentvolumeclaims", ["get", "list", "watch", "create", "patch", "delete"]),
@@ -81,6 +84,7 @@ GATEWAY_NEEDS = [
     (verb, group, resource)
     for group, resource in [
         ("hedge.dev", "modeldeployments"),
+        ("hedge.dev", "clientpolicies"),
         ("discovery.k8s.io", "endpointslices"),
         ("", "secrets"),
     ]
@@ -286,6 +290,41 @@ def test_secrets_are_readable_only_where_provider_keys_live(render: Render) -> N
         manifests, GATEWAY, Request("watch", "", "secrets", "hedge-system", "hedge-api-keys")
     )
     assert not allowed(manifests, OPERATOR, keys)
+
+
+def test_client_policies_are_read_by_the_gateway_and_checked_by_the_operator(
+    render: Render,
+) -> None:
+    """The gateway lists and watches ClientPolicies and the labelled client-key Secrets where
+    they live; the operator reads each named Secret by name and writes only the status."""
+    manifests = render(CHART / "ci" / "namespaced-values.yaml")  # secretNamespaces: [team-a]
+    for verb in ("get", "list", "watch"):
+        assert allowed(manifests, GATEWAY, Request(verb, "hedge.dev", "clientpolicies", "team-a"))
+        assert allowed(manifests, OPERATOR, Request(verb, "hedge.dev", "clientpolicies", "team-a"))
+        assert not allowed(
+            manifests, GATEWAY, Request(verb, "hedge.dev", "clientpolicies", ANY_NAMESPACE)
+        )
+    for verb in ("list", "watch"):  # the gateway's watch of hedge.dev/client-key=true Secrets
+        assert allowed(manifests, GATEWAY, Request(verb, "", "secrets", "team-a"))
+    assert allowed(manifests, OPERATOR, Request("get", "", "secrets", "team-a", "team-a-keys"))
+    assert not allowed(manifests, OPERATOR, Request("list", "", "secrets", "team-a"))
+    status = Request("patch", "hedge.dev", "clientpolicies/status", "team-a")
+    assert allowed(manifests, OPERATOR, status)
+    assert not allowed(manifests, GATEWAY, status)
+    for verb in ("create", "delete", "update"):
+        for subject in (OPERATOR, GATEWAY):
+            req = Request(verb, "hedge.dev", "clientpolicies", "team-a")
+            assert not allowed(manifests, subject, req), (subject, verb)
+
+
+def test_people_view_client_policies_but_do_not_write_them(render: Render) -> None:
+    """A ClientPolicy sets its tenant's limits: `view`/`edit`/`admin` in a namespace see it
+    (the aggregated roles), none of them may write it."""
+    manifests = render(CHART / "ci" / "default-values.yaml")
+    roles = {r["metadata"]["name"]: r for r in by_kind(manifests, "ClusterRole")}
+    view = [r for r in roles["hedge-view"]["rules"] if "clientpolicies" in r["resources"]]
+    assert view and all(set(r["verbs"]) == {"get", "list", "watch"} for r in view)
+    assert all("clientpolicies" not in r["resources"] for r in roles["hedge-edit"]["rules"])
 
 
 # What the gateway's discovery sends, request by request (hedge_serving.gateway.discovery on

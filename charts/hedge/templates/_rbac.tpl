@@ -18,6 +18,14 @@ them. No wildcards: every rule names its verbs and resources.
 - apiGroups: ["hedge.dev"]
   resources: ["modeldeployments/finalizers"]
   verbs: ["update"]
+# The ClientPolicies whose keys it checks (status: Ready, keys found); kopf records what it
+# handled in annotations on the object, hence patch on it too.
+- apiGroups: ["hedge.dev"]
+  resources: ["clientpolicies"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["hedge.dev"]
+  resources: ["clientpolicies/status"]
+  verbs: ["patch"]
 # The children it applies with server-side apply (field manager hedge-operator).
 - apiGroups: ["apps"]
   resources: ["deployments"]
@@ -92,6 +100,10 @@ them. No wildcards: every rule names its verbs and resources.
 - apiGroups: ["hedge.dev"]
   resources: ["modeldeployments"]
   verbs: ["get", "list", "watch"]
+# The tenants: which client keys act for which namespace, and their limits.
+- apiGroups: ["hedge.dev"]
+  resources: ["clientpolicies"]
+  verbs: ["get", "list", "watch"]
 # The ready engine pods behind each ModelDeployment's Service.
 - apiGroups: ["discovery.k8s.io"]
   resources: ["endpointslices"]
@@ -99,9 +111,11 @@ them. No wildcards: every rule names its verbs and resources.
 {{- end }}
 
 {{/*
-Fallback provider API keys, referenced by ModelDeployments in their namespace. The operator
-only checks that a referenced Secret and key exist (one GET by name); the gateway watches
-each referenced Secret by name to use its value. Usage: include "hedge.secretRules" "gateway"
+Fallback provider API keys, referenced by ModelDeployments in their namespace, and client
+API keys, referenced by ClientPolicies in theirs. The operator only checks that a referenced
+Secret and key exist and are labelled (one GET by name; values are dropped at once); the
+gateway watches the Secrets to use their values (provider keys by name, client keys by the
+hedge.dev/client-key=true label). Usage: include "hedge.secretRules" "gateway"
 */}}
 {{- define "hedge.secretRules" -}}
 - apiGroups: [""]
@@ -211,13 +225,14 @@ subjects:
 {{- end }}
 {{- /*
 Secret reads sit in their own "-secrets" Roles so they are easy to find, narrow or audit: one
-Role per namespace where fallback provider keys live (rbac.secretNamespaces, by default the
-watched namespaces). Never a ClusterRole: a cluster-wide install reads Secrets only in the
+Role per namespace where fallback provider keys or client keys live (rbac.secretNamespaces,
+by default the watched namespaces). Never a ClusterRole: a cluster-wide install reads Secrets only in the
 namespaces it names.
 */}}
 {{- range $secretNamespaces }}
 ---
-# Read access to Secrets where fallback provider keys live (rbac.secretNamespaces).
+# Read access to Secrets where fallback provider keys and client keys live
+# (rbac.secretNamespaces).
 apiVersion: rbac.authorization.k8s.io/v1
 kind: Role
 metadata:
@@ -237,9 +252,9 @@ metadata:
     {{- include "hedge.componentLabels" (list $root $component) | nindent 4 }}
   annotations:
     checkov.io/skip1: >-
-      CKV2_K8S_5=Fallback providers' API keys are Secrets next to the ModelDeployments that
-      name them; {{ $component }} reads them in this namespace only, one of those listed in
-      rbac.secretNamespaces (or watchNamespaces).
+      CKV2_K8S_5=Fallback providers' API keys and client keys are Secrets next to the
+      ModelDeployments and ClientPolicies that name them; {{ $component }} reads them in this
+      namespace only, one of those listed in rbac.secretNamespaces (or watchNamespaces).
 roleRef:
   apiGroup: rbac.authorization.k8s.io
   kind: Role
