@@ -172,3 +172,55 @@ def test_docs_show_the_same_script() -> None:
     blocks = re.findall(r"```lua\n(.*?)```", docs, flags=re.S)
     assert LUA in blocks, "docs/gitops.md must show deploy/argocd/modeldeployment-health.lua as is"
     assert "resource.customizations.health.hedge.dev_ModelDeployment" in docs
+
+
+# ------------------------------------------------------------------------- ClientPolicy
+
+CLIENT_POLICY_LUA = (ROOT / "deploy" / "argocd" / "clientpolicy-health.lua").read_text()
+
+
+def cpol_health(obj: dict[str, Any]) -> tuple[str, str]:
+    runtime = lua51.LuaRuntime()
+    runtime.globals().obj = runtime.table_from(obj, recursive=True)
+    result = runtime.execute(CLIENT_POLICY_LUA)
+    return result["status"], result["message"]
+
+
+def cpol(generation: int = 1, observed: int | None = 1, ready: Any = None) -> dict[str, Any]:
+    obj = md(generation, observed, None if ready is None else [ready])
+    obj["kind"] = "ClientPolicy"
+    return obj
+
+
+@pytest.mark.parametrize(
+    ("obj", "status", "message"),
+    [
+        (cpol(), "Progressing", "Waiting for the Hedge operator to check the keys"),
+        (
+            cpol(2, 1, cond("Ready", "True", "KeysFound", "2 keys in 1 Secret")),
+            "Progressing",
+            "observe generation 2",
+        ),
+        (
+            cpol(ready=cond("Ready", "True", "KeysFound", "2 keys in 1 Secret")),
+            "Healthy",
+            "Ready=True (KeysFound): 2 keys in 1 Secret",
+        ),
+        (
+            cpol(ready=cond("Ready", "False", "SecretNotLabelled", "label it")),
+            "Degraded",
+            "Ready=False (SecretNotLabelled): label it",
+        ),
+        (cpol(ready=cond("Ready", "Unknown")), "Progressing", "Ready=Unknown"),
+    ],
+)
+def test_client_policy_health(obj: dict[str, Any], status: str, message: str) -> None:
+    got_status, got_message = cpol_health(obj)
+    assert got_status == status
+    assert message in got_message
+
+
+def test_docs_show_the_client_policy_script() -> None:
+    docs = (ROOT / "docs" / "gitops.md").read_text()
+    assert CLIENT_POLICY_LUA in re.findall(r"```lua\n(.*?)```", docs, flags=re.S)
+    assert "resource.customizations.health.hedge.dev_ClientPolicy" in docs

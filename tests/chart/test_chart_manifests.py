@@ -89,9 +89,13 @@ def test_kustomization_builds_the_chart_objects_plus_a_restricted_namespace(kube
 def test_argocd_cm_patch_carries_the_lua_unchanged() -> None:
     patch = yaml.safe_load((ROOT / "deploy" / "argocd" / "argocd-cm-patch.yaml").read_text())
     lua = (ROOT / "deploy" / "argocd" / "modeldeployment-health.lua").read_text()
+    cpol_lua = (ROOT / "deploy" / "argocd" / "clientpolicy-health.lua").read_text()
     assert patch["metadata"] == {
         "name": "argocd-cm",
         "namespace": "argocd",
         "labels": {"app.kubernetes.io/part-of": "argocd"},
     }
-    assert patch["data"] == {"resource.customizations.health.hedge.dev_ModelDeployment": lua}
+    assert patch["data"] == {
+        "resource.customizations.health.hedge.dev_ModelDeployment": lua,
+        "resource.customizations.health.hedge.dev_ClientPolicy": cpol_lua,
+    }
