@@ -206,3 +206,15 @@ def test_crd_defaults_are_what_the_parser_fills_in() -> None:
 def test_the_client_key_label_is_its_own() -> None:
     assert CLIENT_KEY_LABEL == "hedge.dev/client-key" != PROVIDER_KEY_LABEL
     assert CLIENT_KEY_SELECTOR == "hedge.dev/client-key=true"
+
+
+def test_the_example_parses() -> None:
+    import yaml
+
+    secret, body = yaml.safe_load_all(
+        (ROOT / "examples" / "tenants" / "clientpolicy.yaml").read_text()
+    )
+    assert secret["metadata"]["labels"] == {CLIENT_KEY_LABEL: "true"}
+    p = ClientPolicy.from_body(body)
+    assert [key_name(k, k.key or "") for k in p.keys] == ["team-a-keys.primary", "ci-bot"]
+    assert {k.key for k in p.keys} == set(secret["stringData"])
