@@ -316,8 +316,9 @@ async def child_event(
 @kopf.on.create(*CPOL, id="client-policy")
 @kopf.on.update(*CPOL, field="spec", id="client-policy")
 async def client_policy(body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
-    """Checks the keys at once. No kopf retry: a missing or unlabelled Secret is the
-    tenant's to fix, and the timer below notices the fix."""
+    """Checks the keys at once. A missing or unlabelled Secret is no error for kopf to
+    retry: it is the tenant's to fix, and the timer below notices the fix. Only trouble at
+    the API server is retried."""
     try:
         _patch_status(patch, await tenants.check(runtime(memo).kube, body))
     except RetryableError as e:
