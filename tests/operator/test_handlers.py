@@ -11,6 +11,7 @@ from typing import Any, cast
 import kopf
 import pytest
 
+from hedge_core.kube import ServerError
 from hedge_operator import handlers, runtime
 from hedge_operator.config import OperatorConfig
 from hedge_operator.handlers import Indexes, Nudger, Runtime
@@ -19,6 +20,8 @@ from hedge_operator.provisioning.observed import summarize_pod
 from hedge_operator.reconcile.reconciler import Reconciler, RetryableError
 from tests.operator.factories import as_served, body, pod_body, spec_with
 from tests.operator.reconcile.test_reconciler import FakeKube
+from tests.operator.tenants.test_driver import SPEC, MemoryAPI, secret
+from tests.operator.tenants.test_driver import body as cpol_body
 
 # kopf's decorators type the handler as its callback protocol; call it as it is.
 RECONCILE = cast(Any, handlers.reconcile)
@@ -354,3 +357,39 @@ async def test_child_event_is_not_swallowed_by_a_pending_long_recheck() -> None:
     nudger.nudge(("ns", "a"), 60.0)  # a later due time than the pending one is ignored
     assert len(nudger._pending) == 1
     await nudger.close()
+
+
+# ------------------------------------------------------------------------------ tenants
+
+CLIENT_POLICY = cast(Any, handlers.client_policy)
+CLIENT_POLICY_RESYNC = cast(Any, handlers.client_policy_resync)
+
+
+def _tenant_memo(api: Any) -> dict[str, Any]:
+    config = OperatorConfig()
+    return {"hedge": Runtime(config=config, kube=api, reconciler=Reconciler(api, config))}
+
+
+async def test_client_policy_handlers_fill_patch_status_and_only_when_it_changed() -> None:
+
+    api = MemoryAPI({"keys": secret(a="v"), "more": secret(ci="v")})
+    patch = kopf.Patch()
+    obj = cpol_body(SPEC)
+    await CLIENT_POLICY(body=obj, patch=patch, memo=_tenant_memo(api))
+    assert patch["status"]["keys"] == 2
+    assert patch["status"]["conditions"][0]["reason"] == "KeysFound"
+    # The timer, with that status in place, sends nothing.
+    again = kopf.Patch()
+    resynced = cpol_body(SPEC, dict(patch["status"]))
+    await CLIENT_POLICY_RESYNC(body=resynced, patch=again, memo=_tenant_memo(api))
+    assert "status" not in again
+
+
+async def test_client_policy_api_trouble_is_a_temporary_error_for_the_handler_only() -> None:
+
+    api = MemoryAPI({"keys": ServerError(503, "ServiceUnavailable", "busy")})
+    with pytest.raises(kopf.TemporaryError):
+        await CLIENT_POLICY(body=cpol_body(SPEC), patch=kopf.Patch(), memo=_tenant_memo(api))
+    patch = kopf.Patch()
+    await CLIENT_POLICY_RESYNC(body=cpol_body(SPEC), patch=patch, memo=_tenant_memo(api))
+    assert "status" not in patch
