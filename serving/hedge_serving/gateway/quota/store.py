@@ -265,7 +265,7 @@ class RedisStore:
         )
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await self._redis.aclose(close_connection_pool=True)
 
     def _trip(self, now: float) -> None:
         self.shared = False
