@@ -10,6 +10,7 @@ it (SIGSTOP: connections hang, as with a partition) or stop and start it (refuse
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -29,6 +30,7 @@ EXTRA_PACKAGES = ("liblua5.1-0", "libssl3")
 LIB_DIR = "usr/lib/x86_64-linux-gnu"
 
 
+@functools.cache  # apt-cache takes a second; the answer holds for the process
 def _candidate_version() -> str:
     apt_cache = shutil.which("apt-cache")
     if apt_cache is None:

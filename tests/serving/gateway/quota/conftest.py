@@ -4,6 +4,7 @@ flushed), and a private one for the tests that stop, pause and restart it."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -13,8 +14,13 @@ from hedge_serving.gateway.quota.store import RedisStore
 
 
 @pytest.fixture(scope="session")
-def redis_session() -> Iterator[RedisServer]:
-    with RedisServer(ensure_redis()) as server:
+def redis_binary() -> Path:
+    return ensure_redis()
+
+
+@pytest.fixture(scope="session")
+def redis_session(redis_binary: Path) -> Iterator[RedisServer]:
+    with RedisServer(redis_binary) as server:
         yield server
 
 
@@ -27,9 +33,9 @@ def redis_server(redis_session: RedisServer) -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
+def own_redis(redis_binary: Path) -> Iterator[RedisServer]:
     """A redis-server of this test alone (it may stop or pause it)."""
-    with RedisServer(ensure_redis()) as server:
+    with RedisServer(redis_binary) as server:
         yield server
 
 
