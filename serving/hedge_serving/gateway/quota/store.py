@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -49,6 +50,8 @@ WINDOW_GRACE = 60.0
 #: Settles of Redis-held reservations kept while Redis is unreachable, replayed on return.
 MAX_PENDING_SETTLES = 10_000
 _TRANSIENT = (RedisError, OSError, TimeoutError)
+
+log = logging.getLogger("hedge.gateway.quota")
 
 
 class QuotaStore(Protocol):
@@ -245,7 +248,8 @@ class RedisStore:
         pool = aioredis.BlockingConnectionPool.from_url(
             url,
             max_connections=max_connections,
-            timeout=timeout,
+            # Waiting for a pooled connection under load is latency, not an outage.
+            timeout=max(1.0, timeout),
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0),  # a retry would double the outage's latency
@@ -267,7 +271,13 @@ class RedisStore:
     async def close(self) -> None:
         await self._redis.aclose(close_connection_pool=True)
 
-    def _trip(self, now: float) -> None:
+    def _trip(self, now: float, error: BaseException | None = None) -> None:
+        if self.shared:
+            log.warning(
+                "quota store unreachable (%s); counting locally against share %g until it answers",
+                error,
+                self.fallback.share,
+            )
         self.shared = False
         self._retry_at = now + self.retry_interval
 
@@ -277,8 +287,8 @@ class RedisStore:
         if self.shared or await self._reconnect(now):
             try:
                 return await self._reserve_shared(request_id, limits, tokens, now)
-            except _TRANSIENT:
-                self._trip(now)
+            except _TRANSIENT as exc:
+                self._trip(now, exc)
         return self.fallback.reserve_now(request_id, limits, tokens, now)
 
     async def _reserve_shared(
@@ -324,8 +334,8 @@ class RedisStore:
             try:
                 await self._settle_shared(request_id, slot_keys, actual)
                 return
-            except _TRANSIENT:
-                self._trip(now)
+            except _TRANSIENT as exc:
+                self._trip(now, exc)
         self._pending.append((request_id, slot_keys, actual))
 
     async def _settle_shared(self, request_id: str, slot_keys: list[str], actual: int) -> None:
@@ -341,13 +351,17 @@ class RedisStore:
         self._reconnecting = True
         try:
             await self._redis.ping()
-            while self._pending:
-                request_id, slot_keys, actual = self._pending[0]
-                await self._settle_shared(request_id, slot_keys, actual)
-                self._pending.popleft()
-            # Last, so that nothing awaits between the final (empty) drain and the switch:
-            # a request reserved locally meanwhile is in the next drain.
-            while usage := self.fallback.drain(now):
+            while True:
+                while self._pending:
+                    request_id, slot_keys, actual = self._pending[0]
+                    await self._settle_shared(request_id, slot_keys, actual)
+                    self._pending.popleft()
+                # Nothing awaits between an empty drain (with no settle pending) and the
+                # switch, so nothing counted locally is left behind; settles queued while
+                # a push was under way are replayed after it, when their records exist.
+                usage = self.fallback.drain(now)
+                if not usage:
+                    break
                 try:
                     await self._push(usage, now)
                 except _TRANSIENT:
@@ -359,6 +373,7 @@ class RedisStore:
         finally:
             self._reconnecting = False
         self.shared = True
+        log.warning("quota store reachable again; local counts pushed, counting shared")
         return True
 
     async def _push(self, usage: LocalUsage, now: float) -> None:
