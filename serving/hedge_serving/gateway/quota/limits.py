@@ -14,7 +14,7 @@ limit split over many gateways still admits something on each.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 MINUTE = 60.0
@@ -116,10 +116,17 @@ def counter_key(scope: str, kind: str, index: int | None = None) -> str:
 
 
 def plan_counters(
-    limits: Sequence[LimitSet], tokens: int, now: float, share: float = 1.0
+    limits: Sequence[LimitSet],
+    tokens: int,
+    now: float,
+    share: float = 1.0,
+    spent: Mapping[str, int] | None = None,
 ) -> tuple[Counter, ...]:
     """Every counter a request of `tokens` touches, once each: two LimitSets naming the
-    same scope and kind count once, against the lower limit."""
+    same scope and kind count once, against the lower limit. `spent`: what the shared store
+    last said each window counter held; the share is then of what remains of the limit, so
+    N gateways counting on their own from the same figure spend at most the limit."""
+    spent = spent or {}
     tokens = max(0, tokens)
     minute, day = window_index(now, MINUTE), window_index(now, DAY)
     found: dict[str, Counter] = {}
@@ -140,7 +147,11 @@ def plan_counters(
                 scope=limit_set.scope,
                 kind=kind,
                 limit=limit,
-                ceiling=share_ceiling(limit, share, at_least_one=kind not in _TOKEN_KINDS),
+                ceiling=share_ceiling(
+                    max(0, limit - spent.get(key, 0)),
+                    share,
+                    at_least_one=kind not in _TOKEN_KINDS,
+                ),
                 amount=amount,
                 ends=None if index is None or length is None else window_ends(index, length),
             )
@@ -163,7 +174,8 @@ def _refusal(counter: Counter, now: float) -> tuple[float, str]:
         return math.inf, f"{named} (the request needs {counter.amount}, more than the limit)"
     wait = CONCURRENCY_RETRY_AFTER if counter.ends is None else max(0.0, counter.ends - now)
     if counter.ceiling < counter.limit:
-        return wait, f"{named} (this gateway's share {counter.ceiling}: shared store unreachable)"
+        share = f"this gateway's share {counter.ceiling} of what remains"
+        return wait, f"{named} ({share}: shared store unreachable)"
     return wait, named
 
 

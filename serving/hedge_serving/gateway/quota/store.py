@@ -28,6 +28,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from hedge_serving.gateway.quota import lua
 from hedge_serving.gateway.quota.limits import (
@@ -127,6 +128,9 @@ class LocalStore:
         self._slots: dict[str, dict[str, float]] = {}  # slot key -> request id -> lease
         self._reservations: dict[str, Reservation] = {}
         self._next_prune = -math.inf
+        #: Window counter -> (what the shared store last said it held, when it ends); the
+        #: share applies to what remains of each limit (empty for a LocalStore alone).
+        self.spent: dict[str, tuple[int, float]] = {}
 
     async def reserve(
         self, request_id: str, limits: Sequence[LimitSet], tokens: int, now: float
@@ -153,7 +157,8 @@ class LocalStore:
         self, request_id: str, limits: Sequence[LimitSet], tokens: int, now: float
     ) -> Decision:
         self._prune(now)
-        counters = plan_counters(limits, tokens, now, self.share)
+        spent = {k: v for k, (v, _) in self.spent.items()} if self.spent else None
+        counters = plan_counters(limits, tokens, now, self.share, spent)
         used = [self._value(c, now) for c in counters]
         if request_id in self._reservations:
             return already_admitted(counters, used, now)
@@ -192,6 +197,8 @@ class LocalStore:
         for key in [k for k, ends in self._ends.items() if ends + WINDOW_GRACE < now]:
             del self._ends[key]
             self._counts.pop(key, None)
+        for key in [k for k, (_, ends) in self.spent.items() if ends <= now]:
+            del self.spent[key]
         for rid in [r for r, res in self._reservations.items() if res.lease_until <= now]:
             del self._reservations[rid]
         for key, slots in list(self._slots.items()):
@@ -202,13 +209,15 @@ class LocalStore:
 
     def drain(self, now: float) -> LocalUsage:
         """Hands over (and forgets) the counts of windows still current and the
-        reservations in flight."""
+        reservations in flight; they now count as spent in the shared store."""
         usage = LocalUsage(
             counts={
                 k: (v, self._ends[k]) for k, v in self._counts.items() if self._ends[k] > now and v
             },
             reservations={r: res for r, res in self._reservations.items() if res.lease_until > now},
         )
+        for key, (value, ends) in usage.counts.items():
+            self.spent[key] = (self.spent.get(key, (0, ends))[0] + value, ends)
         self._counts.clear()
         self._ends.clear()
         self._slots.clear()
@@ -220,6 +229,8 @@ class LocalStore:
         for key, (value, ends) in usage.counts.items():
             self._counts[key] = self._counts.get(key, 0) + value
             self._ends[key] = ends
+            if key in self.spent:
+                self.spent[key] = (max(0, self.spent[key][0] - value), ends)
         for rid, res in usage.reservations.items():
             self._reservations[rid] = res
             for key in res.slot_keys:
@@ -264,6 +275,7 @@ class RedisStore:
         self.shared = True  # False while counting locally
         self._retry_at = -math.inf
         self._reconnecting = False
+        self._ambiguous: set[str] = set()  # reserves that timed out: maybe held in Redis
         self._pending: collections.deque[tuple[str, list[str], int]] = collections.deque(
             maxlen=MAX_PENDING_SETTLES
         )
@@ -289,6 +301,12 @@ class RedisStore:
                 return await self._reserve_shared(request_id, limits, tokens, now)
             except _TRANSIENT as exc:
                 self._trip(now, exc)
+                if isinstance(exc, RedisTimeoutError | TimeoutError):
+                    # The script may have run: settle it in Redis too, once it answers, so
+                    # a slot it took there does not wait out its lease.
+                    if len(self._ambiguous) >= MAX_PENDING_SETTLES:
+                        self._ambiguous.clear()
+                    self._ambiguous.add(request_id)
         return self.fallback.reserve_now(request_id, limits, tokens, now)
 
     async def _reserve_shared(
@@ -318,7 +336,14 @@ class RedisStore:
         used = [ordered[c.key] for c in counters]
         if status == 2:  # a retried reserve that Redis already admitted
             return already_admitted(counters, used, now)
-        return decide(counters, used, now)
+        decision = decide(counters, used, now)
+        for c, value in zip(counters, used, strict=True):
+            if c.ends is not None:  # what the fallback's share will be of
+                self.fallback.spent[c.key] = (
+                    value + (c.amount if decision.admitted else 0),
+                    c.ends,
+                )
+        return decision
 
     def _record_key(self, request_id: str) -> str:
         return f"{self.prefix}req|{request_id}"
@@ -328,7 +353,9 @@ class RedisStore:
     ) -> None:
         if self.fallback.holds(request_id):
             self.fallback.settle_now(request_id, limits, actual, now)
-            return
+            if request_id not in self._ambiguous:
+                return
+        self._ambiguous.discard(request_id)
         slot_keys = [self.prefix + k for k in _slot_keys(limits)]
         if self.shared or await self._reconnect(now):
             try:

@@ -74,6 +74,22 @@ def test_plan_counters_merges_a_scope_named_twice_at_the_lower_limit() -> None:
     assert counters[0].ends == (T0 // 86400 + 1) * 86400
 
 
+@pytest.mark.parametrize(
+    ("spent", "share", "ceiling"),
+    [
+        (0, 1 / 3, 2000),
+        (3000, 1 / 3, 1000),  # a third of what the shared store said remains
+        (3000, 1.0, 3000),  # one gateway: exactly what remains
+        (6000, 1 / 3, 0),
+        (9000, 1 / 3, 0),  # overspent: nothing, never negative
+    ],
+)
+def test_plan_counters_shares_what_remains(spent: int, share: float, ceiling: int) -> None:
+    key = counter_key(TENANT.scope, "tokensPerMinute", int(T0 // 60))
+    counters = plan_counters([TENANT], 10, T0, share, {key: spent})
+    assert {c.kind: c.ceiling for c in counters}["tokensPerMinute"] == ceiling
+
+
 def test_plan_counters_negative_tokens_count_as_zero() -> None:
     (counter,) = plan_counters([LimitSet("t", tokens_per_minute=10)], -5, T0)
     assert counter.amount == 0
@@ -136,8 +152,8 @@ DECIDE_TABLE = [
         30,
         False,
         30.0,
-        "tenant/team-a/policy tokensPerMinute 6000 (this gateway's share 2000: "
-        "shared store unreachable)",
+        "tenant/team-a/policy tokensPerMinute 6000 (this gateway's share 2000 of what "
+        "remains: shared store unreachable)",
         id="share-full",
     ),
 ]
