@@ -216,3 +216,19 @@ async def test_store_retries_redis_at_most_every_retry_interval(
     await store.reserve("c", limits, 0, T0 + 1.0)
     assert store.shared
     assert redis_counter(own_redis.url, REQUESTS_PER_MINUTE, T0) == 3
+
+
+async def test_a_second_outage_in_a_window_shares_only_what_remains(
+    own_redis: RedisServer, redis_stores: Callable[..., RedisStore]
+) -> None:
+    """What a replica pushed counts as spent: a second outage in the same minute gives it
+    a third of what is left, not a fresh third of the limit."""
+    store = redis_stores(own_redis.url, 1 / REPLICAS)
+    limits = [LimitSet(SCOPE, tokens_per_minute=6000)]
+    own_redis.stop()
+    assert await fill_locally(store, "first", limits, T0 + 5) == 2000
+    own_redis.start()
+    await store.reserve("probe", limits, 0, T0 + 7)
+    assert store.shared
+    own_redis.stop()
+    assert await fill_locally(store, "second", limits, T0 + 9) == 1300  # (6000 - 2000) / 3
