@@ -313,6 +313,8 @@ class RedisStore:
         self, request_id: str, limits: Sequence[LimitSet], tokens: int, now: float
     ) -> Decision:
         counters = plan_counters(limits, tokens, now)
+        if not counters:
+            return decide(counters, [], now)  # no limit applies: no round trip
         windows = [c for c in counters if c.is_window]
         slots = [c for c in counters if not c.is_window]
         reservation = _reservation(counters, tokens, now, self.lease)

@@ -149,3 +149,8 @@ async def test_headers_figures_follow_the_counts(store: QuotaStore) -> None:
     assert (decision.limit_requests, decision.remaining_requests) == (5, 4)
     assert (decision.limit_tokens, decision.remaining_tokens) == (1000, 600)
     assert decision.reset_tokens == pytest.approx(30.0)
+
+
+async def test_no_limits_admits_with_no_figures(store: QuotaStore) -> None:
+    decision = await store.reserve(next(ids), [LimitSet("tenant/free")], 10**9, T0)
+    assert decision.admitted and decision.limit_tokens is None
