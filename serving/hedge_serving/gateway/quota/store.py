@@ -128,9 +128,10 @@ class LocalStore:
         self._slots: dict[str, dict[str, float]] = {}  # slot key -> request id -> lease
         self._reservations: dict[str, Reservation] = {}
         self._next_prune = -math.inf
-        #: Window counter -> (what the shared store last said it held, when it ends); the
-        #: share applies to what remains of each limit (empty for a LocalStore alone).
-        self.spent: dict[str, tuple[int, float]] = {}
+        #: Window counter -> what the shared store last said it held; the share applies to
+        #: what remains of each limit (empty for a LocalStore alone).
+        self.spent: dict[str, int] = {}
+        self._spent_ends: dict[str, float] = {}
 
     async def reserve(
         self, request_id: str, limits: Sequence[LimitSet], tokens: int, now: float
@@ -156,9 +157,8 @@ class LocalStore:
     def reserve_now(
         self, request_id: str, limits: Sequence[LimitSet], tokens: int, now: float
     ) -> Decision:
-        self._prune(now)
-        spent = {k: v for k, (v, _) in self.spent.items()} if self.spent else None
-        counters = plan_counters(limits, tokens, now, self.share, spent)
+        self.prune(now)
+        counters = plan_counters(limits, tokens, now, self.share, self.spent)
         used = [self._value(c, now) for c in counters]
         if request_id in self._reservations:
             return already_admitted(counters, used, now)
@@ -189,7 +189,12 @@ class LocalStore:
         for key in reservation.slot_keys:
             self._slots.get(key, {}).pop(request_id, None)
 
-    def _prune(self, now: float) -> None:
+    def note_spent(self, key: str, value: int, ends: float) -> None:
+        """What the shared store holds in a window counter (as of this replica's call)."""
+        self.spent[key] = value
+        self._spent_ends[key] = ends
+
+    def prune(self, now: float) -> None:
         """Forget windows long over and reservations whose lease lapsed (bounded memory)."""
         if now < self._next_prune:
             return
@@ -197,8 +202,9 @@ class LocalStore:
         for key in [k for k, ends in self._ends.items() if ends + WINDOW_GRACE < now]:
             del self._ends[key]
             self._counts.pop(key, None)
-        for key in [k for k, (_, ends) in self.spent.items() if ends <= now]:
-            del self.spent[key]
+        for key in [k for k, ends in self._spent_ends.items() if ends <= now]:
+            del self._spent_ends[key]
+            self.spent.pop(key, None)
         for rid in [r for r, res in self._reservations.items() if res.lease_until <= now]:
             del self._reservations[rid]
         for key, slots in list(self._slots.items()):
@@ -217,7 +223,7 @@ class LocalStore:
             reservations={r: res for r, res in self._reservations.items() if res.lease_until > now},
         )
         for key, (value, ends) in usage.counts.items():
-            self.spent[key] = (self.spent.get(key, (0, ends))[0] + value, ends)
+            self.note_spent(key, self.spent.get(key, 0) + value, ends)
         self._counts.clear()
         self._ends.clear()
         self._slots.clear()
@@ -230,7 +236,7 @@ class LocalStore:
             self._counts[key] = self._counts.get(key, 0) + value
             self._ends[key] = ends
             if key in self.spent:
-                self.spent[key] = (max(0, self.spent[key][0] - value), ends)
+                self.spent[key] = max(0, self.spent[key] - value)
         for rid, res in usage.reservations.items():
             self._reservations[rid] = res
             for key in res.slot_keys:
@@ -312,6 +318,7 @@ class RedisStore:
     async def _reserve_shared(
         self, request_id: str, limits: Sequence[LimitSet], tokens: int, now: float
     ) -> Decision:
+        self.fallback.prune(now)  # forgets what it noted of windows over
         counters = plan_counters(limits, tokens, now)
         if not counters:
             return decide(counters, [], now)  # no limit applies: no round trip
@@ -341,10 +348,8 @@ class RedisStore:
         decision = decide(counters, used, now)
         for c, value in zip(counters, used, strict=True):
             if c.ends is not None:  # what the fallback's share will be of
-                self.fallback.spent[c.key] = (
-                    value + (c.amount if decision.admitted else 0),
-                    c.ends,
-                )
+                held = value + (c.amount if decision.admitted else 0)
+                self.fallback.note_spent(c.key, held, c.ends)
         return decision
 
     def _record_key(self, request_id: str) -> str:

@@ -154,3 +154,14 @@ async def test_headers_figures_follow_the_counts(store: QuotaStore) -> None:
 async def test_no_limits_admits_with_no_figures(store: QuotaStore) -> None:
     decision = await store.reserve(next(ids), [LimitSet("tenant/free")], 10**9, T0)
     assert decision.admitted and decision.limit_tokens is None
+
+
+async def test_what_the_fallback_notes_of_redis_is_forgotten_with_its_window(
+    redis_server: RedisServer, redis_stores: Callable[..., RedisStore]
+) -> None:
+    """A RedisStore notes each window's shared count for its fallback; bounded memory."""
+    store = redis_stores(redis_server.url, timeout=1.0)
+    limits = [LimitSet("tenant/a", tokens_per_minute=100, tokens_per_day=10**6)]
+    for minute in range(30):
+        assert (await store.reserve(next(ids), limits, 1, T0 + minute * 60)).admitted
+    assert len(store.fallback.spent) == 2  # this minute's and today's
