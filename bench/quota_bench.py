@@ -73,6 +73,9 @@ async def drive_window(
             decision = await store.reserve(rid, limits, tokens, now)
             costs.append((time.perf_counter_ns() - t0) / 1000)
             if not decision.admitted:
+                # LocalStore never suspends: yield, or one caller would take the whole queue
+                # once its replica is full (the others' demand, not the store, would differ).
+                await asyncio.sleep(0)
                 continue
             actual = rng.randint(tokens // 2, tokens)
             await asyncio.sleep(0)  # in flight while the others call

@@ -119,10 +119,14 @@ def _ping(port: int, timeout: float) -> bool:
 class RedisServer:
     """One redis-server on 127.0.0.1, nothing saved; a context manager that kills it."""
 
-    def __init__(self, binary: Path | None = None, port: int | None = None) -> None:
+    def __init__(
+        self, binary: Path | None = None, port: int | None = None, extra_args: tuple[str, ...] = ()
+    ) -> None:
         self.binary = binary or ensure_redis()
         self.port = port or _free_port()
+        self.extra_args = extra_args  # e.g. ("--enable-debug-command", "local") for `stall`
         self._proc: subprocess.Popen[bytes] | None = None
+        self._stalled: socket.socket | None = None
         fd, log = tempfile.mkstemp(prefix=f"hedge-redis-{self.port}-", suffix=".log")
         os.close(fd)
         self.log = Path(log)
@@ -134,7 +138,7 @@ class RedisServer:
     def start(self, timeout: float = 10.0) -> None:
         """Starts it (again, on the same port) and waits until PING answers."""
         cmd = [str(self.binary), "--port", str(self.port), "--bind", "127.0.0.1"]
-        cmd += ["--save", "", "--appendonly", "no", "--protected-mode", "no"]
+        cmd += ["--save", "", "--appendonly", "no", "--protected-mode", "no", *self.extra_args]
         with self.log.open("ab") as log:  # the child keeps its own descriptor
             self._proc = subprocess.Popen(
                 cmd, env=redis_env(self.binary), stdout=log, stderr=subprocess.STDOUT
@@ -149,6 +153,9 @@ class RedisServer:
 
     def stop(self) -> None:
         """Kills it (a crash: whatever it held is gone, clients are refused)."""
+        if self._stalled is not None:
+            self._stalled.close()
+            self._stalled = None
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:
             return
@@ -160,6 +167,19 @@ class RedisServer:
         """SIGSTOP: it keeps its data, but connections hang (a network partition)."""
         if self._proc is not None:
             self._proc.send_signal(signal.SIGSTOP)
+
+    def stall(self, seconds: float, timeout: float = 5.0) -> None:
+        """DEBUG SLEEP: the server stops serving for `seconds`, then runs what it received
+        meanwhile (a reply that comes too late). Needs `--enable-debug-command local`.
+        Returns once the server is asleep."""
+        sender = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+        sender.sendall(f"DEBUG SLEEP {seconds}\r\n".encode())
+        deadline = time.monotonic() + timeout
+        while _ping(self.port, 0.02):
+            if time.monotonic() > deadline:
+                sender.close()
+                raise ToolError("redis-server did not stall (is the DEBUG command enabled?)")
+        self._stalled = sender  # closed with the server
 
     def resume(self) -> None:
         if self._proc is not None:

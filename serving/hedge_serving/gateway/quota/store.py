@@ -71,6 +71,7 @@ class Reservation:
 
     tokens: int
     token_keys: tuple[str, ...]
+    counted: tuple[tuple[str, int], ...]  # each window counter and what it added there
     slot_keys: tuple[str, ...]
     lease_until: float
 
@@ -109,6 +110,7 @@ def _reservation(counters: Sequence[Counter], tokens: int, now: float, lease: fl
     return Reservation(
         tokens=max(0, tokens),
         token_keys=tuple(c.key for c in counters if c.is_tokens),
+        counted=tuple((c.key, c.amount) for c in counters if c.is_window),
         slot_keys=tuple(c.key for c in counters if not c.is_window),
         lease_until=now + lease,
     )
@@ -145,6 +147,22 @@ class LocalStore:
 
     def holds(self, request_id: str) -> bool:
         return request_id in self._reservations
+
+    def reservation(self, request_id: str) -> Reservation | None:
+        return self._reservations.get(request_id)
+
+    def uncount(self, request_id: str, reservation: Reservation, actual: int | None) -> None:
+        """Takes a request out of the local counts (the shared store counted it after all):
+        what it reserved, or `actual` tokens if it settled here already."""
+        tokens = set(reservation.token_keys)
+        for key, amount in reservation.counted:
+            if key in tokens and actual is not None:
+                amount = max(0, actual)
+            if key in self._counts:
+                self._counts[key] = max(0, self._counts[key] - amount)
+        self._reservations.pop(request_id, None)
+        for key in reservation.slot_keys:
+            self._slots.get(key, {}).pop(request_id, None)
 
     def _value(self, counter: Counter, now: float) -> int:
         if counter.is_window:
@@ -281,7 +299,9 @@ class RedisStore:
         self.shared = True  # False while counting locally
         self._retry_at = -math.inf
         self._reconnecting = False
-        self._ambiguous: set[str] = set()  # reserves that timed out: maybe held in Redis
+        #: Reserves that timed out and were admitted locally: the script may have run in
+        #: Redis too. Request id -> None while in flight, (reservation, actual) once settled.
+        self._ambiguous: dict[str, tuple[Reservation, int] | None] = {}
         self._pending: collections.deque[tuple[str, list[str], int]] = collections.deque(
             maxlen=MAX_PENDING_SETTLES
         )
@@ -308,11 +328,10 @@ class RedisStore:
             except _TRANSIENT as exc:
                 self._trip(now, exc)
                 if isinstance(exc, RedisTimeoutError | TimeoutError):
-                    # The script may have run: settle it in Redis too, once it answers, so
-                    # a slot it took there does not wait out its lease.
-                    if len(self._ambiguous) >= MAX_PENDING_SETTLES:
-                        self._ambiguous.clear()
-                    self._ambiguous.add(request_id)
+                    decision = self.fallback.reserve_now(request_id, limits, tokens, now)
+                    if decision.admitted and len(self._ambiguous) < MAX_PENDING_SETTLES:
+                        self._ambiguous[request_id] = None
+                    return decision
         return self.fallback.reserve_now(request_id, limits, tokens, now)
 
     async def _reserve_shared(
@@ -358,11 +377,12 @@ class RedisStore:
     async def settle(
         self, request_id: str, limits: Sequence[LimitSet], reserved: int, actual: int, now: float
     ) -> None:
-        if self.fallback.holds(request_id):
+        reservation = self.fallback.reservation(request_id)
+        if reservation is not None:
             self.fallback.settle_now(request_id, limits, actual, now)
-            if request_id not in self._ambiguous:
-                return
-        self._ambiguous.discard(request_id)
+            if request_id in self._ambiguous:
+                self._ambiguous[request_id] = (reservation, actual)
+            return
         slot_keys = [self.prefix + k for k in _slot_keys(limits)]
         if self.shared or await self._reconnect(now):
             try:
@@ -385,6 +405,7 @@ class RedisStore:
         self._reconnecting = True
         try:
             await self._redis.ping()
+            await self._resolve_ambiguous()
             while True:
                 while self._pending:
                     request_id, slot_keys, actual = self._pending[0]
@@ -409,6 +430,31 @@ class RedisStore:
         self.shared = True
         log.warning("quota store reachable again; local counts pushed, counting shared")
         return True
+
+    async def _resolve_ambiguous(self) -> None:
+        """For each reserve that timed out: if its script ran after all (Redis holds its
+        record), Redis's count stands and the local one is taken back, so the push does not
+        count it twice; one settled meanwhile is settled in Redis too."""
+        if not self._ambiguous:
+            return
+        ids = list(self._ambiguous)
+        pipe = self._redis.pipeline(transaction=False)
+        for request_id in ids:
+            pipe.exists(self._record_key(request_id))
+        held = await pipe.execute()
+        for request_id, in_redis in zip(ids, held, strict=True):
+            entry = self._ambiguous[request_id]
+            if in_redis and entry is None:
+                reservation = self.fallback.reservation(request_id)
+                if reservation is not None:  # still in flight: it settles in Redis
+                    self.fallback.uncount(request_id, reservation, None)
+            elif in_redis and entry is not None:
+                reservation, actual = entry
+                slot_keys = [self.prefix + k for k in reservation.slot_keys]
+                await self._settle_shared(request_id, slot_keys, actual)  # first: may fail
+                self.fallback.uncount(request_id, reservation, actual)
+            # (not in Redis: it never ran there, and the local count is the only one)
+            del self._ambiguous[request_id]
 
     async def _push(self, usage: LocalUsage, now: float) -> None:
         """Adds locally counted usage and reservations to Redis, in one transaction."""

@@ -13,6 +13,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import redis
@@ -232,3 +233,48 @@ async def test_a_second_outage_in_a_window_shares_only_what_remains(
     assert store.shared
     own_redis.stop()
     assert await fill_locally(store, "second", limits, T0 + 9) == 1300  # (6000 - 2000) / 3
+
+
+def wait_for_counter(url: str, kind: str, now: float, value: int, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while redis_counter(url, kind, now) != value:
+        assert time.monotonic() < deadline, f"the counter never reached {value}"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("settled_while_away", [True, False])
+async def test_a_reserve_that_timed_out_but_ran_in_redis_counts_once(
+    redis_binary: Path, redis_stores: Callable[..., RedisStore], settled_while_away: bool
+) -> None:
+    """The server stalls past the client's timeout, then runs the script: the request is
+    admitted locally and in Redis, and must count once when Redis answers again."""
+    with RedisServer(redis_binary, extra_args=("--enable-debug-command", "local")) as server:
+        await _timed_out_but_ran(server, redis_stores, settled_while_away)
+
+
+async def _timed_out_but_ran(
+    own_redis: RedisServer, redis_stores: Callable[..., RedisStore], settled_while_away: bool
+) -> None:
+    store = redis_stores(own_redis.url)
+    limits = [LimitSet(SCOPE, tokens_per_minute=6000, concurrent_requests=5)]
+    now = T0 + 5
+    # A pooled connection and both scripts loaded: the stalled call is the script itself.
+    assert (await store.reserve("warm", limits, 0, now)).admitted
+    await store.settle("warm", limits, 0, 0, now)
+    own_redis.stall(0.3)
+    assert (await store.reserve("slow", limits, 1000, now)).admitted
+    assert not store.shared
+    wait_for_counter(own_redis.url, TOKENS_PER_MINUTE, now, 1000)  # it ran in Redis too
+    if settled_while_away:
+        await store.settle("slow", limits, 1000, 400, now + 0.5)
+    later = now + 1.5
+    await store.reserve("probe", [LimitSet(SCOPE, tokens_per_minute=6000)], 0, later)
+    assert store.shared
+    assert redis_counter(own_redis.url, TOKENS_PER_MINUTE, later) == (
+        400 if settled_while_away else 1000
+    )
+    if not settled_while_away:
+        await store.settle("slow", limits, 1000, 400, later)
+        assert redis_counter(own_redis.url, TOKENS_PER_MINUTE, later) == 400
+    with redis.Redis.from_url(own_redis.url) as client:
+        assert client.zcard("hedge:quota:" + counter_key(SCOPE, "concurrentRequests")) == 0
