@@ -56,13 +56,25 @@ log = logging.getLogger("hedge.gateway.quota")
 
 
 class QuotaStore(Protocol):
+    """What the gateway's request path calls; `now` is UTC epoch seconds (time.time())."""
+
     async def reserve(
         self, request_id: str, limits: Sequence[LimitSet], tokens: int, now: float
-    ) -> Decision: ...
+    ) -> Decision:
+        """All or nothing across every LimitSet: one request and `tokens` (the prompt
+        estimate + max_tokens x n) against each window counter, one slot per scope with
+        concurrent_requests. Repeating it with the same id holds one reservation. Call
+        `settle` for every admitted request, also when it fails or is cancelled."""
+        ...
 
     async def settle(
         self, request_id: str, limits: Sequence[LimitSet], reserved: int, actual: int, now: float
-    ) -> None: ...
+    ) -> None:
+        """The request used `actual` tokens: its token counters move by (actual - reserved)
+        in the windows it was admitted in (the store's own record of what it reserved and
+        where counts, whatever `limits` and `reserved` say now), never below 0, and its
+        slots free. Idempotent per request_id."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,7 +279,8 @@ def _ttl(ends: float, now: float) -> int:
 
 class RedisStore:
     """Counters in Redis shared by every replica; `share` (1 / replicas) is used only by
-    the local fallback while Redis is unreachable."""
+    the local fallback while Redis is unreachable. `url`: redis://host:port/db. The retry
+    interval is measured on the `now` the calls pass, like the windows."""
 
     def __init__(
         self,
