@@ -146,6 +146,8 @@ class LocalStore:
         #: what remains of each limit (empty for a LocalStore alone).
         self.spent: dict[str, int] = {}
         self._spent_ends: dict[str, float] = {}
+        #: Counts drained for a push not yet confirmed: they still count here meanwhile.
+        self._in_transit: dict[str, int] = {}
 
     async def reserve(
         self, request_id: str, limits: Sequence[LimitSet], tokens: int, now: float
@@ -178,7 +180,7 @@ class LocalStore:
 
     def _value(self, counter: Counter, now: float) -> int:
         if counter.is_window:
-            return self._counts.get(counter.key, 0)
+            return self._counts.get(counter.key, 0) + self._in_transit.get(counter.key, 0)
         slots = self._slots.get(counter.key, {})
         for rid in [r for r, until in slots.items() if until <= now]:
             del slots[rid]
@@ -244,33 +246,43 @@ class LocalStore:
                 del self._slots[key]
 
     def drain(self, now: float) -> LocalUsage:
-        """Hands over (and forgets) the counts of windows still current and the
-        reservations in flight; they now count as spent in the shared store."""
+        """Hands over the counts of windows still current and the reservations in flight,
+        for a push; until `confirm` or `restore` they still count here (in transit), so
+        requests admitted during the push see them. Their settles go to the shared store."""
         usage = LocalUsage(
             counts={
                 k: (v, self._ends[k]) for k, v in self._counts.items() if self._ends[k] > now and v
             },
             reservations={r: res for r, res in self._reservations.items() if res.lease_until > now},
         )
-        for key, (value, ends) in usage.counts.items():
-            self.note_spent(key, self.spent.get(key, 0) + value, ends)
+        for key, (value, _) in usage.counts.items():
+            self._in_transit[key] = self._in_transit.get(key, 0) + value
         self._counts.clear()
         self._ends.clear()
-        self._slots.clear()
         self._reservations.clear()
         return usage
+
+    def confirm(self, usage: LocalUsage) -> None:
+        """The push landed: what it carried is now spent in the shared store."""
+        for key, (value, ends) in usage.counts.items():
+            self._in_transit[key] = max(0, self._in_transit.get(key, 0) - value)
+            if not self._in_transit[key]:
+                del self._in_transit[key]
+            self.note_spent(key, self.spent.get(key, 0) + value, ends)
+        for rid, res in usage.reservations.items():
+            for key in res.slot_keys:
+                self._slots.get(key, {}).pop(rid, None)
 
     def restore(self, usage: LocalUsage) -> None:
         """Takes back what `drain` handed over (the push failed)."""
         for key, (value, ends) in usage.counts.items():
+            self._in_transit[key] = max(0, self._in_transit.get(key, 0) - value)
+            if not self._in_transit[key]:
+                del self._in_transit[key]
             self._counts[key] = self._counts.get(key, 0) + value
             self._ends[key] = ends
-            if key in self.spent:
-                self.spent[key] = max(0, self.spent[key] - value)
         for rid, res in usage.reservations.items():
             self._reservations[rid] = res
-            for key in res.slot_keys:
-                self._slots.setdefault(key, {})[rid] = res.lease_until
 
 
 def _ttl(ends: float, now: float) -> int:
@@ -435,6 +447,7 @@ class RedisStore:
                 except _TRANSIENT:
                     self.fallback.restore(usage)
                     raise
+                self.fallback.confirm(usage)
         except _TRANSIENT:
             self._trip(now)
             return False
