@@ -126,6 +126,38 @@ async def test_three_replicas_hold_a_requests_limit_exactly(
         assert redis_counter(redis_server.url, REQUESTS_PER_MINUTE, start) == limit
 
 
+async def test_three_replicas_hold_a_concurrency_limit_exactly(
+    redis_server: RedisServer, redis_stores: Callable[..., RedisStore]
+) -> None:
+    limit = 5
+    limits = [LimitSet(SCOPE, concurrent_requests=limit)]
+    stores = [redis_stores(redis_server.url, 1 / REPLICAS, timeout=1.0) for _ in range(REPLICAS)]
+    in_flight, most, admitted = 0, 0, 0
+    requests = iter(range(600))
+
+    async def caller(store: RedisStore, name: str) -> None:
+        nonlocal in_flight, most, admitted
+        for i in requests:
+            if not (await store.reserve(f"{name}-{i}", limits, 0, T0 + i * 0.01)).admitted:
+                continue
+            in_flight += 1
+            most = max(most, in_flight)
+            admitted += 1
+            for _ in range(3):  # held across other callers' calls
+                await asyncio.sleep(0)
+            in_flight -= 1
+            await store.settle(f"{name}-{i}", limits, 0, 0, T0 + i * 0.01)
+
+    async with asyncio.timeout(LOAD_TIMEOUT):
+        await asyncio.gather(
+            *(caller(s, f"r{n}w{w}") for n, s in enumerate(stores) for w in range(4))
+        )
+    assert most == limit
+    assert 0 < admitted < 600
+    with redis.Redis.from_url(redis_server.url) as client:
+        assert client.zcard("hedge:quota:" + counter_key(SCOPE, "concurrentRequests")) == 0
+
+
 async def reconnect(stores: list[RedisStore], now: float) -> float:
     """Steps simulated time past the retry interval until every store counts shared again
     (bounded: 10 tries, in case a reconnect times out on a loaded machine); the time then."""
