@@ -28,14 +28,49 @@ def test_the_default_gateway_requires_client_keys(render: Render) -> None:
     assert "--api-keys-secret=hedge-system/hedge-api-keys" in gateway_args(render)
 
 
+OPEN = (
+    "gateway.apiKeys.secretName=",
+    "gateway.clientPolicies.enabled=false",
+    "gateway.allowUnauthenticated=true",
+)
+
+
 def test_no_client_keys_refuses_to_render_unless_on_purpose(render: Render) -> None:
     with pytest.raises(subprocess.CalledProcessError) as info:
-        render(set_values=("gateway.apiKeys.secretName=",))
+        render(set_values=("gateway.apiKeys.secretName=", "gateway.clientPolicies.enabled=false"))
     assert "gateway.apiKeys.secretName is empty" in info.value.stderr
     assert "gateway.allowUnauthenticated=true" in info.value.stderr
 
-    args = gateway_args(render, "gateway.apiKeys.secretName=", "gateway.allowUnauthenticated=true")
-    assert not any(a.startswith("--api-keys") for a in args)
+    args = gateway_args(render, *OPEN)
+    assert not any(a.startswith(("--api-keys", "--client-policies")) for a in args)
+
+
+def test_client_policies_alone_are_a_keys_source_and_never_open(render: Render) -> None:
+    """Keys from ClientPolicies only (no keys Secret): renders, authentication required;
+    combined with allowUnauthenticated it refuses, since the gateway would not be open."""
+    args = gateway_args(render, "gateway.apiKeys.secretName=")
+    assert "--client-policies" in args
+    assert "--quota-share=0.5" in args  # 1 / replicaCount by default
+    assert not any(a.startswith("--quota-redis") for a in args)
+    with pytest.raises(subprocess.CalledProcessError) as info:
+        render(set_values=("gateway.apiKeys.secretName=", "gateway.allowUnauthenticated=true"))
+    assert "gateway.clientPolicies.enabled=false as well" in info.value.stderr
+
+
+def test_the_quota_store_url_travels_in_the_environment_never_the_arguments(
+    render: Render,
+) -> None:
+    manifests = render(
+        set_values=(
+            "gateway.quotas.redisUrlSecret.name=quota-redis",
+            "gateway.replicaCount=3",
+        )
+    )
+    (gateway,) = containers(one(manifests, "Deployment", "hedge-gateway"))
+    assert "--quota-redis-url-env=HEDGE_QUOTA_REDIS_URL" in gateway["args"]
+    assert "--quota-share=0.3333333333333333" in gateway["args"]
+    (env,) = [e for e in gateway["env"] if e["name"] == "HEDGE_QUOTA_REDIS_URL"]
+    assert env["valueFrom"] == {"secretKeyRef": {"name": "quota-redis", "key": "url"}}
 
 
 def test_allow_unauthenticated_alone_does_not_pretend_to_open_the_gateway(render: Render) -> None:
@@ -61,7 +96,7 @@ def test_notes_say_when_auth_is_off_and_show_bound_keys(helm: Path) -> None:
     assert "until it exists every request is\n  refused (401)" in text
     assert "Authorization: Bearer $HEDGE_API_KEY" in text
 
-    text = notes(helm, "gateway.apiKeys.secretName=", "gateway.allowUnauthenticated=true")
+    text = notes(helm, *OPEN)
     assert "WARNING: client authentication is OFF" in text
     assert "HEDGE_API_KEY" not in text
 

@@ -270,6 +270,7 @@ def hedge(cluster: E2ECluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
             "drainTimeoutSeconds": 10,
             "apiKeys": {"secretName": ""},
             "allowUnauthenticated": True,
+            "clientPolicies": {"enabled": False},
             "egress": EGRESS_VALUES,
         },
     }

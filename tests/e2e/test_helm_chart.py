@@ -54,6 +54,7 @@ def write_values(tmp_path: Path, namespace: str, **overrides: Any) -> Path:
             "drainDelaySeconds": 1,
             "apiKeys": {"secretName": ""},
             "allowUnauthenticated": True,
+            "clientPolicies": {"enabled": False},
         },
     }
     for key, value in overrides.items():

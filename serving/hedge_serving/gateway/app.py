@@ -38,7 +38,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from hedge_core.contracts import METRICS_PATH
 from hedge_serving.gateway import errors
-from hedge_serving.gateway.auth import ClientAuth, Scope
+from hedge_serving.gateway.admission import Quotas, Ticket
+from hedge_serving.gateway.auth import ClientAuth
+from hedge_serving.gateway.tenants import Scope
 from hedge_serving.gateway.balancer import Balancer
 from hedge_serving.gateway.bodies import BodyLimits, parse_request_json
 from hedge_serving.gateway.breaker import CircuitBreaker
@@ -351,8 +353,10 @@ class Gateway:
     async def _proxy(self, request: web.BaseRequest, endpoint: Endpoint) -> web.StreamResponse:
         started = time.perf_counter()
         state = RequestState(UNKNOWN_MODEL, started)
+        ticket: Ticket | None = None
         try:
-            scope = self.auth.check(request.headers.get("Authorization"))
+            identity = self.auth.identify(request.headers.get("Authorization"))
+            scope = identity.scope
             body = await self._read_body(request)
             payload: Any = parse_request_json(body, self.settings.body_limits)
             if type(payload) is not dict:
@@ -377,13 +381,25 @@ class Gateway:
                 payload["model"] = route.model
                 body = json.dumps(payload).encode()
             state.model = route.label
+            if identity.tenant is not None:
+                state.identity = identity
+                state.metered = True  # its usage is counted (and settles its reservation)
+                quotas = self.proxy.quotas
+                if quotas is not None:
+                    ticket = await quotas.admit(identity, route.model, endpoint, payload, len(body))
+                    if ticket is not None:
+                        state.headers = ticket.headers
             state.arrive(route.demand)
             response = await self.proxy.serve(request, route, endpoint, body, payload, state)
             return response
         except errors.GatewayError as err:
             state.status = err.status
             state.served_by = SERVED_BY_GATEWAY
-            return error_response(err)
+            resp = error_response(err)
+            for name, value in state.headers.items():
+                if name not in resp.headers:
+                    resp.headers[name] = value
+            return resp
         except asyncio.CancelledError:
             state.status = _CLIENT_GONE
             raise
@@ -396,6 +412,8 @@ class Gateway:
             )
         finally:
             state.leave()
+            if state.metered:
+                self._tenant_done(state, ticket)
             self.metrics.request_done(
                 state.model,
                 state.served_by,
@@ -403,6 +421,26 @@ class Gateway:
                 time.perf_counter() - started,
                 state.mean_gap,
             )
+
+    def _tenant_done(self, state: RequestState, ticket: Ticket | None) -> None:
+        """Usage of a ClientPolicy's request, and its reservation settled: on the tokens it
+        used; on nothing if it failed before any was; as reserved if not known."""
+        identity = state.identity
+        tenant = identity.tenant
+        if tenant is None:
+            return
+        used = state.tokens
+        if ticket is not None and self.proxy.quotas is not None:
+            failed = used is None and (state.status >= 400 or state.status == 0)
+            self.proxy.quotas.settle(ticket, 0 if failed else used)
+        self.metrics.tenant_done(
+            tenant.label,
+            identity.key or "",
+            state.model,
+            state.served_by,
+            used,
+            rate_limited=state.status == 429 and state.served_by == SERVED_BY_GATEWAY,
+        )
 
     def _models(self, model_id: str | None, scope: Scope = None) -> web.Response:
         if model_id is not None:
@@ -486,6 +524,9 @@ class RunningGateway:
         for hook in self._on_stop:
             await hook()
         await self._runner.cleanup()
+        quotas = self.gateway.proxy.quotas
+        if quotas is not None:
+            await quotas.close()
         await self._scraper.stop()
         if self.upstream is not None:
             closing = self.upstream.close()
@@ -504,8 +545,10 @@ async def start_gateway(
     keys: KeyStore | None = None,
     auth: ClientAuth | None = None,
     ready: Callable[[], bool] | None = None,
+    quotas: Quotas | None = None,
 ) -> RunningGateway:
-    """Start the API (and admin) server on the running loop; returns once listening."""
+    """Start the API (and admin) server on the running loop; returns once listening.
+    `quotas`: where ClientPolicy limits are counted (none: they are not enforced)."""
     settings = settings or GatewaySettings()
     if table is None:
         table = RoutingTable(
@@ -543,6 +586,7 @@ async def start_gateway(
         settings.proxy,
         table=table,
     )
+    proxy.quotas = quotas
     gateway = Gateway(table, proxy, metrics, auth or ClientAuth(), settings)
 
     def prune(t: RoutingTable) -> None:

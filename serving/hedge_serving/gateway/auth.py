@@ -1,4 +1,4 @@
-"""Client API keys, checked in constant time, each optionally bound to namespaces.
+"""Client API keys, looked up by SHA-256 digest, each optionally bound to namespaces.
 
 Keys come from an environment variable or file (comma or newline separated) or from a
 Kubernetes Secret, and can be replaced at run time. Auth fails closed: a keys source that
@@ -21,12 +21,12 @@ take its traffic (docs/gateway.md, "Tenants"). Scoped keys are written
 
 from __future__ import annotations
 
-import hmac
 import logging
 import re
 from collections.abc import Iterable, Mapping
 
 from hedge_serving.gateway.errors import AuthenticationFailed
+from hedge_serving.gateway.tenants import ANONYMOUS, Identity, Scope, digest, merge
 
 log = logging.getLogger("hedge.gateway.auth")
 
@@ -39,9 +39,6 @@ _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # a DNS-1123 l
 class KeysConfigError(ValueError):
     """A keys source that is configured but unusable (the gateway refuses to start)."""
 
-
-Scope = frozenset[str] | None
-"""The namespaces a request may reach; None: every namespace."""
 
 ClientKey = tuple[str, Scope]
 
@@ -108,10 +105,17 @@ def keys_from_secret(data: Mapping[str, str]) -> list[ClientKey]:
 
 class ClientAuth:
     """`required`: a keys source is configured, so no keys means no access (fail closed);
-    without it and without keys every request is let through (a WARNING says so)."""
+    without it and without keys every request is let through (a WARNING says so).
+
+    Keys are held as SHA-256 digests (`hedge_serving.gateway.tenants.digest`) mapped to the
+    identity they authenticate: those of the keys file or Secret (`set_keys`) and those of
+    ClientPolicies (`set_policy_keys`). A key two identities claim authenticates neither."""
 
     def __init__(self, keys: Iterable[str | ClientKey] = (), *, required: bool = False) -> None:
-        self._keys: tuple[tuple[bytes, Scope], ...] = ()
+        self._static: list[tuple[bytes, Identity]] = []
+        self._policy: list[tuple[bytes, Identity]] = []
+        self._by_digest: dict[bytes, Identity] = {}
+        self._problems: list[str] = []
         self.required = required
         self.enabled = required
         self.set_keys(keys)
@@ -124,30 +128,45 @@ class ClientAuth:
             )
 
     def set_keys(self, keys: Iterable[str | ClientKey]) -> None:
-        entries: list[tuple[bytes, Scope]] = []
+        """The keys of the keys file or Secret (the first binding of a key listed twice)."""
+        entries: dict[bytes, Identity] = {}
         for item in keys:
             key, scope = (item, None) if isinstance(item, str) else item
             if key.strip():
-                entries.append((key.strip().encode(), scope))
-        self._keys = tuple(entries)
-        self.enabled = self.required or bool(self._keys)
+                entries.setdefault(digest(key), Identity(scope=scope))
+        self._static = list(entries.items())
+        self._rebuild()
 
-    def check(self, authorization: str | None) -> Scope:
-        """The scope of the key the header carries (None: every namespace, also when no keys
-        are configured); raises `AuthenticationFailed` without a configured key."""
+    def set_policy_keys(self, entries: Iterable[tuple[bytes, Identity]]) -> None:
+        """The keys of every ClientPolicy (`tenants.policy_keys`), replacing the last set."""
+        self._policy = list(entries)
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        merged, problems = merge([*self._static, *self._policy])
+        for problem in problems:
+            if problem not in self._problems:
+                log.warning("%s", problem)
+        self._problems = problems
+        self._by_digest = merged
+        self.enabled = self.required or bool(merged) or bool(problems)
+
+    def identify(self, authorization: str | None) -> Identity:
+        """Who the header's key is (`ANONYMOUS`, every namespace, when no keys are
+        configured); raises `AuthenticationFailed` without a configured key."""
         if not self.enabled:
-            return None
+            return ANONYMOUS
         if not authorization or authorization[:7].lower() != _BEARER:
             raise AuthenticationFailed(
                 "You didn't provide an API key. You need to provide your API key in an "
                 "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
             )
-        presented = authorization[7:].strip().encode("utf-8", "surrogateescape")
-        found = False
-        scope: Scope = None
-        for key, key_scope in self._keys:  # compare with every key: timing says nothing
-            if hmac.compare_digest(presented, key) and not found:
-                found, scope = True, key_scope
-        if not found:
+        identity = self._by_digest.get(digest(authorization[7:]))
+        if identity is None:
             raise AuthenticationFailed("Incorrect API key provided.")
-        return scope
+        return identity
+
+    def check(self, authorization: str | None) -> Scope:
+        """The scope of the key the header carries (None: every namespace, also when no keys
+        are configured); raises `AuthenticationFailed` without a configured key."""
+        return self.identify(authorization).scope

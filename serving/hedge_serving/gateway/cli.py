@@ -17,6 +17,7 @@ import signal
 import sys
 
 from hedge_serving.gateway import streams
+from hedge_serving.gateway.admission import Quotas
 from hedge_serving.gateway.app import GatewaySettings, start_gateway
 from hedge_serving.gateway.auth import (
     ClientAuth,
@@ -133,6 +134,29 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         metavar="NS/NAME",
         help="Kubernetes Secret whose values are the accepted client keys (watched); keys "
         "under a data key `namespace.<ns>` are bound to that namespace",
+    )
+    sec.add_argument(
+        "--client-policies",
+        action="store_true",
+        help="authenticate the keys of ClientPolicies in the watched namespaces (their "
+        "Secrets labelled hedge.dev/client-key=true) and enforce their limits; turns "
+        "authentication on even while no policy exists yet",
+    )
+    quota = parser.add_argument_group("tenant limits (ClientPolicy)")
+    quota.add_argument(
+        "--quota-redis-url-env",
+        metavar="VAR",
+        help="environment variable holding the redis:// or rediss:// URL of the Redis or "
+        "Valkey server the gateway replicas share their counts in; without it each replica "
+        "counts alone against --quota-share of each limit",
+    )
+    quota.add_argument(
+        "--quota-share",
+        type=float,
+        default=1.0,
+        help="the fraction of each ClientPolicy limit this gateway admits on its own count "
+        "(without the shared store, or while it is unreachable), e.g. 1/replicas "
+        "(default: %(default)s)",
     )
     tune = parser.add_argument_group("tuning")
     tune.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024)
@@ -378,11 +402,35 @@ def _client_keys(args: argparse.Namespace) -> list[ClientKey]:
     return keys
 
 
+def _quota_store(args: argparse.Namespace) -> QuotaStore:  # noqa: F821 - typing only
+    """The shared Redis store when a URL is given (its variable must hold one), else this
+    gateway's own count against its share."""
+    from hedge_serving.gateway.quota.store import LocalStore, RedisStore
+
+    if not args.quota_redis_url_env:
+        return LocalStore(share=args.quota_share)
+    url = os.environ.get(args.quota_redis_url_env, "").strip()
+    if not url:
+        raise SystemExit(f"hedge gateway: ${args.quota_redis_url_env} holds no Redis URL")
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        # Never echo the value: it may carry a password.
+        raise SystemExit(
+            f"hedge gateway: ${args.quota_redis_url_env} is not a redis://, rediss:// or "
+            "unix:// URL"
+        )
+    return RedisStore(url, share=args.quota_share)
+
+
 async def _serve(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     streams.GATEWAY_HELD.limit = args.max_reassembly_bytes  # one per process
     table = RoutingTable(lambda: CircuitBreaker(settings.breaker_failures, settings.breaker_open_s))
-    auth = ClientAuth(_client_keys(args), required=bool(args.api_keys_secret))
+    if not 0 < args.quota_share <= 1:
+        raise SystemExit("hedge gateway: --quota-share must be in (0, 1]")
+    auth = ClientAuth(
+        _client_keys(args), required=bool(args.api_keys_secret or args.client_policies)
+    )
+    quotas = Quotas(_quota_store(args))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -390,9 +438,10 @@ async def _serve(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
 
     if args.routes:
-        if args.api_keys_secret:
+        if args.api_keys_secret or args.client_policies:
             print(
-                "hedge gateway: --api-keys-secret needs Kubernetes discovery, not --routes",
+                "hedge gateway: --api-keys-secret and --client-policies need Kubernetes "
+                "discovery, not --routes",
                 file=sys.stderr,
             )
             return 2
@@ -401,7 +450,9 @@ async def _serve(args: argparse.Namespace) -> int:
         except RoutesFileError as exc:
             print(f"hedge gateway: {exc}", file=sys.stderr)
             return 2
-        running = await start_gateway(table, settings, keys=LocalKeyStore(), auth=auth)
+        running = await start_gateway(
+            table, settings, keys=LocalKeyStore(), auth=auth, quotas=quotas
+        )
         watcher = None
     else:
         from hedge_core.kube import Kube, KubeConfigError
@@ -418,6 +469,7 @@ async def _serve(args: argparse.Namespace) -> int:
                 namespaces=args.namespace,
                 client_keys_secret=args.api_keys_secret,
                 auth=auth,
+                client_policies=args.client_policies,
             )
         except KubeConfigError as exc:
             await kube.close()
@@ -425,7 +477,7 @@ async def _serve(args: argparse.Namespace) -> int:
             return 2
         await watcher.start()
         running = await start_gateway(
-            table, settings, keys=secrets, auth=auth, ready=watcher.synced
+            table, settings, keys=secrets, auth=auth, ready=watcher.synced, quotas=quotas
         )
     # Everything allocated so far lives as long as the process: keep it out of the cyclic
     # GC's scans, and collect young objects less often, which trims the latency tail.

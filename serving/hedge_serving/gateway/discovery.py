@@ -20,7 +20,12 @@ in-memory copies, and every change rebuilds the routing table from them:
   `hedge.dev/provider-key=true`, so an unlabelled Secret never reaches the gateway's
   memory whatever a ModelDeployment names; of a Secret only the referenced keys are kept,
   and a rotated key is used on the next request. The client-keys Secret is watched apart
-  (by name, no label needed) and is never a provider key, even when labelled.
+  (by name, no label needed) and is never a provider key, even when labelled;
+- with `client_policies`, `clientpolicies.hedge.dev/v1alpha1` (tenants) and each client-key
+  Secret one names in its own namespace, watched by name *and* the opt-in label
+  `hedge.dev/client-key=true`; of those Secrets only the SHA-256 digests of the keys are
+  kept (`tenants.secret_digests`), and every change gives the auth the policies' keys anew,
+  so a rotated key works (and the old one stops) on the next request without a restart.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ from hedge_core.api import (
     MD_LABEL,
     PLURAL,
     REVISION_LABEL,
+    CLIENT_POLICY_PLURAL,
+    ClientPolicy,
     FallbackBudgetStatus,
     ModelDeployment,
     RolloutStatus,
@@ -47,6 +54,7 @@ from hedge_core.api import (
     unix_seconds,
 )
 from hedge_core.contracts import (
+    CLIENT_KEY_SELECTOR,
     PROVIDER_KEY_SELECTOR,
     SERVICE_NAME_LABEL,
     created_seconds,
@@ -58,6 +66,7 @@ from hedge_core.kube import Key, Kube, KubeConfigError, ListWatch, object_key, r
 from hedge_core.statuses import FALLBACK_BUDGET, ROLLOUT, read
 from hedge_serving.gateway.auth import ClientAuth, keys_from_secret
 from hedge_serving.gateway.budget import BudgetSpec
+from hedge_serving.gateway.tenants import policy_keys, secret_digests
 from hedge_serving.gateway.keys import SecretCache
 from hedge_serving.gateway.routing import (
     ProviderSpec,
@@ -290,6 +299,7 @@ class KubernetesDiscovery:
         namespaces: list[str] | None = None,
         client_keys_secret: str | None = None,
         auth: ClientAuth | None = None,
+        client_policies: bool = False,
         min_backoff_s: float = 0.2,
         max_backoff_s: float = 30.0,
     ) -> None:
@@ -315,6 +325,13 @@ class KubernetesDiscovery:
         self._client_keys_watch: ListWatch | None = None
         self._refused: set[Key] = set()  # references to the client-keys Secret, logged once
         self._background: set[asyncio.Task[None]] = set()
+        # ClientPolicies (tenants) and the client-key Secrets they reference: one watch per
+        # Secret, by name and the opt-in label; only the keys' digests are kept.
+        self.client_policies = client_policies
+        self._policy_watches: list[ListWatch] = []
+        self._policy_invalid: dict[Key, str] = {}  # logged once per resourceVersion
+        self._key_secret_watches: dict[Key, ListWatch] = {}
+        self._key_digests: dict[Key, dict[str, tuple[bytes, ...]]] = {}
 
     def _watch(self, path: str, name: str, **kw: Any) -> ListWatch:
         w = ListWatch(
@@ -349,6 +366,17 @@ class KubernetesDiscovery:
                     on_event=lambda _t, _o: self.changed(),
                 )
             )
+        if self.client_policies:
+            for ns in self.namespaces:
+                where = f"@{ns}" if ns else ""
+                self._policy_watches.append(
+                    self._watch(
+                        resource_path(API_VERSION, CLIENT_POLICY_PLURAL, ns or None),
+                        f"clientpolicies{where}",
+                        on_list=lambda _: self._policies_changed(),
+                        on_event=lambda _t, _o: self._policies_changed(),
+                    )
+                )
         if self.client_keys_secret is not None:
             ns, name = self.client_keys_secret
             self._client_keys_watch = self._watch(
@@ -360,7 +388,13 @@ class KubernetesDiscovery:
             )
 
     async def stop(self) -> None:
-        watches = [*self._md_watches, *self._slice_watches, *self._secret_watches.values()]
+        watches = [
+            *self._md_watches,
+            *self._slice_watches,
+            *self._secret_watches.values(),
+            *self._policy_watches,
+            *self._key_secret_watches.values(),
+        ]
         if self._client_keys_watch is not None:
             watches.append(self._client_keys_watch)
         for w in watches:
@@ -371,6 +405,9 @@ class KubernetesDiscovery:
         self._secret_watches.clear()
         self._secret_keys.clear()
         self._client_keys_watch = None
+        self._policy_watches.clear()
+        self._key_secret_watches.clear()
+        self._key_digests.clear()
 
     def synced(self) -> bool:
         """Whether every watched collection has been listed at least once."""
@@ -459,6 +496,71 @@ class KubernetesDiscovery:
             _strip(secret)
         if self.auth is not None:
             self.auth.set_keys(keys_from_secret(data))
+
+    def _policies_changed(self) -> None:
+        """The ClientPolicies or their key Secrets changed: watch the Secrets they name,
+        and give the auth every policy key (as digests) with its tenant."""
+        policies: list[ClientPolicy] = []
+        for w in self._policy_watches:
+            for key, body in w.items.items():
+                version = str((body.get("metadata") or {}).get("resourceVersion", ""))
+                try:
+                    policies.append(ClientPolicy.from_body(body))
+                    self._policy_invalid.pop(key, None)
+                except SpecError as exc:
+                    if self._policy_invalid.get(key) != version:
+                        self._policy_invalid[key] = version
+                        log.warning(
+                            "ClientPolicy %s/%s: its keys authenticate nothing, the spec is "
+                            "invalid: %s",
+                            *key,
+                            exc,
+                        )
+        wanted = {(p.namespace, ref.secret_name) for p in policies for ref in p.keys}
+        for ref in wanted - set(self._key_secret_watches):
+            ns, name = ref
+            self._key_secret_watches[ref] = self._watch(
+                f"/api/v1/namespaces/{quote(ns)}/secrets",
+                f"client-key secret {ns}/{name}",
+                params={
+                    "fieldSelector": f"metadata.name={name}",
+                    "labelSelector": CLIENT_KEY_SELECTOR,
+                },
+                on_list=lambda items, r=ref: self._key_secret_listed(r, items),
+                on_event=lambda kind, obj, r=ref: self._key_secret_event(r, kind, obj),
+            )
+        for ref in [r for r in self._key_secret_watches if r not in wanted]:
+            task = asyncio.get_running_loop().create_task(self._key_secret_watches.pop(ref).stop())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            self._key_digests.pop(ref, None)
+        if self.auth is None:
+            return
+        entries = []
+        for policy in policies:
+            found = {
+                name: digests
+                for (ns, name), digests in self._key_digests.items()
+                if ns == policy.namespace
+            }
+            entries.extend(policy_keys(policy, found))
+        self.auth.set_policy_keys(entries)
+
+    def _key_secret_listed(self, ref: Key, items: list[dict[str, Any]]) -> None:
+        found = next((i for i in items if object_key(i) == ref), None)
+        self._key_secret_event(ref, "ADDED" if found is not None else "DELETED", found or {})
+
+    def _key_secret_event(self, ref: Key, kind: str, obj: dict[str, Any]) -> None:
+        """Keep the digests of a client-key Secret's keys, never the keys: the watch's own
+        copy is stripped of its data at once."""
+        if ref not in self._key_secret_watches:
+            return
+        if kind == "DELETED" or not obj:
+            self._key_digests.pop(ref, None)
+        else:
+            self._key_digests[ref] = secret_digests(_decode(obj))
+            _strip(obj)
+        self._policies_changed()
 
     def changed(self) -> None:
         """Rebuild the routing table from what the watches hold; watch the Secrets the

@@ -13,8 +13,11 @@ traceback)::
     │   ├── MethodNotAllowed           405
     │   ├── PayloadTooLarge            413
     │   ├── UnsupportedMediaType       415
-    │   └── FallbackBudgetExhausted    429  type "rate_limit_error", code
-    │                                       "fallback_budget_exhausted"; carries Retry-After
+    │   ├── FallbackBudgetExhausted    429  type "rate_limit_error", code
+    │   │                                   "fallback_budget_exhausted"; carries Retry-After
+    │   └── RateLimited                429  type "rate_limit_error", code
+    │                                       "rate_limit_exceeded": a tenant's limit (its
+    │                                       ClientPolicy); Retry-After and x-ratelimit-*
     └── ServerError                    5xx, type "server_error"
         ├── InternalError              500  a bug; the message stays generic
         ├── UpstreamFailed             502  backends/providers answered badly
@@ -123,6 +126,16 @@ class FallbackBudgetExhausted(ClientError):
     status = 429
     type = "rate_limit_error"
     default_code = "fallback_budget_exhausted"
+
+
+class RateLimited(ClientError):
+    """A limit of the caller's ClientPolicy (requests or tokens per minute, tokens per day,
+    concurrent requests) leaves no room for the request until a window turns or a request
+    in flight ends; shaped like OpenAI's own rate-limit errors, so SDKs wait and retry."""
+
+    status = 429
+    type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
 
 
 class ServerError(GatewayError):

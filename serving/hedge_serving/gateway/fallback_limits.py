@@ -17,13 +17,13 @@ from hedge_serving.gateway.errors import BadRequest
 from hedge_serving.gateway.usage import estimate_prompt_tokens
 
 # The output-token fields of each endpoint, the first one is the one the gateway sets.
-_OUTPUT_FIELDS: dict[Endpoint, tuple[str, ...]] = {
+OUTPUT_FIELDS: dict[Endpoint, tuple[str, ...]] = {
     Endpoint.CHAT: ("max_completion_tokens", "max_tokens"),
     Endpoint.COMPLETIONS: ("max_tokens",),
     Endpoint.RESPONSES: ("max_output_tokens",),
     Endpoint.MESSAGES: ("max_tokens",),
 }
-_CHOICE_FIELDS: dict[Endpoint, tuple[str, ...]] = {
+CHOICE_FIELDS: dict[Endpoint, tuple[str, ...]] = {
     Endpoint.CHAT: ("n",),
     Endpoint.COMPLETIONS: ("n", "best_of"),  # best_of completions are generated and billed
 }
@@ -51,7 +51,7 @@ def _count(payload: dict[str, Any], key: str, cap: int, flag: str) -> int | None
     return value
 
 
-def _prompts(endpoint: Endpoint, payload: dict[str, Any]) -> int:
+def prompts(endpoint: Endpoint, payload: dict[str, Any]) -> int:
     """How many prompts one request carries (a completions batch generates for each)."""
     prompt = payload.get("prompt")
     if (
@@ -88,9 +88,9 @@ def admit_fallback(
         # can be fetched, continued or left running there, unseen by the gateway).
         out = {**out, "store": False}
     choices = 1
-    for key in _CHOICE_FIELDS.get(endpoint, ()):
+    for key in CHOICE_FIELDS.get(endpoint, ()):
         choices = max(choices, _count(payload, key, limits.max_n, "--fallback-max-n") or 1)
-    fields = _OUTPUT_FIELDS.get(endpoint, ())
+    fields = OUTPUT_FIELDS.get(endpoint, ())
     output: int | None = None
     for key in fields:
         asked = _count(payload, key, limits.max_tokens, "--fallback-max-tokens")
@@ -100,8 +100,8 @@ def admit_fallback(
         output = limits.max_tokens
         if budgeted:
             out = {**out, fields[0]: output}
-    generated = (output or 0) * choices * _prompts(endpoint, payload)
+    generated = (output or 0) * choices * prompts(endpoint, payload)
     return out, estimate_prompt_tokens(body_bytes) + generated
 
 
-__all__ = ["FallbackLimits", "admit_fallback"]
+__all__ = ["CHOICE_FIELDS", "OUTPUT_FIELDS", "FallbackLimits", "admit_fallback", "prompts"]

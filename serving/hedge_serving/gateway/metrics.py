@@ -211,6 +211,28 @@ class GatewayMetrics:
             ["model"],
             registry=r,
         )
+        # Per tenant (a ClientPolicy, `<namespace>/<policy>`) and key (the name its policy
+        # gives it, never the key): few of each, so the series stay bounded.
+        self._tenant_requests = Counter(
+            "hedge_gateway_tenant_requests",
+            "Requests of ClientPolicy tenants, by key, model and who served them "
+            "(served_by=gateway: refused, e.g. over a limit).",
+            ["tenant", "key", "model", "served_by"],
+            registry=r,
+        )
+        self._tenant_tokens = Counter(
+            "hedge_gateway_tenant_tokens",
+            "Tokens (prompt + completion, reported by the engine or provider, else "
+            "estimated) used by ClientPolicy tenants' requests.",
+            ["tenant", "key", "model", "served_by"],
+            registry=r,
+        )
+        self._tenant_limited = Counter(
+            "hedge_gateway_tenant_rate_limited",
+            "Requests refused with 429 by a limit of their ClientPolicy.",
+            ["tenant", "key", "model"],
+            registry=r,
+        )
         r.register(_TableCollector(table))
         r.register(_DemandCollector(table))
         r.register(_RevisionCollector(table))
@@ -219,6 +241,30 @@ class GatewayMetrics:
         self._itl_children: dict[tuple[str, str], Histogram] = {}
         self._fallback_children: dict[tuple[str, str, str], Counter] = {}
         self._retry_children: dict[str, Counter] = {}
+        self._tenant_children: dict[tuple[str, str, str, str], tuple[Counter, Counter]] = {}
+
+    def tenant_done(
+        self,
+        tenant: str,
+        key: str,
+        model: str,
+        served_by: str,
+        tokens: int | None,
+        rate_limited: bool = False,
+    ) -> None:
+        """One request of a ClientPolicy's key has ended (`tokens` used, if counted)."""
+        labels = (tenant, key, model, served_by)
+        children = self._tenant_children.get(labels)
+        if children is None:
+            children = self._tenant_children[labels] = (
+                self._tenant_requests.labels(*labels),
+                self._tenant_tokens.labels(*labels),
+            )
+        children[0].inc()
+        if tokens:
+            children[1].inc(tokens)
+        if rate_limited:
+            self._tenant_limited.labels(tenant, key, model).inc()
 
     def request_done(
         self, model: str, served_by: str, status: int, seconds: float, gap: float | None = None

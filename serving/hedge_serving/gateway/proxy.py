@@ -28,6 +28,7 @@ streamed or not, for the metrics the autoscaler and rollout analysis read.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import time
@@ -38,6 +39,7 @@ from typing import Any, Protocol
 import aiohttp
 from aiohttp import web
 
+from hedge_serving.gateway.admission import Quotas
 from hedge_serving.gateway.attempts import (
     UNJUDGED,
     Health,
@@ -53,6 +55,7 @@ from hedge_serving.gateway.errors import (
     FallbackBudgetExhausted,
     GatewayError,
     NoCapacity,
+    RateLimited,
     UpstreamFailed,
     UpstreamTimeout,
     error_event,
@@ -72,6 +75,7 @@ from hedge_serving.gateway.routing import (
     Route,
     RoutingTable,
 )
+from hedge_serving.gateway.tenants import ANONYMOUS, Identity
 from hedge_serving.gateway.streams import (
     EngineError,
     IncompleteStream,
@@ -100,6 +104,8 @@ _JSON = "application/json"
 # A provider answering these cannot serve this request but the next provider may.
 _PROVIDER_NEXT_STATUSES = frozenset({401, 403, 404, 408, 409, 429})
 _CLIENT_GONE = 499  # nginx's convention, for metrics only
+# Endpoints whose streams report usage when asked (`stream_options.include_usage`).
+_USAGE_ENDPOINTS = (Endpoint.CHAT, Endpoint.COMPLETIONS)
 _MAX_ERROR_BYTES = 1024 * 1024
 
 
@@ -157,13 +163,17 @@ class RequestState:
         "first_token_at",
         "gap_max",
         "gap_sum",
+        "headers",
+        "identity",
         "last_read_at",
+        "metered",
         "model",
         "reads",
         "response",
         "served_by",
         "started",
         "status",
+        "tokens",
         "upstream_broke",
     )
 
@@ -183,6 +193,10 @@ class RequestState:
         self.gap_max = 0.0
         self.demand: Demand | None = None
         self.demand_state = DemandState.SELF_HOSTED
+        self.identity: Identity = ANONYMOUS  # who sent it (its ClientPolicy's tenant, if any)
+        self.headers: dict[str, str] = {}  # for the answer, whoever serves it (x-ratelimit-*)
+        self.metered = False  # count the tokens the answer uses (`tokens`)
+        self.tokens: int | None = None  # tokens used, reported or estimated (when metered)
 
     def arrive(self, demand: Demand) -> None:
         """The request is for `demand`'s ModelDeployment: one arrival, in flight self-hosted."""
@@ -314,6 +328,7 @@ class Proxy:
         self.settings = settings or ProxySettings()
         self._provider_factory = provider_factory
         self._providers: dict[ProviderSpec, Provider] = {}
+        self.quotas: Quotas | None = None  # tenants' limits (start_gateway sets it)
 
     def prune_providers(self, specs: Iterable[ProviderSpec]) -> None:
         """Forget providers no route lists any more (the routing table changed)."""
@@ -356,7 +371,7 @@ class Proxy:
         reason: FallbackReason | None = None
         if not route.backends and options.hold_s > 0:
             # Scaling from zero (or every pod restarting): wait unless the fallback takes it.
-            spills = route.fallback and options.fallback_on_unavailable
+            spills = bool(_spill_to(route, state)) and options.fallback_on_unavailable
             if not spills or self._budget_spent(route) is not None:
                 held = await self._hold(route, state)
                 if held is None and not spills:
@@ -373,7 +388,7 @@ class Proxy:
         if not candidates:
             reason = FallbackReason.UNAVAILABLE
         elif (
-            route.fallback
+            _spill_to(route, state)
             and options.fallback_on_overload
             and all(b.queue_estimate() > options.max_queue_depth for b in candidates)
             # A spent budget: the request queues at the pods rather than being refused.
@@ -409,7 +424,7 @@ class Proxy:
                     ]
             reason = FallbackReason.ERROR if route.backends else FallbackReason.UNAVAILABLE
         skipped: list[str] = []
-        if route.fallback and options.falls_back_on(reason):
+        if _spill_to(route, state) and options.falls_back_on(reason):
             budget = route.demand.budget
             share = self.settings.fallback_budget_share
             if await budget.admit_after_reservations(time.time(), share) is not None:
@@ -442,6 +457,15 @@ class Proxy:
             }[reason]
         if failures:
             log.warning("model %s: %s (%s)", route.model, detail, "; ".join(failures))
+        tenant = state.identity.tenant
+        if route.fallback and tenant is not None and not tenant.fallback_allowed:
+            # Never the paid provider for this tenant: a 429, so its SDK waits and retries.
+            raise RateLimited(
+                f"model {route.model!r} cannot be served right now: {detail}, and the "
+                f"ClientPolicy {tenant.label} does not allow the fallback providers",
+                code="fallback_not_allowed",
+                headers={**state.headers, "Retry-After": str(self.settings.retry_after_s)},
+            )
         raise NoCapacity(
             f"model {route.model!r} cannot be served right now: {detail}",
             headers={"Retry-After": str(self.settings.retry_after_s)},
@@ -505,9 +529,18 @@ class Proxy:
         upstream_stream = stream and mode is not Mode.UNARY
         first_s: float | None = None
         idle_s: float | None = None
+        asked_usage = False  # the gateway asked the engine for a stream's usage
         if reassemble:
             body = streamed_body(body, payload)
             upstream_stream = True
+        elif state.metered and upstream_stream and endpoint in _USAGE_ENDPOINTS:
+            options = payload.get("stream_options")
+            if not (isinstance(options, dict) and options.get("include_usage") is True):
+                # The tenant's tokens are counted from the usage the stream ends with: ask
+                # vLLM for it, and take that chunk out before the client sees it.
+                asked_usage = True
+                opts = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+                body = json.dumps({**payload, "stream_options": opts}).encode()
         if upstream_stream:
             first_s = s.first_token_limit(len(body), backend.queue_estimate())
             idle_s = s.idle_timeout_s
@@ -536,10 +569,16 @@ class Proxy:
                         answer = await self._reassembled(up, endpoint, state)
                         judged = classify(status)
                         return answer
-                    relay = PassthroughRelay(endpoint)
-                    response = await self._relay(
-                        request, up.readany, relay, state, _SELF_HEADERS, classify=True
-                    )
+                    relay: StreamRelay = PassthroughRelay(endpoint)
+                    meter = MeteredRelay(relay, asked_usage) if state.metered else None
+                    try:
+                        response = await self._relay(
+                            request, up.readany, meter or relay, state, _SELF_HEADERS,
+                            classify=True,
+                        )  # fmt: skip
+                    finally:
+                        if meter is not None:
+                            state.tokens = meter.charge(estimate_prompt_tokens(len(body)))
                     judged = classify(StreamBroke() if state.upstream_broke else status)
                     return response
                 try:
@@ -549,10 +588,18 @@ class Proxy:
                     raise UpstreamFailed(f"the model's answer is too large: {exc}") from None
                 judged = classify(status)
                 state.status = status
+                if state.metered:
+                    state.tokens = answer_tokens(data) or (
+                        estimate_prompt_tokens(len(body)) + estimate_answer_tokens(data)
+                    )
                 return web.Response(
                     status=status,
                     body=data,
-                    headers={"Content-Type": up.content_type, HEADER_SERVED_BY: SERVED_BY_SELF},
+                    headers={
+                        "Content-Type": up.content_type,
+                        HEADER_SERVED_BY: SERVED_BY_SELF,
+                        **state.headers,
+                    },
                 )
             except EngineError as err:  # an error event before anything reached the client
                 judged = classify(err)
@@ -581,7 +628,7 @@ class Proxy:
         return web.Response(
             status=err.status,
             body=err.body,
-            headers={"Content-Type": _JSON, HEADER_SERVED_BY: SERVED_BY_SELF},
+            headers={"Content-Type": _JSON, HEADER_SERVED_BY: SERVED_BY_SELF, **state.headers},
         )
 
     async def _reassembled(
@@ -600,11 +647,15 @@ class Proxy:
             except ResponseTooLarge as exc:
                 raise UpstreamFailed(f"the model's answer is too large: {exc}") from None
         data = assembler.result()
+        if state.metered:
+            state.tokens = answer_tokens(data)
         if state.first_token_at is not None:
             ttft = state.first_token_at - state.started
             self._metrics.first_token(state.model, state.served_by, ttft)
         state.status = 200
-        return web.Response(status=200, body=data, headers={"Content-Type": _JSON, **_SELF_HEADERS})
+        return web.Response(
+            status=200, body=data, headers={"Content-Type": _JSON, **_SELF_HEADERS, **state.headers}
+        )
 
     async def _relay(
         self,
@@ -637,7 +688,12 @@ class Proxy:
             raise BackendFailure("stream began with an error event")
         response = web.StreamResponse(
             status=200,
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **headers},
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                **headers,
+                **state.headers,
+            },
         )
         await response.prepare(request)
         state.response = response
@@ -717,6 +773,14 @@ class Proxy:
         # providers spent, reported or estimated, however the request ends.
         reservation = budget.reserve(need)
         spent = [0]
+        ticket = None
+        tenant = state.identity.tenant
+        if tenant is not None and tenant.fallback is not None and self.quotas is not None:
+            try:  # the tenant's own ceiling on fallback tokens
+                ticket = await self.quotas.admit_fallback(tenant, route.model, need)
+            except RateLimited:
+                budget.settle(reservation, 0, time.time())
+                raise
         try:
             return await self._try_providers(
                 request, route, endpoint, payload, stream, state, reason, skipped, refused,
@@ -724,6 +788,10 @@ class Proxy:
             )  # fmt: skip
         finally:
             budget.settle(reservation, spent[0], time.time())
+            if state.metered:
+                state.tokens = (state.tokens or 0) + spent[0]
+            if ticket is not None and self.quotas is not None:
+                self.quotas.settle(ticket, spent[0])
 
     async def _try_providers(
         self,
@@ -754,7 +822,7 @@ class Proxy:
             stream
             and endpoint in (Endpoint.CHAT, Endpoint.COMPLETIONS)
             and not client_usage
-            and route.demand.budget.spec is not None
+            and (route.demand.budget.spec is not None or state.metered)
         )
         if ask_usage:
             # A budget counts the tokens a stream reports at its end: ask for them (and take
@@ -830,7 +898,7 @@ class Proxy:
                         return web.Response(
                             status=status,
                             body=provider.translate_error(endpoint, status, data),
-                            headers={"Content-Type": _JSON, **headers},
+                            headers={"Content-Type": _JSON, **headers, **state.headers},
                         )
                     if stream:
                         meter = MeteredRelay(provider.relay(endpoint, payload), ask_usage)
@@ -850,7 +918,9 @@ class Proxy:
                     spent[0] += self._spent(route, provider.label, tokens)
                     state.status = status
                     return web.Response(
-                        status=status, body=data, headers={"Content-Type": _JSON, **headers}
+                        status=status,
+                        body=data,
+                        headers={"Content-Type": _JSON, **headers, **state.headers},
                     )
             except BackendFailure as exc:
                 log.warning(
@@ -866,6 +936,15 @@ class Proxy:
         state.served_by = "gateway"
         state.fallback_reason = None
         return None
+
+
+def _spill_to(route: Route, state: RequestState) -> tuple[ProviderSpec, ...]:
+    """The fallback providers this request may spill to: none for a tenant whose
+    ClientPolicy does not allow the fallback."""
+    tenant = state.identity.tenant
+    if tenant is not None and not tenant.fallback_allowed:
+        return ()
+    return route.fallback
 
 
 def _count(backend: Backend, outcome: int, state: RequestState, started: float) -> None:
