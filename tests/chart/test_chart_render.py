@@ -122,6 +122,8 @@ def test_default_install(render: Render) -> None:
         "--egress-allow-host=api.openai.com", "--egress-allow-host=*.openai.azure.com",
         "--egress-allow-host=api.anthropic.com", "--fallback-max-n=4",
         "--fallback-max-tokens=4096", "--fallback-budget-share=0.5",
+        # ClientPolicies' keys and limits; each replica's share without a shared store
+        "--client-policies", "--quota-share=0.5",
     ]  # fmt: skip
     # Unready and still serving, then draining, then exit: the grace period outlasts both.
     assert gateway["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 45

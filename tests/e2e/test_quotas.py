@@ -103,13 +103,6 @@ def install(cluster: E2ECluster, tmp_path_factory: pytest.TempPathFactory) -> It
             [
                 secret("quota-redis", {"url": server.url}),
                 secret("client-keys", KEYS, {"hedge.dev/client-key": "true"}),
-                policy(
-                    "team-a",
-                    limits={"tokensPerMinute": TOKENS_PER_MINUTE},
-                    defaultMaxTokens=64,
-                ),
-                policy("team-b"),
-                policy("team-c", limits={"concurrentRequests": 2}),
             ],
             namespace,
         )
@@ -127,6 +120,18 @@ def install(cluster: E2ECluster, tmp_path_factory: pytest.TempPathFactory) -> It
             },
         )
         helm(cluster, "install", RELEASE, str(CHART), "-n", namespace, "-f", str(values))
+        cluster.apply(  # the chart installs the ClientPolicy CRD
+            [
+                policy(
+                    "team-a",
+                    limits={"tokensPerMinute": TOKENS_PER_MINUTE},
+                    defaultMaxTokens=64,
+                ),
+                policy("team-b"),
+                policy("team-c", limits={"concurrentRequests": 2}),
+            ],
+            namespace,
+        )
         cluster.apply(
             [
                 {
@@ -148,15 +153,18 @@ def install(cluster: E2ECluster, tmp_path_factory: pytest.TempPathFactory) -> It
             namespace,
         )
         wait_ready(cluster, namespace, "llama", timeout=120)
-        pods = wait_for(
-            lambda: (urls := gateway_urls(cluster, namespace)) if len(urls) == 3 else None,
-            120,
-            "3 gateway replicas Ready",
-        )
+
+        def three_replicas() -> list[str] | None:
+            urls = gateway_urls(cluster, namespace)
+            return urls if len(urls) == 3 else None
+
+        pods = wait_for(three_replicas, 120, "3 gateway replicas Ready")
         made = Install(namespace, server, pods)
         for i in range(3):  # every replica knows every policy's key
             for key in KEYS.values():
-                wait_for(lambda k=key, i=i: answers(made, k, i), 60, f"replica {i} admits {key[:5]}")
+                wait_for(
+                    lambda k=key, i=i: answers(made, k, i), 60, f"replica {i} admits {key[:5]}"
+                )
         yield made
     finally:
         with contextlib.suppress(Exception):
@@ -374,8 +382,10 @@ def test_with_redis_unreachable_each_replica_admits_only_its_share(install: Inst
     assert sum(admitted) >= 0.9 * TOKENS_PER_MINUTE, admitted  # but each its share
     # Back: what the replicas counted alone is pushed, so the shared count agrees.
     wait_for(
-        lambda: abs(install.shared_tokens("team-a", window) - before - sum(admitted))
-        <= 0.01 * TOKENS_PER_MINUTE,
+        lambda: (
+            abs(install.shared_tokens("team-a", window) - before - sum(admitted))
+            <= 0.01 * TOKENS_PER_MINUTE
+        ),
         20,
         f"the shared count of minute {window} adds the {sum(admitted)} tokens admitted alone",
     )

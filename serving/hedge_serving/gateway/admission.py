@@ -21,15 +21,17 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hedge_serving.gateway.endpoints import Endpoint
 from hedge_serving.gateway.errors import RateLimited
 from hedge_serving.gateway.fallback_limits import CHOICE_FIELDS, OUTPUT_FIELDS, prompts
 from hedge_serving.gateway.quota.limits import Decision, LimitSet, ratelimit_headers
-from hedge_serving.gateway.quota.store import QuotaStore
 from hedge_serving.gateway.tenants import Identity, Tenant
 from hedge_serving.gateway.usage import estimate_prompt_tokens
+
+if TYPE_CHECKING:
+    from hedge_serving.gateway.quota.store import QuotaStore
 
 log = logging.getLogger("hedge.gateway.admission")
 
@@ -60,11 +62,12 @@ def reserved_tokens(
 
 
 def refusal_message(model: str, tenant: str, decision: Decision) -> str:
-    wait = max(decision.retry_after, 0.001)
-    return (
-        f"Rate limit reached for {model} under ClientPolicy {tenant} on "
-        f"{decision.limiting or 'its limits'}. Please try again in {wait:.3g}s."
+    what = f"Rate limit reached for {model} under ClientPolicy {tenant} on " + (
+        decision.limiting or "its limits"
     )
+    if not math.isfinite(decision.retry_after):
+        return f"{what}. Lower max_tokens or n: this request can never fit."
+    return f"{what}. Please try again in {max(decision.retry_after, 0.001):.3g}s."
 
 
 @dataclass(slots=True)
@@ -104,7 +107,10 @@ class Quotas:
         decision = await self.store.reserve(ticket_id, limits, tokens, time.time())
         headers = ratelimit_headers(decision)
         if not decision.admitted:
-            if "retry-after" not in headers:
+            # No Retry-After for a request bigger than the whole limit: waiting cannot help.
+            if not math.isfinite(decision.retry_after):
+                headers["x-should-retry"] = "false"  # the openai SDKs' own signal
+            elif "retry-after" not in headers:
                 headers["retry-after"] = str(max(1, math.ceil(decision.retry_after)))
             raise RateLimited(refusal_message(model, tenant.label, decision), headers=headers)
         return Ticket(ticket_id, limits, tokens, headers)
@@ -117,7 +123,9 @@ class Quotas:
         ticket_id = uuid.uuid4().hex
         decision = await self.store.reserve(ticket_id, limits, tokens, time.time())
         if not decision.admitted:
-            headers = {"retry-after": str(max(1, math.ceil(decision.retry_after)))}
+            headers: dict[str, str] = {}
+            if math.isfinite(decision.retry_after):
+                headers["retry-after"] = str(max(1, math.ceil(decision.retry_after)))
             raise RateLimited(
                 refusal_message(model, tenant.label, decision)
                 + " (the fallback providers' share of this ClientPolicy)",
@@ -141,9 +149,12 @@ class Quotas:
             log.exception("could not settle a quota reservation")
 
     async def close(self) -> None:
-        """Let settlements in flight finish (a stopping gateway)."""
+        """Let settlements in flight finish (a stopping gateway), then close the store."""
         if self._settling:
             await asyncio.gather(*self._settling, return_exceptions=True)
+        close = getattr(self.store, "close", None)
+        if close is not None:
+            await close()
 
 
 __all__ = ["Quotas", "Ticket", "refusal_message", "reserved_tokens"]

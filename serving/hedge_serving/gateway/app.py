@@ -40,7 +40,6 @@ from hedge_core.contracts import METRICS_PATH
 from hedge_serving.gateway import errors
 from hedge_serving.gateway.admission import Quotas, Ticket
 from hedge_serving.gateway.auth import ClientAuth
-from hedge_serving.gateway.tenants import Scope
 from hedge_serving.gateway.balancer import Balancer
 from hedge_serving.gateway.bodies import BodyLimits, parse_request_json
 from hedge_serving.gateway.breaker import CircuitBreaker
@@ -51,6 +50,7 @@ from hedge_serving.gateway.keys import KeyStore, LocalKeyStore
 from hedge_serving.gateway.metrics import SERVED_BY_GATEWAY, UNKNOWN_MODEL, GatewayMetrics
 from hedge_serving.gateway.proxy import Proxy, ProxySettings, RequestState
 from hedge_serving.gateway.routing import RoutingTable
+from hedge_serving.gateway.tenants import Scope
 from hedge_serving.gateway.upstream import AiohttpUpstream, Upstream, UpstreamPool
 
 log = logging.getLogger("hedge.gateway")

@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from hedge_serving.gateway import streams
 from hedge_serving.gateway.admission import Quotas
@@ -34,6 +35,9 @@ from hedge_serving.gateway.fallback_limits import FallbackLimits
 from hedge_serving.gateway.keys import LocalKeyStore, SecretCache
 from hedge_serving.gateway.proxy import ProxySettings
 from hedge_serving.gateway.routing import RoutingTable
+
+if TYPE_CHECKING:
+    from hedge_serving.gateway.quota.store import QuotaStore
 
 log = logging.getLogger("hedge.gateway")
 
@@ -402,7 +406,7 @@ def _client_keys(args: argparse.Namespace) -> list[ClientKey]:
     return keys
 
 
-def _quota_store(args: argparse.Namespace) -> QuotaStore:  # noqa: F821 - typing only
+def _quota_store(args: argparse.Namespace) -> QuotaStore:
     """The shared Redis store when a URL is given (its variable must hold one), else this
     gateway's own count against its share."""
     from hedge_serving.gateway.quota.store import LocalStore, RedisStore

@@ -42,10 +42,10 @@ from urllib.parse import quote
 
 from hedge_core.api import (
     API_VERSION,
+    CLIENT_POLICY_PLURAL,
     MD_LABEL,
     PLURAL,
     REVISION_LABEL,
-    CLIENT_POLICY_PLURAL,
     ClientPolicy,
     FallbackBudgetStatus,
     ModelDeployment,
@@ -66,7 +66,6 @@ from hedge_core.kube import Key, Kube, KubeConfigError, ListWatch, object_key, r
 from hedge_core.statuses import FALLBACK_BUDGET, ROLLOUT, read
 from hedge_serving.gateway.auth import ClientAuth, keys_from_secret
 from hedge_serving.gateway.budget import BudgetSpec
-from hedge_serving.gateway.tenants import policy_keys, secret_digests
 from hedge_serving.gateway.keys import SecretCache
 from hedge_serving.gateway.routing import (
     ProviderSpec,
@@ -76,6 +75,7 @@ from hedge_serving.gateway.routing import (
     SecretRef,
     ServingOptions,
 )
+from hedge_serving.gateway.tenants import policy_keys, secret_digests
 
 __all__ = [
     "KubeConfigError",

@@ -75,7 +75,6 @@ from hedge_serving.gateway.routing import (
     Route,
     RoutingTable,
 )
-from hedge_serving.gateway.tenants import ANONYMOUS, Identity
 from hedge_serving.gateway.streams import (
     EngineError,
     IncompleteStream,
@@ -86,6 +85,7 @@ from hedge_serving.gateway.streams import (
     last_event_end,
     streamed_body,
 )
+from hedge_serving.gateway.tenants import ANONYMOUS, Identity
 from hedge_serving.gateway.upstream import Answer, ResponseTooLarge, Upstream, UpstreamStalled
 from hedge_serving.gateway.usage import (
     MeteredRelay,

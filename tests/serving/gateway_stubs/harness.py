@@ -83,3 +83,17 @@ async def wait_for(cond: Callable[[], bool], timeout: float = 5.0, what: str = "
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+_ANY: Any = object()
+
+
+def accepts(auth: ClientAuth, key: str, scope: Any = _ANY) -> bool:
+    """Whether `auth` takes `key` (and, if given, binds it to exactly `scope`)."""
+    from hedge_serving.gateway.errors import AuthenticationFailed
+
+    try:
+        identity = auth.identify(f"Bearer {key}")
+    except AuthenticationFailed:
+        return False
+    return scope is _ANY or identity.scope == scope

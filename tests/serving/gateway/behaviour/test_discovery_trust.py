@@ -24,7 +24,7 @@ from hedge_serving.gateway.auth import ClientAuth
 from hedge_serving.gateway.discovery import KubernetesDiscovery, Rollout
 from hedge_serving.gateway.keys import SecretCache
 from hedge_serving.gateway.routing import RoutingTable, SecretRef
-from tests.serving.gateway_stubs.harness import Clients, start_test_gateway, wait_for
+from tests.serving.gateway_stubs.harness import Clients, accepts, start_test_gateway, wait_for
 from tests.serving.gateway_stubs.kubeapi import (
     FakeKubeAPI,
     endpoint_slice,
@@ -123,7 +123,7 @@ async def test_the_client_keys_secret_is_never_a_provider_key(
     gw = await start_test_gateway([], keys=secrets, table=table, auth=auth)
     try:
         await d.wait_synced(5)
-        await wait_for(lambda: auth._keys == ((b"admin-key", None),), what="client keys")
+        await wait_for(lambda: accepts(auth, "admin-key", None), what="client keys")
         assert table.resolve("thief") is not None
         assert d._secret_watches == {}  # the routes' reference is refused, not watched
         assert secrets.get(SecretRef(namespace=RELEASE, name="gateway-keys", key="keys")) is None

@@ -97,10 +97,12 @@ async def test_over_requests_per_minute_a_429_with_openai_headers(clients: Clien
         admin = clients(gw, "admin-key")
         await admin.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=4)
         text = await metrics(gw)
-        labels = '{tenant="team-a/default",key="ci",model="llama"'
-        assert f"hedge_gateway_tenant_rate_limited_total{labels}}} 1.0" in text
-        assert f'hedge_gateway_tenant_requests_total{labels},served_by="self-hosted"}} 3.0' in text
-        assert f'hedge_gateway_tenant_requests_total{labels},served_by="gateway"}} 1.0' in text
+        labels = 'key="ci",model="llama"'  # the exposition sorts labels by name
+        tenant = 'tenant="team-a/default"'
+        assert f"hedge_gateway_tenant_rate_limited_total{{{labels},{tenant}}} 1.0" in text
+        requests = "hedge_gateway_tenant_requests_total"
+        assert f'{requests}{{{labels},served_by="self-hosted",{tenant}}} 3.0' in text
+        assert f'{requests}{{{labels},served_by="gateway",{tenant}}} 1.0' in text
         assert KEY not in text
     finally:
         await gw.stop()
@@ -146,7 +148,10 @@ async def test_tokens_are_reserved_at_admission_and_settled_on_reported_usage(
         assert chunks and all(c.usage is None for c in chunks)
         assert engine.received[-1].body["stream_options"] == {"include_usage": True}
         text = await metrics(gw)
-        assert 'hedge_gateway_tenant_tokens_total{tenant="team-a/default",key="ci",model="llama"' in text
+        assert (
+            'hedge_gateway_tenant_tokens_total{key="ci",model="llama",served_by="self-hosted",tenant="team-a/default"}'
+            in text
+        )
     finally:
         await gw.stop()
         await engine.stop()
@@ -217,3 +222,27 @@ async def test_a_tenant_not_allowed_to_spill_gets_a_429_never_the_provider(
     finally:
         await gw.stop()
         await provider.stop()
+
+
+async def test_a_request_bigger_than_the_whole_limit_is_told_waiting_cannot_help(
+    clients: Clients,
+) -> None:
+    engine = await Engine("engine", MODEL).start()
+    gw = await gateway(engine.url, auth_for(limits={"tokensPerMinute": 1000}))
+    try:
+        with pytest.raises(openai.RateLimitError) as info:
+            await clients(gw, KEY).chat.completions.create(
+                model=MODEL, messages=MESSAGES, max_tokens=5000
+            )
+        response = info.value.response
+        assert "retry-after" not in response.headers  # the SDK must not wait and retry
+        assert response.headers["x-should-retry"] == "false"
+        assert "can never fit" in response.json()["error"]["message"]
+        assert engine.received == []
+        # A request that fits still passes.
+        await clients(gw, KEY).chat.completions.create(
+            model=MODEL, messages=MESSAGES, max_tokens=100
+        )
+    finally:
+        await gw.stop()
+        await engine.stop()

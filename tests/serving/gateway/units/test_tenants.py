@@ -55,7 +55,11 @@ def test_each_key_of_the_named_secrets_becomes_an_identity_bound_to_the_namespac
     assert found[digest("k-more-b")].key == "more.b"  # default: <secret>.<data key>
     tenant = ci.tenant
     assert tenant is not None
-    assert (tenant.label, tenant.priority, tenant.weight) == ("team-a/default", Priority.SHEDDABLE, 3)
+    assert (tenant.label, tenant.priority, tenant.weight) == (
+        "team-a/default",
+        Priority.SHEDDABLE,
+        3,
+    )
     assert ci.limits_for("llama") == [
         LimitSet("tenant/team-a/default", tokens_per_minute=6000, concurrent_requests=4),
         LimitSet("key/team-a/default/ci-bot", requests_per_minute=10),
