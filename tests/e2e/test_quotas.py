@@ -232,16 +232,16 @@ class Load:
             if self.stream:
                 first: float | None = None
                 tokens = 0
-                with client.chat.completions.with_raw_response.create(
+                stream = client.chat.completions.create(
                     model=MODEL, messages=MESSAGES, max_tokens=self.max_tokens, stream=True,
                     stream_options={"include_usage": True},
-                ) as raw:  # fmt: skip
-                    for chunk in raw.parse():
-                        if first is None and chunk.choices:
-                            first = time.time() - started
-                        if chunk.usage is not None:
-                            tokens = chunk.usage.total_tokens
-                    return Outcome(started, 200, tokens, first, dict(raw.headers))
+                )  # fmt: skip
+                for chunk in stream:
+                    if first is None and chunk.choices:
+                        first = time.time() - started
+                    if chunk.usage is not None:
+                        tokens = chunk.usage.total_tokens
+                return Outcome(started, 200, tokens, first, dict(stream.response.headers))
             raw = client.chat.completions.with_raw_response.create(
                 model=MODEL, messages=MESSAGES, max_tokens=self.max_tokens
             )

@@ -16,10 +16,13 @@ windows still current (INCRBY) and the reservations still in flight, then switch
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import json
 import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -304,6 +307,7 @@ class RedisStore:
         lease: float = LEASE_SECONDS,
         prefix: str = "hedge:quota:",
         max_connections: int = 64,
+        heal: bool = True,
     ) -> None:
         pool = aioredis.BlockingConnectionPool.from_url(
             url,
@@ -330,9 +334,31 @@ class RedisStore:
         self._pending: collections.deque[tuple[str, list[str], int]] = collections.deque(
             maxlen=MAX_PENDING_SETTLES
         )
+        # While counting locally, the store is retried without waiting for traffic, so what
+        # was counted alone is pushed soon after it returns. Its clock follows the calls'
+        # `now` (the windows' clock), moved on by the real time since the last call.
+        self.heal = heal  # False: only calls retry the store
+        self._healer: asyncio.Task[None] | None = None
+        self._last_now = (0.0, 0.0)  # (the last `now` passed, time.monotonic() then)
 
     async def close(self) -> None:
+        if self._healer is not None:
+            self._healer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._healer
         await self._redis.aclose(close_connection_pool=True)
+
+    def _now(self) -> float:
+        now, at = self._last_now
+        return now + (time.monotonic() - at)
+
+    async def _heal(self) -> None:
+        while not self.shared:
+            await asyncio.sleep(self.retry_interval)
+            try:
+                await self._reconnect(self._now())
+            except Exception:  # never let the healer die: the next call retries too
+                log.exception("quota store: retrying the shared store failed")
 
     def _trip(self, now: float, error: BaseException | None = None) -> None:
         if self.shared:
@@ -343,6 +369,10 @@ class RedisStore:
             )
         self.shared = False
         self._retry_at = now + self.retry_interval
+        self._last_now = (now, time.monotonic())
+        if self.heal and (self._healer is None or self._healer.done()):
+            with contextlib.suppress(RuntimeError):  # no running loop: calls retry alone
+                self._healer = asyncio.get_running_loop().create_task(self._heal())
 
     async def reserve(
         self, request_id: str, limits: Sequence[LimitSet], tokens: int, now: float
@@ -425,6 +455,7 @@ class RedisStore:
         """Whether Redis is back (tried at most every `retry_interval`): pushes what was
         counted locally meanwhile and replays the settles it missed, then switches back.
         One caller tries; the others keep counting locally meanwhile."""
+        self._last_now = max(self._last_now, (now, time.monotonic()))
         if self._reconnecting or now < self._retry_at:
             return False
         self._reconnecting = True

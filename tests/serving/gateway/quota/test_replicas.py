@@ -246,7 +246,8 @@ async def test_a_hung_redis_costs_one_timeout_and_counts_agree_after(
 async def test_store_retries_redis_at_most_every_retry_interval(
     own_redis: RedisServer, redis_stores: Callable[..., RedisStore], share: float
 ) -> None:
-    store = redis_stores(own_redis.url, share, timeout=0.25)  # no timeouts from a busy box
+    # No timeouts from a busy box; no background retries (they run on real time).
+    store = redis_stores(own_redis.url, share, timeout=0.25, heal=False)
     limits = [LimitSet(SCOPE, requests_per_minute=100)]
     own_redis.stop()
     await store.reserve("a", limits, 0, T0)
@@ -315,3 +316,25 @@ async def _timed_out_but_ran(
         assert redis_counter(own_redis.url, TOKENS_PER_MINUTE, later) == 400
     with redis.Redis.from_url(own_redis.url) as client:
         assert client.zcard("hedge:quota:" + counter_key(SCOPE, "concurrentRequests")) == 0
+
+
+async def test_what_was_counted_alone_is_pushed_without_waiting_for_traffic(
+    own_redis: RedisServer, redis_stores: Callable[..., RedisStore]
+) -> None:
+    """The store retries Redis in the background while counting locally: once it returns,
+    the shared count agrees with no further request (real time: the retry runs on it)."""
+    limits = [LimitSet(SCOPE, tokens_per_minute=6000)]
+    store = redis_stores(own_redis.url, 1 / REPLICAS, retry_interval=0.2)
+    now = time.time()
+    if now % MINUTE > 50:  # keep the test inside one window (pacing, not waiting)
+        await asyncio.sleep(MINUTE - now % MINUTE + 0.1)
+        now = time.time()
+    own_redis.stop()
+    admitted = await fill_locally(store, "r", limits, now)
+    assert admitted == 2000 and not store.shared
+    own_redis.start()
+    deadline = time.monotonic() + 10
+    # (The push lands in Redis a moment before the store reads Redis's answer.)
+    while not (store.shared and redis_counter(own_redis.url, TOKENS_PER_MINUTE, now) == admitted):
+        assert time.monotonic() < deadline, "the local count was never pushed"
+        await asyncio.sleep(0.05)
