@@ -308,6 +308,41 @@ def test_a_token_limit_holds_across_three_replicas_and_spares_the_other_tenant(
     assert loaded <= solo * 1.10, f"team-b's p50 TTFT {loaded:.3f}s vs {solo:.3f}s solo"
 
 
+@pytest.mark.timeout(300)
+def test_with_redis_unreachable_each_replica_admits_only_its_share(install: Install) -> None:
+    if time.time() % 60 > 20:  # leave the outage most of one minute (pacing, not waiting)
+        time.sleep(61 - time.time() % 60)
+    window = int(time.time() // 60)
+    before = install.shared_tokens("team-a", window)
+    install.redis.pause()
+    try:
+        until = window * 60 + 52
+        per_pod: list[Load] = []
+        with contextlib.ExitStack() as stack:
+            for i in range(3):
+                single = Install(install.namespace, install.redis, [install.pods[i]])
+                load = Load(single, KEYS["team-a"], rate=3, until=until, workers=2)
+                per_pod.append(stack.enter_context(load))
+    finally:
+        install.redis.resume()
+    share = TOKENS_PER_MINUTE / 3
+    admitted = [
+        sum(o.tokens for o in load.outcomes if o.status == 200 and o.started // 60 == window)
+        for load in per_pod
+    ]
+    assert all(n <= share * 1.02 for n in admitted), admitted  # never the whole limit each
+    assert sum(admitted) >= 0.9 * TOKENS_PER_MINUTE, admitted  # but each its share
+    # Back: what the replicas counted alone is pushed, so the shared count agrees.
+    wait_for(
+        lambda: (
+            abs(install.shared_tokens("team-a", window) - before - sum(admitted))
+            <= 0.01 * TOKENS_PER_MINUTE
+        ),
+        20,
+        f"the shared count of minute {window} adds the {sum(admitted)} tokens admitted alone",
+    )
+
+
 def test_a_concurrency_limit_refuses_with_headers_and_the_sdk_retries_succeed(
     install: Install,
 ) -> None:
@@ -354,38 +389,3 @@ def test_a_concurrency_limit_refuses_with_headers_and_the_sdk_retries_succeed(
     for t in threads:
         t.join(timeout=120)
     assert len(done) == 6 and all(done)
-
-
-@pytest.mark.timeout(300)
-def test_with_redis_unreachable_each_replica_admits_only_its_share(install: Install) -> None:
-    if time.time() % 60 > 20:  # leave the outage most of one minute (pacing, not waiting)
-        time.sleep(61 - time.time() % 60)
-    window = int(time.time() // 60)
-    before = install.shared_tokens("team-a", window)
-    install.redis.pause()
-    try:
-        until = window * 60 + 52
-        per_pod: list[Load] = []
-        with contextlib.ExitStack() as stack:
-            for i in range(3):
-                single = Install(install.namespace, install.redis, [install.pods[i]])
-                load = Load(single, KEYS["team-a"], rate=3, until=until, workers=2)
-                per_pod.append(stack.enter_context(load))
-    finally:
-        install.redis.resume()
-    share = TOKENS_PER_MINUTE / 3
-    admitted = [
-        sum(o.tokens for o in load.outcomes if o.status == 200 and o.started // 60 == window)
-        for load in per_pod
-    ]
-    assert all(n <= share * 1.02 for n in admitted), admitted  # never the whole limit each
-    assert sum(admitted) >= 0.9 * TOKENS_PER_MINUTE, admitted  # but each its share
-    # Back: what the replicas counted alone is pushed, so the shared count agrees.
-    wait_for(
-        lambda: (
-            abs(install.shared_tokens("team-a", window) - before - sum(admitted))
-            <= 0.01 * TOKENS_PER_MINUTE
-        ),
-        20,
-        f"the shared count of minute {window} adds the {sum(admitted)} tokens admitted alone",
-    )

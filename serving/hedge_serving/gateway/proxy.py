@@ -32,8 +32,9 @@ import json
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Protocol
 
 import aiohttp
@@ -104,6 +105,7 @@ _JSON = "application/json"
 # A provider answering these cannot serve this request but the next provider may.
 _PROVIDER_NEXT_STATUSES = frozenset({401, 403, 404, 408, 409, 429})
 _CLIENT_GONE = 499  # nginx's convention, for metrics only
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 # Endpoints whose streams report usage when asked (`stream_options.include_usage`).
 _USAGE_ENDPOINTS = (Endpoint.CHAT, Endpoint.COMPLETIONS)
 _MAX_ERROR_BYTES = 1024 * 1024
@@ -194,7 +196,8 @@ class RequestState:
         self.demand: Demand | None = None
         self.demand_state = DemandState.SELF_HOSTED
         self.identity: Identity = ANONYMOUS  # who sent it (its ClientPolicy's tenant, if any)
-        self.headers: dict[str, str] = {}  # for the answer, whoever serves it (x-ratelimit-*)
+        # For the answer, whoever serves it (x-ratelimit-*); replaced, never changed in place.
+        self.headers: Mapping[str, str] = _NO_HEADERS
         self.metered = False  # count the tokens the answer uses (`tokens`)
         self.tokens: int | None = None  # tokens used, reported or estimated (when metered)
 
