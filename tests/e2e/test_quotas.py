@@ -304,6 +304,11 @@ def test_a_token_limit_holds_across_three_replicas_and_spares_the_other_tenant(
     assert all("x-ratelimit-limit-tokens" in o.headers for o in a.outcomes if o.status)
     assert {o.status for o in a.outcomes} <= {200, 429}
     loaded = ttft_p50(b2.outcomes)
+    print(
+        f"team-a admitted per whole minute: {[windows[w] for w in whole]} of "
+        f"{TOKENS_PER_MINUTE} ({len(a.outcomes)} requests offered, {len(refused)} refused); "
+        f"team-b p50 TTFT {loaded * 1000:.1f} ms under load vs {solo * 1000:.1f} ms solo"
+    )
     assert all(o.status == 200 for o in b2.outcomes)
     assert loaded <= solo * 1.10, f"team-b's p50 TTFT {loaded:.3f}s vs {solo:.3f}s solo"
 
@@ -330,6 +335,7 @@ def test_with_redis_unreachable_each_replica_admits_only_its_share(install: Inst
         sum(o.tokens for o in load.outcomes if o.status == 200 and o.started // 60 == window)
         for load in per_pod
     ]
+    print(f"Redis paused: admitted per replica {admitted}, share {share:.0f}")
     assert all(n <= share * 1.02 for n in admitted), admitted  # never the whole limit each
     assert sum(admitted) >= 0.9 * TOKENS_PER_MINUTE, admitted  # but each its share
     # Back: what the replicas counted alone is pushed, so the shared count agrees.
