@@ -47,9 +47,8 @@ class Server:
         asyncio.set_event_loop(self.loop)
         self.runner = web.AppRunner(self.app)
         self.loop.run_until_complete(self.runner.setup())
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        self.loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.loop.run_until_complete(web.TCPSite(self.runner, "127.0.0.1", 0).start())
+        self.port = self.runner.addresses[0][1]
         self.ready.set()
         self.loop.run_forever()
         self.loop.run_until_complete(self.runner.cleanup())
@@ -166,6 +165,16 @@ def test_no_tenant_traffic_is_an_empty_report(capsys: pytest.CaptureFixture[str]
         header = CSV.splitlines()[0] + "\n"
         assert hedge(["--gateway", gw.url, "-o", "csv"], capsys) == (0, header, "")
         assert hedge(["--gateway", gw.url, "-o", "json"], capsys) == (0, "[]\n", "")
+
+
+def test_a_page_over_the_cap_is_refused(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(usage_cli, "MAX_PAGE_BYTES", 1000)
+    with Server({"/metrics": text(GW_1)}) as gw:
+        code, out, err = hedge(["--gateway", gw.url], capsys)
+    assert (code, out) == (2, "")
+    assert err == f"hedge usage: {gw.url}/metrics answered more than 1000 bytes\n"
 
 
 # ------------------------------------------------------------------------------ Prometheus
