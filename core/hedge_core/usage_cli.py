@@ -23,6 +23,7 @@ import csv
 import datetime
 import io
 import json
+import math
 import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -90,7 +91,7 @@ def _row_key(series: str, labels: Mapping[str, str]) -> RowKey | None:
 def add(rows: dict[RowKey, Row], series: str, labels: Mapping[str, str], value: float) -> None:
     """Adds one sample of a tenant series to the row its labels name."""
     key = _row_key(series, labels)
-    if key is None or value != value:  # NaN
+    if key is None or not math.isfinite(value):  # NaN or Inf: nothing to add up
         return
     row = rows.setdefault(key, Row(*key))
     setattr(row, _FIELDS[series], getattr(row, _FIELDS[series]) + value)

@@ -201,7 +201,9 @@ ANSWERS = {
     "hedge_gateway_tenant_tokens_total": vector(
         ({**A, "served_by": "self-hosted"}, "98211.6"), ({**A, "served_by": "gateway"}, "0")
     ),
-    "hedge_gateway_tenant_rate_limited_total": vector((A, "2.9999")),
+    "hedge_gateway_tenant_rate_limited_total": vector(
+        (A, "2.9999"), ({**A, "key": "odd"}, "NaN"), ({**A, "key": "odd"}, "+Inf")
+    ),
 }
 
 
