@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "gateway": ("hedge_serving.gateway.cli", "run the OpenAI-compatible gateway"),
     "simulator": ("hedge_serving.simulator.cli", "run the vLLM engine simulator"),
     "rollout": ("hedge_core.rollout_cli", "watch and steer a ModelDeployment's rollout"),
+    "usage": ("hedge_core.usage_cli", "tenants' requests, tokens and 429s, for chargeback"),
 }
 # The local cluster and demo ship in their own distribution (hedge-dev, dev/ in a checkout),
 # never in the image; `hedge dev` exists where that package is installed.

@@ -47,6 +47,10 @@ STATE = "state"
 REVISION = "revision"
 OUTCOME = "outcome"
 PROVIDER = "provider"
+TENANT = "tenant"  # a ClientPolicy, `<namespace>/<policy>`
+KEY = "key"  # the name its policy gives a client key (never the key)
+MODEL = "model"  # the model name the client asked for
+SERVED_BY = "served_by"  # self-hosted, a fallback provider's label, or gateway (refused)
 
 #: gauge {namespace, model_deployment, state}: requests in flight at one gateway.
 DEMAND_IN_FLIGHT = "hedge_gateway_demand_in_flight"
@@ -61,7 +65,18 @@ REVISION_ITL = "hedge_gateway_revision_itl_seconds"
 #: counter {namespace, model_deployment, provider}: tokens the fallback providers reported.
 FALLBACK_TOKENS = "hedge_gateway_fallback_tokens_total"
 
+#: counter {tenant, key, model, served_by}: requests of ClientPolicy tenants.
+TENANT_REQUESTS = "hedge_gateway_tenant_requests_total"
+#: counter {tenant, key, model, served_by}: their tokens (prompt + completion).
+TENANT_TOKENS = "hedge_gateway_tenant_tokens_total"
+#: counter {tenant, key, model}: their requests refused with 429 by a ClientPolicy limit.
+TENANT_RATE_LIMITED = "hedge_gateway_tenant_rate_limited_total"
+#: `served_by` of a request the gateway answered itself (refused, or no model to serve it).
+SERVED_BY_GATEWAY = "gateway"
+SERVED_BY_SELF = "self-hosted"
+
 MODEL_LABELS = (NAMESPACE, MODEL_DEPLOYMENT)
+TENANT_LABELS = (TENANT, KEY, MODEL, SERVED_BY)
 REVISION_LABELS = (NAMESPACE, MODEL_DEPLOYMENT, REVISION)
 
 #: Each scraped series and its labels, in the order the gateway writes them.
@@ -72,9 +87,21 @@ GATEWAY_SERIES: dict[str, tuple[str, ...]] = {
     REVISION_TTFT: REVISION_LABELS,
     REVISION_ITL: REVISION_LABELS,
     FALLBACK_TOKENS: (*MODEL_LABELS, PROVIDER),
+    TENANT_REQUESTS: TENANT_LABELS,
+    TENANT_TOKENS: TENANT_LABELS,
+    TENANT_RATE_LIMITED: (TENANT, KEY, MODEL),
 }
+#: The tenant series, for usage reports (the operator's status.usage, `hedge usage`).
+TENANT_SERIES = (TENANT_REQUESTS, TENANT_TOKENS, TENANT_RATE_LIMITED)
 #: Line prefixes that select the scraped series on a gateway's page (and their comments).
-GATEWAY_PREFIXES = ("hedge_gateway_demand_", "hedge_gateway_revision_", FALLBACK_TOKENS)
+#: The tenant counters are selected by their sample names: prometheus_client adds a
+#: `..._created` gauge beside each labelled Counter, which nobody reads.
+GATEWAY_PREFIXES = (
+    "hedge_gateway_demand_",
+    "hedge_gateway_revision_",
+    FALLBACK_TOKENS,
+    *TENANT_SERIES,
+)
 
 #: Values of `state`, by `DemandState` index: routed self-hosted, held while no engine pod
 #: is ready (scale from zero), served by a fallback provider.
@@ -176,7 +203,9 @@ __all__ = [
     "FALLBACK_TOKENS",
     "GATEWAY_PREFIXES",
     "GATEWAY_SERIES",
+    "KEY",
     "METRICS_PATH",
+    "MODEL",
     "MODEL_DEPLOYMENT",
     "MODEL_LABELS",
     "NAMESPACE",
@@ -190,8 +219,17 @@ __all__ = [
     "REVISION_LABELS",
     "REVISION_REQUESTS",
     "REVISION_TTFT",
+    "SERVED_BY",
+    "SERVED_BY_GATEWAY",
+    "SERVED_BY_SELF",
     "SERVICE_NAME_LABEL",
     "STATE",
+    "TENANT",
+    "TENANT_LABELS",
+    "TENANT_RATE_LIMITED",
+    "TENANT_REQUESTS",
+    "TENANT_SERIES",
+    "TENANT_TOKENS",
     "OwnershipKey",
     "created_seconds",
     "ownership_key",

@@ -13,8 +13,10 @@ the kopf handlers and the nudges alike: kopf's own patch, applied after a handle
 could otherwise land after a newer status and undo it. Handlers return None.
 
 ClientPolicies (tenants/) are checked on create, spec update and resume, and every
-`TENANT_RESYNC_SECONDS` (a Secret created or labelled later is noticed then); their status
-goes through kopf's `patch.status`, as nothing else writes it.
+`TENANT_RESYNC_SECONDS` (a Secret created or labelled later is noticed then), and their
+status.usage is read from the shared gateway scrape every `TENANT_USAGE_SECONDS` (no API
+read; a write only when it changed); their status goes through kopf's `patch.status`, as
+nothing else writes it.
 
 kopf logs in with the same credentials as kube.py (`login`): one client, one notion of
 credentials, re-loaded (exec plugins run again) whenever kopf or kube.py gets a 401.
@@ -23,6 +25,7 @@ credentials, re-loaded (exec plugins run again) whenever kopf or kube.py gets a 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -69,6 +72,7 @@ CHILD_RESOURCES = (
 RESYNC_SECONDS = 60.0
 CPOL = (GROUP, VERSION, CLIENT_POLICY_PLURAL)
 TENANT_RESYNC_SECONDS = 30.0
+TENANT_USAGE_SECONDS = 10.0
 
 # ----------------------------------------------------------------------- operator-level
 
@@ -338,6 +342,21 @@ async def client_policy_resync(body: kopf.Body, patch: kopf.Patch, memo: Any, **
         meta = body.get("metadata", {})
         log.warning("ClientPolicy %s/%s: %s (the next check retries)", meta.get("namespace"),
                     meta.get("name"), e)  # fmt: skip
+
+
+@kopf.timer(*CPOL, interval=TENANT_USAGE_SECONDS, initial_delay=1.0, id="client-policy-usage")
+async def client_policy_usage(
+    body: kopf.Body, uid: str, patch: kopf.Patch, memo: Any, **_: Any
+) -> None:
+    """status.usage from the gateways' counters (tenants/usage.py)."""
+    rt = runtime(memo)
+    _patch_status(patch, await tenants.usage(rt, rt.usage_windows(uid), body, time.time()))
+
+
+@kopf.on.event(*CPOL, id="client-policy-event")
+async def client_policy_event(type: str, uid: str, memo: Any, **_: Any) -> None:
+    if type == "DELETED":
+        runtime(memo).usages.pop(uid, None)
 
 
 def _patch_status(patch: kopf.Patch, status: Mapping[str, Any]) -> None:

@@ -24,7 +24,7 @@ from hedge_operator.budget import loop as budget_loop
 from hedge_operator.budget.windows import BudgetWindows
 from hedge_operator.config import OperatorConfig
 from hedge_operator.dataplane.discovery import DataPlane, engine_urls
-from hedge_operator.dataplane.signals import RevisionStats
+from hedge_operator.dataplane.signals import RevisionStats, TenantTotals, tenant_totals
 from hedge_operator.errors import RetryableError
 from hedge_operator.kube import Kube
 from hedge_operator.provisioning.names import Claim, claim_of
@@ -32,6 +32,7 @@ from hedge_operator.provisioning.observed import Observed, PodSummary
 from hedge_operator.reconcile.reconciler import Outcome, Reconciler
 from hedge_operator.rollout.convert import cumulative
 from hedge_operator.standby import PeeringGate, Standby
+from hedge_operator.tenants.usage import UsageWindows
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +186,8 @@ class Runtime:
     #: The autoscaler's windows and the fallback budget's, per ModelDeployment uid.
     scalers: dict[str, ModelScaler] = field(default_factory=dict)
     budgets: dict[str, BudgetWindows] = field(default_factory=dict)
+    #: Each ClientPolicy's usage windows, per uid.
+    usages: dict[str, UsageWindows] = field(default_factory=dict)
     #: Closed while this replica is a peering standby (kube.Kube refuses writes then too).
     gate: PeeringGate | None = None
     nudger: Nudger = field(init=False)
@@ -208,6 +211,20 @@ class Runtime:
         if snapshot is None or not snapshot.gateways_read:
             return None
         return cumulative(snapshot.counters, namespace, name)
+
+    async def tenant_totals(self) -> dict[str, TenantTotals] | None:
+        """Every tenant's counters summed over the gateways, for status.usage (None: no
+        gateway to read, or none could be read: usage is left as it is)."""
+        plane = self.dataplane
+        if plane is None or not plane.configured:
+            return None
+        snapshot = await plane.snapshot()
+        if snapshot is None or not snapshot.gateways_read:
+            return None
+        return tenant_totals(snapshot.counters)
+
+    def usage_windows(self, uid: str) -> UsageWindows:
+        return self.usages.setdefault(uid, UsageWindows.new())
 
     def autoscaled_engines(self) -> dict[Key, list[str]]:
         """Engine /metrics of the models that autoscale (the only ones that need them)."""

@@ -29,6 +29,11 @@ from hedge_core.contracts import (
     REVISION_ITL,
     REVISION_REQUESTS,
     REVISION_TTFT,
+    SERVED_BY_GATEWAY,
+    SERVED_BY_SELF,
+    TENANT_RATE_LIMITED,
+    TENANT_REQUESTS,
+    TENANT_SERIES,
     created_seconds,
     ownership_key,
 )
@@ -64,6 +69,8 @@ def _gateway_page() -> str:
     counters.outcomes[SUCCESS] += 1
     counters.ttft.observe(0.1)
     counters.itl.observe(0.01)
+    metrics.tenant_done("team/team", "ci", "m", "self-hosted", 40)
+    metrics.tenant_done("team/team", "ci", "m", "gateway", None, rate_limited=True)
     return generate_latest(metrics.registry).decode()
 
 
@@ -102,6 +109,10 @@ def test_label_values_are_the_declared_ones() -> None:
     assert samples[FALLBACK_TOKENS] == [
         {"namespace": "team", "model_deployment": "md", "provider": "openai"}
     ]
+    tenant = {"tenant": "team/team", "key": "ci", "model": "m"}
+    assert [s["served_by"] for s in samples[TENANT_REQUESTS]] == [SERVED_BY_SELF, SERVED_BY_GATEWAY]
+    assert samples[TENANT_RATE_LIMITED] == [tenant]
+    assert set(TENANT_SERIES) <= set(GATEWAY_SERIES)
 
 
 def test_the_gateway_prefixes_select_exactly_the_contract_series() -> None:

@@ -14,6 +14,7 @@ import pytest
 from hedge_core.kube import ServerError
 from hedge_operator import handlers, runtime
 from hedge_operator.config import OperatorConfig
+from hedge_operator.dataplane.signals import Counters, Snapshot
 from hedge_operator.handlers import Indexes, Nudger, Runtime
 from hedge_operator.kube import Conflict
 from hedge_operator.provisioning.observed import summarize_pod
@@ -363,6 +364,8 @@ async def test_child_event_is_not_swallowed_by_a_pending_long_recheck() -> None:
 
 CLIENT_POLICY = cast(Any, handlers.client_policy)
 CLIENT_POLICY_RESYNC = cast(Any, handlers.client_policy_resync)
+CLIENT_POLICY_USAGE = cast(Any, handlers.client_policy_usage)
+CLIENT_POLICY_EVENT = cast(Any, handlers.client_policy_event)
 
 
 def _tenant_memo(api: Any) -> dict[str, Any]:
@@ -392,4 +395,38 @@ async def test_client_policy_api_trouble_is_a_temporary_error_for_the_handler_on
         await CLIENT_POLICY(body=cpol_body(SPEC), patch=kopf.Patch(), memo=_tenant_memo(api))
     patch = kopf.Patch()
     await CLIENT_POLICY_RESYNC(body=cpol_body(SPEC), patch=patch, memo=_tenant_memo(api))
+    assert "status" not in patch
+
+
+class OnePlane:
+    """A data plane whose scrape read one gateway with the given tenant counters."""
+
+    configured = True
+
+    def __init__(self, counters: Mapping[tuple[str, ...], float]) -> None:
+        self.counters = Counters()
+        self.counters.update("http://gw/metrics", counters)
+
+    def set_engines(self, engines: Any) -> None:
+        pass
+
+    async def snapshot(self) -> Snapshot:
+        return Snapshot(0.0, 1, [], {}, self.counters)
+
+
+async def test_client_policy_usage_timer_writes_status_usage_and_forgets_deleted() -> None:
+    config = OperatorConfig()
+    api = MemoryAPI({})
+    plane = OnePlane({("tenant_tokens", "team-a/team-a", "ci", "m", "self-hosted"): 5})
+    rt = Runtime(config, api, Reconciler(api, config), dataplane=cast(Any, plane))
+    memo = {"hedge": rt}
+    patch = kopf.Patch()
+    await CLIENT_POLICY_USAGE(body=cpol_body(SPEC), uid="u1", patch=patch, memo=memo)
+    assert set(patch["status"]["usage"]) >= {"minuteStart", "minuteTokens", "dayTokens"}
+    assert "conditions" not in patch["status"]
+    await CLIENT_POLICY_EVENT(type="DELETED", uid="u1", memo=memo)
+    assert rt.usages == {}
+    # Without a gateway to read, nothing is written.
+    patch = kopf.Patch()
+    await CLIENT_POLICY_USAGE(body=cpol_body(SPEC), uid="u1", patch=patch, memo=_tenant_memo(api))
     assert "status" not in patch

@@ -35,7 +35,10 @@ STATUS_REFRESH = 1.0
 
 
 @dataclass
-class _Window:
+class CounterWindow:
+    """One UTC window over a summed, never-decreasing counter (the scraper's Counters keep
+    restarted and departed gateways' counts); tenants.usage reads its windows the same way."""
+
     length: float
     start: float | None = None  # epoch seconds
     base: float = 0.0  # the counter's total when the window began
@@ -65,14 +68,14 @@ class _Window:
 class BudgetWindows:
     """One ModelDeployment's windows (operator memory)."""
 
-    minute: _Window
-    day: _Window
+    minute: CounterWindow
+    day: CounterWindow
     written_at: float = -math.inf
     last: FallbackBudgetStatus | None = None  # the status it last asked to write
 
     @classmethod
     def new(cls) -> BudgetWindows:
-        return cls(_Window(MINUTE), _Window(DAY))
+        return cls(CounterWindow(MINUTE), CounterWindow(DAY))
 
     def step(
         self,

@@ -17,6 +17,10 @@ can scrape the same series. The metric names are a contract (docs/contracts.md):
     hedge_gateway_revision_itl_seconds{namespace,model_deployment,revision}    histogram
         (one observation per streamed request: its mean gap between tokens)
     hedge_gateway_fallback_tokens_total{namespace,model_deployment,provider}   counter
+    hedge_gateway_tenant_requests_total{tenant,key,model,served_by}      counter
+    hedge_gateway_tenant_tokens_total{tenant,key,model,served_by}        counter
+    hedge_gateway_tenant_rate_limited_total{tenant,key,model}            counter
+        (per ClientPolicy, `<namespace>/<policy>`: its status.usage, tenants.usage)
     vllm:num_requests_running / vllm:num_requests_waiting / vllm:kv_cache_usage_perc (engines)
 
 Pure: parsing and counting (`parse_gateway`, `parse_engine`, `Counters`, `admin_urls`).
@@ -50,7 +54,9 @@ from hedge_core.contracts import (
     ENGINE_WAITING,
     FALLBACK_TOKENS,
     GATEWAY_PREFIXES,
+    KEY,
     METRICS_PATH,
+    MODEL,
     MODEL_DEPLOYMENT,
     NAMESPACE,
     OUTCOME,
@@ -59,7 +65,13 @@ from hedge_core.contracts import (
     REVISION_ITL,
     REVISION_REQUESTS,
     REVISION_TTFT,
+    SERVED_BY,
+    SERVED_BY_GATEWAY,
     STATE,
+    TENANT,
+    TENANT_RATE_LIMITED,
+    TENANT_REQUESTS,
+    TENANT_TOKENS,
 )
 
 ModelKey = tuple[str, str]  # (namespace, ModelDeployment name)
@@ -90,11 +102,29 @@ def _model(labels: Mapping[str, str]) -> ModelKey | None:
     return (ns, name) if ns is not None and name else None
 
 
+#: Counter-key kinds of the tenant series.
+_TENANT_KINDS = {
+    TENANT_REQUESTS: "tenant_requests",
+    TENANT_TOKENS: "tenant_tokens",
+    TENANT_RATE_LIMITED: "tenant_rate_limited",
+}
+
+
+def _tenant_key(name: str, labels: Mapping[str, str]) -> tuple[str, ...] | None:
+    tenant = labels.get(TENANT)
+    if not tenant:
+        return None
+    key = (_TENANT_KINDS[name], tenant, labels.get(KEY, ""), labels.get(MODEL, ""))
+    return key if name == TENANT_RATE_LIMITED else (*key, labels.get(SERVED_BY, ""))
+
+
 def parse_gateway(text: str) -> GatewayReading:
     """The contract series of a gateway's /metrics (everything else is ignored).
 
     Counter keys: ("arrivals", ns, md), ("requests", ns, md, rev, outcome),
-    ("ttft_sum"|"ttft_count"|"itl_sum"|"itl_count", ns, md, rev), ("fallback_tokens", ns, md).
+    ("ttft_sum"|"ttft_count"|"itl_sum"|"itl_count", ns, md, rev), ("fallback_tokens", ns, md),
+    ("tenant_requests"|"tenant_tokens", tenant, key, model, served_by),
+    ("tenant_rate_limited", tenant, key, model).
     """
     reading = GatewayReading()
     wanted = {
@@ -106,12 +136,19 @@ def parse_gateway(text: str) -> GatewayReading:
         f"{REVISION_ITL}_sum",
         f"{REVISION_ITL}_count",
         FALLBACK_TOKENS,
+        *_TENANT_KINDS,
     }
     for family in text_string_to_metric_families(_relevant(text, GATEWAY_PREFIXES)):
         for sample in family.samples:
             if sample.name not in wanted or math.isnan(sample.value):
                 continue
             labels = sample.labels
+            if sample.name in _TENANT_KINDS:
+                tenant_key = _tenant_key(sample.name, labels)
+                if tenant_key is not None:
+                    value = float(sample.value)
+                    reading.counters[tenant_key] = reading.counters.get(tenant_key, 0.0) + value
+                continue
             model = _model(labels)
             if model is None:
                 continue
@@ -225,6 +262,26 @@ class Counters:
         keys = {k for last in self._last.values() for k in last if k[: len(prefix)] == prefix}
         keys |= {k for k in self._retired if k[: len(prefix)] == prefix}
         return {k: self.total(k) for k in keys}
+
+
+@dataclass(frozen=True)
+class TenantTotals:
+    """One tenant's cumulative counters, summed over its keys, models and the gateways."""
+
+    requests: float = 0.0  # served by a model or a fallback (refused ones are not usage)
+    tokens: float = 0.0
+    rate_limited: float = 0.0
+
+
+def tenant_totals(counters: Counters) -> dict[str, TenantTotals]:
+    """Every tenant the gateways have counted, by `<namespace>/<policy>`."""
+    sums: dict[str, list[float]] = {}
+    for kind, index in (("tenant_requests", 0), ("tenant_tokens", 1), ("tenant_rate_limited", 2)):
+        for key, value in counters.totals((kind,)).items():
+            if kind == "tenant_requests" and key[4] == SERVED_BY_GATEWAY:
+                continue
+            sums.setdefault(key[1], [0.0, 0.0, 0.0])[index] += value
+    return {tenant: TenantTotals(*values) for tenant, values in sums.items()}
 
 
 @dataclass(frozen=True)

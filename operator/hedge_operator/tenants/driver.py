@@ -1,7 +1,8 @@
 """Does I/O: checks one ClientPolicy — reads the Secrets it names (labels and data key
 names: kube.py drops the values before they leave it), computes the status (status.py), and
-posts an Event when Ready's reason changes. The caller writes the returned status patch
-(the kopf handlers, through kopf's `patch.status`)."""
+posts an Event when Ready's reason changes — and reads its usage from the gateways' scrape
+into status.usage (usage.py). The caller writes the returned status patch (the kopf
+handlers, through kopf's `patch.status`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any, Protocol
 from hedge_core.api import CLIENT_POLICY_KIND, ClientPolicy, SpecError
 from hedge_core.clock import utc_now
 from hedge_core.kube import TRANSIENT, Forbidden
+from hedge_operator.dataplane.signals import TenantTotals
 from hedge_operator.errors import RetryableError
 from hedge_operator.tenants.status import (
     NOT_READABLE,
@@ -25,6 +27,7 @@ from hedge_operator.tenants.status import (
     transition_event,
     verdict,
 )
+from hedge_operator.tenants.usage import UsageWindows, tenant_label
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,12 @@ class TenantAPI(Protocol):
     async def post_event(
         self, involved: Mapping[str, Any], type_: str, reason: str, message: str, *, kind: str
     ) -> None: ...
+
+
+class UsageSource(Protocol):
+    async def tenant_totals(self) -> Mapping[str, TenantTotals] | None:
+        """Every tenant's counters summed over the gateways (None: none could be read)."""
+        ...
 
 
 async def read_secrets(kube: TenantAPI, policy: ClientPolicy) -> dict[str, Seen]:
@@ -83,3 +92,17 @@ async def check(kube: TenantAPI, body: Mapping[str, Any], now: str | None = None
             log.warning("Event %s for %s/%s: %s", event.reason, meta.get("namespace"),
                         meta.get("name"), e)  # fmt: skip
     return status_patch(old, new)
+
+
+async def usage(
+    source: UsageSource, windows: UsageWindows, body: Mapping[str, Any], now: float
+) -> dict[str, Any]:
+    """The status patch of status.usage ({} when it need not be written)."""
+    meta = body.get("metadata") or {}
+    totals = await source.tenant_totals()
+    if totals is None:
+        return {}
+    label = tenant_label(str(meta.get("namespace", "")), str(meta.get("name", "")))
+    reported = (body.get("status") or {}).get("usage")
+    new = windows.step(totals.get(label, TenantTotals()), reported, now)
+    return {} if new is None else {"usage": new}

@@ -50,12 +50,15 @@ from hedge_core.contracts import (
     REVISION_ITL,
     REVISION_REQUESTS,
     REVISION_TTFT,
+    TENANT_RATE_LIMITED,
+    TENANT_REQUESTS,
+    TENANT_TOKENS,
 )
+from hedge_core.contracts import SERVED_BY_GATEWAY as SERVED_BY_GATEWAY
+from hedge_core.contracts import SERVED_BY_SELF as SERVED_BY_SELF
 from hedge_serving.gateway.routing import RoutingTable
 
 UNKNOWN_MODEL = "_unknown"
-SERVED_BY_GATEWAY = "gateway"
-SERVED_BY_SELF = "self-hosted"
 
 _LATENCY_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
@@ -214,23 +217,23 @@ class GatewayMetrics:
         # Per tenant (a ClientPolicy, `<namespace>/<policy>`) and key (the name its policy
         # gives it, never the key): few of each, so the series stay bounded.
         self._tenant_requests = Counter(
-            "hedge_gateway_tenant_requests",
+            TENANT_REQUESTS,
             "Requests of ClientPolicy tenants, by key, model and who served them "
             "(served_by=gateway: refused, e.g. over a limit).",
-            ["tenant", "key", "model", "served_by"],
+            list(GATEWAY_SERIES[TENANT_REQUESTS]),
             registry=r,
         )
         self._tenant_tokens = Counter(
-            "hedge_gateway_tenant_tokens",
+            TENANT_TOKENS,
             "Tokens (prompt + completion, reported by the engine or provider, else "
             "estimated) used by ClientPolicy tenants' requests.",
-            ["tenant", "key", "model", "served_by"],
+            list(GATEWAY_SERIES[TENANT_TOKENS]),
             registry=r,
         )
         self._tenant_limited = Counter(
-            "hedge_gateway_tenant_rate_limited",
+            TENANT_RATE_LIMITED,
             "Requests refused with 429 by a limit of their ClientPolicy.",
-            ["tenant", "key", "model"],
+            list(GATEWAY_SERIES[TENANT_RATE_LIMITED]),
             registry=r,
         )
         r.register(_TableCollector(table))

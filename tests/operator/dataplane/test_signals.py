@@ -14,9 +14,11 @@ from hedge_operator.dataplane.scraper import Scraper
 from hedge_operator.dataplane.signals import (
     Counters,
     RevisionStats,
+    TenantTotals,
     parse_engine,
     parse_gateway,
     revision_stats,
+    tenant_totals,
 )
 
 MODEL = ("team-a", "llama")
@@ -217,3 +219,73 @@ async def test_engine_queue_counts_when_clients_bypass_the_gateway(
         assert signals.total_demand == 7
     finally:
         await runner.cleanup()
+
+
+def _tenant_page(*done: tuple[str, str, str, str, int | None, bool]) -> str:
+    """A real gateway registry's page after the given ClientPolicy requests ended."""
+    from hedge_serving.gateway.metrics import GatewayMetrics
+    from hedge_serving.gateway.routing import RoutingTable
+
+    metrics = GatewayMetrics(RoutingTable())
+    for tenant, key, model, served_by, tokens, limited in done:
+        metrics.tenant_done(tenant, key, model, served_by, tokens, rate_limited=limited)
+    return generate_latest(metrics.registry).decode()
+
+
+def test_parse_gateway_reads_the_tenant_series() -> None:
+    page = _tenant_page(
+        ("team-a/team-a", "ci", "llama", "self-hosted", 30, False),
+        ("team-a/team-a", "ci", "llama", "self-hosted", 12, False),
+        ("team-a/team-a", "ci", "llama", "openai", 100, False),
+        ("team-a/team-a", "ci", "llama", "gateway", None, True),
+    )
+    counters = parse_gateway(page).counters
+    assert counters[("tenant_requests", "team-a/team-a", "ci", "llama", "self-hosted")] == 2
+    assert counters[("tenant_tokens", "team-a/team-a", "ci", "llama", "self-hosted")] == 42
+    assert counters[("tenant_tokens", "team-a/team-a", "ci", "llama", "openai")] == 100
+    assert counters[("tenant_rate_limited", "team-a/team-a", "ci", "llama")] == 1
+    assert not any(k[0].endswith("_created") for k in counters)
+
+
+SELF_10 = ("t/a", "k", "m", "self-hosted", 10, False)
+
+
+@pytest.mark.parametrize(
+    ("pages", "expected"),
+    [
+        # One replica: refused requests are not usage, their 429s are counted apart.
+        (
+            {"gw-1": [SELF_10, ("t/a", "k", "m", "gateway", None, True)]},
+            {"t/a": TenantTotals(requests=1, tokens=10, rate_limited=1)},
+        ),
+        # Two replicas, two keys, two models, two tenants: summed per tenant.
+        (
+            {
+                "gw-1": [SELF_10, ("t/b", "k", "m", "openai", 5, False)],
+                "gw-2": [("t/a", "other", "n", "openai", 7, False)],
+            },
+            {"t/a": TenantTotals(2, 17, 0), "t/b": TenantTotals(1, 5, 0)},
+        ),
+        # No tenant traffic at all.
+        ({"gw-1": []}, {}),
+    ],
+)  # fmt: skip
+def test_tenant_totals_sum_over_replicas(
+    pages: dict[str, list[tuple[str, str, str, str, int | None, bool]]],
+    expected: dict[str, TenantTotals],
+) -> None:
+    counters = Counters()
+    for source, done in pages.items():
+        counters.update(source, parse_gateway(_tenant_page(*done)).counters)
+    assert tenant_totals(counters) == expected
+
+
+def test_tenant_totals_survive_a_gateway_restart() -> None:
+    counters = Counters()
+    before = _tenant_page(*[SELF_10] * 3)
+    counters.update("gw-1", parse_gateway(before).counters)
+    assert tenant_totals(counters)["t/a"] == TenantTotals(3, 30, 0)
+    # Restarted: its counters start again from one request; the three before stay counted.
+    after = _tenant_page(("t/a", "k", "m", "self-hosted", 4, False))
+    counters.update("gw-1", parse_gateway(after).counters)
+    assert tenant_totals(counters)["t/a"] == TenantTotals(4, 34, 0)

@@ -11,9 +11,11 @@ from typing import Any
 import pytest
 
 from hedge_core.kube import Forbidden, ServerError
+from hedge_operator.dataplane.signals import Counters, TenantTotals, tenant_totals
 from hedge_operator.errors import RetryableError
 from hedge_operator.tenants import driver
 from hedge_operator.tenants.status import SecretFacts
+from hedge_operator.tenants.usage import UsageWindows
 
 SECRET_VALUE = "sk-tenant-a-0123456789"
 
@@ -118,3 +120,88 @@ def test_api_trouble_is_retryable_and_writes_nothing() -> None:
     with pytest.raises(RetryableError):
         run(api, body(SPEC))
     assert api.events == []
+
+
+# ------------------------------------------------------------------------------ usage
+
+MINUTE0 = 1_780_000_020.0  # 2026-05-28T20:27:00Z
+
+
+class Gateways:
+    """The `UsageSource` seam: the tenants' counters as the shared scrape sums them."""
+
+    def __init__(self) -> None:
+        self.counters: Counters | None = Counters()
+        self.reads = 0
+
+    def serve(self, gateway: str, **tokens: int) -> None:
+        """What one gateway's page says now, per tenant `<ns>_<policy>` (cumulative)."""
+        assert self.counters is not None
+        self.counters.update(
+            gateway,
+            {
+                key: value
+                for tenant, n in tokens.items()
+                for key, value in (
+                    (("tenant_tokens", tenant.replace("_", "/"), "ci", "m", "self-hosted"), n),
+                    (("tenant_requests", tenant.replace("_", "/"), "ci", "m", "self-hosted"), 1),
+                )
+            },
+        )
+
+    async def tenant_totals(self) -> Mapping[str, TenantTotals] | None:
+        self.reads += 1
+        return None if self.counters is None else tenant_totals(self.counters)
+
+
+def usage(gateways: Gateways, windows: UsageWindows, obj: dict[str, Any], now: float) -> Any:
+    return asyncio.run(driver.usage(gateways, windows, obj, now))
+
+
+def test_usage_patch_per_policy_only_when_changed() -> None:
+    gateways, windows = Gateways(), UsageWindows.new()
+    obj = body(SPEC)
+    first = usage(gateways, windows, obj, MINUTE0 + 1)
+    assert first == {
+        "usage": {
+            "time": "2026-05-28T20:27:01Z",
+            "minuteStart": "2026-05-28T20:27:00Z",
+            "minuteRequests": 0,
+            "minuteTokens": 0,
+            "dayStart": "2026-05-28T00:00:00Z",
+            "dayTokens": 0,
+        }
+    }
+    obj["status"] = first
+    # Another tenant's traffic is not this one's.
+    gateways.serve("gw-1", team_b=500)
+    assert usage(gateways, windows, obj, MINUTE0 + 11) == {}
+    gateways.serve("gw-1", team_b=500, **{"team-a_team-a": 40})
+    gateways.serve("gw-2", **{"team-a_team-a": 2})
+    patch = usage(gateways, windows, obj, MINUTE0 + 21)
+    assert (patch["usage"]["minuteRequests"], patch["usage"]["minuteTokens"]) == (2, 42)
+    assert patch["usage"]["time"] == "2026-05-28T20:27:21Z"
+    obj["status"] = patch
+    # No gateway could be read: status stays as it is.
+    gateways.counters = None
+    assert usage(gateways, windows, obj, MINUTE0 + 31) == {}
+    assert gateways.reads == 4
+
+
+def test_usage_of_a_restarted_operator_continues_from_status() -> None:
+    gateways = Gateways()
+    gateways.serve("gw-1", **{"team-a_team-a": 1000})  # everything since the gateway began
+    status = {
+        "usage": {
+            "minuteStart": "2026-05-28T20:27:00Z",
+            "minuteRequests": 1,
+            "minuteTokens": 100,
+            "dayStart": "2026-05-28T00:00:00Z",
+            "dayTokens": 700,
+        }
+    }
+    windows = UsageWindows.new()
+    assert usage(gateways, windows, body(SPEC, status), MINUTE0 + 30) == {}
+    gateways.serve("gw-1", **{"team-a_team-a": 1010})
+    patch = usage(gateways, windows, body(SPEC, status), MINUTE0 + 40)
+    assert (patch["usage"]["minuteTokens"], patch["usage"]["dayTokens"]) == (110, 710)
