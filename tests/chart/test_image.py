@@ -133,7 +133,7 @@ def test_image_install_step_gives_a_working_hedge(tmp_path: Path) -> None:
         [str(hedge), "--help"], cwd=tmp_path, env=env, capture_output=True, text=True
     ).stdout
     commands = re.findall(r"^    ([a-z]+)\b", top_help, re.MULTILINE)
-    assert commands == ["operator", "gateway", "simulator", "rollout"], top_help
+    assert commands == ["operator", "gateway", "simulator", "rollout", "usage"], top_help
     rollout_help = subprocess.run(
         [str(venv / "bin" / "kubectl-hedge"), "rollout", "--help"],
         cwd=tmp_path, env=env, capture_output=True, text=True,

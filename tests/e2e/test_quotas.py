@@ -395,3 +395,18 @@ def test_a_concurrency_limit_refuses_with_headers_and_the_sdk_retries_succeed(
     for t in threads:
         t.join(timeout=120)
     assert len(done) == 6 and all(done)
+
+
+def test_the_policy_status_reports_its_usage_summed_over_the_replicas(
+    cluster: E2ECluster, install: Install
+) -> None:
+    """The operator scrapes every gateway replica and writes team-a's usage of today into
+    its ClientPolicy (the earlier tests sent it thousands of tokens through 3 replicas)."""
+    path = f"/apis/hedge.dev/v1alpha1/namespaces/{install.namespace}/clientpolicies/team-a"
+
+    def usage() -> dict[str, Any] | None:
+        found = (cluster.get(path).get("status") or {}).get("usage") or {}
+        return found if found.get("dayTokens", 0) >= TOKENS_PER_MINUTE else None
+
+    reported = wait_for(usage, 60, "team-a's status.usage")
+    assert reported["dayStart"].endswith("T00:00:00Z")

@@ -366,9 +366,7 @@ class KubernetesDiscovery:
                     on_event=lambda _t, _o: self.changed(),
                 )
             )
-        if self.client_policies:
-            for ns in self.namespaces:
-                where = f"@{ns}" if ns else ""
+            if self.client_policies:
                 self._policy_watches.append(
                     self._watch(
                         resource_path(API_VERSION, CLIENT_POLICY_PLURAL, ns or None),

@@ -24,6 +24,7 @@ RESOURCES = {
     ("apis/hedge.dev/v1alpha1", "modeldeployments"): "ModelDeployment",
     ("apis/discovery.k8s.io/v1", "endpointslices"): "EndpointSlice",
     ("api/v1", "secrets"): "Secret",
+    ("apis/hedge.dev/v1alpha1", "clientpolicies"): "ClientPolicy",
 }
 
 
