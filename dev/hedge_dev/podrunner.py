@@ -41,7 +41,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from hedge_core.kube import STRATEGIC_MERGE_PATCH, ApiError, Kube, ListWatch
+from hedge_core.kube import MERGE_PATCH, STRATEGIC_MERGE_PATCH, ApiError, Kube, ListWatch
 from hedge_dev.pki import write_kubeconfig
 from hedge_dev.volumes import DirectoryProvisioner
 
@@ -227,13 +227,48 @@ class PodRunner:
             elif run.terminating is None:
                 run.terminating = asyncio.create_task(self._terminate(key, run, pod))
             return
-        if key in self.runs or status.get("phase") != "Running" or not status.get("podIP"):
+        run = self.runs.get(key)
+        if run is not None:
+            await self._converge(run, status)
+            return
+        if status.get("phase") != "Running" or not status.get("podIP"):
             return
         try:
             await self._start_run(key, pod)
         except Exception as exc:
             log.exception("could not start %s", key)
             await self._set_waiting(pod, "CreateContainerError", str(exc))
+
+    async def _converge(self, run: PodRun, status: dict[str, Any]) -> None:
+        """Keep the pod's status what this "kubelet" knows. kwok can apply its start stage
+        to a pod twice (its cache lagging behind its own first patch): the second time it
+        hands the pod another IP and resets Ready to False after the runner made it Ready,
+        and nothing would ever set it back (the probe only writes changes). So: an IP that
+        is not the one the workload listens on is put back, and a Ready condition that
+        disagrees with the last probe is written again."""
+        if run.terminating is not None or run.workload is None:
+            return
+        ip = status.get("podIP")
+        if ip and ip != run.ip:
+            log.warning(
+                "%s/%s: its pod IP changed from %s to %s behind the runner's back (kwok "
+                "applied its start stage again); putting %s back",
+                run.namespace, run.name, run.ip, ip, run.ip,
+            )  # fmt: skip
+            await self.kube.patch(  # a merge patch replaces podIPs whole
+                f"/api/v1/namespaces/{run.namespace}/pods/{run.name}/status",
+                {"status": {"podIP": run.ip, "podIPs": [{"ip": run.ip}]}},
+                content_type=MERGE_PATCH,
+                missing_ok=True,
+            )
+            run.ready = None  # and its readiness, which that stage reset too
+            return
+        ready = next(
+            (c.get("status") for c in status.get("conditions") or [] if c.get("type") == "Ready"),
+            None,
+        )
+        if run.ready is not None and (ready == "True") != run.ready:
+            run.ready = None  # the probe loop writes what it last saw again
 
     # ----------------------------------------------------------------- starting
     async def _start_run(self, key: str, pod: dict[str, Any]) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import openai
 import pytest
 
-from hedge_core.kube import ApiError
+from hedge_core.kube import MERGE_PATCH, ApiError
 from hedge_dev.cluster import ClusterError, LocalCluster, _alive
 
 from .conftest import E2ECluster, pod_ready, wait_for
@@ -192,6 +192,38 @@ def test_readiness_follows_simulator_health(cluster: E2ECluster, namespace: str)
     )
     urllib.request.urlopen(request, timeout=5).close()
     wait_for(lambda: not ready_pods(cluster, namespace, "sick", 1), 30, "pod to turn NotReady")
+
+
+def test_the_runner_puts_back_a_status_kwok_overwrote(cluster: E2ECluster, namespace: str) -> None:
+    """kwok can apply its start stage to a pod twice (its cache lagging behind its own first
+    patch): the second time it writes another pod IP and Ready=False over the runner's
+    Ready=True. The runner, as a kubelet, puts its own status back (the flake behind a
+    ModelDeployment that never became Ready although its simulator answered)."""
+    cluster.apply([engine_deployment("llm", 1, 1)], namespace)
+    (pod,) = wait_for(lambda: ready_pods(cluster, namespace, "llm", 1), 60, "a ready engine pod")
+    name, ip = pod["metadata"]["name"], pod["status"]["podIP"]
+    other = str(ipaddress.ip_address(ip) + 200)
+    stale = {  # what kwok's second application of its pod-start-for-runner stage writes
+        "status": {
+            "podIP": other,
+            "podIPs": [{"ip": other}],
+            "conditions": [
+                {"type": "Ready", "status": "False", "reason": "ContainersNotReady"},
+                {"type": "ContainersReady", "status": "False", "reason": "ContainersNotReady"},
+            ],
+        }
+    }
+    cluster.api.request(
+        "PATCH", f"/api/v1/namespaces/{namespace}/pods/{name}/status", stale,
+        content_type=MERGE_PATCH,
+    )  # fmt: skip
+
+    def restored() -> bool:
+        now = cluster.get(f"/api/v1/namespaces/{namespace}/pods/{name}")
+        return now["status"]["podIP"] == ip and pod_ready(now)
+
+    wait_for(restored, 15, f"{name} back at {ip} and Ready")
+    assert chat(ip) == "tiny"
 
 
 def test_pod_asking_for_too_many_gpus_stays_pending(cluster: E2ECluster, namespace: str) -> None:
