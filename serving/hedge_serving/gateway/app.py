@@ -46,6 +46,7 @@ from hedge_serving.gateway.breaker import CircuitBreaker
 from hedge_serving.gateway.egress import provider_session
 from hedge_serving.gateway.endpoints import BY_PATH, Endpoint
 from hedge_serving.gateway.engine_metrics import EngineMetricsScraper
+from hedge_serving.gateway.fairness import HEADER_PRIORITY, BadHeader, effective_priority
 from hedge_serving.gateway.keys import KeyStore, LocalKeyStore
 from hedge_serving.gateway.metrics import SERVED_BY_GATEWAY, UNKNOWN_MODEL, GatewayMetrics
 from hedge_serving.gateway.proxy import Proxy, ProxySettings, RequestState
@@ -381,6 +382,13 @@ class Gateway:
                 payload["model"] = route.model
                 body = json.dumps(payload).encode()
             state.model = route.label
+            asked = request.headers.get(HEADER_PRIORITY)
+            if identity.tenant is not None or asked is not None:
+                tenant = identity.tenant
+                priority = effective_priority(tenant.priority if tenant else None, asked)
+                if isinstance(priority, BadHeader):
+                    raise errors.BadRequest(priority.message, param=priority.param)
+                state.priority = priority
             if identity.tenant is not None:
                 state.identity = identity
                 state.metered = True  # its usage is counted (and settles its reservation)

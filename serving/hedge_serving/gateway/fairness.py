@@ -2,9 +2,10 @@
 when every self-hosted backend is over its queue limit, and the weighted fair order in
 which requests held in the gateway are released (issue 18, item 4).
 
-No I/O, no event loop, no clock: times are passed in. The proxy (next step) asks
-`effective_priority` once per request, `when_full` when the balancer finds no room, and
-keeps one `FairQueue` per model for the requests `when_full` says to HOLD.
+No I/O, no event loop, no clock: times are passed in. The gateway asks
+`effective_priority` once per request (app) and `when_full` when every self-hosted backend
+is over its queue limit (proxy, with `can_hold=False` for now); one `FairQueue` per model
+for the requests `when_full` says to HOLD is the next step, not applied yet.
 
 The fair order is self-clocked fair queueing (SCFQ, Golestani 1994; the virtual-finish-time
 form of WFQ): each held request gets a finish tag

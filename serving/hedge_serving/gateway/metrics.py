@@ -236,6 +236,13 @@ class GatewayMetrics:
             list(GATEWAY_SERIES[TENANT_RATE_LIMITED]),
             registry=r,
         )
+        self._shed = Counter(
+            "hedge_gateway_shed",
+            "Requests refused (429 capacity_shed) because every self-hosted backend was full, "
+            "by the request's priority.",
+            ["model", "priority"],
+            registry=r,
+        )
         r.register(_TableCollector(table))
         r.register(_DemandCollector(table))
         r.register(_RevisionCollector(table))
@@ -245,6 +252,9 @@ class GatewayMetrics:
         self._fallback_children: dict[tuple[str, str, str], Counter] = {}
         self._retry_children: dict[str, Counter] = {}
         self._tenant_children: dict[tuple[str, str, str, str], tuple[Counter, Counter]] = {}
+
+    def shed(self, model: str, priority: str) -> None:
+        self._shed.labels(model, priority).inc()
 
     def tenant_done(
         self,

@@ -40,6 +40,7 @@ from typing import Any, Protocol
 import aiohttp
 from aiohttp import web
 
+from hedge_core.api import Priority
 from hedge_serving.gateway.admission import Quotas
 from hedge_serving.gateway.attempts import (
     UNJUDGED,
@@ -61,6 +62,7 @@ from hedge_serving.gateway.errors import (
     UpstreamTimeout,
     error_event,
 )
+from hedge_serving.gateway.fairness import Action, when_full
 from hedge_serving.gateway.fallback_limits import FallbackLimits, admit_fallback
 from hedge_serving.gateway.keys import KeyStore
 from hedge_serving.gateway.metrics import SERVED_BY_SELF, GatewayMetrics
@@ -170,6 +172,7 @@ class RequestState:
         "last_read_at",
         "metered",
         "model",
+        "priority",
         "reads",
         "response",
         "served_by",
@@ -200,6 +203,7 @@ class RequestState:
         self.headers: Mapping[str, str] = _NO_HEADERS
         self.metered = False  # count the tokens the answer uses (`tokens`)
         self.tokens: int | None = None  # tokens used, reported or estimated (when metered)
+        self.priority = Priority.STANDARD  # its ClientPolicy's, maybe lowered by a header
 
     def arrive(self, demand: Demand) -> None:
         """The request is for `demand`'s ModelDeployment: one arrival, in flight self-hosted."""
@@ -378,11 +382,11 @@ class Proxy:
             if not spills or self._budget_spent(route) is not None:
                 held = await self._hold(route, state)
                 if held is None and not spills:
-                    raise NoCapacity(
-                        f"model {route.model!r} cannot be served right now: no engine pod "
-                        f"became ready within {options.hold_s:g}s (it may be starting from "
-                        "zero)",
-                        headers={"Retry-After": str(self.settings.retry_after_s)},
+                    raise self._no_capacity(
+                        route,
+                        state,
+                        f"no engine pod became ready within {options.hold_s:g}s (it may be "
+                        "starting from zero)",
                     )
                 # Still nothing with a fallback: it spills if the budget's window has turned
                 # meanwhile, else 429 (below).
@@ -391,13 +395,14 @@ class Proxy:
         if not candidates:
             reason = FallbackReason.UNAVAILABLE
         elif (
-            _spill_to(route, state)
-            and options.fallback_on_overload
+            # Only then can being full change anything: otherwise it queues at the pods.
+            (
+                state.priority is Priority.SHEDDABLE
+                or (route.fallback and options.fallback_on_overload)
+            )
             and all(b.queue_estimate() > options.max_queue_depth for b in candidates)
-            # A spent budget: the request queues at the pods rather than being refused.
-            and self._budget_spent(route) is None
         ):
-            reason = FallbackReason.OVERLOADED
+            reason = self._when_full(route, state)
         failures: list[str] = []
         if reason is None:
             key = (
@@ -460,19 +465,47 @@ class Proxy:
             }[reason]
         if failures:
             log.warning("model %s: %s (%s)", route.model, detail, "; ".join(failures))
+        raise self._no_capacity(route, state, detail)
+
+    def _when_full(self, route: Route, state: RequestState) -> FallbackReason | None:
+        """Every self-hosted backend is over its queue limit: by the request's priority,
+        spill (OVERLOADED), queue at the pods (None) or refuse a sheddable one (429). A spent
+        budget: the request queues at the pods rather than being refused."""
         tenant = state.identity.tenant
-        if route.fallback and tenant is not None and not tenant.fallback_allowed:
-            # Never the paid provider for this tenant: a 429, so its SDK waits and retries.
+        action = when_full(
+            state.priority,
+            fallback_allowed=tenant is None or tenant.fallback_allowed,
+            has_fallback=bool(route.fallback) and route.options.fallback_on_overload,
+            budget_open=self._budget_spent(route) is None,
+            can_hold=False,  # holding for capacity in fair order: not applied yet
+        )
+        if action is Action.SPILL:
+            return FallbackReason.OVERLOADED
+        if action is Action.REFUSE:
+            self._metrics.shed(route.label, state.priority.value)
             raise RateLimited(
-                f"model {route.model!r} cannot be served right now: {detail}, and the "
-                f"ClientPolicy {tenant.label} does not allow the fallback providers",
-                code="fallback_not_allowed",
+                f"model {route.model!r} is at capacity and this request is {state.priority.value}"
+                ": sheddable requests are refused first while every self-hosted backend is full",
+                code="capacity_shed",
                 headers={**state.headers, "Retry-After": str(self.settings.retry_after_s)},
             )
-        raise NoCapacity(
-            f"model {route.model!r} cannot be served right now: {detail}",
-            headers={"Retry-After": str(self.settings.retry_after_s)},
-        )
+        return None
+
+    def _no_capacity(self, route: Route, state: RequestState, detail: str) -> GatewayError:
+        """The error for a request nothing could serve: a 503, or a 429 for a tenant whose
+        ClientPolicy keeps it off the route's fallback providers (its SDK backs off; never
+        the paid provider)."""
+        message = f"model {route.model!r} cannot be served right now: {detail}"
+        retry = str(self.settings.retry_after_s)
+        tenant = state.identity.tenant
+        if route.fallback and tenant is not None and not tenant.fallback_allowed:
+            return RateLimited(
+                f"{message}, and the ClientPolicy {tenant.label} does not allow the fallback "
+                "providers",
+                code="fallback_not_allowed",
+                headers={**state.headers, "Retry-After": retry},
+            )
+        return NoCapacity(message, headers={"Retry-After": retry})
 
     def _budget_spent(self, route: Route) -> tuple[float, str] | None:
         return route.demand.budget.blocked(time.time(), self.settings.fallback_budget_share)

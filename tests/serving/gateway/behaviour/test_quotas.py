@@ -47,13 +47,16 @@ def auth_for(**spec: Any) -> ClientAuth:
 
 
 async def gateway(
-    engine_url: str | None, auth: ClientAuth, fallback: tuple[ProviderSpec, ...] = ()
+    engine_url: str | None,
+    auth: ClientAuth,
+    fallback: tuple[ProviderSpec, ...] = (),
+    hold_s: float = 0.0,
 ) -> RunningGateway:
     spec = RouteSpec(
         MODEL,
         (engine_url,) if engine_url else (),
         fallback,
-        ServingOptions(request_timeout_s=30),
+        ServingOptions(request_timeout_s=30, hold_s=hold_s),
         owner="team-a",
         deployment=("team-a", "llama"),
     )
@@ -204,15 +207,21 @@ async def test_a_tenant_not_allowed_to_spill_gets_a_429_never_the_provider(
             type=ProviderType.OPENAI_COMPATIBLE, model=MODEL, base_url=provider.url + "/v1"
         ),
     )
-    gw = await gateway(None, auth_for(fallback={"allowed": False}), fallback)
+    # Scaled to zero with a hold time: the tenant's request waits for a pod like any other,
+    # then gets a 429 (its SDK backs off), never the provider the model falls back to.
+    gw = await gateway(None, auth_for(fallback={"allowed": False}), fallback, hold_s=0.5)
     try:
+        started = time.monotonic()
         with pytest.raises(openai.RateLimitError) as info:
             await clients(gw, KEY).chat.completions.create(
                 model=MODEL, messages=MESSAGES, max_tokens=4
             )
+        assert time.monotonic() - started >= 0.5  # held first
         error = info.value.response.json()["error"]
         assert error["code"] == "fallback_not_allowed"
         assert "does not allow the fallback" in error["message"]
+        assert "became ready within 0.5s" in error["message"]
+        assert int(info.value.response.headers["retry-after"]) >= 1
         assert provider.received == []
         # The admin key (no policy) still spills.
         reply = await clients(gw, "admin-key").chat.completions.create(
