@@ -26,7 +26,7 @@ import re
 from collections.abc import Iterable, Mapping
 
 from hedge_serving.gateway.errors import AuthenticationFailed
-from hedge_serving.gateway.tenants import ANONYMOUS, Identity, Scope, digest, merge
+from hedge_serving.gateway.tenants import ANONYMOUS, Identity, Scope, digest, merge, split_keys
 
 log = logging.getLogger("hedge.gateway.auth")
 
@@ -41,10 +41,6 @@ class KeysConfigError(ValueError):
 
 
 ClientKey = tuple[str, Scope]
-
-
-def split_keys(text: str) -> list[str]:
-    return [k.strip() for k in text.replace(",", "\n").splitlines() if k.strip()]
 
 
 def parse_keys_file(text: str, where: str = "keys file") -> list[ClientKey]:

@@ -25,7 +25,6 @@ from hedge_serving.gateway.auth import (
     ClientKey,
     KeysConfigError,
     parse_keys_file,
-    split_keys,
 )
 from hedge_serving.gateway.bodies import BodyLimits
 from hedge_serving.gateway.breaker import CircuitBreaker
@@ -35,6 +34,7 @@ from hedge_serving.gateway.fallback_limits import FallbackLimits
 from hedge_serving.gateway.keys import LocalKeyStore, SecretCache
 from hedge_serving.gateway.proxy import ProxySettings
 from hedge_serving.gateway.routing import RoutingTable
+from hedge_serving.gateway.tenants import split_keys
 
 if TYPE_CHECKING:
     from hedge_serving.gateway.quota.store import QuotaStore
